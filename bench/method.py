@@ -1,0 +1,82 @@
+"""The method contract, and the two reference methods every task supports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from bench.capabilities import CAPABILITIES, AttributionRequest
+from bench.errors import BenchError
+from bench.model import Model
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base for method configs; subclasses add typed fields with defaults."""
+
+
+class Method:
+    """A registered interpretability method.
+
+    Subclasses set ``name``, ``capabilities`` (a subset of
+    :data:`bench.capabilities.CAPABILITIES`), ``families`` they work on, a
+    ``Config`` dataclass, a docstring citing the paper they follow, and implement
+    one method per capability (``attribute``, ``localize``, ...).
+    """
+
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    families: ClassVar[frozenset[str]] = frozenset({"contrastive", "generative", "diffusion"})
+    Config: ClassVar[type] = MethodConfig
+    reference: ClassVar[bool] = False  # random / oracle: answered by the task itself
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        if config is None:
+            config = self.Config()
+        if overrides:
+            known = {f.name for f in fields(self.Config)}
+            bad = sorted(set(overrides) - known)
+            if bad:
+                raise BenchError(f"method {self.name!r} has no config option {bad[0]!r} (options: {sorted(known)})")
+            config = type(config)(**{**asdict(config), **overrides})
+        self.config = config
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config) if is_dataclass(self.config) else {}
+
+    def supports(self, model: Model) -> str | None:
+        """``None`` if the method can run on ``model``, else the reason it cannot."""
+        if model.family not in self.families:
+            return f"method {self.name!r} does not support the {model.family} family"
+        return None
+
+    # Capabilities (override the ones in ``capabilities``).
+    def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _check_caps(cls: type[Method]) -> None:
+    bad = set(cls.capabilities) - set(CAPABILITIES)
+    if bad:
+        raise ValueError(f"{cls.__name__} declares unknown capabilities {sorted(bad)}")
+
+
+class RandomReference(Method):
+    """Chance: the task draws an output that ignores the input (seeded)."""
+
+    name = "random"
+    capabilities = frozenset(CAPABILITIES)
+    reference = True
+
+
+class OracleReference(Method):
+    """Ceiling: the task answers from its own ground truth."""
+
+    name = "oracle"
+    capabilities = frozenset(CAPABILITIES)
+    reference = True
+
+
+_check_caps(RandomReference)

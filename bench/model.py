@@ -1,0 +1,107 @@
+"""The model contract: family, sites (declared as data), family operations and ``trace``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from bench.errors import UnknownName
+from bench.sites import EditFn, Site, SiteSpec, Trace
+
+Family = Literal["contrastive", "generative", "diffusion"]
+FAMILIES: tuple[str, ...] = ("contrastive", "generative", "diffusion")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where image tokens sit in a vision tower's sequence (``cls`` is ``None`` if absent)."""
+
+    cls: int | None
+    image: slice
+    grid: tuple[int, int]
+    patch_size: int
+
+
+class Model(ABC):
+    """A wrapped model. Methods and tasks see models only through this interface."""
+
+    family: ClassVar[str]
+
+    def __init__(self, name: str, module: nn.Module, site_specs: Mapping[str, SiteSpec], sites: Iterable[Site]) -> None:
+        self.name = name
+        self.module = module
+        self.site_specs = dict(site_specs)
+        self._sites = {s.name: s for s in sites}
+        missing = set(self._sites) ^ set(self.site_specs)
+        if missing:
+            raise ValueError(f"sites and site specs disagree on {sorted(missing)[:5]}")
+        self.batch_size = 64
+        self.dtype = "float32"
+        self.device = "cpu"
+
+    # --------------------------------------------------------------- sites
+    def sites(self, tower: str | None = None, kind: str | None = None) -> list[Site]:
+        return [s for s in self._sites.values()
+                if (tower is None or s.tower == tower) and (kind is None or s.kind == kind)]
+
+    def site(self, name: str) -> Site:
+        if name not in self._sites:
+            raise UnknownName("site", name, self._sites)
+        return self._sites[name]
+
+    def trace(
+        self,
+        read: Iterable[str] = (),
+        write: Mapping[str, EditFn] | None = None,
+        stop_after_reads: bool = False,
+        keep_grad: bool = False,
+    ) -> Trace:
+        """``with model.trace(read=[...], write={site: fn}) as t:`` — see :class:`bench.sites.Trace`."""
+        return Trace(self.module, self.site_specs, read, write, stop_after_reads, keep_grad)
+
+    # --------------------------------------------------------- provenance
+    @property
+    @abstractmethod
+    def weights_hash(self) -> str:
+        """A content hash of the weights (sha256 of the shipped file for zoo models)."""
+
+    @abstractmethod
+    def randomized(self, seed: int) -> "Model":
+        """A copy with the same architecture and freshly initialised weights.
+
+        Used by the model-randomisation sanity check (Adebayo et al., 2018).
+        """
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "n_sites": len(self._sites),
+                "params": sum(p.numel() for p in self.module.parameters())}
+
+
+class ContrastiveModel(Model):
+    """CLIP-style: an image tower and a text tower meeting in a dot product."""
+
+    family = "contrastive"
+
+    @abstractmethod
+    def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] → unit-norm embeddings ``[B, D]``."""
+
+    @abstractmethod
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Texts → unit-norm embeddings ``[T, D]``."""
+
+    @abstractmethod
+    def similarity(self, pixels_BCHW: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Scaled cosine similarity logits ``[B, T]``."""
+
+    @abstractmethod
+    def token_layout(self) -> TokenLayout:
+        """Positions of the CLS and image-patch tokens in the vision tower."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int: ...

@@ -1,0 +1,93 @@
+"""RunRecord: one cell's metrics plus everything needed to reproduce it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """Identity of a cell; a store holds at most one successful record per key."""
+
+    task: str
+    task_version: str
+    method: str
+    method_config_hash: str
+    model: str
+    seed: int
+    profile: str = "full"
+
+    @property
+    def id(self) -> str:
+        return "|".join(str(v) for v in asdict(self).values())
+
+    def label(self) -> str:
+        return f"{self.task}/{self.model}/{self.method}/seed={self.seed}"
+
+
+@dataclass
+class RunRecord:
+    key: CellKey
+    status: str  # "ok" | "failed"
+    metrics: dict[str, float] = field(default_factory=dict)
+    main_score: str = ""
+    error: str | None = None
+    method_config: dict[str, Any] = field(default_factory=dict)
+    model_hash: str = ""
+    batch_size: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float = 0.0
+    example_hashes: list[str] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunRecord":
+        d = json.loads(text)
+        d["key"] = CellKey(**d["key"])
+        return cls(**d)
+
+
+_PACKAGES = ("mmi-bench", "torch", "numpy", "transformers", "diffusers", "captum", "scikit-learn", "datasets")
+
+
+@lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    """Package versions, git commit, Python and platform (cached per process)."""
+    versions = {}
+    for p in _PACKAGES:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            versions[p] = None
+    commit = None
+    dirty = None
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"packages": versions, "git_commit": commit, "git_dirty": dirty,
+            "python": sys.version.split()[0], "platform": platform.platform()}

@@ -1,0 +1,102 @@
+"""One generic, lazy registry for tasks, methods and models.
+
+Built-ins register as ``"module:attr"`` strings, so nothing heavy is imported until
+a name is used. Third-party packages register through entry points in the groups
+``mmi_bench.tasks``, ``mmi_bench.methods`` and ``mmi_bench.models``.
+Registering a name twice is an error; an unknown name gets a "did you mean".
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Generic, Iterator, TypeVar
+
+from bench.errors import BenchError, UnknownName
+
+T = TypeVar("T")
+
+
+class DuplicateName(BenchError):
+    pass
+
+
+@dataclass
+class Entry:
+    name: str
+    target: str  # "module:attr"
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = "builtin"
+    _loaded: Any = None
+
+    def load(self) -> Any:
+        if self._loaded is None:
+            mod, _, attr = self.target.partition(":")
+            obj: Any = importlib.import_module(mod)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            self._loaded = obj
+        return self._loaded
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, group: str) -> None:
+        self.kind = kind
+        self.group = group
+        self._entries: dict[str, Entry] = {}
+        self._eps_loaded = False
+
+    def register(self, name: str, target: str, source: str = "builtin", **meta: Any) -> None:
+        if name in self._entries:
+            raise DuplicateName(
+                f"{self.kind} {name!r} is registered twice ({self._entries[name].source} and {source})")
+        if ":" not in target:
+            raise ValueError(f"registry target must be 'module:attr', got {target!r}")
+        self._entries[name] = Entry(name, target, dict(meta), source)
+
+    def _load_entry_points(self) -> None:
+        if self._eps_loaded:
+            return
+        self._eps_loaded = True
+        for ep in entry_points(group=self.group):
+            self.register(ep.name, ep.value, source=f"entry point {ep.dist.name if ep.dist else '?'}")
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return list(self._entries)
+
+    def entry(self, name: str) -> Entry:
+        self._load_entry_points()
+        if name not in self._entries:
+            raise UnknownName(self.kind, name, self._entries)
+        return self._entries[name]
+
+    def get(self, name: str) -> T:
+        return self.entry(name).load()
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+TASKS: Registry[Any] = Registry("task", "mmi_bench.tasks")
+METHODS: Registry[Any] = Registry("method", "mmi_bench.methods")
+MODELS: Registry[Any] = Registry("model", "mmi_bench.models")
+
+# ---------------------------------------------------------------- built-ins
+TASKS.register("attribution", "tasks.attribution:AttributionTask")
+
+METHODS.register("random", "bench.method:RandomReference")
+METHODS.register("oracle", "bench.method:OracleReference")
+METHODS.register("saliency", "methods.saliency:Saliency")
+METHODS.register("input_x_gradient", "methods.input_x_gradient:InputXGradient")
+METHODS.register("integrated_gradients", "methods.integrated_gradients:IntegratedGradients")
+METHODS.register("occlusion", "methods.occlusion:Occlusion")
+METHODS.register("attention_rollout", "methods.attention_rollout:AttentionRollout")
+METHODS.register("gradcam", "methods.gradcam:GradCAM")
+
+MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive")

@@ -1,0 +1,34 @@
+"""The procedurally generated world: scenes, masks, captions, QA pairs and entities.
+
+Everything here is a pure function of a seed (see :class:`World`).
+"""
+
+from bench.world.core import (
+    BACKGROUNDS,
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Entity,
+    ObjectSpec,
+    QAPair,
+    Scene,
+    World,
+    WorldConfig,
+)
+from bench.world.text import Vocab
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLOURS",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "Entity",
+    "ObjectSpec",
+    "QAPair",
+    "Scene",
+    "Vocab",
+    "World",
+    "WorldConfig",
+]

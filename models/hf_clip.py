@@ -1,0 +1,111 @@
+"""Contrastive wrapper over transformers' ``CLIPModel`` (used by zoo-clip and ``hf:`` CLIPs).
+
+The site map is data: :func:`clip_site_map` turns a config into site names →
+module paths, so another CLIP-like architecture is a new mapping, not new code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.model import ContrastiveModel, TokenLayout
+from bench.sites import Site, SiteSpec
+
+Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+# (tower name, module prefix of the tower, encoder-layers path, stream)
+_TOWERS = (
+    ("vision", "vision_model", "vision_model.encoder.layers", "image"),
+    ("text", "text_model", "text_model.encoder.layers", "text"),
+)
+
+
+def clip_site_map(n_layers: dict[str, int], n_heads: dict[str, int]) -> tuple[list[Site], dict[str, SiteSpec]]:
+    """Sites of a CLIP: per tower, embeddings, every block's residual output,
+    attention output, attention pattern, each head's output (the per-head values
+    entering ``out_proj``), MLP output and MLP neurons, the final norm and projection."""
+    sites: list[Site] = []
+    specs: dict[str, SiteSpec] = {}
+
+    def add(site: Site, spec: SiteSpec) -> None:
+        sites.append(site)
+        specs[site.name] = spec
+
+    for tower, prefix, layers, stream in _TOWERS:
+        embed = f"{prefix}.pre_layrnorm" if tower == "vision" else f"{prefix}.embeddings"
+        add(Site(f"{tower}.embed", tower, None, "embed", stream=stream), SiteSpec(embed))
+        for i in range(n_layers[tower]):
+            b = f"{layers}.{i}"
+            n = f"{tower}.blocks.{i}"
+            add(Site(f"{n}.resid_post", tower, i, "resid_post", stream=stream), SiteSpec(b))
+            add(Site(f"{n}.attn", tower, i, "attn", stream=stream), SiteSpec(f"{b}.self_attn", index=0))
+            add(Site(f"{n}.attn.pattern", tower, i, "pattern", stream=stream), SiteSpec(f"{b}.self_attn", index=1))
+            for h in range(n_heads[tower]):
+                add(Site(f"{n}.attn.head.{h}", tower, i, "head", head=h, stream=stream),
+                    SiteSpec(f"{b}.self_attn.out_proj", hook="input", head=(h, n_heads[tower])))
+            add(Site(f"{n}.mlp", tower, i, "mlp", stream=stream), SiteSpec(f"{b}.mlp"))
+            add(Site(f"{n}.mlp.neurons", tower, i, "neurons", stream=stream), SiteSpec(f"{b}.mlp.activation_fn"))
+        final = f"{prefix}.post_layernorm" if tower == "vision" else f"{prefix}.final_layer_norm"
+        add(Site(f"{tower}.final", tower, None, "final", stream=stream), SiteSpec(final))
+        proj = "visual_projection" if tower == "vision" else "text_projection"
+        add(Site(f"{tower}.proj", tower, None, "proj", stream=stream), SiteSpec(proj))
+    return sites, specs
+
+
+class CLIPWrapper(ContrastiveModel):
+    """A ``transformers.CLIPModel`` behind the contrastive contract.
+
+    ``pixel_mean``/``pixel_std`` normalise [0, 1] pixels the way the checkpoint
+    was trained. Attention runs eagerly so that ``attn.pattern`` sites exist.
+    """
+
+    def __init__(self, name: str, clip: Any, tokenize: Tokenize, weights_hash: str,
+                 pixel_mean: Any = 0.5, pixel_std: Any = 0.25) -> None:
+        clip.set_attn_implementation("eager")
+        clip.eval()
+        cfg = clip.config
+        sites, specs = clip_site_map(
+            {"vision": cfg.vision_config.num_hidden_layers, "text": cfg.text_config.num_hidden_layers},
+            {"vision": cfg.vision_config.num_attention_heads, "text": cfg.text_config.num_attention_heads},
+        )
+        super().__init__(name, clip, specs, sites)
+        self.clip = clip
+        self.tokenize = tokenize
+        self._hash = weights_hash
+        self._mean = torch.as_tensor(pixel_mean, dtype=torch.float32).reshape(-1, 1, 1)
+        self._std = torch.as_tensor(pixel_std, dtype=torch.float32).reshape(-1, 1, 1)
+
+    @property
+    def weights_hash(self) -> str:
+        return self._hash
+
+    @property
+    def image_size(self) -> int:
+        return int(self.clip.config.vision_config.image_size)
+
+    def token_layout(self) -> TokenLayout:
+        vc = self.clip.config.vision_config
+        g = vc.image_size // vc.patch_size
+        return TokenLayout(cls=0, image=slice(1, 1 + g * g), grid=(g, g), patch_size=vc.patch_size)
+
+    def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        x = (pixels_BCHW - self._mean) / self._std
+        return F.normalize(self.clip.get_image_features(pixel_values=x).pooler_output, dim=-1)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        ids, mask = self.tokenize(texts)
+        return F.normalize(self.clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, dim=-1)
+
+    def similarity(self, pixels_BCHW: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        return self.clip.logit_scale.exp() * self.encode_image(pixels_BCHW) @ self.encode_text(texts).T
+
+    def randomized(self, seed: int) -> "CLIPWrapper":
+        from transformers import CLIPModel
+
+        torch.manual_seed(seed)
+        fresh = CLIPModel(self.clip.config)
+        return CLIPWrapper(f"{self.name}[randomized:{seed}]", fresh, self.tokenize, f"random-init:{seed}",
+                           self._mean, self._std)

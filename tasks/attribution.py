@@ -1,0 +1,281 @@
+"""Attribution fidelity: do a method's maps point at the evidence the model uses?
+
+Setting (contrastive models): a multi-object scene and the caption of one object
+("a red circle"); every distractor differs from it in colour *and* shape, so only
+the target object's pixels support the caption. Ground truth is that object's mask.
+
+The explained target is the image–text similarity of the caption. Deletion and
+insertion curves follow the target's zero-shot probability among the captions of
+every colour × shape combination (the "class probability" of RISE, Petsiuk et al.,
+2018). All metrics are computed per example and averaged.
+
+Metrics (maps are compared at pixel resolution; patch-level maps are upsampled):
+
+- ``pointing_game`` ↑ (Zhang et al., 2016, "Top-down neural attention by excitation
+  backprop"): 1 if the map's maximum lies inside the mask. Ties are broken
+  uniformly at random *in expectation*: the score is the fraction of the maximal
+  pixels that lie inside the mask. No tolerance margin (the objects are small).
+- ``mass_in_mask`` ↑ (the "energy-based pointing game" of Score-CAM, Wang et al.,
+  2020): positive attribution inside the mask divided by all positive attribution.
+- ``deletion_auc`` ↓ and ``insertion_auc`` ↑ (Petsiuk et al., 2018, RISE): patches
+  are removed (set to black) / inserted (into a blurred copy of the image) in
+  decreasing order of the map summed per patch, ``steps`` patches-groups at a time;
+  the area under the probability-vs-fraction curve (trapezoid rule on [0, 1]).
+  Every step of every example is scored in a few batched forward passes.
+- ``randomization_corr`` ↓, not normalised (Adebayo et al., 2018, "Sanity checks for
+  saliency maps", full model randomisation): Spearman rank correlation between the
+  patch-level maps computed on the trained model and on a freshly initialised copy.
+  A map that ignores the model (random, oracle) scores 1 by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from bench.capabilities import AttributionRequest
+from bench.errors import BenchError
+from bench.method import Method
+from bench.model import ContrastiveModel, Model
+from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.world import COLOURS, SHAPES, World, WorldConfig
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    n_examples: int = 64
+    quick_examples: int = 32
+    steps: int = 16  # deletion/insertion curve has steps + 1 points
+    blur_kernel: int = 7
+    sanity_examples: int = 16
+    world_seed: int = 0
+
+
+@dataclass
+class AttributionExamples:
+    pixels_BCHW: torch.Tensor
+    masks_BHW: torch.Tensor  # bool, ground truth
+    captions: list[str]
+    target_idx_B: torch.Tensor  # index of the caption among the candidates
+    candidates: list[str]
+    hashes: list[str]
+
+
+# ------------------------------------------------------------------ metrics
+def upsample_to(maps_BHW: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-neighbour upsampling of patch-level maps to ``size × size`` pixels."""
+    if maps_BHW.shape[-1] == size and maps_BHW.shape[-2] == size:
+        return maps_BHW
+    if size % maps_BHW.shape[-1] or size % maps_BHW.shape[-2]:
+        raise BenchError(f"an attribution map of shape {tuple(maps_BHW.shape[1:])} does not tile a {size}px image")
+    return F.interpolate(maps_BHW[:, None].float(), size=(size, size), mode="nearest")[:, 0]
+
+
+def patch_pool(maps_BHW: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Sum a pixel-level map within each patch of ``grid`` (identity for patch-level maps)."""
+    if tuple(maps_BHW.shape[-2:]) == tuple(grid):
+        return maps_BHW.float()
+    return F.adaptive_avg_pool2d(maps_BHW[:, None].float(), grid)[:, 0] * (
+        maps_BHW.shape[-1] * maps_BHW.shape[-2] / (grid[0] * grid[1]))
+
+
+def pointing_game(maps_BHW: torch.Tensor, masks_BHW: torch.Tensor) -> torch.Tensor:
+    """Fraction of each map's maximal pixels that fall inside the mask, per example."""
+    flat = maps_BHW.flatten(1).float()
+    top = flat == flat.max(dim=1, keepdim=True).values
+    inside = masks_BHW.flatten(1)
+    return (top & inside).sum(1).float() / top.sum(1).float()
+
+
+def mass_in_mask(maps_BHW: torch.Tensor, masks_BHW: torch.Tensor) -> torch.Tensor:
+    """Share of positive attribution inside the mask, per example (0 if nothing is positive)."""
+    pos = maps_BHW.flatten(1).float().clamp(min=0)
+    total = pos.sum(1)
+    inside = (pos * masks_BHW.flatten(1)).sum(1)
+    return torch.where(total > 0, inside / total.clamp(min=1e-12), torch.zeros_like(total))
+
+
+def curve_auc(curve_BK: torch.Tensor) -> torch.Tensor:
+    """Trapezoid area under curves sampled at evenly spaced fractions of [0, 1]."""
+    k = curve_BK.shape[1] - 1
+    return (curve_BK[:, 1:] + curve_BK[:, :-1]).sum(1) / (2 * k)
+
+
+def patch_order(maps_BHW: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch indices by decreasing pooled attribution; ties keep raster order (stable sort)."""
+    pooled = patch_pool(maps_BHW, grid).flatten(1)
+    return torch.sort(-pooled, dim=1, stable=True).indices
+
+
+def perturbation_batch(
+    pixels_BCHW: torch.Tensor, fill_BCHW: torch.Tensor, order_BP: torch.Tensor, grid: tuple[int, int], steps: int
+) -> torch.Tensor:
+    """Images ``[B, steps + 1, C, H, W]`` in which the first ``round(s·P/steps)``
+    patches of ``order`` come from ``fill`` instead of ``pixels`` (s = 0…steps)."""
+    B, C, H, W = pixels_BCHW.shape
+    gh, gw = grid
+    P = gh * gw
+    counts = torch.round(torch.arange(steps + 1) * P / steps).long()
+    rank_BP = torch.empty_like(order_BP)
+    rank_BP.scatter_(1, order_BP, torch.arange(P).expand(B, P))
+    use_fill_BSP = rank_BP[:, None, :] < counts[None, :, None]
+    m = use_fill_BSP.view(B, steps + 1, gh, gw).float()
+    m = m.repeat_interleave(H // gh, dim=2).repeat_interleave(W // gw, dim=3)[:, :, None]
+    return pixels_BCHW[:, None] * (1 - m) + fill_BCHW[:, None] * m
+
+
+def box_blur(pixels_BCHW: torch.Tensor, k: int) -> torch.Tensor:
+    return F.avg_pool2d(F.pad(pixels_BCHW, [k // 2] * 4, mode="replicate"), k, stride=1)
+
+
+def spearman_per_example(a_BP: torch.Tensor, b_BP: torch.Tensor) -> torch.Tensor:
+    out = []
+    for x, y in zip(a_BP.numpy(), b_BP.numpy()):
+        if np.all(x == x[0]) or np.all(y == y[0]):
+            out.append(1.0 if np.array_equal(x, y) else 0.0)  # constant maps: rank correlation undefined
+        else:
+            out.append(float(spearmanr(x, y).statistic))
+    return torch.tensor(out)
+
+
+# --------------------------------------------------------------------- task
+class AttributionTask(Task):
+    spec = TaskSpec(
+        name="attribution",
+        version="1.0",
+        families=frozenset({"contrastive"}),
+        capability="attribute",
+        main_score="pointing_game",
+        metrics=(
+            MetricSpec("pointing_game", "higher", "maximum of the map inside the object's mask"),
+            MetricSpec("mass_in_mask", "higher", "share of positive attribution inside the mask"),
+            MetricSpec("deletion_auc", "lower", "AUC of target probability as top patches are deleted"),
+            MetricSpec("insertion_auc", "higher", "AUC of target probability as top patches are inserted"),
+            MetricSpec("randomization_corr", "lower",
+                       "rank correlation of maps on trained vs re-initialised model", normalise=False),
+        ),
+    )
+
+    def __init__(self, config: AttributionConfig | None = None) -> None:
+        self.config = config or AttributionConfig()
+
+    # ------------------------------------------------------------ examples
+    def examples(self, model: ContrastiveModel, seed: int, n: int, split: str = "test") -> AttributionExamples:
+        """``n`` scenes whose target object differs from every distractor in colour and shape.
+
+        Scene indices start at ``seed * 1_000_000`` so seeds draw disjoint scenes.
+        """
+        size = model.image_size
+        world = World(self.config.world_seed, WorldConfig(image_size=size, min_objects=2, max_objects=3))
+        rng = np.random.default_rng([seed, 11])
+        cands = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+        pix, masks, caps, tgt, hashes = [], [], [], [], []
+        i = seed * 1_000_000
+        while len(caps) < n:
+            scene = world.scene(split, i)
+            i += 1
+            ok = [k for k, o in enumerate(scene.objects)
+                  if all(p.colour != o.colour and p.shape != o.shape for j, p in enumerate(scene.objects) if j != k)]
+            if not ok:
+                continue
+            k = ok[int(rng.integers(len(ok)))]
+            o = scene.objects[k]
+            cap = f"a {o.colour} {o.shape}"
+            pix.append(scene.image_HWC)
+            masks.append(scene.masks_NHW[k])
+            caps.append(cap)
+            tgt.append(cands.index(cap))
+            hashes.append(hashlib.sha256(scene.image_HWC.tobytes() + cap.encode()).hexdigest()[:16])
+        pixels = torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).float() / 255.0
+        return AttributionExamples(pixels, torch.from_numpy(np.stack(masks)), caps, torch.tensor(tgt), cands, hashes)
+
+    def request(self, model: ContrastiveModel, ex: AttributionExamples) -> AttributionRequest:
+        with torch.no_grad():
+            text_TD = model.encode_text(ex.captions)
+        scale = model.clip.logit_scale.exp().detach() if hasattr(model, "clip") else torch.tensor(1.0)
+
+        def score(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+            img_ND = model.encode_image(pixels_NCHW)
+            return scale * (img_ND * text_TD[idx_N.long()]).sum(-1)
+
+        layout = model.token_layout()
+        return AttributionRequest(ex.pixels_BCHW, score, layout.grid, batch_size=model.batch_size)
+
+    def target_probability(self, model: ContrastiveModel, ex: AttributionExamples) -> Any:
+        with torch.no_grad():
+            cand_TD = model.encode_text(ex.candidates)
+        scale = model.clip.logit_scale.exp().detach() if hasattr(model, "clip") else torch.tensor(1.0)
+
+        def prob(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+            logits = scale * model.encode_image(pixels_NCHW) @ cand_TD.T
+            return logits.softmax(-1).gather(1, ex.target_idx_B[idx_N.long()][:, None])[:, 0]
+
+        return prob
+
+    # --------------------------------------------------------------- maps
+    def reference_maps(self, name: str, ex: AttributionExamples, grid: tuple[int, int], seed: int) -> torch.Tensor:
+        if name == "oracle":
+            return ex.masks_BHW.float()
+        g = torch.Generator().manual_seed(seed * 7919 + 1)
+        return torch.rand((ex.pixels_BCHW.shape[0], *grid), generator=g)
+
+    def maps_for(self, method: Method, model: Model, req: AttributionRequest, ex: AttributionExamples,
+                 seed: int) -> torch.Tensor:
+        if method.reference:
+            return self.reference_maps(method.name, ex, req.grid, seed)
+        maps = method.attribute(model, req)
+        if not isinstance(maps, torch.Tensor) or maps.ndim != 3 or maps.shape[0] != req.n:
+            shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+            raise BenchError(f"method {method.name!r} returned maps of shape {shape}; expected [{req.n}, H, W]")
+        maps = maps.detach().float()
+        if not torch.isfinite(maps).all():
+            raise BenchError(f"method {method.name!r} returned non-finite attribution values")
+        return maps
+
+    # ---------------------------------------------------------------- run
+    def score(self, model: ContrastiveModel, ex: AttributionExamples, maps: torch.Tensor,
+              grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+        size = ex.pixels_BCHW.shape[-1]
+        px = upsample_to(maps, size)
+        out = {"pointing_game": pointing_game(px, ex.masks_BHW), "mass_in_mask": mass_in_mask(px, ex.masks_BHW)}
+        order = patch_order(maps, grid)
+        prob = self.target_probability(model, ex)
+        B = ex.pixels_BCHW.shape[0]
+        S = self.config.steps
+        idx = torch.arange(B).repeat_interleave(S + 1)
+        black = torch.zeros_like(ex.pixels_BCHW)
+        blurred = box_blur(ex.pixels_BCHW, self.config.blur_kernel)
+        dele = perturbation_batch(ex.pixels_BCHW, black, order, grid, S).flatten(0, 1)
+        ins = perturbation_batch(blurred, ex.pixels_BCHW, order, grid, S).flatten(0, 1)
+        req = AttributionRequest(ex.pixels_BCHW, prob, grid, batch_size=256)
+        out["deletion_auc"] = curve_auc(req.score_all(dele, idx).view(B, S + 1))
+        out["insertion_auc"] = curve_auc(req.score_all(ins, idx).view(B, S + 1))
+        return out
+
+    def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
+        assert isinstance(model, ContrastiveModel)
+        n = self.config.quick_examples if quick else self.config.n_examples
+        ex = self.examples(model, seed, n)
+        req = self.request(model, ex)
+        torch.manual_seed(seed)
+        maps = self.maps_for(method, model, req, ex, seed)
+        per_ex = self.score(model, ex, maps, req.grid)
+        metrics = {k: float(v.mean()) for k, v in per_ex.items()}
+
+        # Sanity check on a subset: the same method on a re-initialised model.
+        k = min(self.config.sanity_examples, n)
+        sub = AttributionExamples(ex.pixels_BCHW[:k], ex.masks_BHW[:k], ex.captions[:k], ex.target_idx_B[:k],
+                                  ex.candidates, ex.hashes[:k])
+        rand_model = model.randomized(seed + 12345)
+        rand_model.batch_size = model.batch_size
+        torch.manual_seed(seed)
+        rmaps = self.maps_for(method, rand_model, self.request(rand_model, sub), sub, seed)
+        metrics["randomization_corr"] = float(spearman_per_example(
+            patch_pool(maps[:k], req.grid).flatten(1), patch_pool(rmaps, req.grid).flatten(1)).mean())
+        return CellResult(metrics, ex.hashes, {"maps": maps, "captions": ex.captions})
