@@ -33,9 +33,12 @@ class Entry:
     def load(self) -> Any:
         if self._loaded is None:
             mod, _, attr = self.target.partition(":")
-            obj: Any = importlib.import_module(mod)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
+            try:
+                obj: Any = importlib.import_module(mod)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+            except (ImportError, AttributeError) as e:
+                raise BenchError(f"{self.name!r} ({self.source}) could not be loaded from {self.target!r}: {e}") from e
             self._loaded = obj
         return self._loaded
 

@@ -1,0 +1,238 @@
+"""The ``bench`` command line.
+
+Every user error is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench.errors import BenchError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _writable_file(path: str) -> Path:
+    p = Path(path)
+    if p.exists() and p.is_dir():
+        raise BenchError(f"cannot write {path!r}: it is a directory")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise BenchError(f"cannot write {path!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise BenchError(f"cannot write {path!r}: permission denied")
+    return p
+
+
+def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise BenchError(f"--config expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        val: Any = v
+        for conv in (int, float):
+            try:
+                val = conv(v)
+                break
+            except ValueError:
+                continue
+        if v in ("true", "false"):
+            val = v == "true"
+        out[k.strip()] = val
+    return out
+
+
+# ------------------------------------------------------------------ evaluate
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bench import runner
+    from bench.store import Store
+
+    store = Store(args.store)
+    p = runner.plan(args.task, args.method, args.model, args.seed or [0], quick=args.quick,
+                    method_overrides=_parse_overrides(args.config))
+    for label, reason in p.skipped:
+        print(f"skipped {label}: {reason}", file=sys.stderr)
+    if not p.cells:
+        reasons = "; ".join(sorted({r for _, r in p.skipped})) or "nothing matched"
+        raise BenchError(f"no compatible cells to run: {reasons}")
+    jobs = args.jobs if args.jobs is not None else runner.cpu_jobs()
+    jobs = max(1, min(jobs, len(p.cells)))
+    executor = runner.default_executor(jobs)
+    try:
+        res = runner.run_grid(p.cells, store, executor=executor, force=args.force, progress=not args.no_progress)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+    failed = [r for r in res.ran if r.status != "ok"]
+    for r in failed:
+        print(f"failed {r.key.label()}: {r.error}", file=sys.stderr)
+    print(f"{len(res.ran) - len(failed)} cells ran, {len(res.already)} already stored, {len(failed)} failed, "
+          f"{len(p.skipped)} skipped -> {args.store}", file=sys.stderr)
+    if res.interrupted:
+        print("interrupted: completed cells are stored; run the same command again to resume", file=sys.stderr)
+        return 130
+    if not args.no_table:
+        from leaderboard.render import render
+        from leaderboard.scorer import score
+
+        tasks = sorted({c.task for c in p.cells})
+        models = sorted({c.model for c in p.cells})
+        recs = [r for r in store.records() if r.key.task in tasks and r.key.model in models
+                and r.key.profile == ("quick" if args.quick else "full")]
+        print(render(score(recs), "md"))
+    return EXIT_FAILED if failed else 0
+
+
+# ---------------------------------------------------------------- leaderboard
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.store import Store
+    from leaderboard.render import render
+    from leaderboard.scorer import score
+
+    if not Path(args.store).exists():
+        raise BenchError(f"results store {args.store!r} does not exist; run `bench evaluate` first")
+    store = Store(args.store)
+    recs = [r for r in store.records(profile=args.profile)
+            if (not args.task or r.key.task in args.task) and (not args.model or r.key.model in args.model)
+            and (not args.method or r.key.method in args.method)]
+    text = render(score(recs), args.format)
+    if args.out:
+        _writable_file(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+# ----------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench.registry import METHODS, MODELS, TASKS
+
+    if args.what == "tasks":
+        for n in TASKS.names():
+            s = TASKS.get(n).spec
+            print(f"{n:<22} v{s.version:<5} families: {','.join(sorted(s.families)):<34} "
+                  f"capability: {s.capability:<20} main: {s.main_score}")
+    elif args.what == "methods":
+        for n in METHODS.names():
+            c = METHODS.get(n)
+            kind = "reference" if c.reference else "method"
+            print(f"{n:<22} {kind:<9} capabilities: {','.join(sorted(c.capabilities)):<52} "
+                  f"families: {','.join(sorted(c.families))}")
+    else:
+        for n in MODELS.names():
+            e = MODELS.entry(n)
+            print(f"{n:<22} family: {e.meta.get('family', '?'):<12} source: {e.source}")
+    return 0
+
+
+# ---------------------------------------------------------------------- world
+def cmd_world_show(args: argparse.Namespace) -> int:
+    from bench.world.show import show
+
+    out = _writable_file(args.out)
+    seed = _seed(args.seed)
+    show(seed, out, n=args.n, split=args.split)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _seed(value: str) -> int:
+    from bench.runner import validate_seeds
+
+    return validate_seeds([value])[0]
+
+
+# ------------------------------------------------------------------------ zoo
+def cmd_zoo_train(args: argparse.Namespace) -> int:
+    from models.zoo.train import train
+
+    train(args.name, Path(args.out) if args.out else None, steps=args.steps)
+    return 0
+
+
+def cmd_zoo_verify(args: argparse.Namespace) -> int:
+    from models.zoo.train import verify
+
+    ok = verify(args.name or None, quality=not args.hash_only)
+    return 0 if ok else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench", description="MMI-Bench: mechanistic interpretability on multimodal models")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("evaluate", help="run (task x method x model x seed) cells and store the records")
+    ev.add_argument("--task", action="append", help="task name, repeatable, or 'all' (default: all)")
+    ev.add_argument("--method", action="append", help="method name, repeatable, or 'all' (default: all)")
+    ev.add_argument("--model", action="append", help="model name, repeatable, or 'all' (default: all)")
+    ev.add_argument("--seed", action="append", help="seed, repeatable (default: 0)")
+    ev.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")
+    ev.add_argument("--force", action="store_true", help="re-run cells already in the store")
+    ev.add_argument("--quick", action="store_true", help="the quick profile (fewer examples), stored separately")
+    ev.add_argument("--config", action="append", metavar="KEY=VALUE", help="override a method config option")
+    ev.add_argument("--store", default="bench-results.sqlite", help="results file (default: %(default)s)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev.add_argument("--no-table", action="store_true", help="do not print the table at the end")
+    ev.set_defaults(fn=cmd_evaluate)
+
+    lb = sub.add_parser("leaderboard", help="render the leaderboard from the results store")
+    lb.add_argument("--task", action="append")
+    lb.add_argument("--model", action="append")
+    lb.add_argument("--method", action="append")
+    lb.add_argument("--format", default="md", choices=["md", "csv", "latex", "json"])
+    lb.add_argument("--profile", default="full", choices=["full", "quick"])
+    lb.add_argument("--out", help="write to this file instead of stdout")
+    lb.add_argument("--store", default="bench-results.sqlite")
+    lb.set_defaults(fn=cmd_leaderboard)
+
+    ls = sub.add_parser("list", help="list tasks, methods or models with their compatibility")
+    ls.add_argument("what", choices=["tasks", "methods", "models"])
+    ls.set_defaults(fn=cmd_list)
+
+    wo = sub.add_parser("world", help="the procedural world")
+    wsub = wo.add_subparsers(dest="world_command", required=True)
+    sh = wsub.add_parser("show", help="draw a grid of scenes with masks outlined")
+    sh.add_argument("--seed", default="0")
+    sh.add_argument("--out", required=True)
+    sh.add_argument("--n", type=int, default=16)
+    sh.add_argument("--split", default="train", choices=["train", "fit", "dev", "test"])
+    sh.set_defaults(fn=cmd_world_show)
+
+    zo = sub.add_parser("zoo", help="train or verify the built-in model zoo")
+    zsub = zo.add_subparsers(dest="zoo_command", required=True)
+    tr = zsub.add_parser("train", help="retrain a zoo model deterministically from its seed")
+    tr.add_argument("name")
+    tr.add_argument("--out", help="weights folder (default: the shipped zoo folder)")
+    tr.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    tr.set_defaults(fn=cmd_zoo_train)
+    ve = zsub.add_parser("verify", help="check shipped weights against their recorded hashes and figures")
+    ve.add_argument("name", nargs="?")
+    ve.add_argument("--hash-only", action="store_true")
+    ve.set_defaults(fn=cmd_zoo_verify)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Plan and run the grid: (task × method × model × seed) cells, checkpointed per cell.
+
+The runner takes any ``concurrent.futures.Executor``; ``jobs=1`` runs in-process.
+Every completed cell is written to the store at once, so an interrupted run
+resumes where it stopped; cells already stored are skipped unless ``force``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+import traceback
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from bench.errors import BenchError
+from bench.method import Method
+from bench.model import Model
+from bench.records import CellKey, RunRecord, config_hash, environment
+from bench.registry import METHODS, MODELS, TASKS
+from bench.store import Store
+from bench.task import Task
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    method: str
+    model: str
+    seed: int
+    quick: bool = False
+    method_overrides: tuple[tuple[str, Any], ...] = ()
+
+    def key(self, task_version: str, method_config: dict[str, Any]) -> CellKey:
+        return CellKey(self.task, task_version, self.method, config_hash(method_config), self.model, self.seed,
+                       "quick" if self.quick else "full")
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.model}/{self.method}/seed={self.seed}"
+
+
+@dataclass
+class Plan:
+    cells: list[Cell] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
+
+
+# ------------------------------------------------------------------ loading
+_MODEL_CACHE: dict[str, Model] = {}
+
+
+def load_model(name: str) -> Model:
+    """Load (once per process) a registered model."""
+    if name not in _MODEL_CACHE:
+        factory = MODELS.get(name)
+        model = factory(name) if _takes_name(factory) else factory()
+        _MODEL_CACHE[name] = model
+    return _MODEL_CACHE[name]
+
+
+def _takes_name(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(fn).parameters) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def make_task(name: str) -> Task:
+    return TASKS.get(name)()
+
+
+def make_method(name: str, overrides: Sequence[tuple[str, Any]] = ()) -> Method:
+    return METHODS.get(name)(**dict(overrides))
+
+
+def _expand(values: Sequence[str] | None, known: list[str], kind: str) -> list[str]:
+    if not values or ALL in values:
+        return list(known)
+    out = []
+    for v in values:
+        if v not in known:
+            # raises UnknownName with "did you mean"
+            {"task": TASKS, "method": METHODS, "model": MODELS}[kind].entry(v)
+        out.append(v)
+    return list(dict.fromkeys(out))
+
+
+def validate_seeds(seeds: Iterable[Any]) -> list[int]:
+    out = []
+    for s in seeds:
+        try:
+            v = int(s)
+        except (TypeError, ValueError):
+            raise BenchError(f"invalid seed {s!r}: seeds are non-negative integers") from None
+        if v < 0 or str(s).strip() not in (str(v), f"+{v}"):
+            raise BenchError(f"invalid seed {s!r}: seeds are non-negative integers")
+        out.append(v)
+    return list(dict.fromkeys(out))
+
+
+def plan(
+    tasks: Sequence[str] | None,
+    methods: Sequence[str] | None,
+    models: Sequence[str] | None,
+    seeds: Sequence[Any],
+    quick: bool = False,
+    method_overrides: dict[str, Any] | None = None,
+) -> Plan:
+    """Expand the grid and keep the compatible cells; the rest are listed with the reason."""
+    task_names = _expand(tasks, TASKS.names(), "task")
+    method_names = _expand(methods, METHODS.names(), "method")
+    model_names = _expand(models, MODELS.names(), "model")
+    seed_list = validate_seeds(seeds)
+    overrides = tuple(sorted((method_overrides or {}).items()))
+    p = Plan()
+    for t in task_names:
+        task = make_task(t)
+        for mo in model_names:
+            family = MODELS.entry(mo).meta.get("family")
+            if family is not None and family not in task.spec.families:
+                p.skipped.append((f"{t}/{mo}/*", f"task {t!r} does not support {family} models like {mo!r}"))
+                continue
+            model = load_model(mo)
+            reason = task.supports(model)
+            if reason:
+                p.skipped.append((f"{t}/{mo}/*", reason))
+                continue
+            for me in method_names:
+                cls = METHODS.get(me)
+                if task.spec.capability not in cls.capabilities:
+                    p.skipped.append((f"{t}/{mo}/{me}", f"method {me!r} has no {task.spec.capability!r} capability "
+                                      f"(needed by task {t!r})"))
+                    continue
+                method = make_method(me, overrides if me not in ("random", "oracle") else ())
+                reason = method.supports(model)
+                if reason:
+                    p.skipped.append((f"{t}/{mo}/{me}", reason))
+                    continue
+                for s in seed_list:
+                    p.cells.append(Cell(t, me, mo, s, quick, overrides if not cls.reference else ()))
+    return p
+
+
+# ---------------------------------------------------------------- one cell
+def cell_key(cell: Cell) -> CellKey:
+    task = make_task(cell.task)
+    method = make_method(cell.method, cell.method_overrides)
+    return cell.key(task.spec.version, method.config_dict())
+
+
+def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
+    """Run one cell in this process and return its record (failures become failed records)."""
+    torch.set_num_threads(threads)  # fixed per cell so results do not depend on --jobs
+    t0 = time.perf_counter()
+    task = make_task(cell.task)
+    method = make_method(cell.method, cell.method_overrides)
+    key = cell.key(task.spec.version, method.config_dict())
+    record = RunRecord(key=key, status="failed", main_score=task.spec.main_score,
+                       method_config=method.config_dict(), provenance=dict(environment()))
+    try:
+        model = load_model(cell.model)
+        t_load = time.perf_counter()
+        record.model_hash = model.weights_hash
+        record.batch_size, record.dtype, record.device = model.batch_size, model.dtype, model.device
+        torch.manual_seed(cell.seed)
+        result = task.run(model, method, cell.seed, quick=cell.quick)
+        record.metrics = {k: float(v) for k, v in result.metrics.items()}
+        record.example_hashes = list(result.example_hashes)
+        record.status = "ok"
+        record.timings = {"load_s": round(t_load - t0, 3), "run_s": round(time.perf_counter() - t_load, 3)}
+    except Exception as e:  # a failing method must not stop the grid
+        record.error = f"{type(e).__name__}: {e}"
+        record.provenance["traceback"] = traceback.format_exc(limit=8)
+        record.timings = {"run_s": round(time.perf_counter() - t0, 3)}
+    record.provenance["threads"] = threads
+    record.peak_memory_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return record
+
+
+# ------------------------------------------------------------------- grid
+@dataclass
+class GridResult:
+    ran: list[RunRecord] = field(default_factory=list)
+    already: list[Cell] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _pool_init() -> None:
+    torch.set_num_threads(1)
+
+
+def default_executor(jobs: int) -> Executor | None:
+    if jobs <= 1:
+        return None
+    import multiprocessing as mp
+
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init)
+
+
+def run_grid(
+    cells: Sequence[Cell],
+    store: Store,
+    executor: Executor | None = None,
+    force: bool = False,
+    progress: bool = True,
+    on_record: Callable[[RunRecord], None] | None = None,
+) -> GridResult:
+    """Run the cells not yet stored; write each record as soon as its cell completes."""
+    from tqdm.auto import tqdm
+
+    out = GridResult()
+    done_ids = set() if force else store.completed_ids()
+    todo = []
+    for c in cells:
+        (out.already if cell_key(c).id in done_ids else todo).append(c)
+    bar = tqdm(total=len(cells), initial=len(out.already), unit="cell", disable=not progress,
+               dynamic_ncols=True, desc="cells")
+
+    def finish(rec: RunRecord) -> None:
+        store.put(rec, force=force)
+        out.ran.append(rec)
+        bar.update(1)
+        if on_record:
+            on_record(rec)
+
+    try:
+        if executor is None:
+            for c in todo:
+                bar.set_postfix_str(c.label)
+                finish(run_cell(c))
+        else:
+            futures: dict[Future[RunRecord], Cell] = {executor.submit(run_cell, c): c for c in todo}
+            for fut in as_completed(futures):
+                bar.set_postfix_str(futures[fut].label)
+                finish(fut.result())
+    except KeyboardInterrupt:
+        out.interrupted = True
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
+    finally:
+        bar.close()
+    return out
+
+
+def cpu_jobs() -> int:
+    return max(1, min(4, os.cpu_count() or 1))

@@ -1,0 +1,168 @@
+"""Render leaderboard rows as Markdown, CSV, LaTeX or JSON.
+
+- ``json``: an array of objects with the keys of :class:`~leaderboard.scorer.Row`
+  (floats rounded to 6 decimals, non-finite floats as ``null``), stably sorted by
+  task, model, metric, method.
+- ``csv``: the same columns and order, written by pandas without an index.
+- ``md`` / ``latex``: one table per ``(task, task_version, model)``. Rows are methods:
+  the references ``random`` and ``oracle`` first, then the others by main score in
+  its direction, best first (ties and missing main scores by name, missing last).
+  Columns: every metric as ``mean [ci_low, ci_high]`` (3 decimals) with ↑/↓ for
+  its direction (main metric first, then the task spec's order, then by name), then
+  ``norm. <main metric>`` (the normalised main score), then ``n`` (seeds). A cell
+  whose ``n`` differs from the row's ``n`` (NaN values dropped, or a metric some
+  seeds lack) is suffixed ``(n=k)``. A missing cell shows ``—``, never a number.
+  Markdown puts ``### task vX — model`` above each table; LaTeX, where ``#`` is a
+  special character, puts the same text in a ``\\paragraph{...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from bench.errors import BenchError
+from leaderboard.scorer import REFERENCE_METHODS, Row, _task_spec
+
+FORMATS = ("md", "csv", "latex", "json")
+COLUMNS = ("task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
+           "direction", "normalised", "is_main")
+EMPTY_MESSAGE = "no results in the store match the filters"
+MISSING = "—"
+_ARROWS = {"higher": "↑", "lower": "↓"}
+_LATEX_ARROWS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$"}
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def render(rows: list[Row], fmt: str) -> str:
+    """``rows`` as text in ``fmt`` (md | csv | latex | json); a message when there are none.
+
+    The text has no trailing newline (the caller prints it or writes it with one).
+    """
+    if fmt not in FORMATS:
+        raise BenchError(f"unknown leaderboard format {fmt!r} (known: {', '.join(FORMATS)})")
+    if not rows:
+        return EMPTY_MESSAGE
+    if fmt == "json":
+        return json.dumps(_records(rows), indent=2, ensure_ascii=False, allow_nan=False)
+    if fmt == "csv":
+        frame = pd.DataFrame(_records(rows), columns=list(COLUMNS))
+        return frame.to_csv(index=False, lineterminator="\n").rstrip("\n")
+    return _tables(rows, latex=(fmt == "latex"))
+
+
+# ------------------------------------------------------------------ flat formats
+def _num(x: float | None) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), 6) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def _records(rows: list[Row]) -> list[dict[str, Any]]:
+    ordered = sorted(rows, key=lambda r: (r.task, r.model, r.metric, r.method))  # sorted() is stable
+    out = []
+    for r in ordered:
+        out.append({"task": r.task, "task_version": r.task_version, "model": r.model, "method": r.method,
+                    "metric": r.metric, "mean": _num(r.mean), "ci_low": _num(r.ci_low),
+                    "ci_high": _num(r.ci_high), "n": int(r.n), "direction": r.direction,
+                    "normalised": _num(r.normalised), "is_main": bool(r.is_main)})
+    return out
+
+
+# ---------------------------------------------------------------------- tables
+def _fmt(x: float | None) -> str:
+    if x is None or math.isnan(x):
+        return MISSING
+    text = f"{x:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(c, c) for c in text)
+
+
+def _metric_order(task: str, metrics: set[str], main: str | None) -> list[str]:
+    spec = _task_spec(task)
+    spec_order = [m.name for m in spec.metrics] if spec is not None else []
+    rank = {name: i for i, name in enumerate(spec_order)}
+    return sorted(metrics, key=lambda m: (m != main, rank.get(m, len(rank)), m))
+
+
+def _method_order(by_method: dict[str, dict[str, Row]], main: str | None) -> list[str]:
+    refs = [m for m in REFERENCE_METHODS if m in by_method]
+    others = [m for m in by_method if m not in REFERENCE_METHODS]
+
+    def key(method: str) -> tuple[int, float, str]:
+        row = by_method[method].get(main) if main else None
+        if row is None or math.isnan(row.mean):
+            return (1, 0.0, method)
+        if row.direction == "higher":
+            return (0, -row.mean, method)
+        if row.direction == "lower":
+            return (0, row.mean, method)
+        return (0, 0.0, method)  # direction "none": by name
+
+    return refs + sorted(others, key=key)
+
+
+def _tables(rows: list[Row], latex: bool) -> str:
+    groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[(r.task, r.task_version, r.model)].append(r)
+
+    blocks = []
+    for (task, version, model) in sorted(groups):
+        group = groups[(task, version, model)]
+        by_method: dict[str, dict[str, Row]] = defaultdict(dict)
+        direction: dict[str, str] = {}
+        main: str | None = None
+        for r in group:
+            by_method[r.method][r.metric] = r
+            direction.setdefault(r.metric, r.direction)
+            if r.is_main:
+                main = r.metric
+        metrics = _metric_order(task, set(direction), main)
+        methods = _method_order(by_method, main)
+
+        headers = ["method"]
+        for m in metrics:
+            arrow = _ARROWS.get(direction[m])
+            headers.append(f"{m} {arrow}" if arrow else m)
+        if main is not None:
+            headers.append(f"norm. {main}")
+        headers.append("n")
+
+        body = []
+        for method in methods:
+            cells = by_method[method]
+            n = max(r.n for r in cells.values())
+            line = [method]
+            for m in metrics:
+                r = cells.get(m)
+                if r is None:
+                    line.append(MISSING)
+                    continue
+                text = f"{_fmt(r.mean)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+                line.append(text if r.n == n else f"{text} (n={r.n})")
+            if main is not None:
+                r = cells.get(main)
+                line.append(_fmt(r.normalised) if r is not None else MISSING)
+            line.append(str(n))
+            body.append(line)
+
+        title = f"{task} v{version} — {model}"
+        if latex:
+            table = tabulate(body, headers=headers, tablefmt="latex_booktabs", disable_numparse=True)
+            for arrow, cmd in _LATEX_ARROWS.items():
+                table = table.replace(arrow, cmd)
+            blocks.append(f"\\paragraph{{{_latex_escape(title)}}}\n\n{table}")
+        else:
+            table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+            blocks.append(f"### {title}\n\n{table}")
+    return "\n\n".join(blocks)

@@ -1,0 +1,123 @@
+"""``bench zoo train`` / ``bench zoo verify``: retrain and check the shipped zoo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+from models.zoo import CARDS_DIR, WEIGHTS_DIR
+
+ZOO: dict[str, str] = {"zoo-clip": "contrastive"}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train(name: str, out: Path | None = None, steps: int | None = None) -> Path:
+    """Retrain ``name`` from its recorded config and seed; writes weights, metadata and card."""
+    if name not in ZOO:
+        from bench.errors import UnknownName
+
+        raise UnknownName("zoo model", name, ZOO)
+    from dataclasses import replace
+
+    from models.zoo.clip import ZooClipConfig, save_zoo_clip, train_clip
+
+    out = out or WEIGHTS_DIR
+    cfg = ZooClipConfig(name=name)
+    if steps is not None:
+        if steps <= 0:
+            raise BenchError("--steps must be positive")
+        cfg = replace(cfg, steps=steps)
+    model, vocab, metrics = train_clip(cfg, log=_log)
+    path = save_zoo_clip(model, vocab, cfg, metrics, out)
+    write_card(name, out)
+    _log(f"wrote {path}")
+    return path
+
+
+def write_card(name: str, weights_dir: Path = WEIGHTS_DIR, cards_dir: Path = CARDS_DIR) -> Path:
+    meta = json.loads((weights_dir / f"{name}.json").read_text())
+    cfg, m = meta["config"], meta["metrics"]
+    hist = "\n".join(f"| {h['step']} | {h['zero_shot_shape']:.3f} | {h['zero_shot_colour']:.3f} |"
+                     for h in m.get("history", []))
+    text = f"""# {name}
+
+A tiny CLIP (transformers `CLIPModel`) trained contrastively, on this repository's
+procedural world, on a CPU. Family: contrastive.
+
+## Architecture
+- Vision: ViT, image {cfg['image_size']}×{cfg['image_size']}, patch {cfg['patch_size']}, width {cfg['width']},
+  {cfg['layers']} layers, {cfg['heads']} heads, MLP {cfg['mlp']}.
+- Text: causal transformer over a closed word-level vocabulary ({len(meta['vocab'])} words), width
+  {cfg['text_width']}, {cfg['text_layers']} layers, {cfg['text_heads']} heads, context {cfg['max_text_len']}.
+- Joint embedding {cfg['embed_dim']}; eager attention (attention patterns are sites).
+
+## Data
+World seed {cfg['world_seed']}: scenes of 1–3 objects (4 shapes × 6 colours × 2 sizes on a 3×3 grid) on plain,
+"water" or "land" backgrounds; one caption sampled per scene from its canonical caption, a shape-only and
+a colour-only description, and paraphrases with sizes, positions and backgrounds. Fresh scenes every step
+(train split), no scene repeated.
+
+## Training
+Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, AdamW (lr {cfg['lr']}, cosine, warmup
+{cfg['warmup']}, weight decay {cfg['weight_decay']}), symmetric InfoNCE with soft targets for duplicate captions,
+{cfg['threads']} CPU threads (bit-identical retraining needs the same thread count and torch version:
+{meta['torch']}). Training time: {m['train_seconds']:.0f} s. Retrain: `bench zoo train {name}`.
+
+## Figures (held-out test split, single-object scenes, one prompt per class)
+| metric | value |
+|---|---|
+| zero-shot shape ("a {{shape}}", 4-way) | {m['zero_shot_shape']:.3f} |
+| zero-shot colour ("a {{colour}} object", 6-way) | {m['zero_shot_colour']:.3f} |
+
+Dev-split curve during training:
+
+| step | shape | colour |
+|---|---|---|
+{hist}
+
+## Files
+- `models/zoo/weights/{name}.safetensors` — sha256 `{meta['sha256']}`
+- `models/zoo/weights/{name}.json` — config, vocabulary, figures
+"""
+    cards_dir.mkdir(parents=True, exist_ok=True)
+    path = cards_dir / f"{name}.md"
+    path.write_text(text)
+    return path
+
+
+def verify(name: str | None = None, quality: bool = True, tolerance: float = 0.02) -> bool:
+    """Check each shipped model's sha256 and (optionally) re-measure its recorded figures."""
+    from models.zoo.clip import sha256_file
+
+    names = [name] if name else list(ZOO)
+    ok = True
+    for n in names:
+        if n not in ZOO:
+            from bench.errors import UnknownName
+
+            raise UnknownName("zoo model", n, ZOO)
+        meta_path = WEIGHTS_DIR / f"{n}.json"
+        if not meta_path.exists():
+            raise BenchError(f"no shipped weights for {n!r}; run `bench zoo train {n}`")
+        meta = json.loads(meta_path.read_text())
+        digest = sha256_file(WEIGHTS_DIR / f"{n}.safetensors")
+        good = digest == meta["sha256"]
+        print(f"{n}: sha256 {'ok' if good else 'MISMATCH'} ({digest[:16]}…)")
+        ok &= good
+        if quality:
+            from bench.world import World
+            from models.zoo.clip import load_zoo_clip, zero_shot_accuracy
+
+            clip, vocab, _ = load_zoo_clip(n, WEIGHTS_DIR)
+            got = zero_shot_accuracy(clip, vocab, World(meta["config"]["world_seed"]), n=1024, split="test")
+            for k, v in got.items():
+                rec = meta["metrics"][k]
+                fine = abs(v - rec) <= tolerance
+                print(f"{n}: {k} {v:.3f} (recorded {rec:.3f}) {'ok' if fine else 'MOVED'}")
+                ok &= fine
+    return ok

@@ -1,0 +1,209 @@
+"""Leaderboard scoring and rendering on hand-built records (no model runs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from bench.errors import BenchError
+from bench.records import CellKey, RunRecord
+from bench.store import Store
+from bench.task import MetricSpec, TaskSpec
+from leaderboard import render as render_mod
+from leaderboard import scorer
+from leaderboard.render import EMPTY_MESSAGE, render
+from leaderboard.scorer import Row, bootstrap_ci, score
+
+TASK = "toy"  # not registered: directions default to "higher", normalise=True
+
+
+def rec(method: str, seed: int, metrics: dict[str, float], *, task: str = TASK, version: str = "1.0",
+        model: str = "m", status: str = "ok", main: str = "acc", profile: str = "full",
+        cfg: str = "cfg0") -> RunRecord:
+    key = CellKey(task=task, task_version=version, method=method, method_config_hash=cfg, model=model,
+                  seed=seed, profile=profile)
+    return RunRecord(key=key, status=status, metrics=dict(metrics), main_score=main,
+                     error="boom" if status == "failed" else None)
+
+
+def make_store(tmp_path, records: list[RunRecord]) -> Store:
+    store = Store(tmp_path / "s.sqlite")
+    for r in records:
+        store.put(r)
+    return store
+
+
+def find(rows: list[Row], **kw) -> Row:
+    hits = [r for r in rows if all(getattr(r, k) == v for k, v in kw.items())]
+    assert len(hits) == 1, (kw, hits)
+    return hits[0]
+
+
+@pytest.fixture
+def fake_spec(monkeypatch):
+    """Register a spec for TASK without touching the global registry."""
+    spec = TaskSpec(name=TASK, version="1.0", families=frozenset({"contrastive"}), capability="attribute",
+                    main_score="acc",
+                    metrics=(MetricSpec("acc", "higher", "accuracy"),
+                             MetricSpec("err", "lower", "error"),
+                             MetricSpec("sanity", "lower", "sanity check", normalise=False)))
+    monkeypatch.setattr(scorer, "_task_spec", lambda task: spec if task == TASK else None)
+    monkeypatch.setattr(render_mod, "_task_spec", lambda task: spec if task == TASK else None)
+    return spec
+
+
+# ------------------------------------------------------------------- scoring
+def test_mean_and_bootstrap_ci_golden(tmp_path):
+    store = make_store(tmp_path, [rec("saliency", s, {"acc": v}) for s, v in enumerate([0.2, 0.4, 0.6])])
+    rows = score(store.records())
+    r = find(rows, method="saliency", metric="acc")
+    assert r.n == 3
+    assert r.mean == pytest.approx(0.4, abs=1e-12)
+    # Resample means of 3 values take 10 distinct values; all-0.2 (or all-0.6) has
+    # probability 1/27 ≈ 3.7% > 2.5%, so the 95% percentile interval is exactly [0.2, 0.6].
+    assert 0.2 <= r.ci_low <= r.ci_high <= 0.6
+    assert r.ci_low == pytest.approx(0.2, abs=1e-12)
+    assert r.ci_high == pytest.approx(0.6, abs=1e-12)
+    again = find(score(store.records()), method="saliency", metric="acc")
+    assert (again.ci_low, again.ci_high, again.mean) == (r.ci_low, r.ci_high, r.mean)
+
+
+def test_bootstrap_ci_matches_normal_approximation():
+    # 5 seeds 0.1..0.5: mean 0.3, bootstrap s.e. = sqrt(pop. var / n) = sqrt(0.02 / 5) ≈ 0.0632,
+    # so the 95% interval is about 0.3 ± 1.96 · 0.0632 = [0.176, 0.424].
+    vals = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    lo, hi = bootstrap_ci(vals, 2000, np.random.default_rng(0))
+    assert lo == pytest.approx(0.176, abs=0.03)
+    assert hi == pytest.approx(0.424, abs=0.03)
+    assert bootstrap_ci(np.array([0.7]), 2000, np.random.default_rng(0)) == (0.7, 0.7)
+    same = np.array([0.1, 0.1, 0.1])
+    assert bootstrap_ci(same, 2000, np.random.default_rng(0)) == (float(np.mean(same)),) * 2
+
+
+def test_single_seed_ci_is_the_mean():
+    r = find(score([rec("saliency", 0, {"acc": 0.3})]), metric="acc")
+    assert (r.mean, r.ci_low, r.ci_high, r.n) == (0.3, 0.3, 0.3, 1)
+
+
+def test_normalised_score_hand_computed(tmp_path):
+    store = make_store(tmp_path, [rec("random", 0, {"acc": 0.25}), rec("oracle", 0, {"acc": 1.0}),
+                                  rec("saliency", 0, {"acc": 0.625})])
+    rows = score(store.records())
+    assert find(rows, method="saliency").normalised == pytest.approx(0.5)
+    assert find(rows, method="random").normalised == pytest.approx(0.0)
+    assert find(rows, method="oracle").normalised == pytest.approx(1.0)
+    assert all(r.is_main for r in rows)
+
+
+def test_normalised_none_cases(fake_spec):
+    records = [rec("random", 0, {"acc": 0.5, "sanity": 1.0, "err": 0.4}),
+               rec("oracle", 0, {"acc": 0.5, "sanity": 1.0, "err": 0.0}),
+               rec("saliency", 0, {"acc": 0.7, "sanity": 0.2, "err": 0.1})]
+    rows = score(records)
+    assert find(rows, method="saliency", metric="acc").normalised is None  # |oracle - random| < 1e-9
+    assert find(rows, method="saliency", metric="sanity").normalised is None  # normalise=False
+    assert find(rows, method="saliency", metric="err").normalised == pytest.approx(0.75)  # lower is better
+    assert find(rows, method="saliency", metric="err").direction == "lower"
+    # No references at all on another model.
+    assert score([rec("saliency", 0, {"acc": 0.7}, model="other")])[0].normalised is None
+
+
+def test_task_versions_never_mixed(tmp_path):
+    store = make_store(tmp_path, [rec("saliency", 0, {"acc": 0.2}, version="1.0"),
+                                  rec("saliency", 1, {"acc": 0.4}, version="1.0"),
+                                  rec("saliency", 0, {"acc": 0.9}, version="2.0"),
+                                  rec("random", 0, {"acc": 0.0}, version="2.0"),
+                                  rec("oracle", 0, {"acc": 1.0}, version="2.0"),
+                                  rec("random", 0, {"acc": 0.1}, version="1.0"),
+                                  rec("oracle", 0, {"acc": 0.5}, version="1.0")])
+    rows = score(store.records())
+    v1 = find(rows, method="saliency", task_version="1.0")
+    v2 = find(rows, method="saliency", task_version="2.0")
+    assert (v1.n, v1.mean) == (2, pytest.approx(0.3))
+    assert (v2.n, v2.mean) == (1, pytest.approx(0.9))
+    assert v1.normalised == pytest.approx((0.3 - 0.1) / (0.5 - 0.1))  # v1.0 references only
+    assert v2.normalised == pytest.approx(0.9)
+    md = render(rows, "md")
+    assert "### toy v1.0 — m" in md and "### toy v2.0 — m" in md
+
+
+def test_failed_records_ignored(tmp_path):
+    store = make_store(tmp_path, [rec("saliency", 0, {"acc": 0.2}), rec("saliency", 1, {"acc": 0.4}),
+                                  rec("saliency", 2, {}, status="failed")])
+    for records in (store.records(), store.records(status=None)):
+        r = find(score(records), method="saliency")
+        assert (r.n, r.mean) == (2, pytest.approx(0.3))
+
+
+def test_nan_values_reduce_n_and_missing_metric_not_filled():
+    records = [rec("saliency", 0, {"acc": 0.2, "extra": 1.0}), rec("saliency", 1, {"acc": float("nan")}),
+               rec("saliency", 2, {"acc": 0.4}), rec("gradcam", 0, {"acc": 0.5})]
+    rows = score(records)
+    acc = find(rows, method="saliency", metric="acc")
+    assert (acc.n, acc.mean) == (2, pytest.approx(0.3))
+    assert find(rows, method="saliency", metric="extra").n == 1
+    assert not [r for r in rows if r.method == "gradcam" and r.metric == "extra"]
+    assert not [r for r in score([rec("x", 0, {"acc": float("nan")})])]  # all NaN: no row
+
+
+def test_mixed_profiles_rejected():
+    with pytest.raises(BenchError, match="profile"):
+        score([rec("saliency", 0, {"acc": 0.2}, profile="quick"), rec("saliency", 0, {"acc": 0.4})])
+
+
+def test_deterministic_and_order_independent(tmp_path):
+    records = [rec(m, s, {"acc": (s * 7 + len(m)) % 10 / 10, "err": s / 10})
+               for m in ("random", "oracle", "saliency", "gradcam") for s in range(4)]
+    a = score(records)
+    b = score(list(reversed(records)))
+    assert a == b
+    store = make_store(tmp_path, records)
+    for fmt in ("md", "csv", "latex", "json"):
+        assert render(score(store.records()), fmt) == render(score(store.records()), fmt)
+
+
+# ------------------------------------------------------------------ rendering
+def test_missing_metric_renders_dash(fake_spec):
+    rows = score([rec("random", 0, {"acc": 0.25, "err": 0.5}), rec("oracle", 0, {"acc": 1.0, "err": 0.0}),
+                  rec("saliency", 0, {"acc": 0.625})])
+    md = render(rows, "md")
+    line = next(l for l in md.splitlines() if l.startswith("| saliency"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    header = next(l for l in md.splitlines() if l.startswith("| method"))
+    names = [c.strip() for c in header.strip("|").split("|")]
+    assert names == ["method", "acc ↑", "err ↓", "norm. acc", "n"]
+    assert cells[names.index("err ↓")] == "—"
+    assert cells[names.index("norm. acc")] == "0.500"
+    assert cells[names.index("acc ↑")] == "0.625 [0.625, 0.625]"
+    latex = render(rows, "latex")
+    assert r"\begin{tabular}" in latex and r"$\downarrow$" in latex and "—" in latex
+
+
+def test_method_order_references_first_then_best(fake_spec):
+    rows = score([rec("oracle", 0, {"acc": 1.0}), rec("random", 0, {"acc": 0.0}),
+                  rec("aaa", 0, {"acc": 0.3}), rec("zzz", 0, {"acc": 0.9}), rec("mmm", 0, {"acc": 0.6})])
+    md = render(rows, "md")
+    order = [l.strip("|").split("|")[0].strip() for l in md.splitlines() if l.startswith("| ")][1:]
+    assert order == ["random", "oracle", "zzz", "mmm", "aaa"]
+
+
+def test_json_and_csv_columns(tmp_path):
+    store = make_store(tmp_path, [rec("saliency", s, {"acc": v}) for s, v in enumerate([0.2, 0.4, 0.6])])
+    rows = score(store.records())
+    data = json.loads(render(rows, "json"))
+    keys = ["task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
+            "direction", "normalised", "is_main"]
+    assert [list(d) for d in data] == [keys]
+    assert data[0]["mean"] == 0.4 and data[0]["normalised"] is None and data[0]["is_main"] is True
+    table = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
+    assert list(table[0]) == keys and table[0]["n"] == "3"
+
+
+def test_empty_and_unknown_format():
+    assert render([], "md") == EMPTY_MESSAGE
+    with pytest.raises(BenchError, match="unknown leaderboard format"):
+        render([], "html")

@@ -1,0 +1,164 @@
+"""Parity: reading each site returns what the underlying computation produces."""
+
+import pytest
+import torch
+
+from bench.errors import UnknownName
+from bench.sites import replace_rows, zero_ablate
+
+
+def _inputs(model):
+    torch.manual_seed(1)
+    return torch.rand(3, 3, 32, 32), ["a red circle", "a blue square and a green cross", "a glyph"]
+
+
+def _reference(model, tower, pixels, texts):
+    """Independent per-site values from the model's own outputs and weights."""
+    clip = model.clip
+    if tower == "vision":
+        sub = clip.vision_model
+        out = sub(pixel_values=(pixels - 0.5) / 0.25, output_hidden_states=True, output_attentions=True)
+        mask = None
+    else:
+        sub = clip.text_model
+        ids, am = model.tokenize(texts)
+        out = sub(input_ids=ids, attention_mask=am, output_hidden_states=True, output_attentions=True)
+        mask = am
+    hs, att = out.hidden_states, out.attentions
+    ref = {f"{tower}.embed": hs[0]}
+    for i, layer in enumerate(sub.encoder.layers):
+        pre, post = hs[i], hs[i + 1]
+        a = layer.self_attn
+        x = layer.layer_norm1(pre)
+        v = a.v_proj(x).unflatten(-1, (a.num_heads, a.head_dim))  # [B, P, H, dh]
+        z = torch.einsum("bhqk,bkhd->bqhd", att[i], v)
+        attn_out = a.out_proj(z.flatten(-2))
+        mid = pre + attn_out
+        neurons = layer.mlp.activation_fn(layer.mlp.fc1(layer.layer_norm2(mid)))
+        n = f"{tower}.blocks.{i}"
+        ref.update({f"{n}.resid_post": post, f"{n}.attn": attn_out, f"{n}.attn.pattern": att[i],
+                    f"{n}.mlp": post - mid, f"{n}.mlp.neurons": neurons})
+        for h in range(a.num_heads):
+            ref[f"{n}.attn.head.{h}"] = z[:, :, h]
+        assert torch.allclose(layer.mlp.fc2(neurons), post - mid, atol=1e-5)
+    final = out.pooler_output
+    ref[f"{tower}.final"] = sub.post_layernorm(hs[-1]) if tower == "vision" else out.last_hidden_state
+    proj_in = final
+    ref[f"{tower}.proj"] = (clip.visual_projection if tower == "vision" else clip.text_projection)(proj_in)
+    return ref
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_every_site_reads_what_the_module_computes(tiny_clip, tower):
+    pixels, texts = _inputs(tiny_clip)
+    names = [s.name for s in tiny_clip.sites(tower=tower)]
+    with torch.no_grad():
+        ref = _reference(tiny_clip, tower, pixels, texts)
+        with tiny_clip.trace(read=names) as t:
+            tiny_clip.encode_image(pixels) if tower == "vision" else tiny_clip.encode_text(texts)
+    assert set(ref) == set(names), "parity reference must cover every declared site"
+    for name in names:
+        got, want = t[name], ref[name]
+        if name.endswith(".final") and tower == "vision":
+            got, want = got, want  # post_layernorm acts on the pooled CLS token
+            want = tiny_clip.clip.vision_model.post_layernorm(ref["vision.blocks.1.resid_post"][:, 0])
+        assert got.shape == want.shape, name
+        assert torch.allclose(got, want, atol=1e-5), name
+
+
+def test_site_metadata(tiny_clip):
+    s = tiny_clip.site("vision.blocks.1.attn.head.3")
+    assert (s.tower, s.layer, s.kind, s.head, s.stream) == ("vision", 1, "head", 3, "image")
+    assert tiny_clip.site("text.blocks.0.mlp").stream == "text"
+    layout = tiny_clip.token_layout()
+    assert layout.cls == 0 and layout.image == slice(1, 65) and layout.grid == (8, 8)
+    with pytest.raises(UnknownName, match="did you mean"):
+        tiny_clip.site("vision.blocks.1.mlpp")
+
+
+def _hooks(model):
+    # transformers installs its own persistent output-capturing hooks; count ours relative to a baseline
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.module.modules())
+
+
+def test_hooks_always_removed(tiny_clip):
+    pixels, _ = _inputs(tiny_clip)
+    base = _hooks(tiny_clip)
+    with tiny_clip.trace(read=["vision.blocks.0.mlp"], write={"vision.blocks.1.attn.head.0": zero_ablate()}):
+        assert _hooks(tiny_clip) == base + 2
+        tiny_clip.encode_image(pixels)
+    assert _hooks(tiny_clip) == base
+    with pytest.raises(RuntimeError):
+        with tiny_clip.trace(read=["vision.blocks.0.mlp"]):
+            raise RuntimeError("boom")
+    assert _hooks(tiny_clip) == base
+    with tiny_clip.trace() as t:  # an empty trace registers nothing
+        assert _hooks(tiny_clip) == base
+    assert t.values == {}
+
+
+def test_write_changes_output_as_intended(tiny_clip):
+    pixels, _ = _inputs(tiny_clip)
+    last = "vision.blocks.1"
+    with torch.no_grad():
+        with tiny_clip.trace(read=[f"{last}.resid_post", f"{last}.mlp"]) as clean:
+            tiny_clip.encode_image(pixels)
+        with tiny_clip.trace(read=[f"{last}.resid_post"], write={f"{last}.mlp": zero_ablate()}) as abl:
+            tiny_clip.encode_image(pixels)
+    # removing the MLP's contribution shifts the residual stream by exactly that contribution
+    assert torch.allclose(abl[f"{last}.resid_post"], clean[f"{last}.resid_post"] - clean[f"{last}.mlp"], atol=1e-5)
+
+
+def test_head_write_touches_only_that_head(tiny_clip):
+    pixels, _ = _inputs(tiny_clip)
+    heads = [f"vision.blocks.0.attn.head.{h}" for h in range(4)]
+    with torch.no_grad():
+        with tiny_clip.trace(read=heads) as clean:
+            tiny_clip.encode_image(pixels)
+        with tiny_clip.trace(read=heads, write={heads[2]: zero_ablate()}) as abl:
+            tiny_clip.encode_image(pixels)
+    for h, name in enumerate(heads):
+        if h == 2:
+            assert torch.count_nonzero(abl[name]) == 0
+        else:
+            assert torch.equal(abl[name], clean[name])
+
+
+def test_batched_writes_match_single_runs(tiny_clip):
+    """One pass where row k is patched at site k equals k separate patched passes."""
+    pixels, _ = _inputs(tiny_clip)
+    src, dst = pixels[:1], pixels[1:2]
+    sites = ["vision.blocks.0.mlp", "vision.blocks.1.attn", "vision.blocks.0.attn.head.1"]
+    with torch.no_grad():
+        with tiny_clip.trace(read=sites) as s:
+            tiny_clip.encode_image(src)
+        batch = dst.expand(len(sites), -1, -1, -1)
+        edits = {site: replace_rows(torch.tensor([k]), s[site]) for k, site in enumerate(sites)}
+        with tiny_clip.trace(write=edits):
+            batched = tiny_clip.encode_image(batch)
+        for k, site in enumerate(sites):
+            with tiny_clip.trace(write={site: replace_rows(torch.tensor([0]), s[site])}):
+                single = tiny_clip.encode_image(dst)
+            assert torch.allclose(batched[k], single[0], atol=1e-6), site
+
+
+def test_stop_after_reads_skips_the_rest(tiny_clip):
+    pixels, _ = _inputs(tiny_clip)
+    base = _hooks(tiny_clip)
+    calls = []
+    h = tiny_clip.clip.visual_projection.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with tiny_clip.trace(read=["vision.blocks.0.resid_post"], stop_after_reads=True) as t:
+            tiny_clip.encode_image(pixels)
+        assert t["vision.blocks.0.resid_post"].shape == (3, 65, 64)
+        assert calls == []
+        tiny_clip.encode_image(pixels)
+        assert calls == [1]
+    finally:
+        h.remove()
+    assert _hooks(tiny_clip) == base
+
+
+def test_unknown_site_in_trace(tiny_clip):
+    with pytest.raises(UnknownName, match="did you mean"):
+        tiny_clip.trace(read=["vision.blocks.0.mlp.neuron"])
