@@ -76,6 +76,10 @@ class Model(ABC):
         Used by the model-randomisation sanity check (Adebayo et al., 2018).
         """
 
+    def token_layout(self) -> TokenLayout | None:
+        """Where image tokens sit in the vision tower's sequence; ``None`` if the model has none."""
+        return None
+
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "family": self.family, "n_sites": len(self._sites),
                 "params": sum(p.numel() for p in self.module.parameters())}
@@ -97,10 +101,6 @@ class ContrastiveModel(Model):
     @abstractmethod
     def similarity(self, pixels_BCHW: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Scaled cosine similarity logits ``[B, T]``."""
-
-    @abstractmethod
-    def token_layout(self) -> TokenLayout:
-        """Positions of the CLS and image-patch tokens in the vision tower."""
 
     @property
     @abstractmethod

@@ -48,7 +48,8 @@ def render(rows: list[Row], fmt: str) -> str:
     if fmt not in FORMATS:
         raise BenchError(f"unknown leaderboard format {fmt!r} (known: {', '.join(FORMATS)})")
     if not rows:
-        return EMPTY_MESSAGE
+        # machine formats stay parseable when nothing matched
+        return {"json": "[]", "csv": ",".join(COLUMNS)}.get(fmt, EMPTY_MESSAGE)
     if fmt == "json":
         return json.dumps(_records(rows), indent=2, ensure_ascii=False, allow_nan=False)
     if fmt == "csv":

@@ -34,10 +34,10 @@ Definitions (one *cell* is a ``(task, task_version, model, method, metric)`` gro
   is not in the spec, is treated as direction ``"higher"`` with ``normalise=True``.
   The main score is the ``main_score`` the records carry (the one in force when they
   ran), falling back to the registered spec's.
-- **Mixing guard.** A cell may not mix records of different profiles (``quick`` and
-  ``full``) or method configurations (``method_config_hash``): those are different
-  experiments, and their seeds are not samples of the same quantity. Such a store
-  raises ``BenchError``; filter it by profile first.
+- **Configurations and profiles.** Records of one method under several
+  configurations (``method_config_hash``) are separate rows, labelled
+  ``method@<hash>``; their seeds are not samples of the same quantity. Mixing
+  profiles (``quick`` and ``full``) raises ``BenchError``; filter by profile first.
 """
 
 from __future__ import annotations
@@ -149,23 +149,29 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
     variants: dict[tuple[str, str, str, str], set[tuple[str, str]]] = defaultdict(set)
     main_votes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
 
-    for rec in records:
-        if rec.status != "ok":
-            continue
+    ok = [r for r in records if r.status == "ok"]
+    configs: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
+    for rec in ok:
         k = rec.key
         variants[(k.task, k.task_version, k.model, k.method)].add((k.profile, k.method_config_hash))
+        configs[(k.task, k.task_version, k.model, k.method)].add(k.method_config_hash)
+    for (task, version, model, method), vs in sorted(variants.items()):
+        if len({p for p, _ in vs}) > 1:
+            desc = ", ".join(sorted({p for p, _ in vs}))
+            raise BenchError(f"results for {task} v{version} / {model} / {method} mix profiles ({desc}); "
+                             f"filter the store by profile")
+
+    for rec in ok:
+        k = rec.key
+        # Several configurations of one method are separate rows, labelled by config hash.
+        several = len(configs[(k.task, k.task_version, k.model, k.method)]) > 1
+        method = f"{k.method}@{k.method_config_hash[:6]}" if several else k.method
         if rec.main_score:
             main_votes[(k.task, k.task_version)][rec.main_score] += 1
         for name, raw in rec.metrics.items():
             v = _as_float(rec, name, raw)
             if not math.isnan(v):  # NaN: dropped, so this cell's n counts one seed fewer
-                values[(k.task, k.task_version, k.model, k.method, name)].append((k.seed, v))
-
-    for (task, version, model, method), vs in sorted(variants.items()):
-        if len(vs) > 1:
-            desc = ", ".join(f"profile={p} config={h}" for p, h in sorted(vs))
-            raise BenchError(f"results for {task} v{version} / {model} / {method} mix several runs "
-                             f"({desc}); filter the store by profile, or keep one method configuration")
+                values[(k.task, k.task_version, k.model, method, name)].append((k.seed, v))
 
     specs: dict[str, TaskSpec | None] = {}
     means: dict[tuple[str, str, str, str, str], float] = {}

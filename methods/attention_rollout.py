@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.capabilities import AttributionRequest
+from bench.errors import Incompatible
 from bench.method import Method, MethodConfig
 from bench.model import Model
 
@@ -45,15 +46,17 @@ class AttentionRollout(Method):
             return reason
         if not _pattern_sites(model):
             return f"model {model.name!r} exposes no vision attention-pattern sites"
-        layout_fn = getattr(model, "token_layout", None)
-        if layout_fn is None:
+        layout = model.token_layout()
+        if layout is None:
             return f"model {model.name!r} has no vision token layout"
-        if layout_fn().cls is None:
+        if layout.cls is None:
             return f"model {model.name!r} has no CLS token to roll attention out from"
         return None
 
     def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
-        layout = model.token_layout()  # type: ignore[attr-defined]
+        layout = model.token_layout()
+        if layout is None or layout.cls is None:
+            raise Incompatible(self.supports(model) or "no CLS token")
         sites = _pattern_sites(model)
         pixels = request.pixels_BCHW
         bs = max(1, int(request.batch_size))

@@ -62,13 +62,15 @@ class GradCAM(Method):
             return f"model {model.name!r} exposes no vision resid_post sites"
         if self._site(model) is None:
             return f"gradcam layer {self.config.layer} is out of range for {n} vision blocks"
-        if getattr(model, "token_layout", None) is None:
+        if model.token_layout() is None:
             return f"model {model.name!r} has no vision token layout"
         return None
 
     def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
-        layout = model.token_layout()  # type: ignore[attr-defined]
+        layout = model.token_layout()
         site = self._site(model)
+        if layout is None:
+            raise Incompatible(f"model {model.name!r} has no vision token layout")
         if site is None:
             raise Incompatible(self.supports(model) or f"gradcam cannot run on {model.name!r}")
         pixels = request.pixels_BCHW

@@ -191,6 +191,12 @@ def test_method_order_references_first_then_best(fake_spec):
     assert order == ["random", "oracle", "zzz", "mmm", "aaa"]
 
 
+def test_method_configurations_are_separate_rows():
+    rows = score([rec("saliency", 0, {"acc": 0.2}, cfg="aaaaaa111"), rec("saliency", 0, {"acc": 0.4}, cfg="bbbbbb222"),
+                  rec("gradcam", 0, {"acc": 0.5})])
+    assert sorted({r.method for r in rows}) == ["gradcam", "saliency@aaaaaa", "saliency@bbbbbb"]
+
+
 def test_json_and_csv_columns(tmp_path):
     store = make_store(tmp_path, [rec("saliency", s, {"acc": v}) for s, v in enumerate([0.2, 0.4, 0.6])])
     rows = score(store.records())
@@ -205,5 +211,6 @@ def test_json_and_csv_columns(tmp_path):
 
 def test_empty_and_unknown_format():
     assert render([], "md") == EMPTY_MESSAGE
+    assert json.loads(render([], "json")) == []
     with pytest.raises(BenchError, match="unknown leaderboard format"):
         render([], "html")

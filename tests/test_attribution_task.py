@@ -1,0 +1,119 @@
+"""Attribution task: metric reference values on hand-computed examples, and task validity."""
+
+import numpy as np
+import pytest
+import torch
+
+from bench.method import OracleReference, RandomReference
+from tasks.attribution import (
+    AttributionTask,
+    curve_auc,
+    mass_in_mask,
+    patch_order,
+    patch_pool,
+    perturbation_batch,
+    pointing_game,
+    spearman_per_example,
+    upsample_to,
+)
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def test_pointing_game_hand_computed():
+    maps = t([[[1, 3], [3, 0]], [[5, 0], [0, 0]], [[2, 2], [2, 2]]])
+    masks = torch.tensor([[[0, 1], [0, 0]], [[0, 1], [1, 1]], [[1, 0], [0, 0]]], dtype=torch.bool)
+    # two tied maxima, one inside -> 1/2; maximum outside -> 0; constant map -> mask share 1/4
+    assert pointing_game(maps, masks).tolist() == [0.5, 0.0, 0.25]
+
+
+def test_mass_in_mask_hand_computed():
+    maps = t([[[1, -2], [3, 0]], [[-1, -1], [-1, -1]]])
+    masks = torch.tensor([[[1, 1], [0, 0]], [[1, 0], [0, 0]]], dtype=torch.bool)
+    # positive mass 1 + 3, of which 1 is inside; a map with no positive mass scores 0
+    assert mass_in_mask(maps, masks).tolist() == [0.25, 0.0]
+
+
+def test_curve_auc_trapezoid():
+    assert curve_auc(t([[1, 0.5, 0], [1, 1, 1], [0, 1, 0]])).tolist() == [0.5, 1.0, 0.5]
+
+
+def test_patch_pool_upsample_and_order():
+    px = torch.arange(16, dtype=torch.float32).view(1, 4, 4)
+    pooled = patch_pool(px, (2, 2))
+    assert pooled.tolist() == [[[0 + 1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13, 10 + 11 + 14 + 15]]]
+    assert upsample_to(t([[[1, 2], [3, 4]]]), 4)[0, 3].tolist() == [3, 3, 4, 4]
+    # ties keep raster order
+    assert patch_order(t([[[1, 5], [5, 0]]]), (2, 2)).tolist() == [[1, 2, 0, 3]]
+
+
+def test_perturbation_batch_replaces_patches_in_order():
+    img = torch.ones(1, 1, 4, 4)
+    fill = torch.zeros(1, 1, 4, 4)
+    order = torch.tensor([[3, 0, 1, 2]])  # bottom-right patch first, then top-left
+    out = perturbation_batch(img, fill, order, (2, 2), steps=2)  # counts 0, 2, 4
+    assert out.shape == (1, 3, 1, 4, 4)
+    assert out[0, 0].sum() == 16 and out[0, 2].sum() == 0
+    step1 = out[0, 1, 0]
+    assert step1[:2, :2].sum() == 0 and step1[2:, 2:].sum() == 0 and step1[:2, 2:].sum() == 4
+
+
+def test_spearman():
+    a = t([[1, 2, 3, 4], [1, 2, 3, 4], [1, 1, 1, 1]])
+    b = t([[2, 4, 6, 8], [4, 3, 2, 1], [1, 1, 1, 1]])
+    assert spearman_per_example(a, b).tolist() == pytest.approx([1.0, -1.0, 1.0])
+
+
+def test_examples_have_distractors_differing_in_every_named_attribute(tiny_clip):
+    task = AttributionTask()
+    ex = task.examples(tiny_clip, seed=0, n=24)
+    assert ex.pixels_BCHW.shape == (24, 3, 32, 32) and ex.masks_BHW.shape == (24, 32, 32)
+    for i, cap in enumerate(ex.captions):
+        colour, shape = cap.split()[1:]
+        assert ex.candidates[int(ex.target_idx_B[i])] == cap
+        # the mask's pixels carry the caption's colour
+        from bench.world import COLOURS
+
+        px = (ex.pixels_BCHW[i].permute(1, 2, 0)[ex.masks_BHW[i]] * 255).round()
+        assert (px == torch.tensor(COLOURS[colour], dtype=torch.float32)).all()
+    # seeds draw different scenes; the same seed the same ones
+    assert ex.hashes == task.examples(tiny_clip, seed=0, n=24).hashes
+    assert not set(ex.hashes) & set(task.examples(tiny_clip, seed=1, n=24).hashes)
+
+
+def test_method_output_is_validated(tiny_clip):
+    from bench.errors import BenchError
+    from bench.method import Method
+
+    class Broken(Method):
+        name = "broken"
+        capabilities = frozenset({"attribute"})
+
+        def attribute(self, model, request):
+            return torch.zeros(request.n, 5, 5)
+
+    with pytest.raises(BenchError, match="does not tile"):
+        AttributionTask().run(tiny_clip, Broken(), 0, quick=True)
+
+
+# ----------------------------------------------------------------- validity
+def test_random_is_chance_and_oracle_is_ceiling(zoo_clip):
+    """random ≈ chance (the mask's share of the image), oracle at the ceiling."""
+    task = AttributionTask()
+    rand, orac, area = [], [], []
+    for seed in (0, 1):
+        rand.append(task.run(zoo_clip, RandomReference(), seed, quick=True).metrics)
+        orac.append(task.run(zoo_clip, OracleReference(), seed, quick=True).metrics)
+        area.append(float(task.examples(zoo_clip, seed, task.config.quick_examples).masks_BHW.float().mean()))
+    chance = float(np.mean(area))
+    for metric in ("pointing_game", "mass_in_mask"):
+        r = float(np.mean([m[metric] for m in rand]))
+        assert abs(r - chance) < 0.05, (metric, r, chance)
+        assert all(m[metric] == 1.0 for m in orac), metric
+    # deleting the object first destroys the evidence fastest; inserting it first restores it fastest
+    assert np.mean([m["deletion_auc"] for m in orac]) < np.mean([m["deletion_auc"] for m in rand]) - 0.1
+    assert np.mean([m["insertion_auc"] for m in orac]) > np.mean([m["insertion_auc"] for m in rand]) + 0.1
+    # neither reference looks at the model: both fail the randomisation sanity check by construction
+    assert all(m["randomization_corr"] == 1.0 for m in rand + orac)

@@ -1,0 +1,141 @@
+"""The CLI end to end on the shipped zoo (quick profile), and its errors on bad input."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import runner
+from bench.cli import main
+from bench.method import Method
+from bench.registry import METHODS, TASKS
+from bench.store import Store
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def one_line_error(cp: subprocess.CompletedProcess) -> str:
+    assert cp.returncode == 2, cp.stderr
+    assert "Traceback" not in cp.stderr
+    lines = [l for l in cp.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, cp.stderr
+    return lines[0]
+
+
+def test_list():
+    for what, name in (("tasks", "attribution"), ("methods", "integrated_gradients"), ("models", "zoo-clip")):
+        cp = bench("list", what)
+        assert cp.returncode == 0 and name in cp.stdout
+    cp = bench("list", "methods")
+    assert "capabilities: attribute" in cp.stdout and "families: contrastive" in cp.stdout
+
+
+def test_bad_input_gets_one_line_errors(tmp_path):
+    assert "did you mean 'attribution'" in one_line_error(bench("evaluate", "--task", "atribution"))
+    assert "did you mean 'saliency'" in one_line_error(bench("evaluate", "--method", "salency"))
+    assert "did you mean 'zoo-clip'" in one_line_error(bench("evaluate", "--model", "zoo_clip"))
+    assert "invalid seed" in one_line_error(bench("evaluate", "--seed", "-3"))
+    assert "invalid seed" in one_line_error(bench("evaluate", "--seed", "x"))
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"garbage" * 1000)
+    assert "unreadable" in one_line_error(bench("leaderboard", "--store", str(bad)))
+    assert "unreadable" in one_line_error(bench("evaluate", "--store", str(bad), "--method", "random"))
+    assert "does not exist" in one_line_error(bench("leaderboard", "--store", str(tmp_path / "none.sqlite")))
+    assert "does not exist" in one_line_error(bench("world", "show", "--out", str(tmp_path / "no/dir/x.png")))
+    store = tmp_path / "ok.sqlite"
+    Store(store).close()
+    assert "does not exist" in one_line_error(
+        bench("leaderboard", "--store", str(store), "--out", str(tmp_path / "nodir" / "lb.md")))
+
+
+class _GenerativeOnly:
+    """A task for generative models only, to provoke an incompatible combination."""
+
+    from bench.task import TaskSpec
+
+    spec = TaskSpec("gen-only", "0.1", frozenset({"generative"}), "attribute", "x", ())
+
+    def supports(self, model):
+        return None
+
+
+def test_incompatible_combination_gives_the_reason(capsys, tmp_path):
+    TASKS.register("gen-only", "tests.test_cli:_GenerativeOnly")
+    try:
+        rc = main(["evaluate", "--task", "gen-only", "--model", "zoo-clip", "--store", str(tmp_path / "s.sqlite")])
+    finally:
+        TASKS._entries.pop("gen-only")
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not support contrastive models" in err and "Traceback" not in err
+
+
+class Exploding(Method):
+    name = "exploding"
+    capabilities = frozenset({"attribute"})
+
+    def attribute(self, model, request):
+        raise RuntimeError("kaboom")
+
+
+def test_failing_method_becomes_failed_record_and_grid_goes_on(tmp_path):
+    METHODS.register("exploding", "tests.test_cli:Exploding")
+    try:
+        p = runner.plan(["attribution"], ["exploding", "random"], ["zoo-clip"], [0], quick=True)
+        store = Store(tmp_path / "s.sqlite")
+        res = runner.run_grid(p.cells, store, progress=False)
+    finally:
+        METHODS._entries.pop("exploding")
+    by_method = {r.key.method: r for r in res.ran}
+    assert by_method["exploding"].status == "failed" and "kaboom" in by_method["exploding"].error
+    assert by_method["random"].status == "ok"
+    assert {r.key.method for r in store.records()} == {"random"}
+
+
+def _ok_cells(path: Path) -> dict[str, float]:
+    con = sqlite3.connect(path)
+    try:
+        return dict(con.execute("SELECT id, created_at FROM runs WHERE status='ok'").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        con.close()
+
+
+def test_killed_run_resumes_without_recomputing(tmp_path):
+    store = tmp_path / "s.sqlite"
+    args = ["evaluate", "--task", "attribution", "--model", "zoo-clip", "--quick", "--store", str(store),
+            "--method", "random", "--method", "oracle", "--method", "saliency", "--method", "input_x_gradient",
+            "--seed", "0", "--seed", "1", "--jobs", "1", "--no-table"]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_ok_cells(store)) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _ok_cells(store)
+    assert 2 <= len(before) < 8, "the run should have been killed half way"
+
+    cp = bench(*args[:-3], "--jobs", "2", "--no-table")
+    assert cp.returncode == 0, cp.stderr
+    assert f"{8 - len(before)} cells ran, {len(before)} already stored, 0 failed" in cp.stderr
+    after = _ok_cells(store)
+    assert len(after) == 8
+    assert all(after[k] == v for k, v in before.items()), "stored cells were recomputed"
+
+    lb = bench("leaderboard", "--store", str(store), "--profile", "quick", "--format", "json")
+    rows = json.loads(lb.stdout)
+    assert {r["method"] for r in rows} == {"random", "oracle", "saliency", "input_x_gradient"}
+    assert all({"task", "model", "method", "metric", "mean", "ci_low", "ci_high", "n"} <= set(r) for r in rows)
+    assert all(r["n"] == 2 for r in rows)
