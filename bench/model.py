@@ -99,8 +99,12 @@ class ContrastiveModel(Model):
         """Texts → unit-norm embeddings ``[T, D]``."""
 
     @abstractmethod
+    def similarity_to(self, image_BD: torch.Tensor, text_TD: torch.Tensor) -> torch.Tensor:
+        """Scaled similarity logits ``[B, T]`` between precomputed embeddings."""
+
     def similarity(self, pixels_BCHW: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """Scaled cosine similarity logits ``[B, T]``."""
+        return self.similarity_to(self.encode_image(pixels_BCHW), self.encode_text(texts))
 
     @property
     @abstractmethod

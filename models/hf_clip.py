@@ -99,8 +99,8 @@ class CLIPWrapper(ContrastiveModel):
         ids, mask = self.tokenize(texts)
         return F.normalize(self.clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, dim=-1)
 
-    def similarity(self, pixels_BCHW: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        return self.clip.logit_scale.exp() * self.encode_image(pixels_BCHW) @ self.encode_text(texts).T
+    def similarity_to(self, image_BD: torch.Tensor, text_TD: torch.Tensor) -> torch.Tensor:
+        return self.clip.logit_scale.exp() * image_BD @ text_TD.T
 
     def randomized(self, seed: int) -> "CLIPWrapper":
         from transformers import CLIPModel

@@ -4,10 +4,15 @@ Setting (contrastive models): a multi-object scene and the caption of one object
 ("a red circle"); every distractor differs from it in colour *and* shape, so only
 the target object's pixels support the caption. Ground truth is that object's mask.
 
-The explained target is the image–text similarity of the caption. Deletion and
-insertion curves follow the target's zero-shot probability among the captions of
-every colour × shape combination (the "class probability" of RISE, Petsiuk et al.,
-2018). All metrics are computed per example and averaged.
+The explained target is the caption's image–text similarity, contrasted against
+the captions of every colour × shape combination: the log-softmax of the scaled
+cosine similarities, i.e. the log-probability of the caption in zero-shot
+classification. (A raw CLIP similarity carries an image-dependent offset shared by
+all captions; on zoo-clip, maps of the raw similarity explain that offset and put
+large *negative* attribution on the target object — ``target="similarity"``
+keeps that variant available.) Deletion and insertion curves follow the target's
+probability among the same captions (the "class probability" of RISE, Petsiuk et
+al., 2018). All metrics are computed per example and averaged.
 
 Metrics (maps are compared at pixel resolution; patch-level maps are upsampled):
 
@@ -55,6 +60,9 @@ class AttributionConfig:
     blur_kernel: int = 7
     sanity_examples: int = 16
     world_seed: int = 0
+    # "logprob": log-softmax of the caption's similarity against every colour × shape caption;
+    # "similarity": the raw scaled cosine similarity.
+    target: str = "logprob"
 
 
 @dataclass
@@ -197,12 +205,14 @@ class AttributionTask(Task):
 
     def request(self, model: ContrastiveModel, ex: AttributionExamples) -> AttributionRequest:
         with torch.no_grad():
-            text_TD = model.encode_text(ex.captions)
-        scale = model.clip.logit_scale.exp().detach() if hasattr(model, "clip") else torch.tensor(1.0)
+            text_TD = model.encode_text(ex.candidates)
 
         def score(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
-            img_ND = model.encode_image(pixels_NCHW)
-            return scale * (img_ND * text_TD[idx_N.long()]).sum(-1)
+            logits_NT = model.similarity_to(model.encode_image(pixels_NCHW), text_TD)
+            tgt = ex.target_idx_B[idx_N.long()][:, None]
+            if self.config.target == "similarity":
+                return logits_NT.gather(1, tgt)[:, 0]
+            return logits_NT.log_softmax(-1).gather(1, tgt)[:, 0]
 
         layout = model.token_layout()
         return AttributionRequest(ex.pixels_BCHW, score, layout.grid, batch_size=model.batch_size)
@@ -210,10 +220,9 @@ class AttributionTask(Task):
     def target_probability(self, model: ContrastiveModel, ex: AttributionExamples) -> Any:
         with torch.no_grad():
             cand_TD = model.encode_text(ex.candidates)
-        scale = model.clip.logit_scale.exp().detach() if hasattr(model, "clip") else torch.tensor(1.0)
 
         def prob(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
-            logits = scale * model.encode_image(pixels_NCHW) @ cand_TD.T
+            logits = model.similarity_to(model.encode_image(pixels_NCHW), cand_TD)
             return logits.softmax(-1).gather(1, ex.target_idx_B[idx_N.long()][:, None])[:, 0]
 
         return prob

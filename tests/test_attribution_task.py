@@ -114,6 +114,35 @@ def test_random_is_chance_and_oracle_is_ceiling(zoo_clip):
         assert all(m[metric] == 1.0 for m in orac), metric
     # deleting the object first destroys the evidence fastest; inserting it first restores it fastest
     assert np.mean([m["deletion_auc"] for m in orac]) < np.mean([m["deletion_auc"] for m in rand]) - 0.1
-    assert np.mean([m["insertion_auc"] for m in orac]) > np.mean([m["insertion_auc"] for m in rand]) + 0.1
+    # (insertion is bounded by the clean image's probability, ~0.3 in 3-object scenes: a smaller scale)
+    assert all(o["insertion_auc"] > r["insertion_auc"] + 0.03 for o, r in zip(orac, rand))
     # neither reference looks at the model: both fail the randomisation sanity check by construction
     assert all(m["randomization_corr"] == 1.0 for m in rand + orac)
+
+
+def test_same_cell_twice_gives_identical_figures(zoo_clip):
+    from methods.integrated_gradients import IntegratedGradients
+
+    task = AttributionTask()
+    a = task.run(zoo_clip, IntegratedGradients(n_steps=8), 3, quick=True)
+    b = task.run(zoo_clip, IntegratedGradients(n_steps=8), 3, quick=True)
+    assert a.metrics == b.metrics and a.example_hashes == b.example_hashes
+
+
+def test_integrated_gradients_beats_random_with_separated_cis(zoo_clip):
+    """The issue's bar: IG beats random on pointing game and deletion AUC, CIs not overlapping."""
+    from bench.records import CellKey, RunRecord
+    from leaderboard.scorer import score
+    from methods.integrated_gradients import IntegratedGradients
+
+    task = AttributionTask()
+    records = []
+    for name, method in (("random", RandomReference()), ("integrated_gradients", IntegratedGradients())):
+        for seed in (0, 1):
+            m = task.run(zoo_clip, method, seed, quick=True).metrics
+            records.append(RunRecord(CellKey("attribution", "1.0", name, "c", "zoo-clip", seed, "quick"), "ok", m))
+    rows = {(r.method, r.metric): r for r in score(records)}
+    ig, rd = rows["integrated_gradients", "pointing_game"], rows["random", "pointing_game"]
+    assert ig.ci_low > rd.ci_high, (ig, rd)
+    ig, rd = rows["integrated_gradients", "deletion_auc"], rows["random", "deletion_auc"]
+    assert ig.ci_high < rd.ci_low, (ig, rd)
