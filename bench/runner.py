@@ -12,7 +12,7 @@ import resource
 import time
 import traceback
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -182,6 +182,8 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
         record.provenance["traceback"] = traceback.format_exc(limit=8)
         record.timings = {"run_s": round(time.perf_counter() - t0, 3)}
     record.provenance["threads"] = threads
+    if is_dataclass(getattr(task, "config", None)):
+        record.provenance["task_config"] = asdict(task.config)
     record.peak_memory_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return record
 

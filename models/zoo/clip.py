@@ -119,6 +119,7 @@ def train_clip(
     cfg: ZooClipConfig,
     log: Callable[[str], None] = print,
     scene_fn: Callable[[World, int], Any] | None = None,
+    progress: bool = False,
 ) -> tuple[Any, Vocab, dict[str, Any]]:
     """Train a zoo CLIP deterministically from ``cfg.seed``; returns (model, vocab, metrics)."""
     torch.manual_seed(cfg.seed)
@@ -135,7 +136,10 @@ def train_clip(
     rng = np.random.default_rng([cfg.seed, 7])
     t0 = time.time()
     history = []
-    for step in range(cfg.steps):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(cfg.steps), desc=f"train {cfg.name}", unit="step", disable=not progress, dynamic_ncols=True)
+    for step in bar:
         model.train()
         idx = range(step * cfg.batch_size, (step + 1) * cfg.batch_size)
         scenes = [scene_fn(world, i) if scene_fn else world.scene("train", i) for i in idx]
@@ -146,7 +150,6 @@ def train_clip(
             g["lr"] = _lr_at(step, cfg)
         out = model(input_ids=ids, attention_mask=mask, pixel_values=pix)
         logits = out.logits_per_image
-        target = torch.arange(len(scenes))
         # Duplicate captions in a batch are true positives too: use soft targets.
         same = torch.tensor([[a == b for b in caps] for a in caps], dtype=torch.float32)
         soft = same / same.sum(-1, keepdim=True)
@@ -157,14 +160,13 @@ def train_clip(
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % 100 == 0 or step == cfg.steps - 1:
-            msg = f"step {step} loss {loss.item():.3f} lr {_lr_at(step, cfg):.2e} {time.time() - t0:.0f}s"
-            if step % 500 == 0 or step == cfg.steps - 1:
-                acc = zero_shot_accuracy(model, vocab, world, n=256, split="dev")
-                msg += " " + " ".join(f"{k}={v:.3f}" for k, v in acc.items())
-                history.append({"step": step, **acc})
-            log(msg)
-        del target
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % 500 == 0 or step == cfg.steps - 1:
+            acc = zero_shot_accuracy(model, vocab, world, n=256, split="dev")
+            history.append({"step": step, **acc})
+            log(f"step {step} loss {loss.item():.3f} lr {_lr_at(step, cfg):.2e} {time.time() - t0:.0f}s "
+                + " ".join(f"{k}={v:.3f}" for k, v in acc.items()))
     metrics = {"train_seconds": round(time.time() - t0, 1), "history": history}
     metrics.update(zero_shot_accuracy(model, vocab, world, n=1024, split="test"))
     model.eval()

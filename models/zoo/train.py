@@ -32,7 +32,7 @@ def train(name: str, out: Path | None = None, steps: int | None = None) -> Path:
         if steps <= 0:
             raise BenchError("--steps must be positive")
         cfg = replace(cfg, steps=steps)
-    model, vocab, metrics = train_clip(cfg, log=_log)
+    model, vocab, metrics = train_clip(cfg, log=_log, progress=True)
     path = save_zoo_clip(model, vocab, cfg, metrics, out)
     write_card(name, out)
     _log(f"wrote {path}")
