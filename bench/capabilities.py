@@ -7,7 +7,7 @@ requests, methods answer them; neither imports the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -35,6 +35,13 @@ class AttributionRequest:
     @property
     def n(self) -> int:
         return int(self.pixels_BCHW.shape[0])
+
+    def chunks(self, requires_grad: bool = False) -> "Iterator[tuple[torch.Tensor, torch.Tensor]]":
+        """``(pixels_nCHW, example_idx_n)`` in chunks of ``batch_size`` examples (fresh leaf tensors)."""
+        bs = max(1, int(self.batch_size))
+        for i in range(0, self.n, bs):
+            x = self.pixels_BCHW[i : i + bs].detach().clone().requires_grad_(requires_grad)
+            yield x, torch.arange(i, i + x.shape[0], device=x.device)
 
     def score_all(self, pixels_NCHW: torch.Tensor, example_idx_N: torch.Tensor) -> torch.Tensor:
         """``score`` in chunks of ``batch_size`` rows (no gradient)."""

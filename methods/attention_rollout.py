@@ -58,12 +58,8 @@ class AttentionRollout(Method):
         if layout is None or layout.cls is None:
             raise Incompatible(self.supports(model) or "no CLS token")
         sites = _pattern_sites(model)
-        pixels = request.pixels_BCHW
-        bs = max(1, int(request.batch_size))
         out = []
-        for i in range(0, request.n, bs):
-            x = pixels[i : i + bs].detach()
-            idx = torch.arange(i, i + x.shape[0], device=pixels.device)
+        for x, idx in request.chunks(requires_grad=False):
             with torch.no_grad():
                 with model.trace(read=sites, stop_after_reads=True) as t:
                     request.score(x, idx)

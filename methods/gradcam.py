@@ -73,14 +73,10 @@ class GradCAM(Method):
             raise Incompatible(f"model {model.name!r} has no vision token layout")
         if site is None:
             raise Incompatible(self.supports(model) or f"gradcam cannot run on {model.name!r}")
-        pixels = request.pixels_BCHW
-        bs = max(1, int(request.batch_size))
         out = []
-        for i in range(0, request.n, bs):
+        for x, idx in request.chunks(requires_grad=True):
             # Pixels require grad so the read activation is in the graph even if
             # the model's parameters are frozen.
-            x = pixels[i : i + bs].detach().clone().requires_grad_(True)
-            idx = torch.arange(i, i + x.shape[0], device=pixels.device)
             with torch.enable_grad():
                 with model.trace(read=[site], keep_grad=True) as t:
                     score = request.score(x, idx)

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from captum.attr import IntegratedGradients as _CaptumIntegratedGradients
 
 from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
+from bench.imageops import box_blur
 from bench.method import Method, MethodConfig
 from bench.model import Model
 
@@ -49,10 +49,6 @@ class IntegratedGradientsConfig(MethodConfig):
             raise BenchError("integrated_gradients: internal_batch_size must be >= 1 or None")
 
 
-def _box_blur(pixels_BCHW: torch.Tensor, k: int) -> torch.Tensor:
-    return F.avg_pool2d(F.pad(pixels_BCHW, [k // 2] * 4, mode="replicate"), k, stride=1)
-
-
 class IntegratedGradients(Method):
     """Integrated gradients (Sundararajan et al., 2017) via Captum; maps ``[B, H, W]``."""
 
@@ -62,17 +58,14 @@ class IntegratedGradients(Method):
 
     def baseline_for(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
         if self.config.baseline == "blur":
-            return _box_blur(pixels_BCHW, self.config.blur_kernel)
+            return box_blur(pixels_BCHW, self.config.blur_kernel)
         return torch.zeros_like(pixels_BCHW)
 
     def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
         explainer = _CaptumIntegratedGradients(request.score)
-        pixels = request.pixels_BCHW
         bs = max(1, int(request.batch_size))
         out = []
-        for i in range(0, request.n, bs):
-            x = pixels[i : i + bs].detach().clone()
-            idx = torch.arange(i, i + x.shape[0], device=pixels.device)
+        for x, idx in request.chunks(requires_grad=False):
             internal = max(self.config.internal_batch_size or bs, x.shape[0])
             attr = explainer.attribute(
                 x,

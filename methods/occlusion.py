@@ -52,9 +52,7 @@ class Occlusion(Method):
         explainer = _CaptumOcclusion(request.score)
         bs = max(1, int(request.batch_size))
         out = []
-        for i in range(0, request.n, bs):
-            x = pixels[i : i + bs].detach().clone()
-            idx = torch.arange(i, i + x.shape[0], device=pixels.device)
+        for x, idx in request.chunks(requires_grad=False):
             ppe = self.config.perturbations_per_eval or max(1, bs // x.shape[0])
             with torch.no_grad():
                 attr = explainer.attribute(

@@ -34,12 +34,8 @@ class Saliency(Method):
 
     def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
         explainer = _CaptumSaliency(request.score)
-        pixels = request.pixels_BCHW
-        bs = max(1, int(request.batch_size))
         out = []
-        for i in range(0, request.n, bs):
-            x = pixels[i : i + bs].detach().clone().requires_grad_(True)
-            idx = torch.arange(i, i + x.shape[0], device=pixels.device)
+        for x, idx in request.chunks(requires_grad=True):
             attr = explainer.attribute(x, abs=self.config.absolute, additional_forward_args=(idx,))
             out.append(attr.detach().sum(1))
         return torch.cat(out).float()

@@ -46,6 +46,7 @@ from scipy.stats import spearmanr
 
 from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
+from bench.imageops import box_blur
 from bench.method import Method
 from bench.model import ContrastiveModel, Model
 from bench.task import CellResult, MetricSpec, Task, TaskSpec
@@ -136,10 +137,6 @@ def perturbation_batch(
     m = use_fill_BSP.view(B, steps + 1, gh, gw).float()
     m = m.repeat_interleave(H // gh, dim=2).repeat_interleave(W // gw, dim=3)[:, :, None]
     return pixels_BCHW[:, None] * (1 - m) + fill_BCHW[:, None] * m
-
-
-def box_blur(pixels_BCHW: torch.Tensor, k: int) -> torch.Tensor:
-    return F.avg_pool2d(F.pad(pixels_BCHW, [k // 2] * 4, mode="replicate"), k, stride=1)
 
 
 def spearman_per_example(a_BP: torch.Tensor, b_BP: torch.Tensor) -> torch.Tensor:
