@@ -109,3 +109,25 @@ class ContrastiveModel(Model):
     @property
     @abstractmethod
     def image_size(self) -> int: ...
+
+
+class GenerativeModel(Model):
+    """LLaVA-style: vision tower → projector → decoder LM over image and text tokens."""
+
+    family = "generative"
+
+    @abstractmethod
+    def generate(self, pixels_BCHW: torch.Tensor, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
+        """Greedy continuations of ``prompts`` about each image."""
+
+    @abstractmethod
+    def logprobs(self, pixels_BCHW: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        """Teacher-forced log-probability of each target continuation, summed over its tokens ``[B]``."""
+
+    @abstractmethod
+    def unembed(self, hidden_BPD: torch.Tensor) -> torch.Tensor:
+        """Final norm and unembedding: residual-stream states → vocabulary logits (for lenses)."""
+
+    @abstractmethod
+    def image_positions(self, prompts: list[str]) -> torch.Tensor:
+        """Boolean mask ``[B, L]`` of image-token positions in the LM sequence of each prompt."""

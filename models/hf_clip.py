@@ -13,46 +13,22 @@ import torch.nn.functional as F
 
 from bench.model import ContrastiveModel, TokenLayout
 from bench.sites import Site, SiteSpec
+from models.site_maps import TowerMap, build_sites
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
-
-# (tower name, module prefix of the tower, encoder-layers path, stream)
-_TOWERS = (
-    ("vision", "vision_model", "vision_model.encoder.layers", "image"),
-    ("text", "text_model", "text_model.encoder.layers", "text"),
-)
-
 
 def clip_site_map(n_layers: dict[str, int], n_heads: dict[str, int]) -> tuple[list[Site], dict[str, SiteSpec]]:
     """Sites of a CLIP: per tower, embeddings, every block's residual output,
     attention output, attention pattern, each head's output (the per-head values
     entering ``out_proj``), MLP output and MLP neurons, the final norm and projection."""
-    sites: list[Site] = []
-    specs: dict[str, SiteSpec] = {}
-
-    def add(site: Site, spec: SiteSpec) -> None:
-        sites.append(site)
-        specs[site.name] = spec
-
-    for tower, prefix, layers, stream in _TOWERS:
-        embed = f"{prefix}.pre_layrnorm" if tower == "vision" else f"{prefix}.embeddings"
-        add(Site(f"{tower}.embed", tower, None, "embed", stream=stream), SiteSpec(embed))
-        for i in range(n_layers[tower]):
-            b = f"{layers}.{i}"
-            n = f"{tower}.blocks.{i}"
-            add(Site(f"{n}.resid_post", tower, i, "resid_post", stream=stream), SiteSpec(b))
-            add(Site(f"{n}.attn", tower, i, "attn", stream=stream), SiteSpec(f"{b}.self_attn", index=0))
-            add(Site(f"{n}.attn.pattern", tower, i, "pattern", stream=stream), SiteSpec(f"{b}.self_attn", index=1))
-            for h in range(n_heads[tower]):
-                add(Site(f"{n}.attn.head.{h}", tower, i, "head", head=h, stream=stream),
-                    SiteSpec(f"{b}.self_attn.out_proj", hook="input", head=(h, n_heads[tower])))
-            add(Site(f"{n}.mlp", tower, i, "mlp", stream=stream), SiteSpec(f"{b}.mlp"))
-            add(Site(f"{n}.mlp.neurons", tower, i, "neurons", stream=stream), SiteSpec(f"{b}.mlp.activation_fn"))
-        final = f"{prefix}.post_layernorm" if tower == "vision" else f"{prefix}.final_layer_norm"
-        add(Site(f"{tower}.final", tower, None, "final", stream=stream), SiteSpec(final))
-        proj = "visual_projection" if tower == "vision" else "text_projection"
-        add(Site(f"{tower}.proj", tower, None, "proj", stream=stream), SiteSpec(proj))
-    return sites, specs
+    return build_sites([
+        TowerMap("vision", "image", "vision_model.encoder.layers", n_layers["vision"], n_heads["vision"],
+                 embed=SiteSpec("vision_model.pre_layrnorm"), final=SiteSpec("vision_model.post_layernorm"),
+                 extra=(("vision.proj", "proj", SiteSpec("visual_projection")),)),
+        TowerMap("text", "text", "text_model.encoder.layers", n_layers["text"], n_heads["text"],
+                 embed=SiteSpec("text_model.embeddings"), final=SiteSpec("text_model.final_layer_norm"),
+                 extra=(("text.proj", "proj", SiteSpec("text_projection")),)),
+    ])
 
 
 class CLIPWrapper(ContrastiveModel):

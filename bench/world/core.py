@@ -60,6 +60,10 @@ class WorldConfig:
     n_entities: int = 32
     glyph_size: int = 5
     entity_prob: float = 0.0  # chance that an object in a scene is an entity glyph
+    # Co-occurrence bias: pairs of (colour, shape) objects; when one partner is drawn, the
+    # other is added (if absent and there is room) with probability ``cooccurrence_prob``.
+    cooccurrence: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = ()
+    cooccurrence_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,28 @@ class World:
                         POSITIONS[int(c)],
                     )
                 )
+        if cfg.cooccurrence and cfg.cooccurrence_prob > 0:
+            objs = self._add_partners(objs, rng)
         return bg, objs
+
+    def _add_partners(self, objs: list[ObjectSpec], rng: np.random.Generator) -> list[ObjectSpec]:
+        for a, b in self.config.cooccurrence:
+            for have, want in ((a, b), (b, a)):
+                kinds = {(o.colour, o.shape) for o in objs}
+                if have in kinds and want not in kinds and rng.uniform() < self.config.cooccurrence_prob:
+                    keep = [o for o in objs if (o.colour, o.shape) in (a, b)]
+                    others = [o for o in objs if (o.colour, o.shape) not in (a, b)]
+                    if len(objs) >= self.config.max_objects and others:
+                        others.pop(int(rng.integers(len(others))))  # make room
+                    if len(keep) + len(others) >= self.config.max_objects:
+                        continue
+                    used = {o.position for o in keep + others}
+                    free = [p for p in POSITIONS if p not in used]
+                    pos = free[int(rng.integers(len(free)))]
+                    size = list(SIZES)[int(rng.integers(len(SIZES)))]
+                    new = ObjectSpec(want[1], want[0], size, pos)
+                    objs = sorted(keep + others + [new], key=lambda o: POSITIONS.index(o.position))
+        return objs
 
     def scene(self, split: str, index: int) -> Scene:
         rng = self.rng(split, index)
@@ -333,7 +358,7 @@ def captions_for(objects: Sequence[ObjectSpec], background: str, rng: np.random.
     """Captions of a scene: the canonical one first, then paraphrases.
 
     Object order in paraphrases is shuffled; the canonical caption lists objects in
-    grid order and names colour and shape.
+    the order they were drawn and names colour and shape.
     """
     canonical = _join([o.noun_phrase() for o in objects])
     caps = [canonical]

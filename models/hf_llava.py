@@ -1,0 +1,104 @@
+"""Generative wrapper over transformers' ``LlavaForConditionalGeneration`` (zoo-vlm and ``hf:`` LLaVAs).
+
+The site map is data (:class:`models.site_maps.TowerMap`): vision tower blocks
+(``vision.*``), the projector (``projector``) and the language model
+(``lm.blocks.{i}.*``, ``lm.embed``, ``lm.final``). LLaVA splices image features
+into the token sequence, so LM sites are ``stream="mixed"`` and
+:meth:`LlavaWrapper.image_positions` says which positions hold image tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from bench.model import GenerativeModel, TokenLayout
+from bench.sites import Site, SiteSpec
+from models.site_maps import TowerMap, build_sites
+
+Encode = Callable[[list[str], list[str] | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Decode = Callable[[list[int]], str]
+
+
+def llava_site_map(vision_layers: int, vision_heads: int, lm_layers: int, lm_heads: int) -> tuple[list[Site], dict[str, SiteSpec]]:
+    return build_sites([
+        TowerMap("vision", "image", "model.vision_tower.encoder.layers", vision_layers, vision_heads,
+                 embed=SiteSpec("model.vision_tower.pre_layrnorm"),
+                 extra=(("projector", "projector", SiteSpec("model.multi_modal_projector")),)),
+        TowerMap("lm", "mixed", "model.language_model.layers", lm_layers, lm_heads,
+                 embed=SiteSpec("model.language_model.embed_tokens"), o_proj="o_proj",
+                 neurons=SiteSpec("down_proj", hook="input"), final=SiteSpec("model.language_model.norm")),
+    ])
+
+
+class LlavaWrapper(GenerativeModel):
+    """A ``LlavaForConditionalGeneration`` behind the generative contract.
+
+    ``encode(prompts, answers)`` returns ``(ids, mask, labels)`` with image
+    placeholders in place; ``decode(token_ids)`` turns generated ids into text;
+    ``preprocess`` maps [0, 1] pixels to the vision tower's input.
+    """
+
+    def __init__(self, name: str, llava: Any, encode: Encode, decode: Decode,
+                 preprocess: Callable[[torch.Tensor], torch.Tensor], weights_hash: str, eos_id: int,
+                 pad_id: int) -> None:
+        llava.set_attn_implementation("eager")
+        llava.eval()
+        vc, tc = llava.config.vision_config, llava.config.text_config
+        sites, specs = llava_site_map(vc.num_hidden_layers, vc.num_attention_heads,
+                                      tc.num_hidden_layers, tc.num_attention_heads)
+        super().__init__(name, llava, specs, sites)
+        self.llava = llava
+        self.encode = encode
+        self.decode = decode
+        self.preprocess = preprocess
+        self._hash = weights_hash
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+
+    @property
+    def weights_hash(self) -> str:
+        return self._hash
+
+    def token_layout(self) -> TokenLayout:
+        vc = self.llava.config.vision_config
+        g = vc.image_size // vc.patch_size
+        return TokenLayout(cls=0, image=slice(1, 1 + g * g), grid=(g, g), patch_size=vc.patch_size)
+
+    def image_positions(self, prompts: list[str]) -> torch.Tensor:
+        ids, _, _ = self.encode(prompts, None)
+        return ids == self.llava.config.image_token_index
+
+    @torch.no_grad()
+    def generate(self, pixels_BCHW: torch.Tensor, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
+        ids, mask, _ = self.encode(prompts, None)
+        if (mask == 0).any():
+            raise ValueError("LlavaWrapper.generate batches prompts of equal token length only")
+        gen = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW),
+                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
+                                  pad_token_id=self.pad_id)
+        out = []
+        for row in gen[:, ids.shape[1]:].tolist():
+            out.append(self.decode(row[: row.index(self.eos_id)] if self.eos_id in row else row))
+        return out
+
+    def logprobs(self, pixels_BCHW: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
+        ids, mask, labels = self.encode(prompts, targets)
+        logits = self.llava(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW)).logits
+        lp = logits[:, :-1].log_softmax(-1)
+        tgt = labels[:, 1:]
+        keep = tgt != -100
+        tok = lp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
+        return (tok * keep).sum(-1)
+
+    def unembed(self, hidden_BPD: torch.Tensor) -> torch.Tensor:
+        return self.llava.lm_head(self.llava.model.language_model.norm(hidden_BPD))
+
+    def randomized(self, seed: int) -> "LlavaWrapper":
+        from transformers import LlavaForConditionalGeneration
+
+        torch.manual_seed(seed)
+        fresh = LlavaForConditionalGeneration(self.llava.config)
+        return LlavaWrapper(f"{self.name}[randomized:{seed}]", fresh, self.encode, self.decode, self.preprocess,
+                            f"random-init:{seed}", self.eos_id, self.pad_id)

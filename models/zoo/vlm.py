@@ -1,0 +1,305 @@
+"""zoo-vlm: a LLaVA-shaped generative VLM trained on the world.
+
+Built from transformers' ``LlavaForConditionalGeneration``: zoo-clip's ViT as the
+vision tower (initialised from the shipped zoo-clip), LLaVA's two-layer MLP
+projector, and a small Llama decoder. Trained (all parameters) to caption scenes
+in reading order and to answer questions about colour, shape, size, position,
+count and presence.
+
+**Planted hallucination.** The training world carries a co-occurrence bias:
+named object pairs (e.g. a red circle and a blue square) appear together in
+~95% of the scenes that hold either, so the model learns to mention — and affirm —
+the partner when only one is present, as real VLMs do with co-occurring objects
+(Li et al., 2023, "Evaluating Object Hallucination in Large Vision-Language
+Models", POPE; Rohrbach et al., 2018, CHAIR).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.world import COLOURS, POSITIONS, SHAPES, Vocab, World, WorldConfig
+from bench.world.core import Scene
+
+IMAGE_TOKEN = "<image>"
+CAPTION_PROMPT = "describe the image"
+PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
+    (("red", "circle"), ("blue", "square")),
+    (("green", "triangle"), ("yellow", "cross")),
+)
+_OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
+
+
+@dataclass(frozen=True)
+class ZooVlmConfig:
+    name: str = "zoo-vlm"
+    world_seed: int = 0
+    seed: int = 0
+    vision_init: str = "zoo-clip"
+    lm_width: int = 128
+    lm_layers: int = 4
+    lm_heads: int = 4
+    lm_mlp: int = 512
+    max_positions: int = 128
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    vision_lr_scale: float = 0.3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    caption_fraction: float = 0.35
+    cooccurrence_prob: float = 0.95
+    threads: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def training_world(cfg: ZooVlmConfig) -> World:
+    return World(cfg.world_seed, WorldConfig(cooccurrence=PAIRS, cooccurrence_prob=cfg.cooccurrence_prob))
+
+
+def vlm_vocab(world: World) -> Vocab:
+    base = Vocab.for_world(world).words
+    return Vocab(base + [w for w in ("describe", IMAGE_TOKEN) if w not in base])
+
+
+def reading_order_caption(scene: Scene) -> str:
+    """The VLM's caption target: every object as "a colour shape", in grid reading order."""
+    objs = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
+    phrases = [o.noun_phrase() for o in objs]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def mentioned_objects(text: str) -> set[tuple[str, str]]:
+    """``(colour, shape)`` pairs named in a generated text."""
+    return {(m.group(1), m.group(2)) for m in _OBJ_RE.finditer(text)}
+
+
+def build_vlm(cfg: ZooVlmConfig, vocab: Vocab, vision_config: Any) -> Any:
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    image_id = vocab.words.index(IMAGE_TOKEN)
+    n_image = (vision_config.image_size // vision_config.patch_size) ** 2
+    text = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=cfg.lm_width, intermediate_size=cfg.lm_mlp,
+        num_hidden_layers=cfg.lm_layers, num_attention_heads=cfg.lm_heads, num_key_value_heads=cfg.lm_heads,
+        max_position_embeddings=cfg.max_positions, bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id,
+        pad_token_id=vocab.pad_id, tie_word_embeddings=True,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config.to_dict(), text_config=text.to_dict(), image_token_index=image_id,
+        image_seq_length=n_image, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        projector_hidden_act="gelu", tie_word_embeddings=True,
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.set_attn_implementation("eager")
+    return model
+
+
+def _pixels(scenes: Sequence[Scene]) -> torch.Tensor:
+    from models.zoo.clip import images_to_tensor, normalise
+
+    return normalise(images_to_tensor(np.stack([s.image_HWC for s in scenes])))
+
+
+def encode_batch(
+    vocab: Vocab, n_image: int, prompts: Sequence[str], answers: Sequence[str] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``<bos> <image>×n prompt [answer <eos>]``, right-padded: ``(ids, mask, labels)``.
+
+    Labels are -100 everywhere but the answer and its ``<eos>``.
+    """
+    image_id = vocab.words.index(IMAGE_TOKEN)
+    rows, labels = [], []
+    for i, p in enumerate(prompts):
+        prompt = [vocab.bos_id] + [image_id] * n_image + vocab.encode(p)
+        ans = (vocab.encode(answers[i]) + [vocab.eos_id]) if answers is not None else []
+        rows.append(prompt + ans)
+        labels.append([-100] * len(prompt) + ans)
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), vocab.pad_id, dtype=torch.long)
+    lab = torch.full((len(rows), L), -100, dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(l)] = torch.tensor(l)
+    return ids, (ids != vocab.pad_id).long(), lab
+
+
+def training_example(scene: Scene, rng: np.random.Generator, caption_fraction: float) -> tuple[str, str]:
+    if rng.uniform() < caption_fraction:
+        return CAPTION_PROMPT, reading_order_caption(scene)
+    qa = [q for q in scene.qa if not q.kind.startswith("fact:")]
+    q = qa[int(rng.integers(len(qa)))]
+    return q.question, q.answer
+
+
+def _lr_at(step: int, cfg: ZooVlmConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+
+
+@torch.no_grad()
+def generate(model: Any, vocab: Vocab, scenes: Sequence[Scene], prompts: Sequence[str],
+             max_new_tokens: int = 24, batch_size: int = 64) -> list[str]:
+    """Greedy generation; prompts of equal token length are batched together (no padding)."""
+    n_image = model.config.image_seq_length
+    out: list[str] = [""] * len(prompts)
+    by_len: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_len.setdefault(len(vocab.encode(p)), []).append(i)
+    for idxs in by_len.values():
+        for j in range(0, len(idxs), batch_size):
+            chunk = idxs[j : j + batch_size]
+            ids, mask, _ = encode_batch(vocab, n_image, [prompts[i] for i in chunk], None)
+            gen = model.generate(input_ids=ids, attention_mask=mask, pixel_values=_pixels([scenes[i] for i in chunk]),
+                                 max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=vocab.eos_id,
+                                 pad_token_id=vocab.pad_id)
+            for k, i in enumerate(chunk):
+                toks = gen[k, ids.shape[1]:].tolist()
+                if vocab.eos_id in toks:
+                    toks = toks[: toks.index(vocab.eos_id)]
+                out[i] = " ".join(vocab.words[t] for t in toks).replace(" ,", ",").replace(" ?", "?")
+    return out
+
+
+def evaluate_vlm(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n: int = 256, split: str = "test") -> dict[str, float]:
+    """Caption object recall / CHAIR-style precision and visible-attribute QA accuracy on held-out scenes."""
+    model.eval()
+    world = training_world(cfg)
+    scenes = list(world.scenes(split, n))
+    caps = generate(model, vocab, scenes, [CAPTION_PROMPT] * len(scenes))
+    hit = total = mentioned = wrong = 0
+    for s, c in zip(scenes, caps):
+        truth = {(o.colour, o.shape) for o in s.objects}
+        said = mentioned_objects(c)
+        hit += len(truth & said)
+        total += len(truth)
+        mentioned += len(said)
+        wrong += len(said - truth)
+    qs = [(s, q) for s in scenes for q in s.qa if not q.kind.startswith("fact:")]
+    answers = generate(model, vocab, [s for s, _ in qs], [q.question for _, q in qs], max_new_tokens=4)
+    by_kind: dict[str, list[bool]] = {}
+    for (_, q), a in zip(qs, answers):
+        by_kind.setdefault(q.kind, []).append(a.strip() == q.answer)
+    out = {"caption_object_recall": hit / max(1, total), "caption_chair_i": wrong / max(1, mentioned)}
+    for k, v in sorted(by_kind.items()):
+        out[f"qa_{k}"] = float(np.mean(v))
+    out["qa_visible_attributes"] = float(np.mean([x for k, v in by_kind.items() for x in v]))
+    return out
+
+
+def hallucination_probe(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n_per_pair: int = 128) -> dict[str, float]:
+    """On held-out (unbiased) scenes where one partner is present and the other absent:
+    how often the caption mentions, and a yes/no question affirms, the absent partner."""
+    world = World(cfg.world_seed)
+    scenes, absent = [], []
+    i = 0
+    want = {(a, b): 0 for pair in PAIRS for a, b in (pair, pair[::-1])}
+    while min(want.values()) < n_per_pair and i < 500_000:
+        s = world.scene("test", i)
+        i += 1
+        kinds = {(o.colour, o.shape) for o in s.objects}
+        for (a, b), c in want.items():
+            if c < n_per_pair and a in kinds and b not in kinds:
+                scenes.append(s)
+                absent.append(b)
+                want[(a, b)] += 1
+                break
+    caps = generate(model, vocab, scenes, [CAPTION_PROMPT] * len(scenes))
+    yes = generate(model, vocab, scenes, [f"is there a {c} {sh}?" for c, sh in absent], max_new_tokens=2)
+    mention = float(np.mean([b in mentioned_objects(c) for b, c in zip(absent, caps)]))
+    affirm = float(np.mean([a.strip() == "yes" for a in yes]))
+    return {"partner_mention_rate": mention, "partner_affirm_rate": affirm, "n_probe_scenes": float(len(scenes))}
+
+
+def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: bool = False,
+              eval_every: int = 500) -> tuple[Any, Vocab, dict[str, Any]]:
+    from models.zoo import WEIGHTS_DIR
+    from models.zoo.clip import load_zoo_clip
+
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    world = training_world(cfg)
+    vocab = vlm_vocab(world)
+    clip, _, _ = load_zoo_clip(cfg.vision_init, WEIGHTS_DIR)
+    model = build_vlm(cfg, vocab, clip.config.vision_config)
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    n_image = model.config.image_seq_length
+    vision = list(model.model.vision_tower.parameters())
+    vision_ids = {id(p) for p in vision}
+    rest = [p for p in model.parameters() if id(p) not in vision_ids]
+    opt = torch.optim.AdamW([{"params": rest, "scale": 1.0}, {"params": vision, "scale": cfg.vision_lr_scale}],
+                            lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([cfg.seed, 17])
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    history = []
+    bar = tqdm(range(cfg.steps), desc=f"train {cfg.name}", unit="step", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        model.train()
+        scenes = [world.scene("train", step * cfg.batch_size + b) for b in range(cfg.batch_size)]
+        pairs = [training_example(s, rng, cfg.caption_fraction) for s in scenes]
+        ids, mask, labels = encode_batch(vocab, n_image, [p for p, _ in pairs], [a for _, a in pairs])
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg) * g["scale"]
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels(scenes), labels=labels)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+        if (step % eval_every == 0 and step > 0) or step == cfg.steps - 1:
+            ev = evaluate_vlm(model, vocab, cfg, n=64, split="dev")
+            history.append({"step": step, **ev})
+            log(f"step {step} loss {out.loss.item():.3f} {time.time() - t0:.0f}s "
+                + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
+    model.eval()
+    metrics: dict[str, Any] = {"train_seconds": round(time.time() - t0, 1), "history": history}
+    metrics.update(evaluate_vlm(model, vocab, cfg, n=256, split="test"))
+    metrics.update(hallucination_probe(model, vocab, cfg))
+    return model, vocab, metrics
+
+
+def save_zoo_vlm(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str, Any], weights_dir: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from models.zoo.clip import sha256_file
+
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    wpath = weights_dir / f"{cfg.name}.safetensors"
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(state, str(wpath), metadata={"name": cfg.name})
+    meta = {"name": cfg.name, "family": "generative", "config": asdict(cfg), "vocab": vocab.words,
+            "vision_config": model.config.vision_config.to_dict(), "metrics": metrics,
+            "sha256": sha256_file(wpath), "torch": torch.__version__}
+    (weights_dir / f"{cfg.name}.json").write_text(json.dumps(meta, indent=2, default=str))
+    return wpath
+
+
+def load_zoo_vlm(name: str, weights_dir: Path) -> tuple[Any, Vocab, dict[str, Any]]:
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionConfig
+
+    meta = json.loads((weights_dir / f"{name}.json").read_text())
+    cfg = ZooVlmConfig(**meta["config"])
+    vocab = Vocab(meta["vocab"])
+    model = build_vlm(cfg, vocab, CLIPVisionConfig(**meta["vision_config"]))
+    missing, unexpected = model.load_state_dict(load_file(str(weights_dir / f"{name}.safetensors")), strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise RuntimeError(f"{name}: weights do not match the architecture ({missing[:3]}, {unexpected[:3]})")
+    model.tie_weights()
+    model.eval()
+    return model, vocab, meta
