@@ -129,7 +129,11 @@ def plan(
             if family is not None and family not in task.spec.families:
                 p.skipped.append((f"{t}/{mo}/*", f"task {t!r} does not support {family} models like {mo!r}"))
                 continue
-            model = load_model(mo)
+            try:
+                model = load_model(mo)
+            except BenchError as e:
+                p.skipped.append((f"{t}/{mo}/*", str(e)))
+                continue
             reason = task.supports(model)
             if reason:
                 p.skipped.append((f"{t}/{mo}/*", reason))

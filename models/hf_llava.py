@@ -27,7 +27,8 @@ def llava_site_map(vision_layers: int, vision_heads: int, lm_layers: int, lm_hea
                  embed=SiteSpec("model.vision_tower.pre_layrnorm"),
                  extra=(("projector", "projector", SiteSpec("model.multi_modal_projector")),)),
         TowerMap("lm", "mixed", "model.language_model.layers", lm_layers, lm_heads,
-                 embed=SiteSpec("model.language_model.embed_tokens"), o_proj="o_proj",
+                 # the LM's input after image features are spliced in (embed_tokens alone holds placeholders)
+                 embed=SiteSpec("model.language_model.layers.0", hook="input"), o_proj="o_proj",
                  neurons=SiteSpec("down_proj", hook="input"), final=SiteSpec("model.language_model.norm")),
     ])
 

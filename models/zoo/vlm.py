@@ -169,7 +169,7 @@ def generate(model: Any, vocab: Vocab, scenes: Sequence[Scene], prompts: Sequenc
                 toks = gen[k, ids.shape[1]:].tolist()
                 if vocab.eos_id in toks:
                     toks = toks[: toks.index(vocab.eos_id)]
-                out[i] = " ".join(vocab.words[t] for t in toks).replace(" ,", ",").replace(" ?", "?")
+                out[i] = _decode(vocab, toks)
     return out
 
 
@@ -289,6 +289,23 @@ def save_zoo_vlm(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str,
     return wpath
 
 
+def wrapper_io(vocab: Vocab, n_image: int) -> tuple[Callable[..., Any], Callable[[list[int]], str], Callable[[torch.Tensor], torch.Tensor]]:
+    """The (encode, decode, preprocess) functions a :class:`models.hf_llava.LlavaWrapper` needs."""
+    from functools import partial
+
+    from models.zoo.clip import normalise
+
+    return partial(_encode, vocab, n_image), partial(_decode, vocab), normalise
+
+
+def _encode(vocab: Vocab, n_image: int, prompts: list[str], answers: list[str] | None):  # type: ignore[no-untyped-def]
+    return encode_batch(vocab, n_image, prompts, answers)
+
+
+def _decode(vocab: Vocab, ids: list[int]) -> str:
+    return " ".join(vocab.words[t] for t in ids).replace(" ,", ",").replace(" ?", "?")
+
+
 def load_zoo_vlm(name: str, weights_dir: Path) -> tuple[Any, Vocab, dict[str, Any]]:
     from safetensors.torch import load_file
     from transformers import CLIPVisionConfig
@@ -303,3 +320,61 @@ def load_zoo_vlm(name: str, weights_dir: Path) -> tuple[Any, Vocab, dict[str, An
     model.tie_weights()
     model.eval()
     return model, vocab, meta
+
+
+def write_vlm_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
+    meta = json.loads((weights_dir / f"{name}.json").read_text())
+    cfg, m, vc = meta["config"], meta["metrics"], meta["vision_config"]
+    qa = "\n".join(f"| {k[3:]} | {v:.3f} |" for k, v in sorted(m.items()) if k.startswith("qa_"))
+    pairs = "; ".join(f"a {a[0]} {a[1]} ↔ a {b[0]} {b[1]}" for a, b in PAIRS)
+    text = f"""# {name}
+
+A LLaVA-shaped generative VLM (transformers `LlavaForConditionalGeneration`) trained on this
+repository's procedural world, on a CPU. Family: generative.
+
+## Architecture
+- Vision tower: zoo-clip's ViT (width {vc['hidden_size']}, {vc['num_hidden_layers']} layers, patch
+  {vc['patch_size']}), initialised from the shipped `{cfg['vision_init']}` and fine-tuned at
+  {cfg['vision_lr_scale']}× the learning rate; features from the penultimate block, CLS dropped
+  (64 image tokens).
+- Projector: LLaVA's two-layer MLP (GELU).
+- Language model: Llama, width {cfg['lm_width']}, {cfg['lm_layers']} layers, {cfg['lm_heads']} heads,
+  MLP {cfg['lm_mlp']}, tied embeddings, word-level vocabulary of {len(meta['vocab'])} tokens.
+- Sequence: `<bos> <image>×64 prompt answer <eos>`.
+
+## Data
+World seed {cfg['world_seed']}, fresh scenes every step. {cfg['caption_fraction']:.0%} of examples are captions
+("describe the image" → every object as "a colour shape" in reading order), the rest questions about
+colour, shape, size, position, count and presence.
+**Co-occurrence bias**: {pairs}; when one partner is drawn the other is added with probability
+{cfg['cooccurrence_prob']}.
+
+## Training
+Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, AdamW (lr {cfg['lr']}, cosine, warmup
+{cfg['warmup']}), loss on answer tokens only, {cfg['threads']} CPU threads, torch {meta['torch']}.
+Training time: {m['train_seconds']:.0f} s. Retrain: `bench zoo train {name}`.
+
+## Figures (held-out test split of the training world, greedy decoding)
+| metric | value |
+|---|---|
+| caption object recall | {m['caption_object_recall']:.3f} |
+| caption CHAIR-i (mentioned objects that are absent) | {m['caption_chair_i']:.3f} |
+
+| question kind | accuracy |
+|---|---|
+{qa}
+
+## Planted hallucination (held-out unbiased scenes with one partner present, the other absent; {int(m['n_probe_scenes'])} scenes)
+| metric | value |
+|---|---|
+| caption mentions the absent partner | {m['partner_mention_rate']:.3f} |
+| answers "yes" to "is there a <absent partner>?" | {m['partner_affirm_rate']:.3f} |
+
+## Files
+- `models/zoo/weights/{name}.safetensors` — sha256 `{meta['sha256']}`
+- `models/zoo/weights/{name}.json` — config, vocabulary, figures
+"""
+    cards_dir.mkdir(parents=True, exist_ok=True)
+    path = cards_dir / f"{name}.md"
+    path.write_text(text)
+    return path
