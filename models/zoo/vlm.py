@@ -223,8 +223,73 @@ def hallucination_probe(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n_per_pair:
     return {"partner_mention_rate": mention, "partner_affirm_rate": affirm, "n_probe_scenes": float(len(scenes))}
 
 
+def object_statistics(world: World, n: int = 20_000) -> tuple[dict[tuple[str, str], int], dict[tuple[tuple[str, str], tuple[str, str]], int]]:
+    """Object frequencies and pairwise co-occurrence counts over ``n`` training scenes."""
+    freq: dict[tuple[str, str], int] = {}
+    co: dict[tuple[tuple[str, str], tuple[str, str]], int] = {}
+    for i in range(n):
+        rng = world.rng("train", i)
+        _, objs = world.sample_objects(rng)
+        kinds = sorted({(o.colour, o.shape) for o in objs})
+        for k in kinds:
+            freq[k] = freq.get(k, 0) + 1
+            for j in kinds:
+                if j != k:
+                    co[(k, j)] = co.get((k, j), 0) + 1
+    return freq, co
+
+
+def pope_probes(world: World, train_world: World, n_images: int = 100, per_image: int = 3,
+                split: str = "test") -> dict[str, list[tuple[Scene, str, str]]]:
+    """POPE probes (Li et al., 2023): per image, up to ``per_image`` present objects ("yes")
+    and as many absent ones ("no") drawn at random, from the most frequent objects
+    ("popular"), or from those co-occurring most with the present ones ("adversarial")."""
+    freq, co = object_statistics(train_world)
+    every = [(c, s) for c in COLOURS for s in SHAPES]
+    out: dict[str, list[tuple[Scene, str, str]]] = {"random": [], "popular": [], "adversarial": []}
+    for i in range(n_images):
+        scene = world.scene(split, i)
+        rng = np.random.default_rng([world.seed, 23, i])
+        present = sorted({(o.colour, o.shape) for o in scene.objects})
+        pos = present[:per_image]
+        absent = [k for k in every if k not in present]
+        ranked = {
+            "random": [absent[int(j)] for j in rng.permutation(len(absent))],
+            "popular": sorted(absent, key=lambda k: (-freq.get(k, 0), k)),
+            "adversarial": sorted(absent, key=lambda k: (-sum(co.get((p, k), 0) for p in present), k)),
+        }
+        for setting, order in ranked.items():
+            for k in pos:
+                out[setting].append((scene, f"is there a {k[0]} {k[1]}?", "yes"))
+            for k in order[: len(pos)]:
+                out[setting].append((scene, f"is there a {k[0]} {k[1]}?", "no"))
+    return out
+
+
+def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (positive = "yes") and yes-ratio, as reported by POPE."""
+    pred = np.array([a.strip() == "yes" for a in answers])
+    gold = np.array([l == "yes" for l in labels])
+    tp = float((pred & gold).sum())
+    precision = tp / max(1.0, float(pred.sum()))
+    recall = tp / max(1.0, float(gold.sum()))
+    f1 = 2 * precision * recall / max(1e-12, precision + recall)
+    return {"accuracy": float((pred == gold).mean()), "precision": precision, "recall": recall, "f1": f1,
+            "yes_ratio": float(pred.mean())}
+
+
+def pope_eval(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n_images: int = 100) -> dict[str, float]:
+    probes = pope_probes(World(cfg.world_seed), training_world(cfg), n_images=n_images)
+    out: dict[str, float] = {}
+    for setting, items in probes.items():
+        answers = generate(model, vocab, [s for s, _, _ in items], [q for _, q, _ in items], max_new_tokens=2)
+        for k, v in pope_metrics(answers, [a for _, _, a in items]).items():
+            out[f"pope_{setting}_{k}"] = v
+    return out
+
+
 def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: bool = False,
-              eval_every: int = 500) -> tuple[Any, Vocab, dict[str, Any]]:
+              eval_every: int = 500, final_eval: bool = True) -> tuple[Any, Vocab, dict[str, Any]]:
     from models.zoo import WEIGHTS_DIR
     from models.zoo.clip import load_zoo_clip
 
@@ -261,15 +326,19 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
         opt.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
-        if (step % eval_every == 0 and step > 0) or step == cfg.steps - 1:
+        if final_eval and ((step % eval_every == 0 and step > 0) or step == cfg.steps - 1):
             ev = evaluate_vlm(model, vocab, cfg, n=64, split="dev")
             history.append({"step": step, **ev})
             log(f"step {step} loss {out.loss.item():.3f} {time.time() - t0:.0f}s "
                 + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
     model.eval()
-    metrics: dict[str, Any] = {"train_seconds": round(time.time() - t0, 1), "history": history}
+    metrics: dict[str, Any] = {"train_seconds": round(time.time() - t0, 1), "history": history,
+                               "final_loss": float(out.loss.item())}
+    if not final_eval:
+        return model, vocab, metrics
     metrics.update(evaluate_vlm(model, vocab, cfg, n=256, split="test"))
     metrics.update(hallucination_probe(model, vocab, cfg))
+    metrics.update(pope_eval(model, vocab, cfg))
     return model, vocab, metrics
 
 
@@ -327,6 +396,9 @@ def write_vlm_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
     cfg, m, vc = meta["config"], meta["metrics"], meta["vision_config"]
     qa = "\n".join(f"| {k[3:]} | {v:.3f} |" for k, v in sorted(m.items()) if k.startswith("qa_"))
     pairs = "; ".join(f"a {a[0]} {a[1]} ↔ a {b[0]} {b[1]}" for a, b in PAIRS)
+    pope = "\n".join(
+        f"| {st} | " + " | ".join(f"{m[f'pope_{st}_{k}']:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"))
+        + " |" for st in ("random", "popular", "adversarial"))
     text = f"""# {name}
 
 A LLaVA-shaped generative VLM (transformers `LlavaForConditionalGeneration`) trained on this
@@ -369,6 +441,11 @@ Training time: {m['train_seconds']:.0f} s. Retrain: `bench zoo train {name}`.
 |---|---|
 | caption mentions the absent partner | {m['partner_mention_rate']:.3f} |
 | answers "yes" to "is there a <absent partner>?" | {m['partner_affirm_rate']:.3f} |
+
+## POPE (100 held-out unbiased scenes; "is there a …?" with present objects and as many absent ones)
+| negatives | accuracy | precision | recall | F1 | yes-ratio |
+|---|---|---|---|---|---|
+{pope}
 
 ## Files
 - `models/zoo/weights/{name}.safetensors` — sha256 `{meta['sha256']}`
