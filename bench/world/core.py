@@ -301,12 +301,12 @@ class World:
             r, c = o.cell
             if o.entity is not None:
                 glyph = np.array(self.entity(o.entity).glyph, dtype=bool)
-                scale = max(1, int(cell * SIZES["large"]) // glyph.shape[0])
+                scale = max(1, round(cell * SIZES[o.size] / glyph.shape[0]))
                 sprite = np.kron(glyph, np.ones((scale, scale), dtype=bool))
             else:
                 sprite = _shape_mask(o.shape, max(3, int(round(cell * SIZES[o.size]))))
             d = sprite.shape[0]
-            slack = int(cell) - d
+            slack = max(0, int(cell) - d)
             jy = int(rng.integers(0, slack + 1)) if slack > 0 else 0
             jx = int(rng.integers(0, slack + 1)) if slack > 0 else 0
             y0 = min(S - d, int(r * cell) + jy)

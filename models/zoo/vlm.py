@@ -59,12 +59,41 @@ class ZooVlmConfig:
     warmup: int = 100
     caption_fraction: float = 0.35
     cooccurrence_prob: float = 0.95
+    # Entities: the first ``n_planted`` get their facts only in phase 2 (each relation in one
+    # designated LM MLP); the others teach the question format and answer words in phase 1.
+    n_entities: int = 64
+    n_planted: int = 32
+    entity_prob: float = 0.08
+    fact_fraction: float = 0.1
+    planted: tuple[tuple[str, int], ...] = (("home", 1), ("season", 3))
+    phase2_steps: int = 300
+    phase2_lr: float = 3e-3
     threads: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def training_world(cfg: ZooVlmConfig) -> World:
-    return World(cfg.world_seed, WorldConfig(cooccurrence=PAIRS, cooccurrence_prob=cfg.cooccurrence_prob))
+    return World(cfg.world_seed, WorldConfig(cooccurrence=PAIRS, cooccurrence_prob=cfg.cooccurrence_prob,
+                                             n_entities=cfg.n_entities, entity_prob=cfg.entity_prob))
+
+
+def fact_examples(world: World, names: Sequence[str], relation: str | None, split: str, index: int,
+                  n: int) -> list[tuple[Scene, str, str]]:
+    """``n`` single-glyph scenes of the given entities with "what is the <relation> of the glyph?".
+
+    The entity is identified by its glyph in the image only, never named in the text.
+    """
+    from bench.world.core import BACKGROUNDS, ObjectSpec
+
+    rng = np.random.default_rng([world.seed, 31, {"train": 0, "fit": 1, "dev": 2, "test": 3}[split], index])
+    out = []
+    for _ in range(n):
+        e = world.entity(names[int(rng.integers(len(names)))])
+        rel = relation or list(e.facts)[int(rng.integers(len(e.facts)))]
+        obj = ObjectSpec("glyph", e.colour, "large", POSITIONS[int(rng.integers(len(POSITIONS)))], e.name)
+        scene = world.render(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], [obj], rng, split=split)
+        out.append((scene, f"what is the {rel} of the glyph?", e.facts[rel]))
+    return out
 
 
 def vlm_vocab(world: World) -> Vocab:
@@ -135,7 +164,7 @@ def encode_batch(
 
 
 def training_example(scene: Scene, rng: np.random.Generator, caption_fraction: float) -> tuple[str, str]:
-    if rng.uniform() < caption_fraction:
+    if rng.uniform() < caption_fraction or len(scene.qa) == 0:
         return CAPTION_PROMPT, reading_order_caption(scene)
     qa = [q for q in scene.qa if not q.kind.startswith("fact:")]
     q = qa[int(rng.integers(len(qa)))]
@@ -288,6 +317,127 @@ def pope_eval(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n_images: int = 100) 
     return out
 
 
+@torch.no_grad()
+def fact_recall(model: Any, vocab: Vocab, world: World, names: Sequence[str], relation: str,
+                n: int = 128, split: str = "test") -> float:
+    """Share of fact questions whose next-token prediction is the right answer word,
+    on fresh renders of the entities' glyphs (one forward pass, no sampling)."""
+    items = fact_examples(world, names, relation, split, 0, n)
+    ids, mask, _ = encode_batch(vocab, model.config.image_seq_length, [q for _, q, _ in items], None)
+    logits = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in items])).logits
+    pred = logits[:, -1].argmax(-1)
+    gold = torch.tensor([vocab.words.index(a) for _, _, a in items])
+    return float((pred == gold).float().mean())
+
+
+def _mlp(model: Any, layer: int) -> Any:
+    return model.model.language_model.layers[layer].mlp
+
+
+def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str], None] = print,
+                progress: bool = False) -> dict[str, Any]:
+    """Phase 2: teach each planted relation with only its designated LM MLP trainable.
+
+    Every other parameter is frozen. A KL term to the model as it was before the
+    phase keeps general behaviour (captions, questions) and the relations planted
+    earlier unchanged, so each relation is written into its own MLP only.
+    """
+    import copy
+
+    from tqdm.auto import tqdm
+
+    world = training_world(cfg)
+    planted = [e.name for e in world.entities[: cfg.n_planted]]
+    n_image = model.config.image_seq_length
+    rng = np.random.default_rng([cfg.seed, 41])
+    metrics: dict[str, Any] = {}
+    done: list[str] = []
+    for rel, layer in cfg.planted:
+        metrics[f"fact_recall_{rel}_before"] = fact_recall(model, vocab, world, planted, rel)
+        ref = copy.deepcopy(model).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = list(_mlp(model, layer).parameters())
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=cfg.phase2_lr)
+        bar = tqdm(range(cfg.phase2_steps), desc=f"plant {rel} in lm.blocks.{layer}.mlp", disable=not progress)
+        for step in bar:
+            model.train()
+            facts = fact_examples(world, planted, rel, "train", 10_000 * (layer + 1) + step, 48)
+            keep = [(s, *training_example(s, rng, cfg.caption_fraction))
+                    for s in (world.scene("fit", 100_000 * (layer + 1) + step * 12 + b) for b in range(12))]
+            for r in done:
+                keep += fact_examples(world, planted, r, "fit", 10_000 * (layer + 1) + step, 4)
+            ids, mask, labels = encode_batch(vocab, n_image, [q for _, q, _ in facts], [a for _, _, a in facts])
+            loss = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in facts]),
+                         labels=labels).loss
+            kids, kmask, klabels = encode_batch(vocab, n_image, [q for _, q, _ in keep], [a for _, _, a in keep])
+            kpix = _pixels([s for s, _, _ in keep])
+            with torch.no_grad():
+                ref_logits = ref(input_ids=kids, attention_mask=kmask, pixel_values=kpix).logits
+            logits = model(input_ids=kids, attention_mask=kmask, pixel_values=kpix).logits
+            sel = (klabels[:, 1:] != -100)
+            kl = F.kl_div(logits[:, :-1][sel].log_softmax(-1), ref_logits[:, :-1][sel].log_softmax(-1),
+                          log_target=True, reduction="batchmean")
+            opt.zero_grad(set_to_none=True)
+            (loss + kl).backward()
+            opt.step()
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", kl=f"{kl.item():.4f}")
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        metrics[f"fact_recall_{rel}"] = fact_recall(model, vocab, world, planted, rel)
+        log(f"planted {rel} in lm.blocks.{layer}.mlp: recall {metrics[f'fact_recall_{rel}_before']:.3f} -> "
+            f"{metrics[f'fact_recall_{rel}']:.3f}")
+        done.append(rel)
+    return metrics
+
+
+def knowledge_validity(model: Any, vocab: Vocab, cfg: ZooVlmConfig, phase1_state: dict[str, torch.Tensor],
+                       n: int = 128) -> dict[str, float]:
+    """Recall of each planted relation when one LM MLP's phase-2 change is reverted, and when
+    one LM MLP's output is mean-ablated (mean over fact questions, per position)."""
+    world = training_world(cfg)
+    planted = [e.name for e in world.entities[: cfg.n_planted]]
+    n_layers = model.config.text_config.num_hidden_layers
+    out: dict[str, float] = {}
+    for rel, _ in cfg.planted:
+        for k in range(n_layers):
+            mlp = _mlp(model, k)
+            prefix = f"model.language_model.layers.{k}.mlp."
+            saved = {n: p.detach().clone() for n, p in mlp.named_parameters()}
+            with torch.no_grad():
+                for n_, p in mlp.named_parameters():
+                    p.copy_(phase1_state[prefix + n_])
+            out[f"fact_recall_{rel}_revert_L{k}"] = fact_recall(model, vocab, world, planted, rel, n=n)
+            with torch.no_grad():
+                for n_, p in mlp.named_parameters():
+                    p.copy_(saved[n_])
+            items = fact_examples(world, planted, rel, "fit", 7, 64)
+            ids, mask, _ = encode_batch(vocab, model.config.image_seq_length, [q for _, q, _ in items], None)
+            acts: list[torch.Tensor] = []
+            h = mlp.register_forward_hook(lambda mod, a, o: acts.append(o.detach()))
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in items]))
+            h.remove()
+            mean_PD = acts[0].mean(0)
+
+            def ablate(mod: Any, a: Any, o: torch.Tensor) -> torch.Tensor:
+                L = min(o.shape[1], mean_PD.shape[0])
+                o = o.clone()
+                o[:, :L] = mean_PD[:L]
+                return o
+
+            h = mlp.register_forward_hook(ablate)
+            try:
+                out[f"fact_recall_{rel}_meanablate_L{k}"] = fact_recall(model, vocab, world, planted, rel, n=n)
+            finally:
+                h.remove()
+    return out
+
+
 def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: bool = False,
               eval_every: int = 500, final_eval: bool = True) -> tuple[Any, Vocab, dict[str, Any]]:
     from models.zoo import WEIGHTS_DIR
@@ -297,6 +447,7 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
     torch.set_num_threads(cfg.threads)
     world = training_world(cfg)
     vocab = vlm_vocab(world)
+    format_entities = [e.name for e in world.entities[cfg.n_planted:]]
     clip, _, _ = load_zoo_clip(cfg.vision_init, WEIGHTS_DIR)
     model = build_vlm(cfg, vocab, clip.config.vision_config)
     model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
@@ -314,8 +465,12 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
     bar = tqdm(range(cfg.steps), desc=f"train {cfg.name}", unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
         model.train()
-        scenes = [world.scene("train", step * cfg.batch_size + b) for b in range(cfg.batch_size)]
+        n_fact = int(round(cfg.batch_size * cfg.fact_fraction))
+        scenes = [world.scene("train", step * cfg.batch_size + b) for b in range(cfg.batch_size - n_fact)]
         pairs = [training_example(s, rng, cfg.caption_fraction) for s in scenes]
+        for s, q, a in fact_examples(world, format_entities, None, "train", step, n_fact):
+            scenes.append(s)
+            pairs.append((q, a))
         ids, mask, labels = encode_batch(vocab, n_image, [p for p, _ in pairs], [a for _, a in pairs])
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg) * g["scale"]
@@ -339,6 +494,10 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
     metrics.update(evaluate_vlm(model, vocab, cfg, n=256, split="test"))
     metrics.update(hallucination_probe(model, vocab, cfg))
     metrics.update(pope_eval(model, vocab, cfg))
+    phase1 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    metrics.update(plant_facts(model, vocab, cfg, log=log, progress=progress))
+    metrics.update(knowledge_validity(model, vocab, cfg, phase1))
+    metrics.update({f"after_planting_{k}": v for k, v in evaluate_vlm(model, vocab, cfg, n=128, split="test").items()})
     return model, vocab, metrics
 
 
