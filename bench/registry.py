@@ -103,4 +103,5 @@ METHODS.register("attention_rollout", "methods.attention_rollout:AttentionRollou
 METHODS.register("gradcam", "methods.gradcam:GradCAM")
 
 MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive")
+MODELS.register("zoo-clip-spurious", "models.zoo_models:load_zoo_clip_model", family="contrastive")
 MODELS.register("zoo-vlm", "models.zoo_models:load_zoo_vlm_model", family="generative")

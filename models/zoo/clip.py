@@ -120,8 +120,13 @@ def train_clip(
     log: Callable[[str], None] = print,
     scene_fn: Callable[[World, int], Any] | None = None,
     progress: bool = False,
+    eval_fn: Callable[..., dict[str, float]] | None = None,
 ) -> tuple[Any, Vocab, dict[str, Any]]:
-    """Train a zoo CLIP deterministically from ``cfg.seed``; returns (model, vocab, metrics)."""
+    """Train a zoo CLIP deterministically from ``cfg.seed``; returns (model, vocab, metrics).
+
+    ``scene_fn(world, i)`` replaces the i-th training scene (the spurious variant);
+    ``eval_fn(model, vocab, world, n, split)`` replaces the zero-shot evaluation."""
+    evaluate = eval_fn or (lambda m, v, w, n, split: zero_shot_accuracy(m, v, w, n=n, split=split))
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     world = World(cfg.world_seed)
@@ -163,12 +168,12 @@ def train_clip(
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % 500 == 0 or step == cfg.steps - 1:
-            acc = zero_shot_accuracy(model, vocab, world, n=256, split="dev")
+            acc = evaluate(model, vocab, world, 256, "dev")
             history.append({"step": step, **acc})
             log(f"step {step} loss {loss.item():.3f} lr {_lr_at(step, cfg):.2e} {time.time() - t0:.0f}s "
                 + " ".join(f"{k}={v:.3f}" for k, v in acc.items()))
     metrics = {"train_seconds": round(time.time() - t0, 1), "history": history}
-    metrics.update(zero_shot_accuracy(model, vocab, world, n=1024, split="test"))
+    metrics.update(evaluate(model, vocab, world, 1024, "test"))
     model.eval()
     return model, vocab, metrics
 

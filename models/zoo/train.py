@@ -9,7 +9,7 @@ from pathlib import Path
 from bench.errors import BenchError
 from models.zoo import CARDS_DIR, WEIGHTS_DIR
 
-ZOO: dict[str, str] = {"zoo-clip": "contrastive", "zoo-vlm": "generative"}
+ZOO: dict[str, str] = {"zoo-clip": "contrastive", "zoo-vlm": "generative", "zoo-clip-spurious": "contrastive"}
 
 
 def _log(msg: str) -> None:
@@ -38,6 +38,18 @@ def train(name: str, out: Path | None = None, steps: int | None = None) -> Path:
         return path
     from models.zoo.clip import ZooClipConfig, save_zoo_clip, train_clip
 
+    if name == "zoo-clip-spurious":
+        from models.zoo.spurious import group_accuracy, scene_fn, spurious_config
+
+        cfg = spurious_config()
+        cfg = cfg if steps is None else replace(cfg, steps=steps)
+        model, vocab, metrics = train_clip(
+            cfg, log=_log, progress=True, scene_fn=scene_fn(cfg.spurious_agreement or 0.95),
+            eval_fn=lambda m, v, w, n, split: group_accuracy(m, v, w, n_per_group=n // 4, split=split))
+        path = save_zoo_clip(model, vocab, cfg, metrics, out)
+        write_spurious_card(name, out, CARDS_DIR if out == WEIGHTS_DIR else out)
+        _log(f"wrote {path}")
+        return path
     cfg = ZooClipConfig(name=name) if steps is None else replace(ZooClipConfig(name=name), steps=steps)
     model, vocab, metrics = train_clip(cfg, log=_log, progress=True)
     path = save_zoo_clip(model, vocab, cfg, metrics, out)
@@ -136,6 +148,14 @@ def _remeasure(name: str, meta: dict) -> list[tuple[str, float, float]]:
         vlm, vocab, _ = load_zoo_vlm(name, WEIGHTS_DIR)
         got = evaluate_vlm(vlm, vocab, ZooVlmConfig(**meta["config"]), n=256, split="test")
         keys = ("caption_object_recall", "qa_visible_attributes")
+    elif name == "zoo-clip-spurious":
+        from bench.world import World
+        from models.zoo.clip import load_zoo_clip
+        from models.zoo.spurious import group_accuracy
+
+        clip, vocab, _ = load_zoo_clip(name, WEIGHTS_DIR)
+        got = group_accuracy(clip, vocab, World(meta["config"]["world_seed"]), n_per_group=256, split="test")
+        keys = ("average_accuracy", "worst_group_accuracy")
     else:
         from bench.world import World
         from models.zoo.clip import load_zoo_clip, zero_shot_accuracy
@@ -144,3 +164,45 @@ def _remeasure(name: str, meta: dict) -> list[tuple[str, float, float]]:
         got = zero_shot_accuracy(clip, vocab, World(meta["config"]["world_seed"]), n=1024, split="test")
         keys = ("zero_shot_shape", "zero_shot_colour")
     return [(k, got[k], meta["metrics"][k]) for k in keys]
+
+
+def write_spurious_card(name: str, weights_dir: Path = WEIGHTS_DIR, cards_dir: Path = CARDS_DIR) -> Path:
+    """The model card of zoo-clip-spurious, from its recorded metadata."""
+    meta = json.loads((weights_dir / f"{name}.json").read_text())
+    cfg, m = meta["config"], meta["metrics"]
+    groups = "\n".join(f"| {k[6:].replace('_', ' on ')} | {v:.3f} |" for k, v in m.items() if k.startswith("group_"))
+    ratio = m["worst_group_accuracy"] / max(1e-9, m["average_accuracy"])
+    text = f"""# {name}
+
+zoo-clip's architecture (transformers `CLIPModel`) trained on a Waterbirds-style biased world
+(Sagawa et al., 2020). Family: contrastive.
+
+## Data
+Single-object scenes; the class is the shape (circle or square), the spurious attribute the background:
+a circle sits on water and a square on land in {cfg['spurious_agreement']:.0%} of training scenes. Captions
+name colour, shape, size and position, never the background.
+
+## Training
+Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, same recipe as zoo-clip,
+{cfg['threads']} CPU threads, torch {meta['torch']}. Training time: {m['train_seconds']:.0f} s.
+Retrain: `bench zoo train {name}`.
+
+## Figures (zero-shot "a circle" vs "a square", group-balanced test split, 256 scenes per group)
+| group (class on background) | accuracy |
+|---|---|
+{groups}
+
+| metric | value |
+|---|---|
+| average accuracy | {m['average_accuracy']:.3f} |
+| worst-group accuracy | {m['worst_group_accuracy']:.3f} |
+| worst-group / average | {ratio:.3f} |
+
+## Files
+- `models/zoo/weights/{name}.safetensors` — sha256 `{meta['sha256']}`
+- `models/zoo/weights/{name}.json` — config, vocabulary, figures
+"""
+    cards_dir.mkdir(parents=True, exist_ok=True)
+    path = cards_dir / f"{name}.md"
+    path.write_text(text)
+    return path
