@@ -87,3 +87,17 @@ def test_invalid_seed_and_split():
         World(-1)
     with pytest.raises(ValueError):
         World(0).scene("nope", 0)
+
+
+def test_no_two_shapes_render_alike_at_any_size():
+    """Regression: a 6-px square once rendered pixel-identical to a 6-px circle."""
+    from bench.world.core import SIZES, _shape_mask
+
+    cell = 32 / 3
+    for frac in SIZES.values():
+        d = max(3, int(round(cell * frac)))
+        sprites = {s: _shape_mask(s, d) for s in SHAPES}
+        for a in SHAPES:
+            for b in SHAPES:
+                if a < b:
+                    assert not np.array_equal(sprites[a], sprites[b]), (a, b, d)

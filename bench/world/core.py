@@ -31,7 +31,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (170, 60, 220),
     "white": (245, 245, 245),
 }
-SIZES: dict[str, float] = {"small": 0.55, "large": 0.85}  # fraction of a grid cell
+SIZES: dict[str, float] = {"small": 0.65, "large": 0.85}  # fraction of a grid cell
 POSITIONS: tuple[str, ...] = (
     "top left", "top", "top right",
     "left", "center", "right",
@@ -154,7 +154,7 @@ def _shape_mask(shape: str, diameter: int) -> np.ndarray:
     if shape == "circle":
         m = x**2 + y**2 <= 1.0
     elif shape == "square":
-        m = (np.abs(x) <= 0.8) & (np.abs(y) <= 0.8)
+        m = (np.abs(x) <= 1.0) & (np.abs(y) <= 1.0)  # the full box: never a pixel-twin of the circle
     elif shape == "triangle":
         # apex up; base at the bottom
         m = (y <= 0.9) & (y >= -0.9) & (np.abs(x) <= (y + 0.9) / 1.8)

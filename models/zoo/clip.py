@@ -45,7 +45,7 @@ class ZooClipConfig:
     text_mlp: int = 256
     max_text_len: int = 32
     embed_dim: int = 64
-    steps: int = 5000
+    steps: int = 3500
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
