@@ -13,7 +13,9 @@ ZOO: dict[str, str] = {"zoo-clip": "contrastive", "zoo-vlm": "generative", "zoo-
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from tqdm.auto import tqdm
+
+    tqdm.write(msg, file=sys.stderr)  # keeps progress bars intact
 
 
 def train(name: str, out: Path | None = None, steps: int | None = None) -> Path:
