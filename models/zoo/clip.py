@@ -167,7 +167,7 @@ def train_clip(
             model.logit_scale.clamp_(0, math.log(100))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % 500 == 0 or step == cfg.steps - 1:
+        if step % max(1, min(500, cfg.steps // 4)) == 0 or step == cfg.steps - 1:
             acc = evaluate(model, vocab, world, 256, "dev")
             history.append({"step": step, **acc})
             log(f"step {step} loss {loss.item():.3f} lr {_lr_at(step, cfg):.2e} {time.time() - t0:.0f}s "

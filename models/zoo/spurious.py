@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.world import COLOURS, POSITIONS, SIZES, Vocab, World
+from bench.world import COLOURS, POSITIONS, Vocab, World
 from bench.world.core import ObjectSpec, Scene
 
 CLASSES: tuple[str, ...] = ("circle", "square")
@@ -39,12 +39,13 @@ def spurious_scene(world: World, split: str, index: int, agreement: float | None
             background = ("water", "land")[int(rng.integers(2))]
     else:
         shape, background = group
-    obj = ObjectSpec(shape, list(COLOURS)[int(rng.integers(len(COLOURS)))],
-                     list(SIZES)[int(rng.integers(len(SIZES)))], POSITIONS[int(rng.integers(len(POSITIONS)))])
+    # small objects only: the class is a few pixels, the background most of the image (as in Waterbirds)
+    obj = ObjectSpec(shape, list(COLOURS)[int(rng.integers(len(COLOURS)))], "small",
+                     POSITIONS[int(rng.integers(len(POSITIONS)))])
     scene = world.render(background, [obj], rng, split=split, index=index)
     # captions never mention the background
     scene.captions = [f"a {obj.colour} {obj.shape}", f"a {obj.shape}", f"a {obj.colour} object",
-                      f"a {obj.size} {obj.colour} {obj.shape}", f"a {obj.colour} {obj.shape} at the {obj.position}"]
+                      f"a {obj.colour} {obj.shape} at the {obj.position}"]
     return scene
 
 
@@ -75,7 +76,7 @@ def group_accuracy(model: Any, vocab: Vocab, world: World, n_per_group: int = 25
 def spurious_config() -> Any:
     from models.zoo.clip import ZooClipConfig
 
-    return replace(ZooClipConfig(), name="zoo-clip-spurious", steps=1500, spurious_agreement=0.95)
+    return replace(ZooClipConfig(), name="zoo-clip-spurious", steps=1000, spurious_agreement=0.95, threads=1)
 
 
 def scene_fn(agreement: float) -> Any:
