@@ -77,3 +77,23 @@ def test_training_smoke_and_determinism():
     assert np.isfinite(ma["final_loss"]) and ma["final_loss"] == mb["final_loss"]
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_per_example_loss_weights_examples_equally():
+    import math
+
+    from models.zoo.vlm import per_example_loss
+
+    # vocab of 2; uniform logits -> every token costs log 2
+    logits = torch.zeros(2, 4, 2)
+    labels = torch.tensor([[-100, 0, 1, 1], [-100, -100, -100, 0]])  # 3 answer tokens vs 1
+    assert math.isclose(float(per_example_loss(logits, labels)), math.log(2), rel_tol=1e-6)
+    logits[1, 2, 0] = 10.0  # make example 2's only token nearly free
+    got = float(per_example_loss(logits, labels))
+    assert math.isclose(got, (math.log(2) + F_nll(10.0)) / 2, rel_tol=1e-4)
+
+
+def F_nll(margin: float) -> float:
+    import math
+
+    return math.log1p(math.exp(-margin))

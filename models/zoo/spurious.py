@@ -76,7 +76,7 @@ def group_accuracy(model: Any, vocab: Vocab, world: World, n_per_group: int = 25
 def spurious_config() -> Any:
     from models.zoo.clip import ZooClipConfig
 
-    return replace(ZooClipConfig(), name="zoo-clip-spurious", steps=1000, spurious_agreement=0.95, threads=1)
+    return replace(ZooClipConfig(), name="zoo-clip-spurious", steps=500, spurious_agreement=0.95, threads=1)
 
 
 def scene_fn(agreement: float) -> Any:

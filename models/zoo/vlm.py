@@ -51,13 +51,13 @@ class ZooVlmConfig:
     lm_heads: int = 4
     lm_mlp: int = 512
     max_positions: int = 128
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
     vision_lr_scale: float = 0.3
     weight_decay: float = 0.05
     warmup: int = 100
-    caption_fraction: float = 0.35
+    caption_fraction: float = 0.25
     cooccurrence_prob: float = 0.95
     # Entities: the first ``n_planted`` get their facts only in phase 2 (each relation in one
     # designated LM MLP); the others teach the question format and answer words in phase 1.
@@ -169,6 +169,18 @@ def training_example(scene: Scene, rng: np.random.Generator, caption_fraction: f
     qa = [q for q in scene.qa if not q.kind.startswith("fact:")]
     q = qa[int(rng.integers(len(qa)))]
     return q.question, q.answer
+
+
+def per_example_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged over each example's answer tokens, then over examples.
+
+    A token-level mean would weight a 12-token caption twelve times a one-word answer,
+    and the model would learn to caption long before it learns to answer.
+    """
+    tgt = labels_BL[:, 1:]
+    keep = (tgt != -100).float()
+    tok = F.cross_entropy(logits_BLV[:, :-1].transpose(1, 2), tgt.clamp(min=0), reduction="none")
+    return ((tok * keep).sum(1) / keep.sum(1).clamp(min=1)).mean()
 
 
 def _lr_at(step: int, cfg: ZooVlmConfig) -> float:
@@ -474,7 +486,8 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
         ids, mask, labels = encode_batch(vocab, n_image, [p for p, _ in pairs], [a for _, a in pairs])
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg) * g["scale"]
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels(scenes), labels=labels)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels(scenes))
+        out.loss = per_example_loss(out.logits, labels)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
