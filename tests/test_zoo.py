@@ -34,3 +34,15 @@ def test_training_is_deterministic_from_its_seed():
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     c, _, _ = train_clip(replace(cfg, seed=1), log=logs.append)
     assert not all(torch.equal(sa[k], c.state_dict()[k]) for k in sa)
+
+
+def test_spurious_clip_ships_with_its_bias():
+    """Worst-group accuracy well below average (under 70% of it), re-measured on 128 scenes a group."""
+    from models.zoo.spurious import group_accuracy
+
+    meta = json.loads((WEIGHTS_DIR / "zoo-clip-spurious.json").read_text())
+    assert sha256_file(WEIGHTS_DIR / "zoo-clip-spurious.safetensors") == meta["sha256"]
+    clip, vocab, _ = load_zoo_clip("zoo-clip-spurious", WEIGHTS_DIR)
+    got = group_accuracy(clip, vocab, World(meta["config"]["world_seed"]), n_per_group=128)
+    assert got["worst_group_accuracy"] < 0.7 * got["average_accuracy"], got
+    assert got["average_accuracy"] > 0.6, got
