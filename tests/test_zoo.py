@@ -7,7 +7,8 @@ import torch
 
 from bench.world import World
 from models.zoo import WEIGHTS_DIR
-from models.zoo.clip import ZooClipConfig, load_zoo_clip, sha256_file, train_clip, zero_shot_accuracy
+from models.zoo.clip import ZooClipConfig, load_zoo_clip, train_clip, zero_shot_accuracy
+from models.zoo.io import sha256_file
 
 
 def test_shipped_weights_match_their_card():

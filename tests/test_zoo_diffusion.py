@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.zoo.clip import images_to_tensor, sha256_file
+from models.zoo.clip import images_to_tensor
+from models.zoo.io import sha256_file
 from models.zoo.oracle import (
     HEADS,
     OracleConfig,

@@ -8,7 +8,6 @@ scene from its canonical caption and paraphrases.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.world import COLOURS, SHAPES, Vocab, World, WorldConfig
+from models.zoo.io import save_weights
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.25
@@ -178,33 +178,10 @@ def train_clip(
     return model, vocab, metrics
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_zoo_clip(model: Any, vocab: Vocab, cfg: ZooClipConfig, metrics: dict[str, Any], weights_dir: Path) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` (config, vocab, metrics, sha256)."""
-    from safetensors.torch import save_file
-
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    wpath = weights_dir / f"{cfg.name}.safetensors"
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(wpath), metadata={"name": cfg.name})
-    meta = {
-        "name": cfg.name,
-        "family": "contrastive",
-        "config": asdict(cfg),
-        "vocab": vocab.words,
-        "metrics": metrics,
-        "sha256": sha256_file(wpath),
-        "torch": torch.__version__,
-    }
-    (weights_dir / f"{cfg.name}.json").write_text(json.dumps(meta, indent=2))
-    return wpath
+    return save_weights(cfg.name, model.state_dict(), weights_dir, family="contrastive", config=asdict(cfg),
+                        vocab=vocab.words, metrics=metrics)
 
 
 def load_zoo_clip(name: str, weights_dir: Path) -> tuple[Any, Vocab, dict[str, Any]]:

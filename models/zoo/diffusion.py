@@ -298,30 +298,16 @@ def generation_quality(model: ZooDiffusion, oracle: Any, n: int = 240, seed: int
 def save_diffusion(model: ZooDiffusion, metrics: dict[str, Any], weights_dir: Path) -> Path:
     """Write ``<name>.safetensors`` (``unet.*``, ``ema_unet.*``, ``text_encoder.*``) and
     ``<name>.json`` (config, vocabulary, text/UNet configs, metrics, sha256)."""
-    from safetensors.torch import save_file
-
-    from models.zoo.clip import sha256_file
+    from models.zoo.io import save_weights
 
     cfg = model.cfg
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    wpath = weights_dir / f"{cfg.name}.safetensors"
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(wpath), metadata={"name": cfg.name})
-    meta = {
-        "name": cfg.name,
-        "family": "diffusion",
-        "config": asdict(cfg),
-        "vocab": model.vocab.words,
-        "text_config": model.text_encoder.config.to_dict(),
-        "unet_config": {k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")},
-        "scheduler": {"train": "DDPMScheduler", "sample": "DDIMScheduler", "beta_schedule": "squaredcos_cap_v2",
-                      "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
-        "metrics": metrics,
-        "sha256": sha256_file(wpath),
-        "torch": torch.__version__,
-    }
-    (weights_dir / f"{cfg.name}.json").write_text(json.dumps(meta, indent=2, default=str))
-    return wpath
+    return save_weights(
+        cfg.name, model.state_dict(), weights_dir, family="diffusion", config=asdict(cfg), vocab=model.vocab.words,
+        text_config=model.text_encoder.config.to_dict(),
+        unet_config={k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")},
+        scheduler={"train": "DDPMScheduler", "sample": "DDIMScheduler", "beta_schedule": "squaredcos_cap_v2",
+                   "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+        metrics=metrics)
 
 
 def load_diffusion(name: str, weights_dir: Path) -> tuple[ZooDiffusion, dict[str, Any]]:

@@ -190,25 +190,10 @@ def train_oracle(cfg: OracleConfig, log: Callable[[str], None] = print, progress
 
 def save_oracle(model: Oracle, cfg: OracleConfig, metrics: dict[str, Any], weights_dir: Path) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` (config, classes, metrics, sha256)."""
-    from safetensors.torch import save_file
+    from models.zoo.io import save_weights
 
-    from models.zoo.clip import sha256_file
-
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    wpath = weights_dir / f"{cfg.name}.safetensors"
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(wpath), metadata={"name": cfg.name})
-    meta = {
-        "name": cfg.name,
-        "family": "oracle",
-        "config": asdict(cfg),
-        "heads": {k: list(v) for k, v in HEADS.items()},
-        "metrics": metrics,
-        "sha256": sha256_file(wpath),
-        "torch": torch.__version__,
-    }
-    (weights_dir / f"{cfg.name}.json").write_text(json.dumps(meta, indent=2, default=str))
-    return wpath
+    return save_weights(cfg.name, model.state_dict(), weights_dir, family="oracle", config=asdict(cfg),
+                        heads={k: list(v) for k, v in HEADS.items()}, metrics=metrics)
 
 
 def load_oracle(name: str, weights_dir: Path) -> tuple[Oracle, dict[str, Any]]:

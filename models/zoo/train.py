@@ -114,7 +114,7 @@ Dev-split curve during training:
 
 def verify(name: str | None = None, quality: bool = True, tolerance: float = 0.02) -> bool:
     """Check each shipped model's sha256 and (optionally) re-measure its recorded figures."""
-    from models.zoo.clip import sha256_file
+    from models.zoo.io import sha256_file
 
     names = [name] if name else list(ZOO)
     ok = True

@@ -20,7 +20,7 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -515,19 +515,12 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
 
 
 def save_zoo_vlm(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str, Any], weights_dir: Path) -> Path:
-    from safetensors.torch import save_file
+    from models.zoo.io import save_weights
 
-    from models.zoo.clip import sha256_file
-
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    wpath = weights_dir / f"{cfg.name}.safetensors"
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, str(wpath), metadata={"name": cfg.name})
-    meta = {"name": cfg.name, "family": "generative", "config": asdict(cfg), "vocab": vocab.words,
-            "vision_config": model.config.vision_config.to_dict(), "metrics": metrics,
-            "sha256": sha256_file(wpath), "torch": torch.__version__}
-    (weights_dir / f"{cfg.name}.json").write_text(json.dumps(meta, indent=2, default=str))
-    return wpath
+    # the unembedding is tied to the token embedding: stored once
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    return save_weights(cfg.name, state, weights_dir, family="generative", config=asdict(cfg), vocab=vocab.words,
+                        vision_config=model.config.vision_config.to_dict(), metrics=metrics)
 
 
 def wrapper_io(vocab: Vocab, n_image: int) -> tuple[Callable[..., Any], Callable[[list[int]], str], Callable[[torch.Tensor], torch.Tensor]]:

@@ -1,0 +1,30 @@
+"""Writing zoo weights: one safetensors file plus a json of metadata with the file's sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(name: str, state: dict[str, torch.Tensor], weights_dir: Path, **meta: Any) -> Path:
+    """Write ``<name>.safetensors`` and ``<name>.json`` (``meta`` + sha256 + torch version)."""
+    from safetensors.torch import save_file
+
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    wpath = weights_dir / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(wpath), metadata={"name": name})
+    record = {"name": name, **meta, "sha256": sha256_file(wpath), "torch": torch.__version__}
+    (weights_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
+    return wpath
