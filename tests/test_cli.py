@@ -70,7 +70,7 @@ class _GenerativeOnly:
 
 
 def test_incompatible_combination_gives_the_reason(capsys, tmp_path):
-    TASKS.register("gen-only", "tests.test_cli:_GenerativeOnly")
+    TASKS.register("gen-only", "test_cli:_GenerativeOnly")
     try:
         rc = main(["evaluate", "--task", "gen-only", "--model", "zoo-clip", "--store", str(tmp_path / "s.sqlite")])
     finally:
@@ -88,7 +88,7 @@ class Exploding(Method):
 
 
 def test_failing_method_becomes_failed_record_and_grid_goes_on(tmp_path):
-    METHODS.register("exploding", "tests.test_cli:Exploding")
+    METHODS.register("exploding", "test_cli:Exploding")
     try:
         p = runner.plan(["attribution"], ["exploding", "random"], ["zoo-clip"], [0], quick=True)
         store = Store(tmp_path / "s.sqlite")
