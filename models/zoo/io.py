@@ -28,3 +28,17 @@ def save_weights(name: str, state: dict[str, torch.Tensor], weights_dir: Path, *
     record = {"name": name, **meta, "sha256": sha256_file(wpath), "torch": torch.__version__}
     (weights_dir / f"{name}.json").write_text(json.dumps(record, indent=2, default=str))
     return wpath
+
+
+def write_card(name: str, body: str, meta: dict[str, Any], cards_dir: Path) -> Path:
+    """Write ``<cards_dir>/<name>.md``: ``body`` followed by the files section with the sha256."""
+    text = body.rstrip() + f"""
+
+## Files
+- `models/zoo/weights/{name}.safetensors` — sha256 `{meta['sha256']}`
+- `models/zoo/weights/{name}.json` — config, vocabulary, figures
+"""
+    cards_dir.mkdir(parents=True, exist_ok=True)
+    path = cards_dir / f"{name}.md"
+    path.write_text(text)
+    return path

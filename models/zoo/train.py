@@ -101,15 +101,10 @@ Dev-split curve during training:
 | step | shape | colour |
 |---|---|---|
 {hist}
-
-## Files
-- `models/zoo/weights/{name}.safetensors` — sha256 `{meta['sha256']}`
-- `models/zoo/weights/{name}.json` — config, vocabulary, figures
 """
-    cards_dir.mkdir(parents=True, exist_ok=True)
-    path = cards_dir / f"{name}.md"
-    path.write_text(text)
-    return path
+    from models.zoo.io import write_card as _write
+
+    return _write(name, text, meta, cards_dir)
 
 
 def verify(name: str | None = None, quality: bool = True, tolerance: float = 0.02) -> bool:
@@ -199,12 +194,7 @@ Retrain: `bench zoo train {name}`.
 | average accuracy | {m['average_accuracy']:.3f} |
 | worst-group accuracy | {m['worst_group_accuracy']:.3f} |
 | worst-group / average | {ratio:.3f} |
-
-## Files
-- `models/zoo/weights/{name}.safetensors` — sha256 `{meta['sha256']}`
-- `models/zoo/weights/{name}.json` — config, vocabulary, figures
 """
-    cards_dir.mkdir(parents=True, exist_ok=True)
-    path = cards_dir / f"{name}.md"
-    path.write_text(text)
-    return path
+    from models.zoo.io import write_card as _write
+
+    return _write(name, text, meta, cards_dir)

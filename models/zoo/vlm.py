@@ -611,12 +611,7 @@ Training time: {m['train_seconds']:.0f} s. Retrain: `bench zoo train {name}`.
 | negatives | accuracy | precision | recall | F1 | yes-ratio |
 |---|---|---|---|---|---|
 {pope}
-
-## Files
-- `models/zoo/weights/{name}.safetensors` — sha256 `{meta['sha256']}`
-- `models/zoo/weights/{name}.json` — config, vocabulary, figures
 """
-    cards_dir.mkdir(parents=True, exist_ok=True)
-    path = cards_dir / f"{name}.md"
-    path.write_text(text)
-    return path
+    from models.zoo.io import write_card as _write
+
+    return _write(name, text, meta, cards_dir)
