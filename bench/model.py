@@ -48,6 +48,11 @@ class Model(ABC):
         return [s for s in self._sites.values()
                 if (tower is None or s.tower == tower) and (kind is None or s.kind == kind)]
 
+    def layer_sites(self, tower: str, kind: str) -> list[str]:
+        """Names of the per-layer sites of one kind in a tower, in layer order."""
+        found = [s for s in self.sites(tower=tower, kind=kind) if s.layer is not None]
+        return [s.name for s in sorted(found, key=lambda s: s.layer)]
+
     def site(self, name: str) -> Site:
         if name not in self._sites:
             raise UnknownName("site", name, self._sites)

@@ -27,11 +27,6 @@ class AttentionRolloutConfig(MethodConfig):
     """No options: the rollout as in the paper (mean over heads, residual identity)."""
 
 
-def _pattern_sites(model: Model) -> list[str]:
-    sites = [s for s in model.sites(tower="vision", kind="pattern") if s.layer is not None]
-    return [s.name for s in sorted(sites, key=lambda s: s.layer)]
-
-
 class AttentionRollout(Method):
     """Attention rollout (Abnar & Zuidema, 2020) from the CLS token; maps ``[B, gh, gw]``."""
 
@@ -44,7 +39,7 @@ class AttentionRollout(Method):
         reason = super().supports(model)
         if reason:
             return reason
-        if not _pattern_sites(model):
+        if not model.layer_sites("vision", "pattern"):
             return f"model {model.name!r} exposes no vision attention-pattern sites"
         layout = model.token_layout()
         if layout is None:
@@ -57,7 +52,7 @@ class AttentionRollout(Method):
         layout = model.token_layout()
         if layout is None or layout.cls is None:
             raise Incompatible(self.supports(model) or "no CLS token")
-        sites = _pattern_sites(model)
+        sites = model.layer_sites("vision", "pattern")
         out = []
         for x, idx in request.chunks(requires_grad=False):
             with torch.no_grad():

@@ -33,11 +33,6 @@ class GradCAMConfig(MethodConfig):
     layer: int = -2  # vision block whose resid_post is read; negative = from the end
 
 
-def _resid_sites(model: Model) -> list[str]:
-    sites = [s for s in model.sites(tower="vision", kind="resid_post") if s.layer is not None]
-    return [s.name for s in sorted(sites, key=lambda s: s.layer)]
-
-
 class GradCAM(Method):
     """Grad-CAM (Selvaraju et al., 2017) on a ViT block's image tokens; maps ``[B, gh, gw]``."""
 
@@ -47,7 +42,7 @@ class GradCAM(Method):
     Config = GradCAMConfig
 
     def _site(self, model: Model) -> str | None:
-        sites = _resid_sites(model)
+        sites = model.layer_sites("vision", "resid_post")
         layer = self.config.layer
         if not -len(sites) <= layer < len(sites):
             return None
@@ -57,7 +52,7 @@ class GradCAM(Method):
         reason = super().supports(model)
         if reason:
             return reason
-        n = len(_resid_sites(model))
+        n = len(model.layer_sites("vision", "resid_post"))
         if n == 0:
             return f"model {model.name!r} exposes no vision resid_post sites"
         if self._site(model) is None:

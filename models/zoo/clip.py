@@ -87,10 +87,9 @@ def normalise(pixels_BCHW: torch.Tensor) -> torch.Tensor:
 
 
 def _lr_at(step: int, cfg: ZooClipConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+    from models.zoo.io import warmup_cosine_lr
+
+    return warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
 
 
 def zero_shot_accuracy(model: Any, vocab: Vocab, world: World, n: int = 512, split: str = "test") -> dict[str, float]:

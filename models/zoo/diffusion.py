@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -160,10 +159,9 @@ def training_prompts(scenes: Sequence[Any], rng: np.random.Generator, cfg: Diffu
 
 
 def _lr_at(step: int, cfg: DiffusionConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+    from models.zoo.io import warmup_cosine_lr
+
+    return warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
 
 
 def train_diffusion(cfg: DiffusionConfig, log: Callable[[str], None] = print, progress: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,11 @@ def write_card(name: str, body: str, meta: dict[str, Any], cards_dir: Path) -> P
     path = cards_dir / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def warmup_cosine_lr(step: int, lr: float, warmup: int, steps: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``steps`` (every zoo model's schedule)."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * p))

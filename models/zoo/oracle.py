@@ -15,7 +15,6 @@ the oracle tolerant of the small imperfections of generated images.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -131,10 +130,9 @@ def oracle_accuracy(model: Oracle, world: World, n: int = 1024, split: str = "te
 
 
 def _lr_at(step: int, cfg: OracleConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+    from models.zoo.io import warmup_cosine_lr
+
+    return warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
 
 
 def train_oracle(cfg: OracleConfig, log: Callable[[str], None] = print, progress: bool = False,

@@ -17,7 +17,6 @@ Models", POPE; Rohrbach et al., 2018, CHAIR).
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -184,10 +183,9 @@ def per_example_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch
 
 
 def _lr_at(step: int, cfg: ZooVlmConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * p))
+    from models.zoo.io import warmup_cosine_lr
+
+    return warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
 
 
 @torch.no_grad()
