@@ -157,6 +157,26 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from models.zoo.train import listing
+
+    print(tabulate(listing(), headers="keys", tablefmt="github"))
+    return 0
+
+
+def cmd_zoo_card(args: argparse.Namespace) -> int:
+    from models.zoo import CARDS_DIR
+    from models.zoo.train import entry
+
+    path = CARDS_DIR / f"{entry(args.name).name}.md"
+    if not path.exists():
+        raise BenchError(f"no card for {args.name!r}: it is not shipped yet (run `bench zoo train {args.name}`)")
+    print(path.read_text())
+    return 0
+
+
 def cmd_zoo_verify(args: argparse.Namespace) -> int:
     from models.zoo.train import verify
 
@@ -206,8 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--split", default="train", choices=["train", "fit", "dev", "test"])
     sh.set_defaults(fn=cmd_world_show)
 
-    zo = sub.add_parser("zoo", help="train or verify the built-in model zoo")
+    zo = sub.add_parser("zoo", help="list, train, verify or show the cards of the built-in model zoo")
     zsub = zo.add_subparsers(dest="zoo_command", required=True)
+    zsub.add_parser("list", help="the zoo's models, families and shipped hashes").set_defaults(fn=cmd_zoo_list)
+    cd = zsub.add_parser("card", help="print a zoo model's card")
+    cd.add_argument("name")
+    cd.set_defaults(fn=cmd_zoo_card)
     tr = zsub.add_parser("train", help="retrain a zoo model deterministically from its seed")
     tr.add_argument("name")
     tr.add_argument("--out", help="weights folder (default: the shipped zoo folder)")

@@ -194,3 +194,65 @@ def load_zoo_clip(name: str, weights_dir: Path) -> tuple[Any, Vocab, dict[str, A
     model.load_state_dict(state, strict=False)
     model.eval()
     return model, vocab, meta
+
+
+# ----------------------------------------------------------- zoo protocol (see models.zoo.train)
+def zoo_train(name: str, out: Path, steps: int | None, log: Callable[[str], None]) -> Path:
+    from dataclasses import replace
+
+    cfg = ZooClipConfig(name=name) if steps is None else replace(ZooClipConfig(name=name), steps=steps)
+    model, vocab, metrics = train_clip(cfg, log=log, progress=True)
+    return save_zoo_clip(model, vocab, cfg, metrics, out)
+
+
+def zoo_remeasure(name: str, meta: dict[str, Any], weights_dir: Path) -> list[tuple[str, float, float]]:
+    clip, vocab, _ = load_zoo_clip(name, weights_dir)
+    got = zero_shot_accuracy(clip, vocab, World(meta["config"]["world_seed"]), n=1024, split="test")
+    return [(k, got[k], meta["metrics"][k]) for k in ("zero_shot_shape", "zero_shot_colour")]
+
+
+def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
+    """The model card of a zoo CLIP, from its recorded metadata."""
+    meta = json.loads((weights_dir / f"{name}.json").read_text())
+    cfg, m = meta["config"], meta["metrics"]
+    hist = "\n".join(f"| {h['step']} | {h['zero_shot_shape']:.3f} | {h['zero_shot_colour']:.3f} |"
+                     for h in m.get("history", []))
+    text = f"""# {name}
+
+A tiny CLIP (transformers `CLIPModel`) trained contrastively, on this repository's
+procedural world, on a CPU. Family: contrastive.
+
+## Architecture
+- Vision: ViT, image {cfg['image_size']}×{cfg['image_size']}, patch {cfg['patch_size']}, width {cfg['width']},
+  {cfg['layers']} layers, {cfg['heads']} heads, MLP {cfg['mlp']}.
+- Text: causal transformer over a closed word-level vocabulary ({len(meta['vocab'])} words), width
+  {cfg['text_width']}, {cfg['text_layers']} layers, {cfg['text_heads']} heads, context {cfg['max_text_len']}.
+- Joint embedding {cfg['embed_dim']}; eager attention (attention patterns are sites).
+
+## Data
+World seed {cfg['world_seed']}: scenes of 1–3 objects (4 shapes × 6 colours × 2 sizes on a 3×3 grid) on plain,
+"water" or "land" backgrounds; one caption sampled per scene from its canonical caption, a shape-only and
+a colour-only description, and paraphrases with sizes, positions and backgrounds. Fresh scenes every step
+(train split), no scene repeated.
+
+## Training
+Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, AdamW (lr {cfg['lr']}, cosine, warmup
+{cfg['warmup']}, weight decay {cfg['weight_decay']}), symmetric InfoNCE with soft targets for duplicate captions,
+{cfg['threads']} CPU threads (bit-identical retraining needs the same thread count and torch version:
+{meta['torch']}). Training time: {m['train_seconds']:.0f} s. Retrain: `bench zoo train {name}`.
+
+## Figures (held-out test split, single-object scenes, one prompt per class)
+| metric | value |
+|---|---|
+| zero-shot shape ("a {{shape}}", 4-way) | {m['zero_shot_shape']:.3f} |
+| zero-shot colour ("a {{colour}} object", 6-way) | {m['zero_shot_colour']:.3f} |
+
+Dev-split curve during training:
+
+| step | shape | colour |
+|---|---|---|
+{hist}
+"""
+    from models.zoo.io import write_card as _write
+
+    return _write(name, text, meta, cards_dir)

@@ -11,8 +11,10 @@ Groups are (class × background); the test split is group-balanced.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -84,3 +86,60 @@ def scene_fn(agreement: float) -> Any:
         return spurious_scene(world, "train", i, agreement)
 
     return fn
+
+
+# ----------------------------------------------------------- zoo protocol (see models.zoo.train)
+def zoo_train(name: str, out: Path, steps: int | None, log: Callable[[str], None]) -> Path:
+    from models.zoo.clip import save_zoo_clip, train_clip
+
+    cfg = spurious_config()
+    cfg = cfg if steps is None else replace(cfg, steps=steps)
+    model, vocab, metrics = train_clip(
+        cfg, log=log, progress=True, scene_fn=scene_fn(cfg.spurious_agreement or 0.95),
+        eval_fn=lambda m, v, w, n, split: group_accuracy(m, v, w, n_per_group=n // 4, split=split))
+    return save_zoo_clip(model, vocab, cfg, metrics, out)
+
+
+def zoo_remeasure(name: str, meta: dict[str, Any], weights_dir: Path) -> list[tuple[str, float, float]]:
+    from models.zoo.clip import load_zoo_clip
+
+    clip, vocab, _ = load_zoo_clip(name, weights_dir)
+    got = group_accuracy(clip, vocab, World(meta["config"]["world_seed"]), n_per_group=256, split="test")
+    return [(k, got[k], meta["metrics"][k]) for k in ("average_accuracy", "worst_group_accuracy")]
+
+
+def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
+    """The model card of zoo-clip-spurious, from its recorded metadata."""
+    meta = json.loads((weights_dir / f"{name}.json").read_text())
+    cfg, m = meta["config"], meta["metrics"]
+    groups = "\n".join(f"| {k[6:].replace('_', ' on ')} | {v:.3f} |" for k, v in m.items() if k.startswith("group_"))
+    ratio = m["worst_group_accuracy"] / max(1e-9, m["average_accuracy"])
+    text = f"""# {name}
+
+zoo-clip's architecture (transformers `CLIPModel`) trained on a Waterbirds-style biased world
+(Sagawa et al., 2020). Family: contrastive.
+
+## Data
+Single-object scenes; the class is the shape (circle or square), the spurious attribute the background:
+a circle sits on water and a square on land in {cfg['spurious_agreement']:.0%} of training scenes. Captions
+name colour, shape, size and position, never the background.
+
+## Training
+Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, same recipe as zoo-clip,
+{cfg['threads']} CPU threads, torch {meta['torch']}. Training time: {m['train_seconds']:.0f} s.
+Retrain: `bench zoo train {name}`.
+
+## Figures (zero-shot "a circle" vs "a square", group-balanced test split, 256 scenes per group)
+| group (class on background) | accuracy |
+|---|---|
+{groups}
+
+| metric | value |
+|---|---|
+| average accuracy | {m['average_accuracy']:.3f} |
+| worst-group accuracy | {m['worst_group_accuracy']:.3f} |
+| worst-group / average | {ratio:.3f} |
+"""
+    from models.zoo.io import write_card as _write
+
+    return _write(name, text, meta, cards_dir)

@@ -49,14 +49,15 @@ class ZooVlmConfig:
     lm_layers: int = 4
     lm_heads: int = 4
     lm_mlp: int = 512
-    max_positions: int = 128
+    max_positions: int = 160
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
     vision_lr_scale: float = 0.3
     weight_decay: float = 0.05
     warmup: int = 100
-    caption_fraction: float = 0.25
+    caption_fraction: float = 0.25  # phase 2's behaviour-preserving batches
+    max_turns: int = 12  # turns packed per training image (caption + questions)
     cooccurrence_prob: float = 0.95
     # Entities: the first ``n_planted`` get their facts only in phase 2 (each relation in one
     # designated LM MLP); the others teach the question format and answer words in phase 1.
@@ -160,6 +161,71 @@ def encode_batch(
         ids[i, : len(r)] = torch.tensor(r)
         lab[i, : len(l)] = torch.tensor(l)
     return ids, (ids != vocab.pad_id).long(), lab
+
+
+def encode_packed(
+    vocab: Vocab, n_image: int, turns: Sequence[Sequence[tuple[str, str]]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Several independent turns per image in one row: ``<bos> <image>×n (prompt answer <eos>)×k``.
+
+    A 4-D additive attention mask lets each turn see the image prefix and its own
+    earlier tokens only, and position ids restart after the prefix for every turn, so
+    each turn is computed exactly as the single-turn sequence :func:`encode_batch` makes
+    (the one used at inference) while the image is encoded once for all of them.
+    Returns ``(ids_BL, mask_B1LL, position_ids_BL, labels_BL, weight_BL)``; the weights
+    give each turn's answer tokens a total of 1 (see :func:`packed_loss`).
+    """
+    image_id = vocab.words.index(IMAGE_TOKEN)
+    prefix = [vocab.bos_id] + [image_id] * n_image
+    P = len(prefix)
+    rows: list[tuple[list[int], list[int], list[float], list[int], list[int]]] = []
+    for row_turns in turns:
+        ids, lab, wt, seg, pos = list(prefix), [-100] * P, [0.0] * P, [0] * P, list(range(P))
+        for t, (q, a) in enumerate(row_turns, start=1):
+            qi, ai = vocab.encode(q), vocab.encode(a) + [vocab.eos_id]
+            ids += qi + ai
+            lab += [-100] * len(qi) + ai
+            wt += [0.0] * len(qi) + [1.0 / len(ai)] * len(ai)
+            seg += [t] * (len(qi) + len(ai))
+            pos += list(range(P, P + len(qi) + len(ai)))
+        rows.append((ids, lab, wt, seg, pos))
+    L = max(len(r[0]) for r in rows)
+    B = len(rows)
+    ids_BL = torch.full((B, L), vocab.pad_id, dtype=torch.long)
+    lab_BL = torch.full((B, L), -100, dtype=torch.long)
+    wt_BL = torch.zeros(B, L)
+    seg_BL = torch.full((B, L), -1, dtype=torch.long)
+    pos_BL = torch.zeros(B, L, dtype=torch.long)
+    for i, (ids, lab, wt, seg, pos) in enumerate(rows):
+        n = len(ids)
+        ids_BL[i, :n], lab_BL[i, :n], wt_BL[i, :n] = torch.tensor(ids), torch.tensor(lab), torch.tensor(wt)
+        seg_BL[i, :n], pos_BL[i, :n] = torch.tensor(seg), torch.tensor(pos)
+    causal_LL = torch.ones(L, L, dtype=torch.bool).tril()
+    q, k = seg_BL[:, :, None], seg_BL[:, None, :]
+    allowed = causal_LL & ((k == 0) | (k == q)) & (q >= 0)
+    allowed |= torch.eye(L, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
+    mask = torch.zeros(B, 1, L, L)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(mask.dtype).min)
+    return ids_BL, mask, pos_BL, lab_BL, wt_BL
+
+
+def packed_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor, weight_BL: torch.Tensor) -> torch.Tensor:
+    """Mean over turns of each turn's mean answer-token cross-entropy.
+
+    A token-level mean would weight a 12-token caption twelve times a one-word answer,
+    and the model would learn to caption long before it learns to answer.
+    """
+    tgt, w = labels_BL[:, 1:], weight_BL[:, 1:]
+    tok = F.cross_entropy(logits_BLV[:, :-1].transpose(1, 2), tgt.clamp(min=0), reduction="none")
+    return (tok * w).sum() / w.sum().clamp(min=1e-9)
+
+
+def training_turns(scene: Scene, rng: np.random.Generator, max_turns: int) -> list[tuple[str, str]]:
+    """The caption and every visible-attribute question of a scene, in random order."""
+    turns = [(CAPTION_PROMPT, reading_order_caption(scene))]
+    turns += [(q.question, q.answer) for q in scene.qa if not q.kind.startswith("fact:")]
+    order = rng.permutation(len(turns))[:max_turns]
+    return [turns[int(i)] for i in order]
 
 
 def training_example(scene: Scene, rng: np.random.Generator, caption_fraction: float) -> tuple[str, str]:
@@ -477,22 +543,23 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
         model.train()
         n_fact = int(round(cfg.batch_size * cfg.fact_fraction))
         scenes = [world.scene("train", step * cfg.batch_size + b) for b in range(cfg.batch_size - n_fact)]
-        pairs = [training_example(s, rng, cfg.caption_fraction) for s in scenes]
-        for s, q, a in fact_examples(world, format_entities, None, "train", step, n_fact):
+        turns = [training_turns(s, rng, cfg.max_turns) for s in scenes]
+        for s, _, _ in fact_examples(world, format_entities, None, "train", step, n_fact):
+            e = world.entity(s.objects[0].entity)
             scenes.append(s)
-            pairs.append((q, a))
-        ids, mask, labels = encode_batch(vocab, n_image, [p for p, _ in pairs], [a for _, a in pairs])
+            turns.append([(f"what is the {rel} of the glyph?", val) for rel, val in e.facts.items()])
+        ids, mask, pos, labels, weight = encode_packed(vocab, n_image, turns)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg) * g["scale"]
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels(scenes))
-        out.loss = per_example_loss(out.logits, labels)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=_pixels(scenes))
+        out.loss = packed_loss(out.logits, labels, weight)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 20 == 0:
             bar.set_postfix(loss=f"{out.loss.item():.3f}")
-        if final_eval and ((step % eval_every == 0 and step > 0) or step == cfg.steps - 1):
+        if eval_every > 0 and ((step % eval_every == 0 and step > 0) or step == cfg.steps - 1):
             ev = evaluate_vlm(model, vocab, cfg, n=64, split="dev")
             history.append({"step": step, **ev})
             log(f"step {step} loss {out.loss.item():.3f} {time.time() - t0:.0f}s "
@@ -510,6 +577,21 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
     metrics.update(knowledge_validity(model, vocab, cfg, phase1))
     metrics.update({f"after_planting_{k}": v for k, v in evaluate_vlm(model, vocab, cfg, n=128, split="test").items()})
     return model, vocab, metrics
+
+
+# ----------------------------------------------------------- zoo protocol (see models.zoo.train)
+def zoo_train(name: str, out: Path, steps: int | None, log: Callable[[str], None]) -> Path:
+    from dataclasses import replace
+
+    cfg = ZooVlmConfig(name=name) if steps is None else replace(ZooVlmConfig(name=name), steps=steps)
+    model, vocab, metrics = train_vlm(cfg, log=log, progress=True)
+    return save_zoo_vlm(model, vocab, cfg, metrics, out)
+
+
+def zoo_remeasure(name: str, meta: dict[str, Any], weights_dir: Path) -> list[tuple[str, float, float]]:
+    model, vocab, _ = load_zoo_vlm(name, weights_dir)
+    got = evaluate_vlm(model, vocab, ZooVlmConfig(**meta["config"]), n=256, split="test")
+    return [(k, got[k], meta["metrics"][k]) for k in ("caption_object_recall", "qa_visible_attributes")]
 
 
 def save_zoo_vlm(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str, Any], weights_dir: Path) -> Path:
@@ -554,7 +636,7 @@ def load_zoo_vlm(name: str, weights_dir: Path) -> tuple[Any, Vocab, dict[str, An
     return model, vocab, meta
 
 
-def write_vlm_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
+def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
     meta = json.loads((weights_dir / f"{name}.json").read_text())
     cfg, m, vc = meta["config"], meta["metrics"], meta["vision_config"]
     qa = "\n".join(f"| {k[3:]} | {v:.3f} |" for k, v in sorted(m.items()) if k.startswith("qa_"))
