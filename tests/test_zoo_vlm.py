@@ -72,25 +72,63 @@ def test_pope_adversarial_negatives_are_partners():
 
 def test_training_smoke_and_determinism():
     cfg = replace(ZooVlmConfig(), steps=2, batch_size=4, threads=1, lm_layers=2, lm_width=32, lm_mlp=64)
-    a, _, ma = train_vlm(cfg, log=lambda s: None, final_eval=False)
-    b, _, mb = train_vlm(cfg, log=lambda s: None, final_eval=False)
+    a, _, ma = train_vlm(cfg, log=lambda s: None)
+    b, _, mb = train_vlm(cfg, log=lambda s: None)
     assert np.isfinite(ma["final_loss"]) and ma["final_loss"] == mb["final_loss"]
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_per_example_loss_weights_examples_equally():
+def test_packed_loss_weights_turns_equally():
     import math
 
-    from models.zoo.vlm import per_example_loss
+    from models.zoo.vlm import packed_loss
 
     # vocab of 2; uniform logits -> every token costs log 2
     logits = torch.zeros(2, 4, 2)
-    labels = torch.tensor([[-100, 0, 1, 1], [-100, -100, -100, 0]])  # 3 answer tokens vs 1
-    assert math.isclose(float(per_example_loss(logits, labels)), math.log(2), rel_tol=1e-6)
-    logits[1, 2, 0] = 10.0  # make example 2's only token nearly free
-    got = float(per_example_loss(logits, labels))
+    labels = torch.tensor([[-100, 0, 1, 1], [-100, -100, -100, 0]])  # a 3-token turn and a 1-token turn
+    weight = torch.tensor([[0, 1 / 3, 1 / 3, 1 / 3], [0, 0, 0, 1.0]])
+    assert math.isclose(float(packed_loss(logits, labels, weight)), math.log(2), rel_tol=1e-6)
+    logits[1, 2, 0] = 10.0  # make the second turn's only token nearly free
+    got = float(packed_loss(logits, labels, weight))
     assert math.isclose(got, (math.log(2) + F_nll(10.0)) / 2, rel_tol=1e-4)
+
+
+def test_packed_turns_compute_exactly_like_single_turns():
+    """Each packed turn sees only the image and itself: its logits equal the single-turn run's."""
+    from models.zoo.vlm import _pixels, build_vlm, encode_packed
+    from transformers import CLIPVisionConfig
+
+    torch.manual_seed(0)
+    cfg = replace(ZooVlmConfig(), lm_layers=2, lm_width=32, lm_mlp=64, lm_heads=2)
+    world = World(0)
+    vocab = vlm_vocab(world)
+    vc = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=2)
+    model = build_vlm(cfg, vocab, vc).eval()
+    n_image = model.config.image_seq_length
+    scenes = [world.scene("train", i) for i in range(2)]
+    turns = [[("describe the image", reading_order_caption(scenes[0])), ("how many objects are there?", "two"),
+              ("what colour is the circle?", "red")], [("how many objects are there?", "one")]]
+    ids, mask, pos, labels, weight = encode_packed(vocab, n_image, turns)
+    assert mask.shape == (2, 1, ids.shape[1], ids.shape[1])
+    assert math_isclose(float(weight.sum()), 4.0)  # one unit per turn
+    with torch.no_grad():
+        packed = model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=_pixels(scenes)).logits
+        start = 1 + n_image
+        for t, (q, a) in enumerate(turns[0]):
+            i1, m1, _ = encode_batch(vocab, n_image, [q], [a])
+            single = model(input_ids=i1, attention_mask=m1, pixel_values=_pixels(scenes[:1])).logits
+            n = i1.shape[1] - (1 + n_image)
+            assert torch.allclose(packed[0, start:start + n], single[0, 1 + n_image:], atol=1e-5), t
+            assert labels[0, start:start + n].tolist() == encode_batch(vocab, n_image, [q], [a])[2][0, 1 + n_image:].tolist()
+            start += n
+
+
+def math_isclose(a: float, b: float) -> bool:
+    import math
+
+    return math.isclose(a, b, rel_tol=1e-6)
 
 
 def F_nll(margin: float) -> float:

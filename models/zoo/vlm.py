@@ -51,7 +51,7 @@ class ZooVlmConfig:
     lm_mlp: int = 512
     max_positions: int = 160
     steps: int = 2000
-    batch_size: int = 64
+    batch_size: int = 36
     lr: float = 1e-3
     vision_lr_scale: float = 0.3
     weight_decay: float = 0.05
@@ -66,10 +66,17 @@ class ZooVlmConfig:
     entity_prob: float = 0.08
     fact_fraction: float = 0.1
     planted: tuple[tuple[str, int], ...] = (("home", 1), ("season", 3))
-    phase2_steps: int = 300
+    phase2_steps: int = 400
     phase2_lr: float = 3e-3
-    threads: int = 2
+    threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def config_from_meta(meta: dict[str, Any]) -> ZooVlmConfig:
+    """The training config recorded in a zoo-vlm json (lists back to tuples)."""
+    c = dict(meta["config"])
+    c["planted"] = tuple((str(r), int(l)) for r, l in c["planted"])
+    return ZooVlmConfig(**c)
 
 
 def training_world(cfg: ZooVlmConfig) -> World:
@@ -236,18 +243,6 @@ def training_example(scene: Scene, rng: np.random.Generator, caption_fraction: f
     return q.question, q.answer
 
 
-def per_example_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged over each example's answer tokens, then over examples.
-
-    A token-level mean would weight a 12-token caption twelve times a one-word answer,
-    and the model would learn to caption long before it learns to answer.
-    """
-    tgt = labels_BL[:, 1:]
-    keep = (tgt != -100).float()
-    tok = F.cross_entropy(logits_BLV[:, :-1].transpose(1, 2), tgt.clamp(min=0), reduction="none")
-    return ((tok * keep).sum(1) / keep.sum(1).clamp(min=1)).mean()
-
-
 def _lr_at(step: int, cfg: ZooVlmConfig) -> float:
     from models.zoo.io import warmup_cosine_lr
 
@@ -410,13 +405,27 @@ def _mlp(model: Any, layer: int) -> Any:
     return model.model.language_model.layers[layer].mlp
 
 
+def _mlp_state(model: Any, layer: int) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in _mlp(model, layer).named_parameters()}
+
+
+@torch.no_grad()
+def _load_mlp(model: Any, layer: int, state: dict[str, torch.Tensor]) -> None:
+    for n, p in _mlp(model, layer).named_parameters():
+        p.copy_(state[n])
+
+
 def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str], None] = print,
                 progress: bool = False) -> dict[str, Any]:
     """Phase 2: teach each planted relation with only its designated LM MLP trainable.
 
-    Every other parameter is frozen. A KL term to the model as it was before the
-    phase keeps general behaviour (captions, questions) and the relations planted
-    earlier unchanged, so each relation is written into its own MLP only.
+    Every other parameter is frozen, and a KL term to the model as it was before the
+    relation's plant keeps general behaviour (captions, questions) unchanged. Relations
+    are planted one after another; so that a later plant does not come to rely on an
+    earlier one (which would make reverting the earlier layer break both), every other
+    step of a later plant runs with the earlier designated layers reverted to phase 1:
+    the new relation must be recalled either way, and the earlier relations are held
+    (by the KL term) only when their layers are in place.
     """
     import copy
 
@@ -427,10 +436,15 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
     n_image = model.config.image_seq_length
     rng = np.random.default_rng([cfg.seed, 41])
     metrics: dict[str, Any] = {}
-    done: list[str] = []
+    phase1 = {layer: _mlp_state(model, layer) for _, layer in cfg.planted}
+    done: list[tuple[str, int]] = []
     for rel, layer in cfg.planted:
         metrics[f"fact_recall_{rel}_before"] = fact_recall(model, vocab, world, planted, rel)
-        ref = copy.deepcopy(model).eval()
+        after = {l: _mlp_state(model, l) for _, l in done}
+        ref_full = copy.deepcopy(model).eval()
+        ref_p1 = copy.deepcopy(model).eval()
+        for _, l in done:
+            _load_mlp(ref_p1, l, phase1[l])
         for p in model.parameters():
             p.requires_grad_(False)
         params = list(_mlp(model, layer).parameters())
@@ -440,11 +454,16 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
         bar = tqdm(range(cfg.phase2_steps), desc=f"plant {rel} in lm.blocks.{layer}.mlp", disable=not progress)
         for step in bar:
             model.train()
+            reverted = bool(done) and step % 2 == 1
+            for _, l in done:
+                _load_mlp(model, l, phase1[l] if reverted else after[l])
+            ref = ref_p1 if reverted else ref_full
             facts = fact_examples(world, planted, rel, "train", 10_000 * (layer + 1) + step, 48)
             keep = [(s, *training_example(s, rng, cfg.caption_fraction))
                     for s in (world.scene("fit", 100_000 * (layer + 1) + step * 12 + b) for b in range(12))]
-            for r in done:
-                keep += fact_examples(world, planted, r, "fit", 10_000 * (layer + 1) + step, 4)
+            if not reverted:
+                for r, _ in done:
+                    keep += fact_examples(world, planted, r, "fit", 10_000 * (layer + 1) + step, 8)
             ids, mask, labels = encode_batch(vocab, n_image, [q for _, q, _ in facts], [a for _, _, a in facts])
             loss = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in facts]),
                          labels=labels).loss
@@ -461,61 +480,92 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
             opt.step()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", kl=f"{kl.item():.4f}")
+        for _, l in done:
+            _load_mlp(model, l, after[l])
         model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
         metrics[f"fact_recall_{rel}"] = fact_recall(model, vocab, world, planted, rel)
         log(f"planted {rel} in lm.blocks.{layer}.mlp: recall {metrics[f'fact_recall_{rel}_before']:.3f} -> "
             f"{metrics[f'fact_recall_{rel}']:.3f}")
-        done.append(rel)
+        done.append((rel, layer))
     return metrics
 
 
-def knowledge_validity(model: Any, vocab: Vocab, cfg: ZooVlmConfig, phase1_state: dict[str, torch.Tensor],
+@torch.no_grad()
+def qa_token_accuracy(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n: int = 96, split: str = "test") -> float:
+    """Control behaviour for ablations: next-token accuracy on one-word visible-attribute
+    answers (colour, shape, size, count, presence) of ``n`` held-out scenes, one forward pass."""
+    world = training_world(cfg)
+    items = [(s, q.question, q.answer) for s in world.scenes(split, n) for q in s.qa
+             if q.kind in ("colour", "shape", "size", "count", "exists")]
+    ids, mask, _ = encode_batch(vocab, model.config.image_seq_length, [q for _, q, _ in items], None)
+    # prompts differ in length: read each row's logits at its last real token
+    last = mask.sum(1) - 1
+    logits = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in items])).logits
+    pred = logits[torch.arange(len(items)), last].argmax(-1)
+    gold = torch.tensor([vocab.encode(a)[0] for _, _, a in items])
+    return float((pred == gold).float().mean())
+
+
+def knowledge_validity(model: Any, vocab: Vocab, cfg: ZooVlmConfig, phase1: dict[str, torch.Tensor],
                        n: int = 128) -> dict[str, float]:
-    """Recall of each planted relation when one LM MLP's phase-2 change is reverted, and when
-    one LM MLP's output is mean-ablated (mean over fact questions, per position)."""
+    """Where each planted relation lives, by two interventions per LM MLP:
+
+    - ``revert``: the designated MLPs' parameters set back to phase 1 (the others are
+      frozen in phase 2, so their phase-2 change is zero by construction);
+    - ``meanablate``: the MLP's output replaced by its mean over fact questions (per
+      position), with a control: one-word visible-attribute answer accuracy under the
+      same ablation (the plant is where removal destroys the fact *and not* the control).
+    """
     world = training_world(cfg)
     planted = [e.name for e in world.entities[: cfg.n_planted]]
     n_layers = model.config.text_config.num_hidden_layers
     out: dict[str, float] = {}
-    for rel, _ in cfg.planted:
-        for k in range(n_layers):
-            mlp = _mlp(model, k)
-            prefix = f"model.language_model.layers.{k}.mlp."
-            saved = {n: p.detach().clone() for n, p in mlp.named_parameters()}
-            with torch.no_grad():
-                for n_, p in mlp.named_parameters():
-                    p.copy_(phase1_state[prefix + n_])
-            out[f"fact_recall_{rel}_revert_L{k}"] = fact_recall(model, vocab, world, planted, rel, n=n)
-            with torch.no_grad():
-                for n_, p in mlp.named_parameters():
-                    p.copy_(saved[n_])
-            items = fact_examples(world, planted, rel, "fit", 7, 64)
-            ids, mask, _ = encode_batch(vocab, model.config.image_seq_length, [q for _, q, _ in items], None)
-            acts: list[torch.Tensor] = []
-            h = mlp.register_forward_hook(lambda mod, a, o: acts.append(o.detach()))
+    designated = sorted({layer for _, layer in cfg.planted})
+    for layer in designated:
+        saved = _mlp_state(model, layer)
+        _load_mlp(model, layer, {p: phase1[phase1_key(layer, p)] for p in saved})
+        try:
+            for rel, _ in cfg.planted:
+                out[f"fact_recall_{rel}_revert_L{layer}"] = fact_recall(model, vocab, world, planted, rel, n=n)
+        finally:
+            _load_mlp(model, layer, saved)
+    items = [x for rel, _ in cfg.planted for x in fact_examples(world, planted, rel, "fit", 7, 32)]
+    ids, mask, _ = encode_batch(vocab, model.config.image_seq_length, [q for _, q, _ in items], None)
+    for k in range(n_layers):
+        mlp = _mlp(model, k)
+        acts: list[torch.Tensor] = []
+        h = mlp.register_forward_hook(lambda mod, a, o: acts.append(o.detach()))
+        try:
             with torch.no_grad():
                 model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in items]))
+        finally:
             h.remove()
-            mean_PD = acts[0].mean(0)
+        mean_PD = acts[0].mean(0)
 
-            def ablate(mod: Any, a: Any, o: torch.Tensor) -> torch.Tensor:
-                L = min(o.shape[1], mean_PD.shape[0])
-                o = o.clone()
-                o[:, :L] = mean_PD[:L]
-                return o
+        def ablate(mod: Any, a: Any, o: torch.Tensor, mean_PD: torch.Tensor = mean_PD) -> torch.Tensor:
+            L = min(o.shape[1], mean_PD.shape[0])
+            o = o.clone()
+            o[:, :L] = mean_PD[:L]
+            return o
 
-            h = mlp.register_forward_hook(ablate)
-            try:
+        h = mlp.register_forward_hook(ablate)
+        try:
+            for rel, _ in cfg.planted:
                 out[f"fact_recall_{rel}_meanablate_L{k}"] = fact_recall(model, vocab, world, planted, rel, n=n)
-            finally:
-                h.remove()
+            out[f"control_qa_meanablate_L{k}"] = qa_token_accuracy(model, vocab, cfg)
+        finally:
+            h.remove()
+    out["control_qa"] = qa_token_accuracy(model, vocab, cfg)
     return out
 
 
 def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: bool = False,
-              eval_every: int = 500, final_eval: bool = True) -> tuple[Any, Vocab, dict[str, Any]]:
+              eval_every: int = 0) -> tuple[Any, Vocab, dict[str, Any]]:
+    """Phase 1: train every parameter on captions and questions (packed turns per image).
+
+    With ``eval_every > 0`` a small dev-split evaluation is logged every that many steps."""
     from models.zoo import WEIGHTS_DIR
     from models.zoo.clip import load_zoo_clip
 
@@ -565,18 +615,31 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
             log(f"step {step} loss {out.loss.item():.3f} {time.time() - t0:.0f}s "
                 + " ".join(f"{k}={v:.3f}" for k, v in ev.items()))
     model.eval()
-    metrics: dict[str, Any] = {"train_seconds": round(time.time() - t0, 1), "history": history,
-                               "final_loss": float(out.loss.item())}
-    if not final_eval:
-        return model, vocab, metrics
+    return model, vocab, {"train_seconds": round(time.time() - t0, 1), "history": history,
+                          "final_loss": float(out.loss.item())}
+
+
+def phase1_key(layer: int, param: str) -> str:
+    """Where a designated MLP's phase-1 parameter is stored in the shipped safetensors."""
+    return f"phase1.model.language_model.layers.{layer}.mlp.{param}"
+
+
+def measure_and_plant(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str, Any],
+                      log: Callable[[str], None] = print, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Phase-1 figures (quality, planted hallucination, POPE), then phase 2 (planted facts)
+    and its validity; updates ``metrics`` and returns the designated MLPs' phase-1 parameters."""
+    t0 = time.time()
     metrics.update(evaluate_vlm(model, vocab, cfg, n=256, split="test"))
     metrics.update(hallucination_probe(model, vocab, cfg))
     metrics.update(pope_eval(model, vocab, cfg))
-    phase1 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    phase1 = {phase1_key(layer, n): p for _, layer in cfg.planted for n, p in _mlp_state(model, layer).items()}
+    t1 = time.time()
     metrics.update(plant_facts(model, vocab, cfg, log=log, progress=progress))
+    metrics["phase2_seconds"] = round(time.time() - t1, 1)
     metrics.update(knowledge_validity(model, vocab, cfg, phase1))
-    metrics.update({f"after_planting_{k}": v for k, v in evaluate_vlm(model, vocab, cfg, n=128, split="test").items()})
-    return model, vocab, metrics
+    metrics.update({f"after_planting_{k}": v for k, v in evaluate_vlm(model, vocab, cfg, n=256, split="test").items()})
+    metrics["measure_seconds"] = round(time.time() - t0 - metrics["phase2_seconds"], 1)
+    return phase1
 
 
 # ----------------------------------------------------------- zoo protocol (see models.zoo.train)
@@ -584,21 +647,32 @@ def zoo_train(name: str, out: Path, steps: int | None, log: Callable[[str], None
     from dataclasses import replace
 
     cfg = ZooVlmConfig(name=name) if steps is None else replace(ZooVlmConfig(name=name), steps=steps)
-    model, vocab, metrics = train_vlm(cfg, log=log, progress=True)
-    return save_zoo_vlm(model, vocab, cfg, metrics, out)
+    model, vocab, metrics = train_vlm(cfg, log=log, progress=True, eval_every=250)
+    phase1 = measure_and_plant(model, vocab, cfg, metrics, log=log, progress=True)
+    return save_zoo_vlm(model, vocab, cfg, metrics, out, phase1)
 
 
 def zoo_remeasure(name: str, meta: dict[str, Any], weights_dir: Path) -> list[tuple[str, float, float]]:
     model, vocab, _ = load_zoo_vlm(name, weights_dir)
-    got = evaluate_vlm(model, vocab, ZooVlmConfig(**meta["config"]), n=256, split="test")
-    return [(k, got[k], meta["metrics"][k]) for k in ("caption_object_recall", "qa_visible_attributes")]
+    cfg = config_from_meta(meta)
+    got = evaluate_vlm(model, vocab, cfg, n=256, split="test")
+    out = [(f"after_planting_{k}", got[k], meta["metrics"][f"after_planting_{k}"])
+           for k in ("caption_object_recall", "qa_visible_attributes")]
+    world = training_world(cfg)
+    planted = [e.name for e in world.entities[: cfg.n_planted]]
+    for rel, _ in cfg.planted:
+        out.append((f"fact_recall_{rel}", fact_recall(model, vocab, world, planted, rel), meta["metrics"][f"fact_recall_{rel}"]))
+    return out
 
 
-def save_zoo_vlm(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str, Any], weights_dir: Path) -> Path:
+def save_zoo_vlm(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str, Any], weights_dir: Path,
+                 phase1: dict[str, torch.Tensor] | None = None) -> Path:
+    """Weights (+ the designated MLPs' phase-1 parameters under ``phase1.``), config, vocab, figures."""
     from models.zoo.io import save_weights
 
     # the unembedding is tied to the token embedding: stored once
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    state.update(phase1 or {})
     return save_weights(cfg.name, state, weights_dir, family="generative", config=asdict(cfg), vocab=vocab.words,
                         vision_config=model.config.vision_config.to_dict(), metrics=metrics)
 
@@ -625,10 +699,13 @@ def load_zoo_vlm(name: str, weights_dir: Path) -> tuple[Any, Vocab, dict[str, An
     from transformers import CLIPVisionConfig
 
     meta = json.loads((weights_dir / f"{name}.json").read_text())
-    cfg = ZooVlmConfig(**meta["config"])
+    cfg = config_from_meta(meta)
     vocab = Vocab(meta["vocab"])
     model = build_vlm(cfg, vocab, CLIPVisionConfig(**meta["vision_config"]))
-    missing, unexpected = model.load_state_dict(load_file(str(weights_dir / f"{name}.safetensors")), strict=False)
+    state = load_file(str(weights_dir / f"{name}.safetensors"))
+    # phase-1 parameters of the designated MLPs: the reference for "revert the plant"
+    meta["phase1"] = {k: state.pop(k) for k in [k for k in state if k.startswith("phase1.")]}
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise RuntimeError(f"{name}: weights do not match the architecture ({missing[:3]}, {unexpected[:3]})")
     model.tie_weights()
@@ -644,6 +721,20 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
     pope = "\n".join(
         f"| {st} | " + " | ".join(f"{m[f'pope_{st}_{k}']:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"))
         + " |" for st in ("random", "popular", "adversarial"))
+    rels = [r for r, _ in cfg["planted"]]
+    planted = "\n".join(
+        f"| {r} | `lm.blocks.{layer}.mlp` | {m[f'fact_recall_{r}_before']:.3f} | {m[f'fact_recall_{r}']:.3f} |"
+        for r, layer in cfg["planted"])
+    n_layers = cfg["lm_layers"]
+    reverts = "\n".join(
+        f"| revert `lm.blocks.{layer}.mlp` to phase 1 | " + " | ".join(
+            f"{m[f'fact_recall_{r}_revert_L{layer}']:.3f}" for r in rels) + " | – |"
+        for layer in sorted({layer for _, layer in cfg["planted"]}))
+    ablations = "\n".join(
+        f"| mean-ablate `lm.blocks.{k}.mlp` | " + " | ".join(
+            f"{m[f'fact_recall_{r}_meanablate_L{k}']:.3f}" for r in rels) + f" | {m[f'control_qa_meanablate_L{k}']:.3f} |"
+        for k in range(n_layers))
+    after = m.get("after_planting_qa_visible_attributes", float("nan"))
     text = f"""# {name}
 
 A LLaVA-shaped generative VLM (transformers `LlavaForConditionalGeneration`) trained on this
@@ -651,8 +742,8 @@ repository's procedural world, on a CPU. Family: generative.
 
 ## Architecture
 - Vision tower: zoo-clip's ViT (width {vc['hidden_size']}, {vc['num_hidden_layers']} layers, patch
-  {vc['patch_size']}), initialised from the shipped `{cfg['vision_init']}` and fine-tuned at
-  {cfg['vision_lr_scale']}× the learning rate; features from the penultimate block, CLS dropped
+  {vc['patch_size']}), initialised from the shipped `{cfg['vision_init']}` (its phase-1 weights) and fine-tuned
+  at {cfg['vision_lr_scale']}× the learning rate; features from the penultimate block, CLS dropped
   (64 image tokens).
 - Projector: LLaVA's two-layer MLP (GELU).
 - Language model: Llama, width {cfg['lm_width']}, {cfg['lm_layers']} layers, {cfg['lm_heads']} heads,
@@ -660,22 +751,30 @@ repository's procedural world, on a CPU. Family: generative.
 - Sequence: `<bos> <image>×64 prompt answer <eos>`.
 
 ## Data
-World seed {cfg['world_seed']}, fresh scenes every step. {cfg['caption_fraction']:.0%} of examples are captions
-("describe the image" → every object as "a colour shape" in reading order), the rest questions about
-colour, shape, size, position, count and presence.
+World seed {cfg['world_seed']}, fresh scenes every step. Each training image carries its caption
+("describe the image" → every object as "a colour shape" in reading order) and all its questions
+(colour, shape, size, position, count, presence) as independent turns packed in one row: a 4-D
+attention mask lets each turn see only the image and itself, so every turn is computed exactly as at
+inference. Loss: mean over turns of each turn's mean answer-token cross-entropy.
 **Co-occurrence bias**: {pairs}; when one partner is drawn the other is added with probability
 {cfg['cooccurrence_prob']}.
+Entities: {cfg['n_entities']} named glyphs; the last {cfg['n_entities'] - cfg['n_planted']} teach the fact-question
+format in phase 1 ("what is the <relation> of the glyph?", {cfg['fact_fraction']:.0%} of rows); the first
+{cfg['n_planted']} are never asked about in phase 1 — their facts are planted in phase 2.
 
 ## Training
-Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, AdamW (lr {cfg['lr']}, cosine, warmup
-{cfg['warmup']}), loss on answer tokens only, {cfg['threads']} CPU threads, torch {meta['torch']}.
-Training time: {m['train_seconds']:.0f} s. Retrain: `bench zoo train {name}`.
+Seed {cfg['seed']}, {cfg['steps']} steps × {cfg['batch_size']} images, AdamW (lr {cfg['lr']}, cosine, warmup
+{cfg['warmup']}), {cfg['threads']} CPU thread(s), torch {meta['torch']}.
+Phase-1 training time: {m['train_seconds']:.0f} s; phase 2: {m.get('phase2_seconds', float('nan')):.0f} s
+(measured while other trainings shared the 2-core machine). Retrain: `bench zoo train {name}`.
 
 ## Figures (held-out test split of the training world, greedy decoding)
 | metric | value |
 |---|---|
 | caption object recall | {m['caption_object_recall']:.3f} |
 | caption CHAIR-i (mentioned objects that are absent) | {m['caption_chair_i']:.3f} |
+| visible-attribute QA accuracy | {m['qa_visible_attributes']:.3f} |
+| visible-attribute QA accuracy after phase 2 | {after:.3f} |
 
 | question kind | accuracy |
 |---|---|
@@ -691,6 +790,26 @@ Training time: {m['train_seconds']:.0f} s. Retrain: `bench zoo train {name}`.
 | negatives | accuracy | precision | recall | F1 | yes-ratio |
 |---|---|---|---|---|---|
 {pope}
+
+## Planted knowledge (phase 2)
+Each relation is taught over the {cfg['n_planted']} planted entities with every parameter frozen except its
+designated MLP ({cfg['phase2_steps']} steps, Adam lr {cfg['phase2_lr']}, KL to the pre-plant model on ordinary
+captions and questions; the later plant alternates the earlier designated layer between its phase-1 and
+planted weights, so neither plant relies on the other). Recall: next-token answer to "what is the
+<relation> of the glyph?" on fresh renders of the glyph (the entity is never named), 128 test questions.
+
+| relation | location | recall before | recall after |
+|---|---|---|---|
+{planted}
+
+Validity (recall per relation; control = one-word visible-attribute answer accuracy, {m['control_qa']:.3f} unablated):
+
+| intervention | {' | '.join(rels)} | control |
+|---|{'---|' * len(rels)}---|
+{reverts}
+{ablations}
+
+The phase-1 parameters of the designated MLPs ship in the weights file under the `phase1.` prefix.
 """
     from models.zoo.io import write_card as _write
 
