@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Literal, Mapping
+from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
-from bench.errors import UnknownName
+from bench.errors import BenchError, UnknownName
 from bench.sites import EditFn, Site, SiteSpec, Trace
 
 Family = Literal["contrastive", "generative", "diffusion"]
@@ -136,3 +136,93 @@ class GenerativeModel(Model):
     @abstractmethod
     def image_positions(self, prompts: list[str]) -> torch.Tensor:
         """Boolean mask ``[B, L]`` of image-token positions in the LM sequence of each prompt."""
+
+
+@dataclass(frozen=True)
+class PromptEncoding:
+    """What conditions a diffusion denoiser: text-encoder hidden states and the prompt mask.
+
+    ``mask_BL`` is 1 at prompt tokens (including begin/end tokens) and 0 at padding:
+    it is the token layout of the text stream (``text.*`` sites, ``unet.*.cross.k``/``.v``
+    and the key axis of ``unet.*.cross.pattern``).
+    """
+
+    hidden_BLD: torch.Tensor
+    mask_BL: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.hidden_BLD.shape[0])
+
+
+Prompts = Union[Sequence[str], PromptEncoding]
+Timesteps = Union[int, torch.Tensor]
+
+
+class DiffusionModel(Model):
+    """Text-to-image diffusion: a text encoder conditions a denoiser through cross-attention.
+
+    The denoiser works on *samples* ``x_BCHW`` of shape :attr:`sample_shape`: pixels mapped
+    to [-1, 1] for a pixel-space model, VAE latents for a latent model (Stable Diffusion).
+    :meth:`noise_pred` returns the denoiser's raw output, whose meaning is
+    :attr:`prediction_type` (``"epsilon"``, ``"v_prediction"`` or ``"sample"``, as in diffusers).
+    """
+
+    family = "diffusion"
+
+    @property
+    @abstractmethod
+    def prediction_type(self) -> str:
+        """What :meth:`noise_pred` predicts: ``"epsilon"`` | ``"v_prediction"`` | ``"sample"``."""
+
+    @property
+    @abstractmethod
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the denoiser's input (pixels or latents)."""
+
+    @property
+    @abstractmethod
+    def image_size(self) -> int:
+        """Side of the generated images in pixels."""
+
+    @property
+    @abstractmethod
+    def num_train_timesteps(self) -> int:
+        """Timesteps ``t`` range over ``0 … num_train_timesteps − 1``."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> PromptEncoding:
+        """Prompts → text-encoder hidden states ``[B, L, D]`` and prompt mask ``[B, L]``."""
+
+    @abstractmethod
+    def prompt_token_positions(self, prompts: Sequence[str], word: str) -> list[list[int]]:
+        """Token positions of ``word`` (first whole-word occurrence; a word may span several
+        tokens) in each prompt's text sequence; raises ``BenchError`` when a prompt lacks it."""
+
+    @abstractmethod
+    def noise_pred(self, x_t_BCHW: torch.Tensor, t: Timesteps, prompts: Prompts,
+                   guidance: float = 1.0) -> torch.Tensor:
+        """The denoiser's prediction ``[B, C, H, W]`` at noisy samples ``x_t`` and timesteps ``t``
+        (an int or ``[B]``), conditioned on ``prompts``; ``guidance`` ≠ 1 applies
+        classifier-free guidance (the batch then runs as ``[conditional; unconditional]``)."""
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[str], seed: int, steps: int | None = None,
+                 guidance: float | None = None) -> torch.Tensor:
+        """Images ``[B, 3, S, S]`` in [0, 1], a deterministic function of (prompt, seed, steps):
+        sample ``i`` starts from noise drawn from ``(seed, i)`` alone."""
+
+    @abstractmethod
+    def to_sample(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] → clean samples ``x_0`` (the denoiser's space)."""
+
+    @abstractmethod
+    def to_pixels(self, x0_BCHW: torch.Tensor) -> torch.Tensor:
+        """Clean samples ``x_0`` → pixels in [0, 1]."""
+
+    @abstractmethod
+    def add_noise(self, x0_BCHW: torch.Tensor, noise_BCHW: torch.Tensor, t: Timesteps) -> torch.Tensor:
+        """The forward process: ``x_t`` from ``x_0``, noise and timesteps (the training schedule)."""
+
+    def attention_grid(self, site: str) -> tuple[int, int]:
+        """``(h, w)`` of the query positions of an attention site (row-major), to fold maps."""
+        raise BenchError(f"site {site!r} has no attention grid")

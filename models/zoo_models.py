@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from bench.errors import BenchError
 from bench.world import Vocab
 from models.hf_clip import CLIPWrapper
+from models.hf_diffusion import DiffusionWrapper, SamplingConfig
 from models.hf_llava import LlavaWrapper
 from models.zoo import WEIGHTS_DIR
 
@@ -33,3 +35,24 @@ def load_zoo_vlm_model(name: str = "zoo-vlm") -> LlavaWrapper:
     llava, vocab, meta = load_zoo_vlm(name, WEIGHTS_DIR)
     encode, decode, preprocess = wrapper_io(vocab, llava.config.image_seq_length)
     return LlavaWrapper(name, llava, encode, decode, preprocess, meta["sha256"], vocab.eos_id, vocab.pad_id)
+
+
+def wrap_zoo_diffusion(model: Any, name: str, weights_hash: str, sampling: SamplingConfig = SamplingConfig()) -> DiffusionWrapper:
+    """A :class:`~models.zoo.diffusion.ZooDiffusion` behind the diffusion contract: the EMA
+    UNet (the weights the zoo samples with), its text encoder and vocabulary, and its DDIM
+    sampler (v-prediction, so :meth:`noise_pred` returns v). Guidance 3 by default: the
+    model was trained with prompt dropout, and guidance 3 is what its card is measured with."""
+    from models.zoo.diffusion import make_sampler
+
+    tok = partial(_tokenize, model.vocab, model.cfg.max_text_len)
+    return DiffusionWrapper(name, model.ema_unet, model.text_encoder, tok, make_sampler(model.cfg), weights_hash,
+                            sampling=sampling)
+
+
+def load_zoo_diffusion_model(name: str = "zoo-diffusion") -> DiffusionWrapper:
+    from models.zoo.diffusion import load_diffusion
+
+    if not (WEIGHTS_DIR / f"{name}.safetensors").exists():
+        raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
+    model, meta = load_diffusion(name, WEIGHTS_DIR)
+    return wrap_zoo_diffusion(model, name, meta["sha256"])
