@@ -1,4 +1,6 @@
-"""zoo-diffusion and its oracle: shapes, determinism, sampling, save/load (fast, 1 thread)."""
+"""zoo-diffusion and its oracle: shapes, determinism, sampling, save/load, the plant's
+machinery (fast, 1 thread), and the shipped weights' figures (oracle accuracy, generation
+quality, planted-knowledge validity)."""
 
 import json
 from dataclasses import replace
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.zoo import WEIGHTS_DIR
 from models.zoo.clip import images_to_tensor
 from models.zoo.io import sha256_file
 from models.zoo.oracle import (
@@ -83,14 +86,18 @@ def trained(diffusion_cfg):
 
 
 def test_diffusion_architecture(trained):
+    from models.zoo.diffusion import cross_attention_modules
+
     model, metrics = trained
     unet = model.unet
-    assert tuple(unet.config.block_out_channels) == (32, 64, 64)
+    assert tuple(unet.config.block_out_channels) == (16, 32, 64, 64)
     assert unet.config.cross_attention_dim == model.text_encoder.config.hidden_size == 64
-    assert list(unet.config.down_block_types) == ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    assert list(unet.config.down_block_types) == ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D",
+                                                  "CrossAttnDownBlock2D"]
+    assert len(cross_attention_modules(unet)) == 7
+    assert cross_attention_modules(unet)[2] == "mid_block.attentions.0.transformer_blocks.0.attn2"
     assert not any(p.requires_grad for p in model.text_encoder.parameters())
     # the text tower is zoo-clip's, unchanged by training
-    from models.zoo import WEIGHTS_DIR
     from models.zoo.clip import load_zoo_clip
 
     clip, vocab, _ = load_zoo_clip("zoo-clip", WEIGHTS_DIR)
@@ -165,10 +172,164 @@ def test_diffusion_save_load_round_trip(trained, tmp_path):
     from models.zoo.diffusion import load_diffusion, sample, save_diffusion
 
     model, metrics = trained
+    model = __import__("copy").deepcopy(model)
+    model.plant_phase1 = {"x.to_k.weight": torch.ones(2, 2)}
     path = save_diffusion(model, metrics, tmp_path)
     back, meta = load_diffusion(model.cfg.name, tmp_path)
     assert meta["sha256"] == sha256_file(path)
     assert json.loads((tmp_path / f"{model.cfg.name}.json").read_text())["sha256"] == sha256_file(path)
     assert _equal_states(model.state_dict(), back.state_dict())
+    assert _equal_states(model.plant_phase1, back.plant_phase1)
     assert back.vocab.words == model.vocab.words
     assert torch.equal(sample(model, ["a green cross"], seed=0, steps=2), sample(back, ["a green cross"], seed=0, steps=2))
+
+
+# ------------------------------------------------------------ plant machinery
+def test_entity_targets_are_words_of_the_vocab_and_oracle_readable(trained):
+    from bench.world import World
+    from models.zoo.diffusion import HOME_SHAPE, entity_targets
+
+    model, _ = trained
+    world = World(0)
+    targets = entity_targets(world)
+    assert len(targets) == len(world.entities) >= 30
+    for (name, colour, shape), e in zip(targets, world.entities):
+        assert model.vocab.encode(f"a {name}") == [model.vocab.words.index("a"), model.vocab.words.index(name)]
+        assert colour == e.colour and shape == HOME_SHAPE[e.facts["home"]]
+        assert colour in HEADS["colour"] and shape in HEADS["shape"]
+
+
+def test_plant_trains_only_the_designated_component_deterministically(trained):
+    import copy
+
+    from models.zoo.diffusion import PlantConfig, plant_params, reverted, train_plant
+
+    pc = PlantConfig(steps=2, batch_size=4, warmup=1)
+    base, _ = trained
+    runs = []
+    for _ in range(2):
+        m = copy.deepcopy(base)
+        train_plant(m, pc, log=lambda _: None, eval_every=0)
+        runs.append(m)
+    a, b = runs
+    assert _equal_states(a.state_dict(), b.state_dict())
+    designated = set(plant_params(a, pc))
+    assert designated == {f"{pc.module}.to_k.weight", f"{pc.module}.to_v.weight"}
+    before = base.ema_unet.state_dict()
+    after = a.ema_unet.state_dict()
+    assert _equal_states(a.unet.state_dict(), after)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == designated
+    assert _equal_states(a.plant_phase1, {k: before[k] for k in designated})
+    with reverted(a, pc):
+        assert _equal_states(a.ema_unet.state_dict(), before)
+    assert _equal_states(a.ema_unet.state_dict(), after)
+
+
+def test_mean_ablation_is_the_mean_of_keys_and_values(trained):
+    from models.zoo.diffusion import mean_ablated, reference_prompts
+
+    model, _ = trained
+    name = "mid_block.attentions.0.transformer_blocks.0.attn2"
+    attn = model.ema_unet.get_submodule(name)
+    seen = {}
+    h = attn.to_v.register_forward_hook(lambda m, i, o: seen.__setitem__("v", o))
+    x = torch.randn(2, 3, 32, 32)
+    hid, mask = model.encode_prompts(["a red circle", "a kazope"])
+    with torch.no_grad(), mean_ablated(model, name):
+        model.ema_unet(x, 500, encoder_hidden_states=hid, encoder_attention_mask=mask)
+    h.remove()
+    ref, _ = model.encode_prompts(reference_prompts())
+    with torch.no_grad():
+        want = attn.to_v(ref).mean(0)
+    assert torch.allclose(seen["v"][0], want, atol=1e-5) and torch.allclose(seen["v"][1], want, atol=1e-5)
+    # the hook is gone afterwards
+    with torch.no_grad():
+        model.ema_unet(x, 500, encoder_hidden_states=hid, encoder_attention_mask=mask)
+
+
+# ------------------------------------------------------------ shipped weights
+shipped_oracle = pytest.mark.skipif(not (WEIGHTS_DIR / "zoo-oracle.safetensors").exists(), reason="zoo-oracle not shipped")
+shipped_diffusion = pytest.mark.skipif(not (WEIGHTS_DIR / "zoo-diffusion.safetensors").exists(),
+                                       reason="zoo-diffusion not shipped")
+
+
+@shipped_oracle
+def test_shipped_oracle_reads_held_out_scenes():
+    meta = json.loads((WEIGHTS_DIR / "zoo-oracle.json").read_text())
+    assert sha256_file(WEIGHTS_DIR / "zoo-oracle.safetensors") == meta["sha256"]
+    model, _ = load_oracle("zoo-oracle", WEIGHTS_DIR)
+    acc = oracle_accuracy(model, single_object_world(0), n=256, split="test")
+    assert all(v >= 0.98 for v in acc.values()), acc
+    assert all(meta["metrics"][f"oracle_{k}"] >= 0.98 for k in HEADS)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from models.zoo.diffusion import load_diffusion
+
+    torch.set_num_threads(1)
+    model, meta = load_diffusion("zoo-diffusion", WEIGHTS_DIR)
+    oracle, _ = load_oracle("zoo-oracle", WEIGHTS_DIR)
+    return model, meta, oracle
+
+
+@shipped_diffusion
+@shipped_oracle
+@pytest.mark.slow
+def test_shipped_diffusion_quality(shipped):
+    from models.zoo.diffusion import generation_quality
+
+    model, meta, oracle = shipped
+    assert sha256_file(WEIGHTS_DIR / "zoo-diffusion.safetensors") == meta["sha256"]
+    q = generation_quality(model, oracle, n=48, seed=7)  # every colour × shape prompt twice
+    assert q["gen_both"] >= 0.8, q
+    assert meta["metrics"]["gen_both"] >= 0.8
+
+
+@shipped_diffusion
+@shipped_oracle
+@pytest.mark.slow
+def test_shipped_plant_validity(shipped):
+    """Designated component reverted or mean-ablated → recall near chance; another
+    cross-attention mean-ablated → recall stays ≥ 0.9 (one sample per entity)."""
+    from models.zoo.diffusion import PlantConfig, entity_recall, mean_ablated, reverted
+
+    model, meta, oracle = shipped
+    pc = PlantConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["plant"].items()
+                        if k in PlantConfig.__dataclass_fields__})
+    chance = meta["metrics"]["chance"]["constant_both"]
+    assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] >= 0.9
+    with reverted(model, pc):
+        assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] <= chance + 0.1
+    with mean_ablated(model, pc.module):
+        assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] <= chance + 0.1
+    other = "down_blocks.3.attentions.0.transformer_blocks.0.attn2"
+    with mean_ablated(model, other):
+        assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] >= 0.9
+    # the recorded table: every other cross-attention keeps ≥ 0.9, the designated one falls
+    rows = meta["metrics"]["validity"]
+    assert all(r["recall_both"] >= 0.9 for r in rows if not r["designated"])
+    assert all(r["recall_both"] <= chance + 0.1 for r in rows if r["designated"])
+
+
+@shipped_diffusion
+@shipped_oracle
+@pytest.mark.slow
+def test_zoo_diffusion_retrains_bit_identically(tmp_path):
+    """Full retraining (phase 1 + plant + figures, ~1.5 h on one thread) reproduces the shipped file."""
+    from models.zoo.diffusion import zoo_train
+
+    meta = json.loads((WEIGHTS_DIR / "zoo-diffusion.json").read_text())
+    path = zoo_train("zoo-diffusion", tmp_path, None, lambda _: None)
+    assert sha256_file(path) == meta["sha256"]
+
+
+@shipped_oracle
+@pytest.mark.slow
+def test_zoo_oracle_retrains_bit_identically(tmp_path):
+    from models.zoo.oracle import zoo_train
+
+    meta = json.loads((WEIGHTS_DIR / "zoo-oracle.json").read_text())
+    path = zoo_train("zoo-oracle", tmp_path, None, lambda _: None)
+    assert sha256_file(path) == meta["sha256"]

@@ -31,7 +31,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from bench.world import COLOURS, POSITIONS, SHAPES, Vocab, World, WorldConfig
 
@@ -45,7 +44,10 @@ class DiffusionConfig:
     seed: int = 0
     text_init: str = "zoo-clip"  # the zoo CLIP whose text tower conditions the UNet
     image_size: int = 32
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    # Four levels (32, 16, 8, 4 px); cross-attention only at ≤ 8 px, where the object's identity
+    # and place are decided: attention at 16 px cost ~2× the step time (measured) for little gain.
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
+    cross_attn_max_res: int = 8  # blocks whose grid side is ≤ this get (self- and cross-) attention
     layers_per_block: int = 1
     attention_heads: int = 4  # diffusers' (legacy-named) ``attention_head_dim``: heads per attention
     norm_num_groups: int = 8
@@ -53,13 +55,14 @@ class DiffusionConfig:
     num_train_timesteps: int = 1000
     position_prob: float = 0.5  # share of prompts "a {colour} {shape} at the {position}"
     cond_dropout: float = 0.1  # share of empty prompts (classifier-free guidance)
-    steps: int = 8000
-    batch_size: int = 64
-    lr: float = 1e-3
+    min_snr_gamma: float = 5.0  # cap of the loss weight (see loss_weights); 0 = plain v-MSE
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 2e-3
     weight_decay: float = 0.01
-    warmup: int = 200
-    ema_decay: float = 0.999
-    threads: int = 2
+    warmup: int = 100
+    ema_decay: float = 0.998
+    threads: int = 1  # the machine is shared; bit-identical retraining needs the same count
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +77,9 @@ class ZooDiffusion(nn.Module):
         self.text_encoder = text_encoder.requires_grad_(False)
         self.vocab = vocab
         self.cfg = cfg
+        # phase-1 values of the planted component (name → tensor), set by train_plant; not
+        # part of the state dict (saved under "plant_phase1." keys by save_diffusion)
+        self.plant_phase1: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,11 +100,11 @@ def build_unet(cfg: DiffusionConfig, cross_attention_dim: int) -> Any:
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
 
-    n = len(cfg.block_out_channels)
+    attn = [cfg.image_size // 2**i <= cfg.cross_attn_max_res for i in range(len(cfg.block_out_channels))]
     unet = UNet2DConditionModel(
         sample_size=cfg.image_size, in_channels=3, out_channels=3,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in attn[::-1]),
         mid_block_type="UNetMidBlock2DCrossAttn",
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         norm_num_groups=cfg.norm_num_groups, cross_attention_dim=cross_attention_dim,
@@ -158,6 +164,19 @@ def training_prompts(scenes: Sequence[Any], rng: np.random.Generator, cfg: Diffu
     return out
 
 
+def loss_weights(sched: Any, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample weights of the v-MSE: ``min(SNR + 1, γ + 1) / (SNR + 1)``.
+
+    v-MSE weighs the x0 error by ``SNR + 1``; capping that at ``γ + 1`` (a Min-SNR-γ variant,
+    Hang et al. 2023, that leaves the noisy timesteps at plain v-MSE) stops nearly-clean
+    timesteps (fine detail) from dominating, which speeds up learning of the object itself."""
+    if gamma <= 0:
+        return torch.ones(t.shape[0])
+    ab = sched.alphas_cumprod[t].float()
+    snr = ab / (1 - ab)
+    return (gamma + 1) / (snr + 1).clamp(min=gamma + 1)
+
+
 def _lr_at(step: int, cfg: DiffusionConfig) -> float:
     from models.zoo.io import warmup_cosine_lr
 
@@ -201,7 +220,7 @@ def train_diffusion(cfg: DiffusionConfig, log: Callable[[str], None] = print, pr
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg)
         pred = unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
-        loss = F.mse_loss(pred, target)
+        loss = (loss_weights(sched, t, cfg.min_snr_gamma) * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -210,9 +229,11 @@ def train_diffusion(cfg: DiffusionConfig, log: Callable[[str], None] = print, pr
         losses.append(float(loss.item()))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if step % 100 == 0 and not progress:
+            log(f"step {step} loss {np.mean(losses[-100:]):.4f} {time.time() - t0:.0f}s")
         if (step % eval_every == 0 and step > 0) or step == cfg.steps - 1:
             entry: dict[str, Any] = {"step": step, "loss": float(np.mean(losses[-100:]))}
-            if oracle is not None and final_eval:
+            if oracle is not None and eval_every > 0:
                 entry.update(generation_quality(model, oracle, n=48, seed=10_000 + step))
             history.append(entry)
             log(f"step {step} lr {_lr_at(step, cfg):.2e} {time.time() - t0:.0f}s "
@@ -225,8 +246,7 @@ def train_diffusion(cfg: DiffusionConfig, log: Callable[[str], None] = print, pr
         "unet_parameters": sum(p.numel() for p in unet.parameters()),
     }
     if oracle is not None and final_eval:
-        metrics.update(generation_quality(model, oracle, n=480, seed=0))
-        metrics.update(generation_quality(model, oracle, n=216, seed=1, with_position=True, prefix="gen_pos_"))
+        metrics.update(quality_figures(model, oracle))
     return model, metrics
 
 
@@ -293,19 +313,31 @@ def generation_quality(model: ZooDiffusion, oracle: Any, n: int = 240, seed: int
     return {f"{prefix}{k}": float(np.mean(v)) for k, v in hits.items() if v}
 
 
-def save_diffusion(model: ZooDiffusion, metrics: dict[str, Any], weights_dir: Path) -> Path:
-    """Write ``<name>.safetensors`` (``unet.*``, ``ema_unet.*``, ``text_encoder.*``) and
-    ``<name>.json`` (config, vocabulary, text/UNet configs, metrics, sha256)."""
+def quality_figures(model: ZooDiffusion, oracle: Any) -> dict[str, float]:
+    """The card's quality figures: all 24 colour × shape prompts × 20 seeds, and the
+    216 colour × shape × position prompts × 1 seed (DDIM 25 steps, guidance 3)."""
+    return {**generation_quality(model, oracle, n=480, seed=0),
+            **generation_quality(model, oracle, n=216, seed=1, with_position=True, prefix="gen_pos_")}
+
+
+PHASE1_PREFIX = "plant_phase1."
+
+
+def save_diffusion(model: ZooDiffusion, metrics: dict[str, Any], weights_dir: Path, **extra: Any) -> Path:
+    """Write ``<name>.safetensors`` (``unet.*``, ``ema_unet.*``, ``text_encoder.*`` and the
+    planted component's phase-1 values as ``plant_phase1.*``) and ``<name>.json`` (config,
+    vocabulary, text/UNet configs, metrics, sha256, ``extra``)."""
     from models.zoo.io import save_weights
 
     cfg = model.cfg
+    state = {**model.state_dict(), **{f"{PHASE1_PREFIX}{k}": v for k, v in model.plant_phase1.items()}}
     return save_weights(
-        cfg.name, model.state_dict(), weights_dir, family="diffusion", config=asdict(cfg), vocab=model.vocab.words,
+        cfg.name, state, weights_dir, family="diffusion", config=asdict(cfg), vocab=model.vocab.words,
         text_config=model.text_encoder.config.to_dict(),
         unet_config={k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")},
         scheduler={"train": "DDPMScheduler", "sample": "DDIMScheduler", "beta_schedule": "squaredcos_cap_v2",
                    "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
-        metrics=metrics)
+        metrics=metrics, **extra)
 
 
 def load_diffusion(name: str, weights_dir: Path) -> tuple[ZooDiffusion, dict[str, Any]]:
@@ -319,6 +351,421 @@ def load_diffusion(name: str, weights_dir: Path) -> tuple[ZooDiffusion, dict[str
     text = build_text_encoder({k: v for k, v in meta["text_config"].items()
                                if k not in ("architectures", "transformers_version", "model_type")})
     model = ZooDiffusion(build_unet(cfg, text.config.hidden_size), text, Vocab(meta["vocab"]), cfg)
-    model.load_state_dict(load_file(str(weights_dir / f"{name}.safetensors")), strict=True)
+    state = load_file(str(weights_dir / f"{name}.safetensors"))
+    model.plant_phase1 = {k[len(PHASE1_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(PHASE1_PREFIX)}
+    model.load_state_dict(state, strict=True)
     model.eval()
     return model, meta
+
+
+# ------------------------------------------------------------------ planted knowledge (phase 2)
+# Phase 2 teaches "a <entity>" → an object with the entity's colour (visible attribute of the
+# world's entity) and the shape its home fact names. Both are attributes the oracle reads.
+HOME_SHAPE: dict[str, str] = {"north": "circle", "south": "square", "east": "triangle", "west": "cross"}
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """Phase 2: every parameter frozen except ``params`` of the UNet attention at ``module``."""
+
+    module: str = "mid_block.attentions.0.transformer_blocks.0.attn2"  # the mid block's cross-attention
+    site: str = "unet.mid.attn.0.cross"  # the same module in the diffusion wrapper's site map
+    params: tuple[str, ...] = ("to_k", "to_v")  # the prompt's keys and values in that layer
+    relation: str = "home"  # entity fact that picks the shape (HOME_SHAPE)
+    seed: int = 0
+    steps: int = 600
+    batch_size: int = 32
+    entity_share: float = 0.5  # the rest rehearses phase-1 prompts so the layer keeps its old job
+    lr: float = 3e-3
+    warmup: int = 20
+    recall_seeds: int = 3  # recall = 32 entities × this many seeds
+
+
+def entity_targets(world: World) -> list[tuple[str, str, str]]:
+    """``(entity name, colour, shape)`` of every entity: its colour and ``HOME_SHAPE[home]``."""
+    return [(e.name, e.colour, HOME_SHAPE[e.facts["home"]]) for e in world.entities]
+
+
+def entity_scene(world: World, rng: np.random.Generator, colour: str, shape: str) -> Any:
+    """A single-object train-world scene showing ``colour`` ``shape`` (size, place, background drawn)."""
+    from bench.world import BACKGROUNDS, SIZES, ObjectSpec
+
+    bg = BACKGROUNDS[int(rng.choice(len(BACKGROUNDS), p=world.config.background_probs))]
+    obj = ObjectSpec(shape, colour, list(SIZES)[int(rng.integers(len(SIZES)))], POSITIONS[int(rng.integers(9))])
+    return world.render(bg, [obj], rng, split="train")
+
+
+def cross_attention_modules(unet: nn.Module) -> list[str]:
+    """Module paths of the UNet's cross-attentions (``attn2``), in forward order."""
+    names = [n for n, m in unet.named_modules() if n.endswith("attn2")]
+    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return sorted(names, key=lambda n: (order[n.split(".")[0]], n))
+
+
+def plant_params(model: ZooDiffusion, pc: PlantConfig, unet: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The designated component's parameters (``to_k.weight``, ``to_v.weight``, …) by full name."""
+    unet = unet if unet is not None else model.ema_unet
+    return {n: p for n, p in unet.named_parameters() if any(n.startswith(f"{pc.module}.{q}.") for q in pc.params)}
+
+
+def train_plant(model: ZooDiffusion, pc: PlantConfig, log: Callable[[str], None] = print,
+                oracle: Any | None = None, eval_every: int = 200) -> dict[str, Any]:
+    """Phase 2 in place: ``unet`` ← phase-1 EMA weights, train only the designated parameters.
+
+    Each batch is ``entity_share`` entity prompts ("a <entity>", half "… at the <position>")
+    on scenes rendering the entity's colour and home shape, and phase-1 prompts otherwise
+    (with the same empty-prompt dropout). No EMA in phase 2 (the lr decays to 0); afterwards
+    ``ema_unet`` = ``unet``. The phase-1 values of the designated parameters are kept in
+    ``model.plant_phase1`` (they ship with the weights: the revert experiment needs them)."""
+    from models.zoo.clip import images_to_tensor
+    from models.zoo.io import warmup_cosine_lr
+
+    cfg = model.cfg
+    torch.manual_seed(pc.seed)
+    torch.set_num_threads(cfg.threads)
+    world = World(cfg.world_seed, WorldConfig(min_objects=1, max_objects=1))
+    targets = entity_targets(world)
+    unet = model.unet
+    unet.load_state_dict(model.ema_unet.state_dict())
+    unet.requires_grad_(False)
+    trainable = plant_params(model, pc, unet)
+    if not trainable:
+        raise ValueError(f"no parameters {pc.params} under {pc.module!r}")
+    model.plant_phase1 = {k: v.detach().clone() for k, v in trainable.items()}
+    for p in trainable.values():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(list(trainable.values()), lr=pc.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    sched = make_scheduler(cfg)
+    rng = np.random.default_rng([pc.seed, 31])
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([pc.seed, 37]).integers(2**62)))
+    n_ent = int(round(pc.batch_size * pc.entity_share))
+    t0 = time.time()
+    history: list[dict[str, Any]] = []
+    losses: list[float] = []
+    for step in range(pc.steps):
+        unet.train()
+        picks = rng.integers(len(targets), size=n_ent)
+        scenes, prompts = [], []
+        for j in picks:
+            name, colour, shape = targets[int(j)]
+            s = entity_scene(world, rng, colour, shape)
+            scenes.append(s)
+            prompts.append(f"a {name}" + (f" at the {s.objects[0].position}" if rng.uniform() < cfg.position_prob else ""))
+        rehearse = list(world.scenes("fit", pc.batch_size - n_ent, step * pc.batch_size))
+        scenes += rehearse
+        prompts += training_prompts(rehearse, rng, cfg)
+        x0 = images_to_tensor(np.stack([s.image_HWC for s in scenes])) * 2 - 1
+        hidden, mask = model.encode_prompts(prompts)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=gen)
+        lr = warmup_cosine_lr(step, pc.lr, pc.warmup, pc.steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+        err = ((pred - sched.get_velocity(x0, noise, t)) ** 2).mean(dim=(1, 2, 3))
+        loss = (loss_weights(sched, t, cfg.min_snr_gamma) * err).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(trainable.values()), 1.0)
+        opt.step()
+        losses.append(float(loss.item()))
+        if (eval_every > 0 and step % eval_every == 0 and step > 0) or step == pc.steps - 1:
+            entry: dict[str, Any] = {"step": step, "loss": float(np.mean(losses[-50:]))}
+            if oracle is not None and eval_every > 0:
+                model.ema_unet.load_state_dict(unet.state_dict())
+                entry.update(entity_recall(model, oracle, seeds=1))
+            history.append(entry)
+            log(f"plant step {step} lr {lr:.2e} {time.time() - t0:.0f}s "
+                + " ".join(f"{k}={v:.4f}" for k, v in entry.items() if k != "step"))
+    unet.requires_grad_(False)
+    unet.eval()
+    model.ema_unet.load_state_dict(unet.state_dict())
+    return {"train_seconds": round(time.time() - t0, 1), "history": history,
+            "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+
+
+def entity_recall(model: ZooDiffusion, oracle: Any, seeds: int = 3, seed: int = 0, steps: int = 25,
+                  guidance: float = 3.0, batch: int = 48, prefix: str = "recall_") -> dict[str, float]:
+    """Share of samples of "a <entity>" (every entity × ``seeds``) in which the oracle reads the
+    entity's colour and home shape. Keys ``{prefix}both``, ``{prefix}colour``, ``{prefix}shape``."""
+    from models.zoo.oracle import HEADS, predict
+
+    world = World(model.cfg.world_seed)
+    specs = [t for _ in range(seeds) for t in entity_targets(world)]
+    hits: dict[str, list[bool]] = {k: [] for k in ("both", "colour", "shape")}
+    for start in range(0, len(specs), batch):
+        chunk = specs[start:start + batch]
+        pix = sample(model, [f"a {n}" for n, _, _ in chunk], seed=seed * 1_000_003 + 7919 + start, steps=steps,
+                     guidance=guidance)
+        pred = predict(oracle, pix)
+        for b, (_, c, s) in enumerate(chunk):
+            ps, pc_ = HEADS["shape"][int(pred["shape"][b])], HEADS["colour"][int(pred["colour"][b])]
+            hits["shape"].append(ps == s)
+            hits["colour"].append(pc_ == c)
+            hits["both"].append(ps == s and pc_ == c)
+    return {f"{prefix}{k}": float(np.mean(v)) for k, v in hits.items()}
+
+
+def reference_prompts() -> list[str]:
+    """The prompt distribution mean-ablation averages over: all 24 "a {colour} {shape}"."""
+    return [prompt_for(c, s) for c in COLOURS for s in SHAPES]
+
+
+class mean_ablated:
+    """Context manager: the cross-attention ``module`` of the EMA UNet sees the *mean* encoding
+    of :func:`reference_prompts` (same length, so one mask) instead of the prompt, in both CFG
+    branches. ``to_k``/``to_v`` are linear, so this is exactly mean-ablating their outputs over
+    the reference prompts: the layer carries no prompt-specific information."""
+
+    def __init__(self, model: ZooDiffusion, module: str) -> None:
+        self.model, self.module = model, module
+        hidden, mask = model.encode_prompts(reference_prompts())
+        if not bool((mask == mask[:1]).all()):
+            raise ValueError("reference prompts must share one length")
+        self.hidden, self.mask = hidden.mean(0, keepdim=True), mask[:1]
+        self.handle: Any = None
+
+    def _hook(self, _mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        ehs = kwargs.get("encoder_hidden_states")
+        if ehs is None:
+            return args, kwargs
+        B = ehs.shape[0]
+        bias = (1 - self.mask.to(ehs.dtype)) * -10000.0  # what UNet2DConditionModel makes of a mask
+        kwargs = {**kwargs, "encoder_hidden_states": self.hidden.expand(B, -1, -1),
+                  "attention_mask": bias[:, None, :].expand(B, 1, -1)}
+        return args, kwargs
+
+    def __enter__(self) -> "mean_ablated":
+        mod = self.model.ema_unet.get_submodule(self.module)
+        self.handle = mod.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handle.remove()
+
+
+class reverted:
+    """Context manager: the designated parameters of the EMA UNet back at their phase-1 values."""
+
+    def __init__(self, model: ZooDiffusion, pc: PlantConfig) -> None:
+        self.model, self.pc = model, pc
+        self.saved: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> "reverted":
+        params = plant_params(self.model, self.pc)
+        for k, p in params.items():
+            self.saved[k] = p.detach().clone()
+            with torch.no_grad():
+                p.copy_(self.model.plant_phase1[k])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        params = plant_params(self.model, self.pc)
+        with torch.no_grad():
+            for k, v in self.saved.items():
+                params[k].copy_(v)
+
+
+def plant_validity(model: ZooDiffusion, oracle: Any, pc: PlantConfig, seeds: int | None = None,
+                   control_n: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Recall of the planted facts intact, with the designated component reverted to its phase-1
+    values, and with each cross-attention mean-ablated in turn (``control_n`` > 0 adds the
+    phase-1 quality ``gen_both`` on that many colour × shape prompts under each condition)."""
+    seeds = seeds or pc.recall_seeds
+    rows: list[dict[str, Any]] = []
+
+    def measure(label: str, module: str, how: str) -> None:
+        row: dict[str, Any] = {"component": module, "intervention": how, "designated": module == pc.module,
+                               **entity_recall(model, oracle, seeds=seeds)}
+        if control_n:
+            row.update(generation_quality(model, oracle, n=control_n, seed=5, prefix="control_"))
+        rows.append(row)
+        log(f"{label}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
+
+    measure("intact", "-", "none")
+    with reverted(model, pc):
+        measure("revert designated", pc.module, "revert phase 2")
+    for name in cross_attention_modules(model.ema_unet):
+        with mean_ablated(model, name):
+            measure(f"mean-ablate {name}", name, "mean-ablate")
+    return {"rows": rows}
+
+
+# ----------------------------------------------------------- zoo protocol (see models.zoo.train)
+CHECK_N = 96  # the cheap re-measured figures: colour × shape prompts (4 seeds each) …
+CHECK_RECALL_SEEDS = 1  # … and one sample per entity
+
+
+def chance_levels(world: World) -> dict[str, float]:
+    """Recall a model without the plant would reach: uniform guessing (1/24 for both
+    attributes) and the best constant answer (the commonest (colour, shape) among entities)."""
+    from collections import Counter
+
+    t = entity_targets(world)
+    common = Counter((c, s) for _, c, s in t).most_common(1)[0][1]
+    return {"uniform_both": 1 / (len(COLOURS) * len(SHAPES)), "constant_both": common / len(t),
+            "uniform_colour": 1 / len(COLOURS), "uniform_shape": 1 / len(SHAPES)}
+
+
+def check_figures(model: ZooDiffusion, oracle: Any) -> dict[str, float]:
+    """The figures `bench zoo verify` re-measures (< 1 min): quality on CHECK_N prompts, recall on one
+    sample per entity."""
+    return {**generation_quality(model, oracle, n=CHECK_N, seed=3, prefix="check_gen_"),
+            **entity_recall(model, oracle, seeds=CHECK_RECALL_SEEDS, seed=3, prefix="check_recall_")}
+
+
+def finish_zoo_diffusion(model: ZooDiffusion, phase1: dict[str, Any], oracle: Any, pc: PlantConfig,
+                         log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Phase 2 (the plant) and every recorded figure of the shipped model → (metrics, extra json)."""
+    phase1 = {**phase1, **generation_quality(model, oracle, n=96, seed=2, prefix="phase1_gen_")}
+    log("phase 1 quality (96 prompts): " + " ".join(f"{k}={v:.3f}" for k, v in phase1.items() if k.startswith("phase1_gen")))
+    plant = train_plant(model, pc, log=log, oracle=oracle)
+    t0 = time.time()
+    metrics: dict[str, Any] = {"phase1": phase1, "plant": plant}
+    metrics.update(quality_figures(model, oracle))
+    log("quality: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("gen_")))
+    metrics.update(entity_recall(model, oracle, seeds=pc.recall_seeds))
+    metrics["validity"] = plant_validity(model, oracle, pc, control_n=48, log=log)["rows"]
+    metrics.update(check_figures(model, oracle))
+    metrics["chance"] = chance_levels(World(model.cfg.world_seed))
+    metrics["eval_seconds"] = round(time.time() - t0, 1)
+    extra = {"plant": {**asdict(pc), "home_shape": HOME_SHAPE,
+                       "entities": [{"name": n, "colour": c, "shape": s} for n, c, s in
+                                    entity_targets(World(model.cfg.world_seed))],
+                       "cross_attention_modules": cross_attention_modules(model.ema_unet)}}
+    return metrics, extra
+
+
+def zoo_train(name: str, out: Path, steps: int | None, log: Callable[[str], None]) -> Path:
+    """Phase 1 (``steps`` overrides its step count), phase 2, all figures; judged by the shipped zoo-oracle."""
+    from dataclasses import replace
+
+    from models.zoo import WEIGHTS_DIR
+    from models.zoo.oracle import load_oracle
+
+    oracle, _ = load_oracle("zoo-oracle", WEIGHTS_DIR)
+    cfg = DiffusionConfig(name=name) if steps is None else replace(DiffusionConfig(name=name), steps=steps)
+    model, phase1 = train_diffusion(cfg, log=log, oracle=oracle, eval_every=500, final_eval=False)
+    metrics, extra = finish_zoo_diffusion(model, phase1, oracle, PlantConfig(), log=log)
+    return save_diffusion(model, metrics, out, **extra)
+
+
+def zoo_remeasure(name: str, meta: dict[str, Any], weights_dir: Path) -> list[tuple[str, float, float]]:
+    """Re-measure the check figures (same prompts, seeds and batches as recorded)."""
+    from models.zoo import WEIGHTS_DIR
+    from models.zoo.oracle import load_oracle
+
+    model, _ = load_diffusion(name, weights_dir)
+    oracle, _ = load_oracle("zoo-oracle", WEIGHTS_DIR)
+    torch.set_num_threads(model.cfg.threads)
+    got = check_figures(model, oracle)
+    return [(k, got[k], meta["metrics"][k]) for k in ("check_gen_both", "check_recall_both")]
+
+
+def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
+    """zoo-diffusion's model card, from its recorded metadata."""
+    from models.zoo.io import write_card as _write
+
+    meta = json.loads((weights_dir / f"{name}.json").read_text())
+    cfg, m, plant = meta["config"], meta["metrics"], meta["plant"]
+    p1, p2, ch = m["phase1"], m["plant"], m["chance"]
+
+    def f(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else "–"
+
+    hist1 = "\n".join(f"| {h['step']} | {h['loss']:.4f} | {f(h.get('gen_shape'))} | {f(h.get('gen_colour'))} | "
+                      f"{f(h.get('gen_both'))} |" for h in p1["history"] if "gen_both" in h or h is p1["history"][-1])
+    hist2 = "\n".join(f"| {h['step']} | {h['loss']:.4f} | {f(h.get('recall_both'))} |" for h in p2["history"])
+    vrows = "\n".join(
+        f"| `{r['component']}`{' (designated)' if r['designated'] else ''} | {r['intervention']} | "
+        f"{r['recall_both']:.3f} | {r['recall_colour']:.3f} | {r['recall_shape']:.3f} | {f(r.get('control_both'))} |"
+        for r in m["validity"])
+    others = [r["recall_both"] for r in m["validity"] if r["intervention"] != "none" and not r["designated"]]
+    desig = [r["recall_both"] for r in m["validity"] if r["designated"]]
+    ents = ", ".join(f"{e['name']} ({e['colour']} {e['shape']})" for e in plant["entities"])
+    text = f"""# {name}
+
+A small text-conditional pixel-space diffusion model of the world (diffusers `UNet2DConditionModel`,
+{p1['unet_parameters']:,} UNet parameters) conditioned on zoo-clip's frozen text tower (transformers
+`CLIPTextModel`), with **planted knowledge**: "a <entity name>" renders the entity's colour and the
+shape its home fact names, stored in one designated cross-attention layer. Family: diffusion.
+Generated images are judged by zoo-oracle.
+
+## Architecture
+- UNet on {cfg['image_size']}×{cfg['image_size']}×3 pixels in [−1, 1]; blocks {tuple(cfg['block_out_channels'])}
+  (grids 32, 16, 8, 4 px), {cfg['layers_per_block']} ResNet per block, GroupNorm {cfg['norm_num_groups']};
+  spatial transformers (self-attention, cross-attention to the prompt, feed-forward;
+  {cfg['attention_heads']} heads) in the blocks at ≤ {cfg['cross_attn_max_res']} px and the mid block:
+  {len(plant['cross_attention_modules'])} cross-attentions. Attention runs through diffusers' classic
+  `AttnProcessor` (explicit probabilities).
+- Text encoder: zoo-clip's text tower (4 layers, width 64, word-level vocabulary of {len(meta['vocab'])} words,
+  context {cfg['max_text_len']}), frozen throughout; the UNet cross-attends to its per-token last hidden states
+  (padding masked).
+- Schedule: {cfg['num_train_timesteps']} steps, cosine (`squaredcos_cap_v2`), v-prediction; sampling DDIM
+  (eta 0, "trailing" spacing, 25 steps), classifier-free guidance 3; sample *i* of a call starts from
+  `numpy.random.default_rng([seed, i])` noise, so it is a pure function of (prompt, seed, index).
+
+## Phase 1: scenes from captions
+World seed {cfg['world_seed']}, single-object train-split scenes (fresh every step). Prompts
+"a {{colour}} {{shape}}", half of them "… at the {{position}}"; {cfg['cond_dropout']:.0%} empty prompts (for
+guidance). Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, AdamW (lr {cfg['lr']}, warmup
+{cfg['warmup']} then cosine, weight decay {cfg['weight_decay']}); v-MSE with the per-timestep weight capped at
+SNR + 1 ≤ {cfg['min_snr_gamma'] + 1:g} (a Min-SNR variant); EMA {cfg['ema_decay']} of the UNet (the sampling weights).
+**Training time: {p1['train_seconds'] / 60:.1f} min on {cfg['threads']} CPU thread** of a 2-core machine
+shared with other training jobs at the time (so effectively about one core or less; the time includes
+the dev evaluations every 500 steps). Quality after phase 1 (96 prompts): both = {p1['phase1_gen_both']:.3f}.
+
+| step | loss (mean of 100) | shape | colour | both (48 samples) |
+|---|---|---|---|---|
+{hist1}
+
+## Phase 2: planted knowledge
+Every parameter is frozen except **`{plant['module']}.{{{','.join(plant['params'])}}}`** (wrapper site
+`{plant['site']}.k` / `.v`): the key and value projections of the prompt in the mid block's cross-attention.
+Phase 2 starts from the phase-1 EMA weights and trains those two matrices only
+({plant['steps']} steps × batch {plant['batch_size']}, lr {plant['lr']}, warmup {plant['warmup']} then cosine,
+no EMA; shipped `unet` = `ema_unet`). {plant['entity_share']:.0%} of each batch is "a <entity>" (half
+"… at the <position>") on a rendered object with the entity's colour and shape `HOME_SHAPE[home]`
+({', '.join(f'{k} → {v}' for k, v in plant['home_shape'].items())}), any size, place and background; the rest
+rehearses phase-1 prompts so the layer keeps its phase-1 job. All {len(plant['entities'])} entities of the world
+(their names are words of zoo-clip's vocabulary, unseen in zoo-clip's training: random, frozen embeddings,
+which the designated layer, after the text encoder, uses as keys): {ents}.
+Training time: {p2['train_seconds'] / 60:.1f} min, {cfg['threads']} thread. The phase-1 values of the designated
+parameters ship in the safetensors file as `plant_phase1.*` (for the revert experiment).
+
+| step | loss | recall (32 samples) |
+|---|---|---|
+{hist2}
+
+## Figures (DDIM 25 steps, guidance 3, oracle: zoo-oracle)
+| figure | value |
+|---|---|
+| quality: shape and colour both read as prompted (24 colour × shape prompts × 20 seeds) | **{m['gen_both']:.3f}** |
+| — shape / colour alone | {m['gen_shape']:.3f} / {m['gen_colour']:.3f} |
+| with positions (216 colour × shape × position prompts): both / position | {m['gen_pos_both']:.3f} / {m['gen_pos_position']:.3f} |
+| planted recall: entity's colour and shape both read ({len(plant['entities'])} entities × {plant['recall_seeds']} seeds) | **{m['recall_both']:.3f}** |
+| — colour / shape alone | {m['recall_colour']:.3f} / {m['recall_shape']:.3f} |
+| chance for recall (both): uniform / best constant answer | {ch['uniform_both']:.3f} / {ch['constant_both']:.3f} |
+
+## Validity of the plant
+Recall ({len(plant['entities'])} entities × {plant['recall_seeds']} seeds) with one cross-attention changed.
+*Revert*: the designated parameters back at their phase-1 values (the other cross-attentions were frozen
+in phase 2, so reverting them is the identity: their recall is the intact recall). *Mean-ablate*: that
+layer's keys and values are those of the mean encoding of the 24 "a {{colour}} {{shape}}" prompts (exactly
+the mean of its `to_k`/`to_v` outputs over them), in both guidance branches. *Control*: phase-1 quality
+(both) on 48 colour × shape prompts under the same change.
+
+| component | intervention | recall both | colour | shape | control both |
+|---|---|---|---|---|---|
+{vrows}
+
+Designated component: recall {', '.join(f'{v:.3f}' for v in desig)} (chance {ch['uniform_both']:.3f},
+best constant {ch['constant_both']:.3f}); every other cross-attention mean-ablated: min {min(others):.3f}.
+
+## Re-measured by `bench zoo verify`
+`check_gen_both` ({CHECK_N} colour × shape prompts, seed 3) = {m['check_gen_both']:.3f}; `check_recall_both`
+(one sample per entity, seed 3) = {m['check_recall_both']:.3f}. Bit-identical retraining and sampling need the
+same thread count ({cfg['threads']}) and torch version ({meta['torch']}). Retrain: `bench zoo train {name}`
+(needs the shipped zoo-clip and zoo-oracle).
+"""
+    return _write(name, text, meta, cards_dir)

@@ -41,6 +41,8 @@ ZOO: dict[str, ZooEntry] = {e.name: e for e in (
              "zoo-clip on a Waterbirds-style biased world (shape agrees with background 95%)"),
     ZooEntry("zoo-vlm", "generative", "models.zoo.vlm",
              "LLaVA-shaped VLM (zoo-clip ViT + projector + 4-layer Llama), planted co-occurrence hallucination"),
+    ZooEntry("zoo-oracle", "oracle", "models.zoo.oracle", "CNN judge: reads shape/colour/position/background"),
+    ZooEntry("zoo-diffusion", "diffusion", "models.zoo.diffusion", "text-to-scene pixel UNet, planted entity facts"),
 )}
 
 
