@@ -50,3 +50,39 @@ class AttributionRequest:
             for i in range(0, pixels_NCHW.shape[0], self.batch_size):
                 outs.append(self.score(pixels_NCHW[i : i + self.batch_size], example_idx_N[i : i + self.batch_size]))
         return torch.cat(outs) if outs else torch.zeros(0)
+
+
+@dataclass
+class DebiasRequest:
+    """Remove a spurious shortcut from a contrastive model's zero-shot classifier.
+
+    The fit split is group-labelled: ``fit_labels_B`` the class (index into
+    ``class_prompts``), ``fit_spurious_B`` the spurious attribute (index into
+    ``spurious_prompts``, a text description of each attribute value, for methods
+    that describe components in words). Methods see only this split.
+    """
+
+    fit_pixels_BCHW: torch.Tensor
+    fit_labels_B: torch.Tensor
+    fit_spurious_B: torch.Tensor
+    class_prompts: list[str]
+    spurious_prompts: list[str]
+    batch_size: int = 64
+
+
+@dataclass
+class Intervention:
+    """What a debiasing method hands back: edits applied while the model encodes.
+
+    ``writes`` maps site names to edit functions (``value -> new value``), applied
+    inside ``model.trace(write=...)`` to every image and text encoding; ``head``
+    optionally replaces zero-shot classification by a classifier on the (edited)
+    unit-norm image embeddings, ``[B, D] -> [B, n_classes]`` (last-layer retraining
+    baselines). ``components`` counts the model components touched (heads, neurons,
+    directions or retrained layers), reported as a cost.
+    """
+
+    writes: dict[str, Callable[[torch.Tensor], torch.Tensor]]
+    components: int
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None
+    description: str = ""

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.capabilities import CAPABILITIES, AttributionRequest
+from bench.capabilities import CAPABILITIES, AttributionRequest, DebiasRequest, Intervention
 from bench.errors import BenchError
 from bench.model import Model
 
@@ -54,6 +54,9 @@ class Method:
 
     # Capabilities (override the ones in ``capabilities``).
     def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
+        raise NotImplementedError
+
+    def debias(self, model: Model, request: DebiasRequest) -> Intervention:
         raise NotImplementedError
 
 

@@ -20,36 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.world import COLOURS, POSITIONS, Vocab, World
-from bench.world.core import ObjectSpec, Scene
+from bench.world import Vocab, World
+from bench.world.core import Scene
+from bench.world.spurious import BACKGROUND_OF, CLASSES, GROUPS, spurious_scene
 
-CLASSES: tuple[str, ...] = ("circle", "square")
-BACKGROUND_OF: dict[str, str] = {"circle": "water", "square": "land"}
-GROUPS: tuple[tuple[str, str], ...] = tuple((c, b) for c in CLASSES for b in ("water", "land"))
-
-
-def spurious_scene(world: World, split: str, index: int, agreement: float | None,
-                   group: tuple[str, str] | None = None) -> Scene:
-    """One single-object scene; ``group`` forces (class, background), else the split's bias applies."""
-    rng = world.rng(split, index)
-    if group is None:
-        shape = CLASSES[int(rng.integers(len(CLASSES)))]
-        agree = agreement is None or rng.uniform() < agreement
-        other = "land" if BACKGROUND_OF[shape] == "water" else "water"
-        background = BACKGROUND_OF[shape] if agree else other
-        if agreement is None:
-            background = ("water", "land")[int(rng.integers(2))]
-    else:
-        shape, background = group
-    # small objects only: the class is a few pixels, the background most of the image (as in Waterbirds)
-    obj = ObjectSpec(shape, list(COLOURS)[int(rng.integers(len(COLOURS)))], "small",
-                     POSITIONS[int(rng.integers(len(POSITIONS)))])
-    scene = world.render(background, [obj], rng, split=split, index=index)
-    # captions never mention the background
-    scene.captions = [f"a {obj.colour} {obj.shape}", f"a {obj.shape}", f"a {obj.colour} object",
-                      f"a {obj.colour} {obj.shape} at the {obj.position}"]
-    return scene
-
+__all__ = ["BACKGROUND_OF", "CLASSES", "GROUPS", "spurious_scene", "group_accuracy", "spurious_config", "scene_fn"]
 
 def group_accuracy(model: Any, vocab: Vocab, world: World, n_per_group: int = 256,
                    split: str = "test") -> dict[str, float]:
