@@ -86,3 +86,38 @@ class Intervention:
     components: int
     head: Callable[[torch.Tensor], torch.Tensor] | None = None
     description: str = ""
+
+
+@dataclass
+class ScoredOutputs:
+    """Pieces of a generative model's own outputs, each to be scored in context.
+
+    Row ``i`` is image ``pixels_BCHW[i]``, the prompt ``prompts[i]``, and the model's
+    own greedy output ``prefixes[i] + spans[i]``; the span is an object mention in a
+    caption ("red circle") or the answer to a yes/no probe ("yes"). ``kinds`` says
+    which ("caption" or "pope").
+    """
+
+    pixels_BCHW: torch.Tensor
+    prompts: list[str]
+    prefixes: list[str]
+    spans: list[str]
+    kinds: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class HallucinationRequest:
+    """Score each span of ``items`` by how likely it is a hallucination (higher = more likely).
+
+    ``fit`` / ``fit_labels_B`` (1 = hallucinated) come from the fit split, for methods
+    that learn a detector (probes); the labels of ``items`` are never shown.
+    """
+
+    items: ScoredOutputs
+    fit: ScoredOutputs
+    fit_labels_B: torch.Tensor
+    batch_size: int = 64

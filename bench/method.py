@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.capabilities import CAPABILITIES, AttributionRequest, DebiasRequest, Intervention
+from bench.capabilities import CAPABILITIES, AttributionRequest, DebiasRequest, HallucinationRequest, Intervention
 from bench.errors import BenchError
 from bench.model import Model
 
@@ -57,6 +57,10 @@ class Method:
         raise NotImplementedError
 
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
+        raise NotImplementedError
+
+    def detect_hallucination(self, model: Model, request: HallucinationRequest) -> torch.Tensor:
+        """A hallucination score per item ``[N]`` (higher = more likely hallucinated)."""
         raise NotImplementedError
 
 

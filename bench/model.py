@@ -116,10 +116,33 @@ class ContrastiveModel(Model):
     def image_size(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class SpanInputs:
+    """Token inputs for scoring a span of a model's output in context.
+
+    The sequence is ``prompt`` followed by the model's output ``prefix + span``;
+    ``span_BL`` marks the span's tokens, ``image_BL`` the image-token positions.
+    The model's prediction of the token at position ``p`` is read at ``p − 1``.
+    """
+
+    ids_BL: torch.Tensor
+    mask_BL: torch.Tensor
+    span_BL: torch.Tensor
+    image_BL: torch.Tensor
+
+
 class GenerativeModel(Model):
     """LLaVA-style: vision tower → projector → decoder LM over image and text tokens."""
 
     family = "generative"
+
+    @abstractmethod
+    def encode_spans(self, prompts: list[str], prefixes: list[str], spans: list[str]) -> SpanInputs:
+        """Tokenise ``prompt`` + output ``prefix`` + ``span`` per row (right-padded), marking the span."""
+
+    @abstractmethod
+    def forward_tokens(self, pixels_BCHW: torch.Tensor, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
+        """Next-token logits ``[B, L, V]`` for token ids from :meth:`encode_spans` (sites fire as usual)."""
 
     @abstractmethod
     def generate(self, pixels_BCHW: torch.Tensor, prompts: list[str], max_new_tokens: int = 24) -> list[str]:

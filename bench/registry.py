@@ -93,6 +93,7 @@ MODELS: Registry[Any] = Registry("model", "mmi_bench.models")
 # ---------------------------------------------------------------- built-ins
 TASKS.register("attribution", "tasks.attribution:AttributionTask")
 TASKS.register("spurious", "tasks.spurious:SpuriousTask")
+TASKS.register("hallucination", "tasks.hallucination:HallucinationTask")
 
 METHODS.register("random", "bench.method:RandomReference")
 METHODS.register("oracle", "bench.method:OracleReference")
@@ -103,6 +104,7 @@ METHODS.register("occlusion", "methods.occlusion:Occlusion")
 METHODS.register("attention_rollout", "methods.attention_rollout:AttentionRollout")
 METHODS.register("gradcam", "methods.gradcam:GradCAM")
 METHODS.register("leace", "methods.leace:Leace")
+METHODS.register("entropy", "methods.entropy:OutputEntropy")
 
 MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive")
 MODELS.register("zoo-clip-spurious", "models.zoo_models:load_zoo_clip_model", family="contrastive")

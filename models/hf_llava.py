@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from bench.model import GenerativeModel, TokenLayout
+from bench.model import GenerativeModel, SpanInputs, TokenLayout
 from bench.sites import Site, SiteSpec
 from models.site_maps import TowerMap, build_sites
 
@@ -74,15 +74,21 @@ class LlavaWrapper(GenerativeModel):
     @torch.no_grad()
     def generate(self, pixels_BCHW: torch.Tensor, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
         ids, mask, _ = self.encode(prompts, None)
-        if (mask == 0).any():
-            raise ValueError("LlavaWrapper.generate batches prompts of equal token length only")
+        if (mask == 0).any():  # right padding would sit between prompt and answer: batch by length
+            lengths = mask.sum(1).tolist()
+            out: list[str] = [""] * len(prompts)
+            for n in sorted(set(lengths)):
+                rows = [i for i, l in enumerate(lengths) if l == n]
+                for i, text in zip(rows, self.generate(pixels_BCHW[rows], [prompts[i] for i in rows], max_new_tokens)):
+                    out[i] = text
+            return out
         gen = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW),
                                   max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
                                   pad_token_id=self.pad_id)
-        out = []
+        texts = []
         for row in gen[:, ids.shape[1]:].tolist():
-            out.append(self.decode(row[: row.index(self.eos_id)] if self.eos_id in row else row))
-        return out
+            texts.append(self.decode(row[: row.index(self.eos_id)] if self.eos_id in row else row))
+        return texts
 
     def logprobs(self, pixels_BCHW: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
         ids, mask, labels = self.encode(prompts, targets)
@@ -92,6 +98,26 @@ class LlavaWrapper(GenerativeModel):
         keep = tgt != -100
         tok = lp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
         return (tok * keep).sum(-1)
+
+    def encode_spans(self, prompts: list[str], prefixes: list[str], spans: list[str]) -> SpanInputs:
+        full = [f"{p} {s}".strip() for p, s in zip(prefixes, spans)]
+        ids, mask, labels = self.encode(prompts, full)
+        if any(p.strip() for p in prefixes):
+            _, _, lab_prefix = self.encode(prompts, [p.strip() for p in prefixes])
+            n_prefix = (lab_prefix != -100).sum(1) - 1  # answer tokens before the span (minus <eos>)
+        else:
+            n_prefix = torch.zeros(len(prompts), dtype=torch.long)
+        answer = labels != -100
+        start = answer.float().argmax(1)  # first answer position
+        n_answer = answer.sum(1) - 1  # without <eos>
+        pos = torch.arange(ids.shape[1])[None]
+        span = (pos >= (start + n_prefix)[:, None]) & (pos < (start + n_answer)[:, None])
+        if (span.sum(1) == 0).any():
+            raise ValueError("a span tokenised to nothing")
+        return SpanInputs(ids, mask, span, ids == self.llava.config.image_token_index)
+
+    def forward_tokens(self, pixels_BCHW: torch.Tensor, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
+        return self.llava(input_ids=ids_BL, attention_mask=mask_BL, pixel_values=self.preprocess(pixels_BCHW)).logits
 
     def unembed(self, hidden_BPD: torch.Tensor) -> torch.Tensor:
         return self.llava.lm_head(self.llava.model.language_model.norm(hidden_BPD))

@@ -97,3 +97,22 @@ def test_image_positions_and_family_ops(tiny_llava):
     lp = tiny_llava.logprobs(pixels, ["is there a red circle?"] * 2, ["yes", "no"])
     assert lp.shape == (2,) and (lp < 0).all()
     assert tiny_llava.site("lm.blocks.0.mlp").stream == "mixed"
+
+
+def test_encode_spans_marks_exactly_the_span(tiny_llava):
+    enc = tiny_llava.encode_spans(["describe the image", "is there a red circle?"],
+                                  ["a blue square and a", ""], ["red circle", "yes"])
+    vocab_words = tiny_llava.decode
+    spans = [vocab_words(enc.ids_BL[i][enc.span_BL[i]].tolist()) for i in range(2)]
+    assert spans == ["red circle", "yes"]
+    assert int(enc.image_BL[0].sum()) == tiny_llava.llava.config.image_seq_length
+    logits = tiny_llava.forward_tokens(torch.rand(2, 3, 32, 32), enc.ids_BL, enc.mask_BL)
+    assert logits.shape[:2] == enc.ids_BL.shape
+
+
+def test_generate_batches_prompts_of_different_lengths(tiny_llava):
+    pixels = torch.rand(3, 3, 32, 32)
+    prompts = ["describe the image", "is there a red circle?", "describe the image"]
+    together = tiny_llava.generate(pixels, prompts, max_new_tokens=3)
+    alone = [tiny_llava.generate(pixels[i : i + 1], prompts[i : i + 1], max_new_tokens=3)[0] for i in range(3)]
+    assert together == alone

@@ -17,7 +17,6 @@ Models", POPE; Rohrbach et al., 2018, CHAIR).
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,16 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.world import COLOURS, POSITIONS, SHAPES, Vocab, World, WorldConfig
+from bench.world import POSITIONS, Vocab, World, WorldConfig
 from bench.world.core import Scene
+from bench.world.hallucination import COOCCURRENCE_PAIRS as PAIRS
+from bench.world.hallucination import mentioned_objects, object_statistics, pope_metrics, pope_probes
+
+__all__ = ["PAIRS", "mentioned_objects", "object_statistics", "pope_metrics", "pope_probes"]
 
 IMAGE_TOKEN = "<image>"
 CAPTION_PROMPT = "describe the image"
-PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
-    (("red", "circle"), ("blue", "square")),
-    (("green", "triangle"), ("yellow", "cross")),
-)
-_OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,10 @@ class ZooVlmConfig:
     warmup: int = 100
     caption_fraction: float = 0.25  # phase 2's behaviour-preserving batches
     max_turns: int = 12  # turns packed per training image (caption + questions)
+    # Loss weight per turn kind. Presence ("is there a red circle?") needs a conjunctive lookup
+    # whose gradient is drowned by the easier kinds at weight 1 (measured: stuck at always-"no"
+    # for 2000 steps at weight 1, learned within ~50 steps when trained alone).
+    turn_weights: tuple[tuple[str, float], ...] = (("exists", 3.0), ("position", 2.0), ("size", 2.0))
     cooccurrence_prob: float = 0.95
     # Entities: the first ``n_planted`` get their facts only in phase 2 (each relation in one
     # designated LM MLP); the others teach the question format and answer words in phase 1.
@@ -76,6 +78,7 @@ def config_from_meta(meta: dict[str, Any]) -> ZooVlmConfig:
     """The training config recorded in a zoo-vlm json (lists back to tuples)."""
     c = dict(meta["config"])
     c["planted"] = tuple((str(r), int(l)) for r, l in c["planted"])
+    c["turn_weights"] = tuple((str(k), float(w)) for k, w in c.get("turn_weights", ()))
     return ZooVlmConfig(**c)
 
 
@@ -113,11 +116,6 @@ def reading_order_caption(scene: Scene) -> str:
     objs = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
     phrases = [o.noun_phrase() for o in objs]
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-
-
-def mentioned_objects(text: str) -> set[tuple[str, str]]:
-    """``(colour, shape)`` pairs named in a generated text."""
-    return {(m.group(1), m.group(2)) for m in _OBJ_RE.finditer(text)}
 
 
 def build_vlm(cfg: ZooVlmConfig, vocab: Vocab, vision_config: Any) -> Any:
@@ -171,7 +169,8 @@ def encode_batch(
 
 
 def encode_packed(
-    vocab: Vocab, n_image: int, turns: Sequence[Sequence[tuple[str, str]]]
+    vocab: Vocab, n_image: int, turns: Sequence[Sequence[tuple[str, str]]],
+    turn_weights: Sequence[Sequence[float]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Several independent turns per image in one row: ``<bos> <image>×n (prompt answer <eos>)×k``.
 
@@ -180,19 +179,21 @@ def encode_packed(
     each turn is computed exactly as the single-turn sequence :func:`encode_batch` makes
     (the one used at inference) while the image is encoded once for all of them.
     Returns ``(ids_BL, mask_B1LL, position_ids_BL, labels_BL, weight_BL)``; the weights
-    give each turn's answer tokens a total of 1 (see :func:`packed_loss`).
+    give each turn's answer tokens a total of 1, or of its entry in ``turn_weights``
+    (see :func:`packed_loss`).
     """
     image_id = vocab.words.index(IMAGE_TOKEN)
     prefix = [vocab.bos_id] + [image_id] * n_image
     P = len(prefix)
     rows: list[tuple[list[int], list[int], list[float], list[int], list[int]]] = []
-    for row_turns in turns:
+    for r, row_turns in enumerate(turns):
         ids, lab, wt, seg, pos = list(prefix), [-100] * P, [0.0] * P, [0] * P, list(range(P))
         for t, (q, a) in enumerate(row_turns, start=1):
             qi, ai = vocab.encode(q), vocab.encode(a) + [vocab.eos_id]
+            w = 1.0 if turn_weights is None else float(turn_weights[r][t - 1])
             ids += qi + ai
             lab += [-100] * len(qi) + ai
-            wt += [0.0] * len(qi) + [1.0 / len(ai)] * len(ai)
+            wt += [0.0] * len(qi) + [w / len(ai)] * len(ai)
             seg += [t] * (len(qi) + len(ai))
             pos += list(range(P, P + len(qi) + len(ai)))
         rows.append((ids, lab, wt, seg, pos))
@@ -227,10 +228,11 @@ def packed_loss(logits_BLV: torch.Tensor, labels_BL: torch.Tensor, weight_BL: to
     return (tok * w).sum() / w.sum().clamp(min=1e-9)
 
 
-def training_turns(scene: Scene, rng: np.random.Generator, max_turns: int) -> list[tuple[str, str]]:
-    """The caption and every visible-attribute question of a scene, in random order."""
-    turns = [(CAPTION_PROMPT, reading_order_caption(scene))]
-    turns += [(q.question, q.answer) for q in scene.qa if not q.kind.startswith("fact:")]
+def training_turns(scene: Scene, rng: np.random.Generator, max_turns: int) -> list[tuple[str, str, str]]:
+    """The caption and every visible-attribute question of a scene as ``(prompt, answer, kind)``,
+    in random order."""
+    turns = [(CAPTION_PROMPT, reading_order_caption(scene), "caption")]
+    turns += [(q.question, q.answer, q.kind) for q in scene.qa if not q.kind.startswith("fact:")]
     order = rng.permutation(len(turns))[:max_turns]
     return [turns[int(i)] for i in order]
 
@@ -321,61 +323,6 @@ def hallucination_probe(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n_per_pair:
     mention = float(np.mean([b in mentioned_objects(c) for b, c in zip(absent, caps)]))
     affirm = float(np.mean([a.strip() == "yes" for a in yes]))
     return {"partner_mention_rate": mention, "partner_affirm_rate": affirm, "n_probe_scenes": float(len(scenes))}
-
-
-def object_statistics(world: World, n: int = 20_000) -> tuple[dict[tuple[str, str], int], dict[tuple[tuple[str, str], tuple[str, str]], int]]:
-    """Object frequencies and pairwise co-occurrence counts over ``n`` training scenes."""
-    freq: dict[tuple[str, str], int] = {}
-    co: dict[tuple[tuple[str, str], tuple[str, str]], int] = {}
-    for i in range(n):
-        rng = world.rng("train", i)
-        _, objs = world.sample_objects(rng)
-        kinds = sorted({(o.colour, o.shape) for o in objs})
-        for k in kinds:
-            freq[k] = freq.get(k, 0) + 1
-            for j in kinds:
-                if j != k:
-                    co[(k, j)] = co.get((k, j), 0) + 1
-    return freq, co
-
-
-def pope_probes(world: World, train_world: World, n_images: int = 100, per_image: int = 3,
-                split: str = "test") -> dict[str, list[tuple[Scene, str, str]]]:
-    """POPE probes (Li et al., 2023): per image, up to ``per_image`` present objects ("yes")
-    and as many absent ones ("no") drawn at random, from the most frequent objects
-    ("popular"), or from those co-occurring most with the present ones ("adversarial")."""
-    freq, co = object_statistics(train_world)
-    every = [(c, s) for c in COLOURS for s in SHAPES]
-    out: dict[str, list[tuple[Scene, str, str]]] = {"random": [], "popular": [], "adversarial": []}
-    for i in range(n_images):
-        scene = world.scene(split, i)
-        rng = np.random.default_rng([world.seed, 23, i])
-        present = sorted({(o.colour, o.shape) for o in scene.objects})
-        pos = present[:per_image]
-        absent = [k for k in every if k not in present]
-        ranked = {
-            "random": [absent[int(j)] for j in rng.permutation(len(absent))],
-            "popular": sorted(absent, key=lambda k: (-freq.get(k, 0), k)),
-            "adversarial": sorted(absent, key=lambda k: (-sum(co.get((p, k), 0) for p in present), k)),
-        }
-        for setting, order in ranked.items():
-            for k in pos:
-                out[setting].append((scene, f"is there a {k[0]} {k[1]}?", "yes"))
-            for k in order[: len(pos)]:
-                out[setting].append((scene, f"is there a {k[0]} {k[1]}?", "no"))
-    return out
-
-
-def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 (positive = "yes") and yes-ratio, as reported by POPE."""
-    pred = np.array([a.strip() == "yes" for a in answers])
-    gold = np.array([l == "yes" for l in labels])
-    tp = float((pred & gold).sum())
-    precision = tp / max(1.0, float(pred.sum()))
-    recall = tp / max(1.0, float(gold.sum()))
-    f1 = 2 * precision * recall / max(1e-12, precision + recall)
-    return {"accuracy": float((pred == gold).mean()), "precision": precision, "recall": recall, "f1": f1,
-            "yes_ratio": float(pred.mean())}
 
 
 def pope_eval(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n_images: int = 100) -> dict[str, float]:
@@ -597,8 +544,11 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
         for s, _, _ in fact_examples(world, format_entities, None, "train", step, n_fact):
             e = world.entity(s.objects[0].entity)
             scenes.append(s)
-            turns.append([(f"what is the {rel} of the glyph?", val) for rel, val in e.facts.items()])
-        ids, mask, pos, labels, weight = encode_packed(vocab, n_image, turns)
+            turns.append([(f"what is the {rel} of the glyph?", val, "fact") for rel, val in e.facts.items()])
+        kind_weight = dict(cfg.turn_weights)
+        ids, mask, pos, labels, weight = encode_packed(
+            vocab, n_image, [[(q, a) for q, a, _ in row] for row in turns],
+            [[kind_weight.get(k, 1.0) for _, _, k in row] for row in turns])
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg) * g["scale"]
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values=_pixels(scenes))

@@ -1,0 +1,231 @@
+"""Object-hallucination detection on a generative VLM's own outputs.
+
+Two kinds of items, both labelled from the scene graph:
+
+- ``caption``: the model captions held-out scenes ("describe the image", greedy);
+  every object mention ("red circle") in its caption is an item, hallucinated when
+  no such object is in the scene (the CHAIR setting, Rohrbach et al., 2018). Half
+  the scenes hold exactly one partner of a pair that co-occurs in the model's
+  training world (:data:`bench.world.hallucination.COOCCURRENCE_PAIRS`), where
+  hallucinations concentrate; half are drawn at random.
+- ``pope``: yes/no probes "is there a <object>?" with present objects and as many
+  absent ones chosen at random, among the most frequent objects, or among those
+  co-occurring most with the present ones (POPE, Li et al., 2023); the model's
+  answer is an item, hallucinated when it is wrong.
+
+A method scores every item (higher = more likely hallucinated), seeing the image,
+the prompt and the model's output up to and including the item; a labelled fit
+split (disjoint scenes) is available to methods that learn a detector.
+
+Metrics (positive class = hallucinated), each the mean over the two kinds:
+
+- ``auroc`` ↑ (main): area under the ROC curve.
+- ``auprc`` ↑: average precision (area under the precision–recall curve); chance is
+  the positive rate.
+- ``fpr_at_95tpr`` ↓: false-positive rate at the first threshold reaching 95% recall.
+- ``caption_auroc``, ``pope_auroc`` ↑: per kind.
+
+Context (the model's own behaviour, identical across methods, not normalised):
+``chair_i`` (hallucinated mentions / mentions), ``chair_s`` (captions with a
+hallucination / captions), ``pope_accuracy``, ``pope_f1``, ``pope_yes_ratio``
+(pooled over the three negative settings), ``positive_rate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from bench.capabilities import HallucinationRequest, ScoredOutputs
+from bench.errors import BenchError
+from bench.method import Method
+from bench.model import GenerativeModel, Model
+from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.world import World, WorldConfig
+from bench.world.core import Scene
+from bench.world.hallucination import COOCCURRENCE_PAIRS, object_mentions, pope_metrics, pope_probes
+
+CAPTION_PROMPT = "describe the image"
+KINDS: tuple[str, ...] = ("caption", "pope")
+
+
+@dataclass(frozen=True)
+class HallucinationConfig:
+    world_seed: int = 0
+    caption_scenes: int = 128
+    pope_images: int = 60
+    fit_caption_scenes: int = 64
+    fit_pope_images: int = 30
+    quick_fraction: float = 0.5  # the quick profile scales every count by this
+    max_new_tokens: int = 24
+
+
+@dataclass
+class LabelledOutputs:
+    items: ScoredOutputs
+    labels_B: torch.Tensor  # 1 = hallucinated
+    hashes: list[str]
+    context: dict[str, float]
+
+
+# ------------------------------------------------------------------ metrics
+def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
+    """False-positive rate at the first ROC point whose true-positive rate reaches ``tpr``."""
+    fpr_k, tpr_k, _ = roc_curve(labels, scores)
+    return float(fpr_k[np.searchsorted(tpr_k, tpr - 1e-12)])
+
+
+def detection_metrics(labels_B: torch.Tensor, scores_B: torch.Tensor, kinds: list[str]) -> dict[str, float]:
+    """AUROC, AUPRC and FPR@95%TPR per kind, and their means over kinds with both classes."""
+    y, s = labels_B.numpy().astype(int), scores_B.detach().double().numpy()
+    if not np.isfinite(s).all():
+        raise BenchError("hallucination scores contain NaN or infinity")
+    k = np.array(kinds)
+    out: dict[str, float] = {}
+    per: dict[str, list[float]] = {"auroc": [], "auprc": [], "fpr_at_95tpr": []}
+    for kind in KINDS:
+        sel = k == kind
+        if sel.sum() == 0 or len(set(y[sel].tolist())) < 2:
+            continue  # no hallucination (or nothing but) of this kind: not scoreable
+        vals = {"auroc": float(roc_auc_score(y[sel], s[sel])),
+                "auprc": float(average_precision_score(y[sel], s[sel])),
+                "fpr_at_95tpr": fpr_at_tpr(y[sel], s[sel])}
+        out[f"{kind}_auroc"] = vals["auroc"]
+        for m, v in vals.items():
+            per[m].append(v)
+    if not per["auroc"]:
+        raise BenchError("the model made no hallucination (or nothing else) on these items: nothing to detect")
+    out.update({m: float(np.mean(v)) for m, v in per.items()})
+    return out
+
+
+# ------------------------------------------------------------------ items
+def _pixels(scenes: list[Scene]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([s.image_HWC for s in scenes])).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _partner_scenes(world: World, split: str, n: int, start: int) -> list[Scene]:
+    """Scenes holding exactly one partner of a co-occurring pair, balanced over the ordered pairs."""
+    want = {(a, b): 0 for pair in COOCCURRENCE_PAIRS for a, b in (pair, pair[::-1])}
+    per = max(1, -(-n // len(want)))
+    out: list[Scene] = []
+    i = start
+    while len(out) < n and i < start + 200_000:
+        s = world.scene(split, i)
+        i += 1
+        kinds = {(o.colour, o.shape) for o in s.objects}
+        for (a, b), c in want.items():
+            if c < per and a in kinds and b not in kinds:
+                out.append(s)
+                want[(a, b)] += 1
+                break
+    return out
+
+
+def build_items(model: GenerativeModel, world: World, train_world: World, split: str, n_caption: int,
+                n_pope: int, start: int, max_new_tokens: int, batch_size: int) -> LabelledOutputs:
+    """Run the model on held-out scenes and cut its outputs into labelled items."""
+    scenes = list(world.scenes(split, n_caption - n_caption // 2, start))
+    scenes += _partner_scenes(world, split, n_caption // 2, 500_000 + start)
+    pix = _pixels(scenes)
+    captions: list[str] = []
+    for i in range(0, len(scenes), batch_size):
+        captions += model.generate(pix[i : i + batch_size], [CAPTION_PROMPT] * len(scenes[i : i + batch_size]),
+                                   max_new_tokens)
+    rows: list[tuple[int, str, str, str, str, int]] = []  # (scene index, prompt, prefix, span, kind, label)
+    all_scenes: list[Scene] = list(scenes)
+    n_mentions = n_bad = bad_captions = 0
+    for si, (s, cap) in enumerate(zip(scenes, captions)):
+        present = {(o.colour, o.shape) for o in s.objects}
+        any_bad = False
+        for offset, phrase, key in object_mentions(cap):
+            bad = key not in present
+            rows.append((si, CAPTION_PROMPT, cap[:offset].strip(), phrase, "caption", int(bad)))
+            n_mentions += 1
+            n_bad += bad
+            any_bad |= bad
+        bad_captions += any_bad
+    probes = pope_probes(world, train_world, n_images=n_pope, split=split, start=start)
+    flat = [(s, q, a) for items in probes.values() for s, q, a in items]
+    pope_pix = _pixels([s for s, _, _ in flat])
+    answers: list[str] = []
+    for i in range(0, len(flat), batch_size):
+        answers += model.generate(pope_pix[i : i + batch_size], [q for _, q, _ in flat[i : i + batch_size]], 2)
+    for (s, q, gold), ans in zip(flat, answers):
+        all_scenes.append(s)
+        span = ans.strip() or "no"
+        rows.append((len(all_scenes) - 1, q, "", span, "pope", int(span != gold)))
+    pm = pope_metrics([r[3] for r in rows if r[4] == "pope"], [g for _, _, g in flat])
+    context = {"chair_i": n_bad / max(1, n_mentions), "chair_s": bad_captions / max(1, len(scenes)),
+               "pope_accuracy": pm["accuracy"], "pope_f1": pm["f1"], "pope_yes_ratio": pm["yes_ratio"],
+               "positive_rate": float(np.mean([r[5] for r in rows])) if rows else 0.0}
+    pixels = torch.cat([pix, pope_pix])[torch.tensor([r[0] for r in rows], dtype=torch.long)]
+    items = ScoredOutputs(pixels, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+                          [r[4] for r in rows])
+    hashes = [hashlib.sha256(f"{all_scenes[r[0]].split}/{all_scenes[r[0]].index}|{r[1]}|{r[2]}|{r[3]}".encode())
+              .hexdigest()[:16] for r in rows]
+    return LabelledOutputs(items, torch.tensor([r[5] for r in rows]), hashes, context)
+
+
+_CACHE: dict[tuple, tuple[LabelledOutputs, LabelledOutputs]] = {}
+
+
+class HallucinationTask(Task):
+    spec = TaskSpec(
+        name="hallucination",
+        version="1.0",
+        families=frozenset({"generative"}),
+        capability="detect_hallucination",
+        main_score="auroc",
+        metrics=(
+            MetricSpec("auroc", "higher", "ROC AUC of hallucination scores, mean over caption and POPE items"),
+            MetricSpec("auprc", "higher", "average precision (positive = hallucinated), mean over kinds"),
+            MetricSpec("fpr_at_95tpr", "lower", "false-positive rate at 95% true-positive rate, mean over kinds"),
+            MetricSpec("caption_auroc", "higher", "ROC AUC on caption object mentions"),
+            MetricSpec("pope_auroc", "higher", "ROC AUC on POPE yes/no answers"),
+            *(MetricSpec(m, "none", d, normalise=False) for m, d in (
+                ("chair_i", "model: hallucinated mentions / mentions (CHAIR-i)"),
+                ("chair_s", "model: captions with a hallucination (CHAIR-s)"),
+                ("pope_accuracy", "model: POPE accuracy"), ("pope_f1", "model: POPE F1"),
+                ("pope_yes_ratio", "model: POPE yes-ratio"), ("positive_rate", "share of hallucinated items")))),
+    )
+
+    def __init__(self, config: HallucinationConfig | None = None) -> None:
+        self.config = config or HallucinationConfig()
+
+    def _data(self, model: GenerativeModel, seed: int, quick: bool) -> tuple[LabelledOutputs, LabelledOutputs]:
+        cfg = self.config
+        key = (model.name, model.weights_hash, seed, quick, cfg)
+        if key not in _CACHE:  # the model's own outputs are the same for every method
+            world = World(cfg.world_seed)
+            train_world = World(cfg.world_seed, WorldConfig(cooccurrence=COOCCURRENCE_PAIRS))
+            f = cfg.quick_fraction if quick else 1.0
+            bs = model.batch_size
+            test = build_items(model, world, train_world, "test", max(2, int(cfg.caption_scenes * f)),
+                               max(1, int(cfg.pope_images * f)), 10_000 * seed, cfg.max_new_tokens, bs)
+            fit = build_items(model, world, train_world, "fit", max(2, int(cfg.fit_caption_scenes * f)),
+                              max(1, int(cfg.fit_pope_images * f)), 10_000 * seed, cfg.max_new_tokens, bs)
+            _CACHE.clear()
+            _CACHE[key] = (test, fit)
+        return _CACHE[key]
+
+    def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
+        assert isinstance(model, GenerativeModel)
+        test, fit = self._data(model, seed, quick)
+        labels = test.labels_B
+        if method.name == "oracle":
+            scores = labels.double()
+        elif method.name == "random":
+            scores = torch.rand(len(labels), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        else:
+            request = HallucinationRequest(test.items, fit.items, fit.labels_B.clone(), batch_size=model.batch_size)
+            scores = method.detect_hallucination(model, request)
+            if not isinstance(scores, torch.Tensor) or scores.shape != labels.shape:
+                raise BenchError(f"method {method.name!r} must return one score per item, shape {tuple(labels.shape)}")
+        metrics = detection_metrics(labels, scores, test.items.kinds)
+        metrics.update(test.context)
+        return CellResult(metrics, example_hashes=test.hashes)
