@@ -149,6 +149,22 @@ def _seed(value: str) -> int:
     return validate_seeds([value])[0]
 
 
+# -------------------------------------------------------------------- validity
+def cmd_validity(args: argparse.Namespace) -> int:
+    from bench.validity import check_validity, render
+
+    if args.seeds < 2:
+        raise BenchError("--seeds must be at least 2 (the noise is a standard deviation over seeds)")
+    rows, skipped = check_validity(args.task, args.model, seeds=args.seeds, widths=args.widths,
+                                   progress=not args.no_progress)
+    for label, reason in skipped:
+        print(f"skipped {label}: {reason}", file=sys.stderr)
+    if not rows:
+        raise BenchError("no (task, model) pair to check")
+    print(render(rows))
+    return 0 if all(r.ok for r in rows) else EXIT_FAILED
+
+
 # ------------------------------------------------------------------------ zoo
 def cmd_zoo_train(args: argparse.Namespace) -> int:
     from models.zoo.train import train
@@ -216,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list tasks, methods or models with their compatibility")
     ls.add_argument("what", choices=["tasks", "methods", "models"])
     ls.set_defaults(fn=cmd_list)
+
+    va = sub.add_parser("validity", help="reseed noise of random and oracle per task and model, and their separation")
+    va.add_argument("--task", action="append", help="task name, repeatable (default: all)")
+    va.add_argument("--model", action="append", help="model name, repeatable (default: all compatible)")
+    va.add_argument("--seeds", type=int, default=5, help="seeds per reference (default: %(default)s)")
+    va.add_argument("--widths", type=float, default=5.0, help="separation needed, in noise widths (default: %(default)s)")
+    va.add_argument("--no-progress", action="store_true")
+    va.set_defaults(fn=cmd_validity)
 
     wo = sub.add_parser("world", help="the procedural world")
     wsub = wo.add_subparsers(dest="world_command", required=True)

@@ -42,6 +42,8 @@ class Model(ABC):
         self.batch_size = 64
         self.dtype = "float32"
         self.device = "cpu"
+        # known properties of the weights that tasks may select on, e.g. {"spurious": "background"}
+        self.tags: dict[str, str] = {}
 
     # --------------------------------------------------------------- sites
     def sites(self, tower: str | None = None, kind: str | None = None) -> list[Site]:

@@ -24,7 +24,10 @@ def load_zoo_clip_model(name: str = "zoo-clip") -> CLIPWrapper:
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
     clip, vocab, meta = load_zoo_clip(name, WEIGHTS_DIR)
     tok = partial(_tokenize, vocab, meta["config"]["max_text_len"])
-    return CLIPWrapper(name, clip, tok, meta["sha256"], PIXEL_MEAN, PIXEL_STD)
+    model = CLIPWrapper(name, clip, tok, meta["sha256"], PIXEL_MEAN, PIXEL_STD)
+    if meta["config"].get("spurious_agreement"):
+        model.tags["spurious"] = "background"  # Waterbirds-style: shape agrees with background in training
+    return model
 
 
 def load_zoo_vlm_model(name: str = "zoo-vlm") -> LlavaWrapper:

@@ -141,6 +141,9 @@ class SpuriousTask(Task):
         reason = super().supports(model)
         if reason:
             return reason
+        if model.tags.get("spurious") != "background":
+            return (f"task 'spurious' needs a model with a known background shortcut (tag spurious=background); "
+                    f"{model.name!r} has none")
         if "vision.proj" not in model.site_specs:
             return f"task 'spurious' needs a 'vision.proj' site; {model.name!r} has none"
         return None

@@ -1,0 +1,39 @@
+"""Every task separates its random and oracle references by more than 5 reseed-noise widths
+on the zoo models it applies to (quick profile, 5 seeds)."""
+
+import math
+
+import pytest
+
+from bench.cli import main
+from bench.registry import MODELS
+from bench.validity import check_validity
+from models.zoo import WEIGHTS_DIR
+
+
+def _shipped(model: str) -> bool:
+    return (WEIGHTS_DIR / f"{model}.safetensors").exists()
+
+
+@pytest.mark.parametrize("task,model", [
+    ("attribution", "zoo-clip"),
+    ("spurious", "zoo-clip-spurious"),
+    ("hallucination", "zoo-vlm"),
+])
+def test_references_are_separated(task, model):
+    assert model in MODELS.names() and _shipped(model), f"{model} must be shipped for the {task} validity check"
+    rows, skipped = check_validity([task], [model], seeds=5)
+    assert len(rows) == 1, skipped
+    r = rows[0]
+    assert r.error == "" and r.ok, r
+    assert r.separation > 5 and (math.isinf(r.separation) or r.random_std > 0 or r.oracle_std > 0)
+
+
+def test_a_task_without_its_planted_mechanism_is_skipped_with_the_reason():
+    rows, skipped = check_validity(["spurious"], ["zoo-clip"], seeds=2)
+    assert rows == [] and any("spurious=background" in reason for _, reason in skipped)
+
+
+def test_cli_validity_rejects_one_seed(capsys):
+    assert main(["validity", "--task", "spurious", "--seeds", "1"]) == 2
+    assert "--seeds" in capsys.readouterr().err
