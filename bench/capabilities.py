@@ -7,7 +7,7 @@ requests, methods answer them; neither imports the other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 
@@ -120,4 +120,30 @@ class HallucinationRequest:
     items: ScoredOutputs
     fit: ScoredOutputs
     fit_labels_B: torch.Tensor
+    batch_size: int = 64
+
+
+class Evaluate(Protocol):
+    def __call__(self, which: str, read: Sequence[str] = (), write: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                 copies: int = 1, keep_grad: bool = False) -> tuple[torch.Tensor, Any]: ...
+
+
+@dataclass
+class LocalizeRequest:
+    """Find where a behaviour lives: score every candidate site, per example.
+
+    ``evaluate(which, read, write, copies, keep_grad) -> (score_N, trace)`` runs the
+    model on the ``"clean"`` inputs or their ``"corrupt"`` counterfactuals (the same
+    scene with the subject swapped for one with another answer), with the batch
+    repeated ``copies`` times (copy-major: row ``c·n + i`` is copy ``c`` of example
+    ``i``, so one pass can patch each copy at a different site), reading and writing
+    sites through ``model.trace``. ``score_N`` is the behaviour's metric per row: the
+    logit difference between the clean and the counterfactual answer (Zhang & Nanda,
+    2024, "Towards Best Practices of Activation Patching"). The method returns
+    ``[n, len(candidates)]`` scores, higher = more responsible.
+    """
+
+    n: int
+    candidates: list[str]
+    evaluate: Evaluate
     batch_size: int = 64

@@ -7,7 +7,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from bench.capabilities import CAPABILITIES, AttributionRequest, DebiasRequest, HallucinationRequest, Intervention
+from bench.capabilities import (
+    CAPABILITIES,
+    AttributionRequest,
+    DebiasRequest,
+    HallucinationRequest,
+    Intervention,
+    LocalizeRequest,
+)
 from bench.errors import BenchError
 from bench.model import Model
 
@@ -57,6 +64,10 @@ class Method:
         raise NotImplementedError
 
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
+        raise NotImplementedError
+
+    def localize(self, model: Model, request: LocalizeRequest) -> torch.Tensor:
+        """Scores ``[n, len(request.candidates)]``, higher = the site is more responsible."""
         raise NotImplementedError
 
     def detect_hallucination(self, model: Model, request: HallucinationRequest) -> torch.Tensor:

@@ -26,6 +26,24 @@ class TokenLayout:
     patch_size: int
 
 
+@dataclass(frozen=True)
+class PlantedRelation:
+    """Ground truth a zoo model carries: facts taught with only ``site``'s module trainable.
+
+    ``entities`` are the planted entities of world ``world_seed`` (built with
+    ``n_entities``); ``question`` is how the model is asked ("what is the home of the
+    glyph?"), ``values`` the relation's possible answers. Tasks read this; methods must not.
+    """
+
+    relation: str
+    site: str
+    entities: tuple[str, ...]
+    world_seed: int
+    n_entities: int
+    question: str
+    values: tuple[str, ...]
+
+
 class Model(ABC):
     """A wrapped model. Methods and tasks see models only through this interface."""
 
@@ -44,6 +62,7 @@ class Model(ABC):
         self.device = "cpu"
         # known properties of the weights that tasks may select on, e.g. {"spurious": "background"}
         self.tags: dict[str, str] = {}
+        self.planted: list[PlantedRelation] = []  # planted knowledge (zoo models), for tasks only
 
     # --------------------------------------------------------------- sites
     def sites(self, tower: str | None = None, kind: str | None = None) -> list[Site]:

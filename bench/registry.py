@@ -94,6 +94,7 @@ MODELS: Registry[Any] = Registry("model", "mmi_bench.models")
 TASKS.register("attribution", "tasks.attribution:AttributionTask")
 TASKS.register("spurious", "tasks.spurious:SpuriousTask")
 TASKS.register("hallucination", "tasks.hallucination:HallucinationTask")
+TASKS.register("localization", "tasks.localization:LocalizationTask")
 
 METHODS.register("random", "bench.method:RandomReference")
 METHODS.register("oracle", "bench.method:OracleReference")
@@ -105,6 +106,7 @@ METHODS.register("attention_rollout", "methods.attention_rollout:AttentionRollou
 METHODS.register("gradcam", "methods.gradcam:GradCAM")
 METHODS.register("leace", "methods.leace:Leace")
 METHODS.register("entropy", "methods.entropy:OutputEntropy")
+METHODS.register("causal_tracing", "methods.causal_tracing:CausalTracing")
 
 MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive")
 MODELS.register("zoo-clip-spurious", "models.zoo_models:load_zoo_clip_model", family="contrastive")

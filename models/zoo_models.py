@@ -6,6 +6,7 @@ from functools import partial
 from typing import Any
 
 from bench.errors import BenchError
+from bench.model import PlantedRelation
 from bench.world import Vocab
 from models.hf_clip import CLIPWrapper
 from models.hf_diffusion import DiffusionWrapper, SamplingConfig
@@ -37,7 +38,22 @@ def load_zoo_vlm_model(name: str = "zoo-vlm") -> LlavaWrapper:
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
     llava, vocab, meta = load_zoo_vlm(name, WEIGHTS_DIR)
     encode, decode, preprocess = wrapper_io(vocab, llava.config.image_seq_length)
-    return LlavaWrapper(name, llava, encode, decode, preprocess, meta["sha256"], vocab.eos_id, vocab.pad_id)
+    model = LlavaWrapper(name, llava, encode, decode, preprocess, meta["sha256"], vocab.eos_id, vocab.pad_id)
+    model.planted = vlm_planted(meta)
+    return model
+
+
+def vlm_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
+    from bench.world import World, WorldConfig
+    from bench.world.core import RELATIONS
+    from bench.world.facts import fact_question
+    from models.zoo.vlm import config_from_meta
+
+    cfg = config_from_meta(meta)
+    world = World(cfg.world_seed, WorldConfig(n_entities=cfg.n_entities))
+    names = tuple(e.name for e in world.entities[: cfg.n_planted])
+    return [PlantedRelation(rel, f"lm.blocks.{layer}.mlp", names, cfg.world_seed, cfg.n_entities,
+                            fact_question(rel), RELATIONS[rel]) for rel, layer in cfg.planted]
 
 
 def wrap_zoo_diffusion(model: Any, name: str, weights_hash: str, sampling: SamplingConfig = SamplingConfig()) -> DiffusionWrapper:

@@ -28,10 +28,11 @@ import torch.nn.functional as F
 
 from bench.world import POSITIONS, Vocab, World, WorldConfig
 from bench.world.core import Scene
+from bench.world.facts import fact_examples
 from bench.world.hallucination import COOCCURRENCE_PAIRS as PAIRS
 from bench.world.hallucination import mentioned_objects, object_statistics, pope_metrics, pope_probes
 
-__all__ = ["PAIRS", "mentioned_objects", "object_statistics", "pope_metrics", "pope_probes"]
+__all__ = ["fact_examples", "PAIRS", "mentioned_objects", "object_statistics", "pope_metrics", "pope_probes"]
 
 IMAGE_TOKEN = "<image>"
 CAPTION_PROMPT = "describe the image"
@@ -85,25 +86,6 @@ def config_from_meta(meta: dict[str, Any]) -> ZooVlmConfig:
 def training_world(cfg: ZooVlmConfig) -> World:
     return World(cfg.world_seed, WorldConfig(cooccurrence=PAIRS, cooccurrence_prob=cfg.cooccurrence_prob,
                                              n_entities=cfg.n_entities, entity_prob=cfg.entity_prob))
-
-
-def fact_examples(world: World, names: Sequence[str], relation: str | None, split: str, index: int,
-                  n: int) -> list[tuple[Scene, str, str]]:
-    """``n`` single-glyph scenes of the given entities with "what is the <relation> of the glyph?".
-
-    The entity is identified by its glyph in the image only, never named in the text.
-    """
-    from bench.world.core import BACKGROUNDS, ObjectSpec
-
-    rng = np.random.default_rng([world.seed, 31, {"train": 0, "fit": 1, "dev": 2, "test": 3}[split], index])
-    out = []
-    for _ in range(n):
-        e = world.entity(names[int(rng.integers(len(names)))])
-        rel = relation or list(e.facts)[int(rng.integers(len(e.facts)))]
-        obj = ObjectSpec("glyph", e.colour, "large", POSITIONS[int(rng.integers(len(POSITIONS)))], e.name)
-        scene = world.render(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], [obj], rng, split=split)
-        out.append((scene, f"what is the {rel} of the glyph?", e.facts[rel]))
-    return out
 
 
 def vlm_vocab(world: World) -> Vocab:
