@@ -147,3 +147,23 @@ class LocalizeRequest:
     candidates: list[str]
     evaluate: Evaluate
     batch_size: int = 64
+
+
+@dataclass
+class EditRequest:
+    """Rewrite facts in a model's weights.
+
+    Request ``k`` shows its subject as images (``pixels_KRCHW``: ``R`` renders of the
+    same entity) with the question ``prompts[k]``, whose answer should change from
+    ``old[k]`` to ``new[k]``. ``site`` is where the caller wants the edit (e.g. a
+    planted or localized site), or ``None`` to let the method choose. The method edits
+    the model's parameters in place (``model.module``); the task snapshots every
+    parameter before and restores them after scoring, so edits never leak across cells.
+    """
+
+    pixels_KRCHW: torch.Tensor
+    prompts: list[str]
+    old: list[str]
+    new: list[str]
+    site: str | None = None
+    batch_size: int = 64

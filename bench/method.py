@@ -11,6 +11,7 @@ from bench.capabilities import (
     CAPABILITIES,
     AttributionRequest,
     DebiasRequest,
+    EditRequest,
     HallucinationRequest,
     Intervention,
     LocalizeRequest,
@@ -64,6 +65,10 @@ class Method:
         raise NotImplementedError
 
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
+        raise NotImplementedError
+
+    def edit(self, model: Model, request: EditRequest) -> None:
+        """Apply the requested rewrites to ``model``'s parameters in place."""
         raise NotImplementedError
 
     def localize(self, model: Model, request: LocalizeRequest) -> torch.Tensor:
