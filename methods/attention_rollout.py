@@ -32,7 +32,7 @@ class AttentionRollout(Method):
 
     name = "attention_rollout"
     capabilities = frozenset({"attribute"})
-    families = frozenset({"contrastive"})
+    families = frozenset({"contrastive", "generative"})
     Config = AttentionRolloutConfig
 
     def supports(self, model: Model) -> str | None:

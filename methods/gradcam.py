@@ -38,7 +38,7 @@ class GradCAM(Method):
 
     name = "gradcam"
     capabilities = frozenset({"attribute"})
-    families = frozenset({"contrastive"})
+    families = frozenset({"contrastive", "generative"})
     Config = GradCAMConfig
 
     def _site(self, model: Model) -> str | None:

@@ -1,8 +1,12 @@
 """Attribution fidelity: do a method's maps point at the evidence the model uses?
 
-Setting (contrastive models): a multi-object scene and the caption of one object
-("a red circle"); every distractor differs from it in colour *and* shape, so only
-the target object's pixels support the caption. Ground truth is that object's mask.
+Setting: a multi-object scene whose target object differs from every distractor in
+colour *and* shape, so only the target's pixels support the target. Ground truth is
+that object's mask.
+
+- Contrastive models: the caption of the target ("a red circle").
+- Generative models: the answer token of "what colour is the <shape>?" (the target's
+  colour), as the log-softmax of its logit among the six colour words.
 
 The explained target is the caption's image–text similarity, contrasted against
 the captions of every colour × shape combination: the log-softmax of the scaled
@@ -48,7 +52,7 @@ from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
 from bench.imageops import box_blur
 from bench.method import Method
-from bench.model import ContrastiveModel, Model
+from bench.model import ContrastiveModel, GenerativeModel, Model
 from bench.task import CellResult, MetricSpec, Task, TaskSpec
 from bench.world import COLOURS, SHAPES, World, WorldConfig
 
@@ -154,7 +158,7 @@ class AttributionTask(Task):
     spec = TaskSpec(
         name="attribution",
         version="1.0",
-        families=frozenset({"contrastive"}),
+        families=frozenset({"contrastive", "generative"}),
         capability="attribute",
         main_score="pointing_game",
         metrics=(
@@ -171,15 +175,26 @@ class AttributionTask(Task):
         self.config = config or AttributionConfig()
 
     # ------------------------------------------------------------ examples
-    def examples(self, model: ContrastiveModel, seed: int, n: int, split: str = "test") -> AttributionExamples:
+    @staticmethod
+    def image_size(model: Model) -> int:
+        if isinstance(model, ContrastiveModel):
+            return model.image_size
+        layout = model.token_layout()
+        if layout is None:
+            raise BenchError(f"model {model.name!r} declares no image token layout")
+        return layout.grid[0] * layout.patch_size
+
+    def examples(self, model: Model, seed: int, n: int, split: str = "test") -> AttributionExamples:
         """``n`` scenes whose target object differs from every distractor in colour and shape.
 
-        Scene indices start at ``seed * 1_000_000`` so seeds draw disjoint scenes.
+        Scene indices start at ``seed * 1_000_000`` so seeds draw disjoint scenes. For
+        generative models the target's caption is replaced by the question about its colour.
         """
-        size = model.image_size
+        generative = isinstance(model, GenerativeModel)
+        size = self.image_size(model)
         world = World(self.config.world_seed, WorldConfig(image_size=size, min_objects=2, max_objects=3))
         rng = np.random.default_rng([seed, 11])
-        cands = [f"a {c} {s}" for c in COLOURS for s in SHAPES]
+        cands = list(COLOURS) if generative else [f"a {c} {s}" for c in COLOURS for s in SHAPES]
         pix, masks, caps, tgt, hashes = [], [], [], [], []
         i = seed * 1_000_000
         while len(caps) < n:
@@ -191,16 +206,44 @@ class AttributionTask(Task):
                 continue
             k = ok[int(rng.integers(len(ok)))]
             o = scene.objects[k]
-            cap = f"a {o.colour} {o.shape}"
+            cap = f"what colour is the {o.shape}?" if generative else f"a {o.colour} {o.shape}"
             pix.append(scene.image_HWC)
             masks.append(scene.masks_NHW[k])
             caps.append(cap)
-            tgt.append(cands.index(cap))
+            tgt.append(cands.index(o.colour if generative else cap))
             hashes.append(hashlib.sha256(scene.image_HWC.tobytes() + cap.encode()).hexdigest()[:16])
         pixels = torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).float() / 255.0
         return AttributionExamples(pixels, torch.from_numpy(np.stack(masks)), caps, torch.tensor(tgt), cands, hashes)
 
-    def request(self, model: ContrastiveModel, ex: AttributionExamples) -> AttributionRequest:
+    @staticmethod
+    def _answer_logits(model: GenerativeModel, ex: AttributionExamples) -> Any:
+        """``fn(pixels_NCHW, idx_N) -> [N, n_candidates]`` logits of the candidate answer words."""
+        n = len(ex.captions)
+        enc = model.encode_spans(ex.captions, [""] * n, [ex.candidates[int(t)] for t in ex.target_idx_B])
+        first = enc.span_BL.float().argmax(1)
+        L = int(first.max())
+        ids, mask = enc.ids_BL[:, :L], enc.mask_BL[:, :L]
+        cand = model.encode_spans([ex.captions[0]] * len(ex.candidates), [""] * len(ex.candidates), ex.candidates)
+        cand_ids = cand.ids_BL.gather(1, cand.span_BL.float().argmax(1)[:, None])[:, 0]
+
+        def fn(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+            idx = idx_N.long()
+            logits = model.forward_tokens(pixels_NCHW, ids[idx], mask[idx])
+            return logits[torch.arange(len(idx)), first[idx] - 1][:, cand_ids]
+
+        return fn
+
+    def request(self, model: Model, ex: AttributionExamples) -> AttributionRequest:
+        if isinstance(model, GenerativeModel):
+            answer_logits = self._answer_logits(model, ex)
+
+            def gen_score(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+                tgt = ex.target_idx_B[idx_N.long()][:, None]
+                return answer_logits(pixels_NCHW, idx_N).log_softmax(-1).gather(1, tgt)[:, 0]
+
+            layout = model.token_layout()
+            return AttributionRequest(ex.pixels_BCHW, gen_score, layout.grid, batch_size=model.batch_size)
+        assert isinstance(model, ContrastiveModel)
         with torch.no_grad():
             text_TD = model.encode_text(ex.candidates)
 
@@ -214,7 +257,16 @@ class AttributionTask(Task):
         layout = model.token_layout()
         return AttributionRequest(ex.pixels_BCHW, score, layout.grid, batch_size=model.batch_size)
 
-    def target_probability(self, model: ContrastiveModel, ex: AttributionExamples) -> Any:
+    def target_probability(self, model: Model, ex: AttributionExamples) -> Any:
+        if isinstance(model, GenerativeModel):
+            answer_logits = self._answer_logits(model, ex)
+
+            def gen_prob(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+                tgt = ex.target_idx_B[idx_N.long()][:, None]
+                return answer_logits(pixels_NCHW, idx_N).softmax(-1).gather(1, tgt)[:, 0]
+
+            return gen_prob
+        assert isinstance(model, ContrastiveModel)
         with torch.no_grad():
             cand_TD = model.encode_text(ex.candidates)
 
@@ -245,7 +297,7 @@ class AttributionTask(Task):
         return maps
 
     # ---------------------------------------------------------------- run
-    def score(self, model: ContrastiveModel, ex: AttributionExamples, maps: torch.Tensor,
+    def score(self, model: Model, ex: AttributionExamples, maps: torch.Tensor,
               grid: tuple[int, int]) -> dict[str, torch.Tensor]:
         size = ex.pixels_BCHW.shape[-1]
         px = upsample_to(maps, size)
@@ -265,7 +317,6 @@ class AttributionTask(Task):
         return out
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
-        assert isinstance(model, ContrastiveModel)
         n = self.config.quick_examples if quick else self.config.n_examples
         ex = self.examples(model, seed, n)
         req = self.request(model, ex)

@@ -146,3 +146,30 @@ def test_integrated_gradients_beats_random_with_separated_cis(zoo_clip):
     assert ig.ci_low > rd.ci_high, (ig, rd)
     ig, rd = rows["integrated_gradients", "deletion_auc"], rows["random", "deletion_auc"]
     assert ig.ci_high < rd.ci_low, (ig, rd)
+
+
+def test_generative_target_is_the_colour_answer_on_a_tiny_llava():
+    from transformers import CLIPVisionConfig
+
+    from bench.registry import METHODS
+    from models.hf_llava import LlavaWrapper
+    from models.zoo.vlm import ZooVlmConfig, build_vlm, training_world, vlm_vocab, wrapper_io
+    from tasks.attribution import AttributionConfig, AttributionTask
+
+    torch.manual_seed(0)
+    cfg = ZooVlmConfig(lm_width=32, lm_layers=2, lm_heads=4, lm_mlp=64)
+    vocab = vlm_vocab(training_world(cfg))
+    vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=32, patch_size=8)
+    llava = build_vlm(cfg, vocab, vc)
+    enc, dec, pre = wrapper_io(vocab, llava.config.image_seq_length)
+    model = LlavaWrapper("tiny-llava", llava, enc, dec, pre, "tiny", vocab.eos_id, vocab.pad_id)
+    task = AttributionTask(AttributionConfig(quick_examples=4, sanity_examples=2, steps=4))
+    ex = task.examples(model, 0, 4)
+    assert all(c.startswith("what colour is the ") for c in ex.captions) and len(ex.candidates) == 6
+    req = task.request(model, ex)
+    lp = req.score_all(ex.pixels_BCHW, torch.arange(4))
+    assert lp.shape == (4,) and (lp < 0).all()  # a log-probability among the six colours
+    assert task.run(model, METHODS.get("oracle")(), seed=0, quick=True).metrics["pointing_game"] == 1.0
+    m = task.run(model, METHODS.get("saliency")(), seed=0, quick=True).metrics
+    assert 0.0 <= m["pointing_game"] <= 1.0 and 0.0 <= m["deletion_auc"] <= 1.0
