@@ -5,7 +5,10 @@ named entities taught in a second training phase in which only one component was
 trainable, so the fact's location is known by construction (the setting of Meng et
 al., 2022, "Locating and Editing Factual Associations in GPT", with the ground truth
 that real models lack). Each example asks a planted fact about an entity shown only
-by its glyph ("what is the home of the glyph?"); its counterfactual shows, at the same
+by its glyph: a generative model is asked "what is the home of the glyph?"; a
+contrastive model matches the image against the relation's value texts (its
+``PlantedRelation.question`` is a template such as "a glyph from the {value}"). The
+counterfactual shows, at the same
 place on the same background, another planted entity with a different answer. A
 method scores every candidate site (all sites of the planted site's kind in its
 tower) per example.
@@ -34,7 +37,7 @@ import torch
 from bench.capabilities import LocalizeRequest
 from bench.errors import BenchError
 from bench.method import Method
-from bench.model import GenerativeModel, Model, PlantedRelation
+from bench.model import ContrastiveModel, GenerativeModel, Model, PlantedRelation
 from bench.task import CellResult, MetricSpec, Task, TaskSpec
 from bench.world import World, WorldConfig
 from bench.world.facts import glyph_scene
@@ -131,11 +134,35 @@ def generative_evaluate(model: GenerativeModel, ex: FactExamples) -> Callable[..
     return evaluate
 
 
+def contrastive_evaluate(model: ContrastiveModel, ex: FactExamples,
+                         values: dict[str, tuple[str, ...]]) -> Callable[..., tuple[torch.Tensor, Any]]:
+    """The ``evaluate`` closure for a contrastive model: the metric is the similarity of the
+    image to the text of the clean answer minus that of the counterfactual answer, where the
+    texts fill each relation's template (``PlantedRelation.question``) with a value."""
+    texts = sorted({t.format(value=v) for t, vals in values.items() for v in vals})
+    with torch.no_grad():
+        text_TD = model.encode_text(texts)
+    ans_N = torch.tensor([texts.index(q.format(value=a)) for q, a in zip(ex.prompts, ex.answers)])
+    alt_N = torch.tensor([texts.index(q.format(value=a)) for q, a in zip(ex.prompts, ex.alternatives)])
+
+    def evaluate(which: str, read: Sequence[str] = (), write: Mapping[str, Any] | None = None,
+                 copies: int = 1, keep_grad: bool = False) -> tuple[torch.Tensor, Any]:
+        if which not in ("clean", "corrupt"):
+            raise BenchError(f"evaluate: which must be 'clean' or 'corrupt', not {which!r}")
+        pix = (ex.clean_BCHW if which == "clean" else ex.corrupt_BCHW).repeat(copies, 1, 1, 1)
+        with torch.set_grad_enabled(keep_grad), model.trace(read=read, write=write, keep_grad=keep_grad) as t:
+            sims = model.similarity_to(model.encode_image(pix), text_TD)
+        rows = torch.arange(sims.shape[0])
+        return sims[rows, ans_N.repeat(copies)] - sims[rows, alt_N.repeat(copies)], t
+
+    return evaluate
+
+
 class LocalizationTask(Task):
     spec = TaskSpec(
         name="localization",
         version="1.0",
-        families=frozenset({"generative"}),
+        families=frozenset({"contrastive", "generative"}),
         capability="localize",
         main_score="top1",
         metrics=(
@@ -165,7 +192,6 @@ class LocalizationTask(Task):
         return cands
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
-        assert isinstance(model, GenerativeModel)
         n = self.config.quick_examples if quick else self.config.n_examples
         ex = build_examples(model.planted, n, seed)
         cands = self.candidates(model)
@@ -175,7 +201,13 @@ class LocalizationTask(Task):
         elif method.name == "random":
             scores = torch.rand(n, len(cands), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         else:
-            request = LocalizeRequest(n, list(cands), generative_evaluate(model, ex), batch_size=model.batch_size)
+            if isinstance(model, GenerativeModel):
+                evaluate = generative_evaluate(model, ex)
+            elif isinstance(model, ContrastiveModel):
+                evaluate = contrastive_evaluate(model, ex, {r.question: r.values for r in model.planted})
+            else:
+                raise BenchError(f"task 'localization' has no {model.family} setting yet")
+            request = LocalizeRequest(n, list(cands), evaluate, batch_size=model.batch_size)
             scores = method.localize(model, request)
             if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n, len(cands)):
                 raise BenchError(f"method {method.name!r} must return scores of shape {(n, len(cands))}")
