@@ -1,0 +1,22 @@
+"""Full retraining of every shipped zoo model reproduces its weights bit for bit
+(same torch version and thread count). Slow: minutes to an hour per model on a 2-core
+CPU; run with `pytest -m slow tests/test_zoo_retrain.py`."""
+
+import json
+
+import pytest
+
+from models.zoo import WEIGHTS_DIR
+from models.zoo.io import sha256_file
+from models.zoo.train import ZOO, train
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_retraining_reproduces_the_shipped_weights(name, tmp_path):
+    meta_path = WEIGHTS_DIR / f"{name}.json"
+    if not meta_path.exists():
+        pytest.skip(f"{name} is not shipped")
+    recorded = json.loads(meta_path.read_text())
+    path = train(name, out=tmp_path)
+    assert sha256_file(path) == recorded["sha256"]
