@@ -109,6 +109,7 @@ METHODS.register("leace", "methods.leace:Leace")
 METHODS.register("entropy", "methods.entropy:OutputEntropy")
 METHODS.register("causal_tracing", "methods.causal_tracing:CausalTracing")
 METHODS.register("grad_x_activation", "methods.grad_x_activation:GradXActivation")
+METHODS.register("activation_patching", "methods.activation_patching:ActivationPatching")
 METHODS.register("finetune", "methods.finetune:ConstrainedFinetune")
 
 MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive")
