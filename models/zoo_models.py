@@ -28,7 +28,22 @@ def load_zoo_clip_model(name: str = "zoo-clip") -> CLIPWrapper:
     model = CLIPWrapper(name, clip, tok, meta["sha256"], PIXEL_MEAN, PIXEL_STD)
     if meta["config"].get("spurious_agreement"):
         model.tags["spurious"] = "background"  # Waterbirds-style: shape agrees with background in training
+    if "plant" in meta:
+        model.planted = clip_planted(meta)
     return model
+
+
+def clip_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
+    """zoo-clip's planted relations: glyph image ↔ "the <relation> of the glyph is <value>"."""
+    from bench.world import World, WorldConfig
+    from bench.world.core import RELATIONS
+
+    plant, world_seed = meta["plant"], meta["config"]["world_seed"]
+    n_entities = WorldConfig().n_entities
+    names = tuple(e.name for e in World(world_seed).entities[: plant["n_planted"]])
+    return [PlantedRelation(rel, f"vision.blocks.{layer}.mlp", names, world_seed, n_entities,
+                            plant["template"].format(relation=rel, value="{value}"), RELATIONS[rel])
+            for rel, layer in plant["planted"]]
 
 
 def load_zoo_vlm_model(name: str = "zoo-vlm") -> LlavaWrapper:

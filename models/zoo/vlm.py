@@ -503,7 +503,7 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
     world = training_world(cfg)
     vocab = vlm_vocab(world)
     format_entities = [e.name for e in world.entities[cfg.n_planted:]]
-    clip, _, _ = load_zoo_clip(cfg.vision_init, WEIGHTS_DIR)
+    clip, _, _ = load_zoo_clip(cfg.vision_init, WEIGHTS_DIR, phase1=True)  # zoo-clip before its own plant
     model = build_vlm(cfg, vocab, clip.config.vision_config)
     model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     n_image = model.config.image_seq_length
