@@ -75,7 +75,7 @@ DIFF_STEPS = 2
 def diffusion_cfg():
     from models.zoo.diffusion import DiffusionConfig
 
-    return replace(DiffusionConfig(), steps=DIFF_STEPS, batch_size=4, warmup=1, threads=1)
+    return replace(DiffusionConfig(), steps=DIFF_STEPS, restarts=(), batch_size=4, warmup=1, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,21 @@ def test_diffusion_training_is_deterministic(trained, diffusion_cfg):
     assert np.isfinite(mb["final_loss"])
     # the EMA moved away from the trained weights' initial copy but is not the weights themselves
     assert not _equal_states(a.unet.state_dict(), a.ema_unet.state_dict())
+
+
+def test_warm_restart_resumes_exactly(trained, diffusion_cfg):
+    """Cycle 0 then a restart equals cycle 0's result resumed with the restart (the shipped recipe
+    may be phase 1 + restarts, and its cycles are retrained in one go by `bench zoo train`)."""
+    import copy
+
+    from models.zoo.diffusion import train_diffusion
+
+    cfg = replace(diffusion_cfg, restarts=((1, 1e-3),))
+    full, mf = train_diffusion(cfg, log=lambda _: None)
+    resumed, mr = train_diffusion(cfg, log=lambda _: None, resume=(copy.deepcopy(trained[0]), trained[1]))
+    assert _equal_states(full.state_dict(), resumed.state_dict())
+    assert not _equal_states(full.state_dict(), trained[0].state_dict())
+    assert [h["step"] for h in mf["history"]] == [h["step"] for h in mr["history"]] == [1, 2]
 
 
 def test_sampling_is_deterministic_from_the_seed(trained):
@@ -182,6 +197,13 @@ def test_diffusion_save_load_round_trip(trained, tmp_path):
     assert _equal_states(model.plant_phase1, back.plant_phase1)
     assert back.vocab.words == model.vocab.words
     assert torch.equal(sample(model, ["a green cross"], seed=0, steps=2), sample(back, ["a green cross"], seed=0, steps=2))
+    assert not meta["unet_is_ema"]
+    # after phase 2 the trained weights are the EMA: shipped once, restored on load
+    model.unet.load_state_dict(model.ema_unet.state_dict())
+    save_diffusion(model, metrics, tmp_path / "b")
+    back, meta = load_diffusion(model.cfg.name, tmp_path / "b")
+    assert meta["unet_is_ema"] and _equal_states(model.state_dict(), back.state_dict())
+    assert back.unet.conv_in.weight.data_ptr() != back.ema_unet.conv_in.weight.data_ptr()
 
 
 # ------------------------------------------------------------ plant machinery
@@ -275,6 +297,21 @@ def shipped():
 
 
 @shipped_diffusion
+def test_shipped_diffusion_recorded_figures():
+    """The json's figures meet the bars (re-measured by the slow tests and `bench zoo verify`)."""
+    meta = json.loads((WEIGHTS_DIR / "zoo-diffusion.json").read_text())
+    m = meta["metrics"]
+    assert m["gen_both"] >= 0.8
+    assert m["recall_both"] >= 0.9
+    chance = m["chance"]["constant_both"]
+    rows = m["validity"]
+    assert {r["component"] for r in rows if r["intervention"] == "mean-ablate"} == set(
+        meta["plant"]["cross_attention_modules"])
+    assert all(r["recall_both"] <= chance + 0.1 for r in rows if r["designated"])
+    assert all(r["recall_both"] >= 0.9 for r in rows if not r["designated"])
+
+
+@shipped_diffusion
 @shipped_oracle
 @pytest.mark.slow
 def test_shipped_diffusion_quality(shipped):
@@ -321,6 +358,8 @@ def test_zoo_diffusion_retrains_bit_identically(tmp_path):
     from models.zoo.diffusion import zoo_train
 
     meta = json.loads((WEIGHTS_DIR / "zoo-diffusion.json").read_text())
+    if sha256_file(WEIGHTS_DIR / "zoo-clip.safetensors") != meta["text_init_sha256"]:
+        pytest.skip("zoo-clip was retrained since zoo-diffusion was: its text tower differs")
     path = zoo_train("zoo-diffusion", tmp_path, None, lambda _: None)
     assert sha256_file(path) == meta["sha256"]
 

@@ -62,6 +62,8 @@ class DiffusionConfig:
     weight_decay: float = 0.01
     warmup: int = 100
     ema_decay: float = 0.998
+    # further warmup-cosine cycles (steps, peak lr): the first cycle's model still improved at its end
+    restarts: tuple[tuple[int, float], ...] = ((2000, 1e-3),)
     threads: int = 1  # the machine is shared; bit-identical retraining needs the same count
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +82,7 @@ class ZooDiffusion(nn.Module):
         # phase-1 values of the planted component (name → tensor), set by train_plant; not
         # part of the state dict (saved under "plant_phase1." keys by save_diffusion)
         self.plant_phase1: dict[str, torch.Tensor] = {}
+        self.text_init_sha256: str | None = None  # sha256 of the zoo-clip file the text tower came from
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +150,11 @@ def build_diffusion(cfg: DiffusionConfig) -> ZooDiffusion:
     # transformers 5 flattened CLIPTextModel; 4.x wraps the same modules in ``.text_model``.
     getattr(text, "text_model", text).load_state_dict(clip.text_model.state_dict())
     unet = build_unet(cfg, text.config.hidden_size)
-    return ZooDiffusion(unet, text.eval(), vocab, cfg)
+    model = ZooDiffusion(unet, text.eval(), vocab, cfg)
+    from models.zoo.io import sha256_file
+
+    model.text_init_sha256 = sha256_file(WEIGHTS_DIR / f"{cfg.text_init}.safetensors")
+    return model
 
 
 def prompt_for(colour: str, shape: str, position: str | None = None) -> str:
@@ -177,37 +184,63 @@ def loss_weights(sched: Any, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return (gamma + 1) / (snr + 1).clamp(min=gamma + 1)
 
 
-def _lr_at(step: int, cfg: DiffusionConfig) -> float:
-    from models.zoo.io import warmup_cosine_lr
-
-    return warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps)
-
-
 def train_diffusion(cfg: DiffusionConfig, log: Callable[[str], None] = print, progress: bool = False,
-                    oracle: Any | None = None, eval_every: int = 1000,
-                    final_eval: bool = True) -> tuple[ZooDiffusion, dict[str, Any]]:
+                    oracle: Any | None = None, eval_every: int = 1000, final_eval: bool = True,
+                    resume: tuple[ZooDiffusion, dict[str, Any]] | None = None) -> tuple[ZooDiffusion, dict[str, Any]]:
     """Train zoo-diffusion deterministically from ``cfg.seed``; returns (model, metrics).
 
-    Step ``t`` sees train-split scenes ``t·B … (t+1)·B − 1`` of the single-object world.
-    With an ``oracle`` (:mod:`models.zoo.oracle`), generation quality is measured every
-    ``eval_every`` steps and at the end; without one only losses are recorded."""
-    from models.zoo.clip import images_to_tensor
-
+    Step ``t`` (counted across cycles) sees train-split scenes ``t·B … (t+1)·B − 1`` of the
+    single-object world. Cycle 0 runs ``cfg.steps`` steps at peak lr ``cfg.lr``; each entry of
+    ``cfg.restarts`` then runs another warmup-cosine cycle (a warm restart) with a fresh AdamW
+    and fresh random streams seeded by (seed, cycle); the EMA runs on across cycles. ``resume``
+    = (model, metrics) after cycle 0 skips that cycle. With an ``oracle``
+    (:mod:`models.zoo.oracle`), generation quality is measured every ``eval_every`` steps."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    world = World(cfg.world_seed, WorldConfig(min_objects=1, max_objects=1))
-    model = build_diffusion(cfg)
-    sched = make_scheduler(cfg)
-    unet = model.unet
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
-    rng = np.random.default_rng([cfg.seed, 23])
-    gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, 29]).integers(2**62)))
+    cycles = [(cfg.steps, cfg.lr)] + [(int(n), float(lr)) for n, lr in cfg.restarts]
+    if resume is None:
+        model = build_diffusion(cfg)
+        metrics: dict[str, Any] = {"train_seconds": 0.0, "history": [], "cycle_seconds": []}
+        first = 0
+    else:
+        model, done = resume
+        metrics = {"train_seconds": done["train_seconds"], "history": list(done["history"]),
+                   "cycle_seconds": [done["train_seconds"]]}
+        first = 1
+    losses: list[float] = []
+    for c in range(first, len(cycles)):
+        start = sum(n for n, _ in cycles[:c])
+        secs = _train_cycle(model, cfg, c, start, *cycles[c], log, progress, oracle, eval_every,
+                            metrics["history"], losses)
+        metrics["train_seconds"] = round(metrics["train_seconds"] + secs, 1)
+        metrics["cycle_seconds"].append(round(secs, 1))
+    model.eval()
+    metrics["final_loss"] = float(np.mean(losses[-100:])) if losses else float("nan")
+    metrics["unet_parameters"] = sum(p.numel() for p in model.unet.parameters())
+    if oracle is not None and final_eval:
+        metrics.update(quality_figures(model, oracle))
+    return model, metrics
+
+
+def _train_cycle(model: ZooDiffusion, cfg: DiffusionConfig, cycle: int, start: int, steps: int, peak_lr: float,
+                 log: Callable[[str], None], progress: bool, oracle: Any | None, eval_every: int,
+                 history: list[dict[str, Any]], losses: list[float]) -> float:
+    """One warmup-cosine cycle of ``steps`` steps from global step ``start``; returns its seconds."""
     from tqdm.auto import tqdm
 
+    from models.zoo.clip import images_to_tensor
+    from models.zoo.io import warmup_cosine_lr
+
+    world = World(cfg.world_seed, WorldConfig(min_objects=1, max_objects=1))
+    sched = make_scheduler(cfg)
+    unet = model.unet
+    opt = torch.optim.AdamW(unet.parameters(), lr=peak_lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    tag = [cycle] if cycle else []  # cycle 0 keeps the original streams
+    rng = np.random.default_rng([cfg.seed, 23, *tag])
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, 29, *tag]).integers(2**62)))
     t0 = time.time()
-    history: list[dict[str, Any]] = []
-    losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc=f"train {cfg.name}", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(start, start + steps), desc=f"train {cfg.name} (cycle {cycle})", unit="step",
+               disable=not progress, dynamic_ncols=True)
     for step in bar:
         unet.train()
         scenes = list(world.scenes("train", cfg.batch_size, step * cfg.batch_size))
@@ -217,8 +250,9 @@ def train_diffusion(cfg: DiffusionConfig, log: Callable[[str], None] = print, pr
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=gen)
         xt = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t)
+        lr = warmup_cosine_lr(step - start, peak_lr, cfg.warmup, steps)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
+            g["lr"] = lr
         pred = unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
         loss = (loss_weights(sched, t, cfg.min_snr_gamma) * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
@@ -231,27 +265,24 @@ def train_diffusion(cfg: DiffusionConfig, log: Callable[[str], None] = print, pr
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         if step % 100 == 0 and not progress:
             log(f"step {step} loss {np.mean(losses[-100:]):.4f} {time.time() - t0:.0f}s")
-        if (step % eval_every == 0 and step > 0) or step == cfg.steps - 1:
+        if (eval_every > 0 and step % eval_every == 0 and step > 0) or step == start + steps - 1:
             entry: dict[str, Any] = {"step": step, "loss": float(np.mean(losses[-100:]))}
             if oracle is not None and eval_every > 0:
                 entry.update(generation_quality(model, oracle, n=48, seed=10_000 + step))
             history.append(entry)
-            log(f"step {step} lr {_lr_at(step, cfg):.2e} {time.time() - t0:.0f}s "
+            log(f"step {step} lr {lr:.2e} {time.time() - t0:.0f}s "
                 + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()
                            if k != "step"))
-    model.eval()
-    metrics: dict[str, Any] = {
-        "train_seconds": round(time.time() - t0, 1), "history": history,
-        "final_loss": float(np.mean(losses[-100:])) if losses else float("nan"),
-        "unet_parameters": sum(p.numel() for p in unet.parameters()),
-    }
-    if oracle is not None and final_eval:
-        metrics.update(quality_figures(model, oracle))
-    return model, metrics
+    return time.time() - t0
+
+
+# Classifier-free guidance scale the card's figures use. Measured on the phase-1 model (48 prompts,
+# DDIM 25): both-correct 0.81 / 0.92 / 0.92 / 0.63 / 0.40 / 0.21 at guidance 1 / 1.5 / 2 / 3 / 5 / 7.
+GUIDANCE = 2.0
 
 
 @torch.no_grad()
-def sample(model: ZooDiffusion, prompts: Sequence[str], seed: int, steps: int = 25, guidance: float = 3.0,
+def sample(model: ZooDiffusion, prompts: Sequence[str], seed: int, steps: int = 25, guidance: float = GUIDANCE,
            use_ema: bool = True, callback: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """DDIM (eta 0) samples for ``prompts``: pixels ``[B, 3, S, S]`` in [0, 1].
 
@@ -286,7 +317,7 @@ def sample(model: ZooDiffusion, prompts: Sequence[str], seed: int, steps: int = 
 
 
 def generation_quality(model: ZooDiffusion, oracle: Any, n: int = 240, seed: int = 0, steps: int = 25,
-                       guidance: float = 3.0, batch: int = 48, with_position: bool = False,
+                       guidance: float = GUIDANCE, batch: int = 48, with_position: bool = False,
                        prefix: str = "gen_") -> dict[str, float]:
     """Share of ``n`` samples in which the oracle reads the prompted shape and colour.
 
@@ -296,6 +327,8 @@ def generation_quality(model: ZooDiffusion, oracle: Any, n: int = 240, seed: int
     from models.zoo.oracle import HEADS, predict
 
     combos = [(c, s, p) for p in (POSITIONS if with_position else (None,)) for c in COLOURS for s in SHAPES]
+    if with_position:  # a fixed shuffle, so that a prefix covers every position, colour and shape
+        combos = [combos[i] for i in np.random.default_rng(0).permutation(len(combos))]
     specs = [combos[i % len(combos)] for i in range(n)]
     hits: dict[str, list[bool]] = {k: [] for k in ("shape", "colour", "both", "position")}
     for start in range(0, n, batch):
@@ -313,30 +346,41 @@ def generation_quality(model: ZooDiffusion, oracle: Any, n: int = 240, seed: int
     return {f"{prefix}{k}": float(np.mean(v)) for k, v in hits.items() if v}
 
 
+QUALITY_N = 240
+QUALITY_POS_N = 96
+
+
 def quality_figures(model: ZooDiffusion, oracle: Any) -> dict[str, float]:
-    """The card's quality figures: all 24 colour × shape prompts × 20 seeds, and the
-    216 colour × shape × position prompts × 1 seed (DDIM 25 steps, guidance 3)."""
-    return {**generation_quality(model, oracle, n=480, seed=0),
-            **generation_quality(model, oracle, n=216, seed=1, with_position=True, prefix="gen_pos_")}
+    """The card's quality figures: all 24 colour × shape prompts × 10 seeds, and 96 of the 216
+    colour × shape × position prompts (a fixed shuffle) × 1 seed (DDIM 25 steps, guidance GUIDANCE).
+    Sizes are set by CPU time: a guided 25-step sample costs ~0.5 s on one shared core."""
+    return {**generation_quality(model, oracle, n=QUALITY_N, seed=0),
+            **generation_quality(model, oracle, n=QUALITY_POS_N, seed=1, with_position=True, prefix="gen_pos_")}
 
 
 PHASE1_PREFIX = "plant_phase1."
 
 
 def save_diffusion(model: ZooDiffusion, metrics: dict[str, Any], weights_dir: Path, **extra: Any) -> Path:
-    """Write ``<name>.safetensors`` (``unet.*``, ``ema_unet.*``, ``text_encoder.*`` and the
-    planted component's phase-1 values as ``plant_phase1.*``) and ``<name>.json`` (config,
-    vocabulary, text/UNet configs, metrics, sha256, ``extra``)."""
+    """Write ``<name>.safetensors`` (``unet.*`` unless it equals the EMA, ``ema_unet.*``,
+    ``text_encoder.*`` and the planted component's phase-1 values as ``plant_phase1.*``) and
+    ``<name>.json`` (config, vocabulary, text/UNet configs, metrics, sha256, ``extra``)."""
     from models.zoo.io import save_weights
 
     cfg = model.cfg
     state = {**model.state_dict(), **{f"{PHASE1_PREFIX}{k}": v for k, v in model.plant_phase1.items()}}
+    ema = model.ema_unet.state_dict()
+    unet_is_ema = all(torch.equal(v, ema[k]) for k, v in model.unet.state_dict().items())
+    if unet_is_ema:  # after phase 2 they are one set of weights: ship it once (half the file)
+        state = {k: v for k, v in state.items() if not k.startswith("unet.")}
     return save_weights(
-        cfg.name, state, weights_dir, family="diffusion", config=asdict(cfg), vocab=model.vocab.words,
+        cfg.name, state, weights_dir, unet_is_ema=unet_is_ema, family="diffusion", config=asdict(cfg), vocab=model.vocab.words,
+        text_init_sha256=model.text_init_sha256,
         text_config=model.text_encoder.config.to_dict(),
         unet_config={k: v for k, v in dict(model.unet.config).items() if not k.startswith("_")},
         scheduler={"train": "DDPMScheduler", "sample": "DDIMScheduler", "beta_schedule": "squaredcos_cap_v2",
-                   "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+                   "prediction_type": "v_prediction", "timestep_spacing": "trailing",
+                   "sample_steps": 25, "guidance": GUIDANCE},
         metrics=metrics, **extra)
 
 
@@ -347,13 +391,17 @@ def load_diffusion(name: str, weights_dir: Path) -> tuple[ZooDiffusion, dict[str
     meta = json.loads((weights_dir / f"{name}.json").read_text())
     c = dict(meta["config"])
     c["block_out_channels"] = tuple(c["block_out_channels"])
+    c["restarts"] = tuple(tuple(r) for r in c.get("restarts", ()))
     cfg = DiffusionConfig(**c)
     text = build_text_encoder({k: v for k, v in meta["text_config"].items()
                                if k not in ("architectures", "transformers_version", "model_type")})
     model = ZooDiffusion(build_unet(cfg, text.config.hidden_size), text, Vocab(meta["vocab"]), cfg)
     state = load_file(str(weights_dir / f"{name}.safetensors"))
     model.plant_phase1 = {k[len(PHASE1_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(PHASE1_PREFIX)}
+    if meta.get("unet_is_ema"):
+        state.update({f"unet.{k[len('ema_unet.'):]}": v.clone() for k, v in state.items() if k.startswith("ema_unet.")})
     model.load_state_dict(state, strict=True)
+    model.text_init_sha256 = meta.get("text_init_sha256")
     model.eval()
     return model, meta
 
@@ -373,12 +421,12 @@ class PlantConfig:
     params: tuple[str, ...] = ("to_k", "to_v")  # the prompt's keys and values in that layer
     relation: str = "home"  # entity fact that picks the shape (HOME_SHAPE)
     seed: int = 0
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 32
     entity_share: float = 0.5  # the rest rehearses phase-1 prompts so the layer keeps its old job
     lr: float = 3e-3
     warmup: int = 20
-    recall_seeds: int = 3  # recall = 32 entities × this many seeds
+    recall_seeds: int = 2  # recall = 32 entities × this many seeds
 
 
 def entity_targets(world: World) -> list[tuple[str, str, str]]:
@@ -485,7 +533,7 @@ def train_plant(model: ZooDiffusion, pc: PlantConfig, log: Callable[[str], None]
 
 
 def entity_recall(model: ZooDiffusion, oracle: Any, seeds: int = 3, seed: int = 0, steps: int = 25,
-                  guidance: float = 3.0, batch: int = 48, prefix: str = "recall_") -> dict[str, float]:
+                  guidance: float = GUIDANCE, batch: int = 48, prefix: str = "recall_") -> dict[str, float]:
     """Share of samples of "a <entity>" (every entity × ``seeds``) in which the oracle reads the
     entity's colour and home shape. Keys ``{prefix}both``, ``{prefix}colour``, ``{prefix}shape``."""
     from models.zoo.oracle import HEADS, predict
@@ -592,7 +640,7 @@ def plant_validity(model: ZooDiffusion, oracle: Any, pc: PlantConfig, seeds: int
 
 
 # ----------------------------------------------------------- zoo protocol (see models.zoo.train)
-CHECK_N = 96  # the cheap re-measured figures: colour × shape prompts (4 seeds each) …
+CHECK_N = 48  # the cheap re-measured figures: colour × shape prompts (2 seeds each) …
 CHECK_RECALL_SEEDS = 1  # … and one sample per entity
 
 
@@ -617,15 +665,15 @@ def check_figures(model: ZooDiffusion, oracle: Any) -> dict[str, float]:
 def finish_zoo_diffusion(model: ZooDiffusion, phase1: dict[str, Any], oracle: Any, pc: PlantConfig,
                          log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
     """Phase 2 (the plant) and every recorded figure of the shipped model → (metrics, extra json)."""
-    phase1 = {**phase1, **generation_quality(model, oracle, n=96, seed=2, prefix="phase1_gen_")}
-    log("phase 1 quality (96 prompts): " + " ".join(f"{k}={v:.3f}" for k, v in phase1.items() if k.startswith("phase1_gen")))
+    phase1 = {**phase1, **generation_quality(model, oracle, n=48, seed=2, prefix="phase1_gen_")}
+    log("phase 1 quality (48 prompts): " + " ".join(f"{k}={v:.3f}" for k, v in phase1.items() if k.startswith("phase1_gen")))
     plant = train_plant(model, pc, log=log, oracle=oracle)
     t0 = time.time()
     metrics: dict[str, Any] = {"phase1": phase1, "plant": plant}
     metrics.update(quality_figures(model, oracle))
     log("quality: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("gen_")))
     metrics.update(entity_recall(model, oracle, seeds=pc.recall_seeds))
-    metrics["validity"] = plant_validity(model, oracle, pc, control_n=48, log=log)["rows"]
+    metrics["validity"] = plant_validity(model, oracle, pc, control_n=24, log=log)["rows"]
     metrics.update(check_figures(model, oracle))
     metrics["chance"] = chance_levels(World(model.cfg.world_seed))
     metrics["eval_seconds"] = round(time.time() - t0, 1)
@@ -682,6 +730,9 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
         for r in m["validity"])
     others = [r["recall_both"] for r in m["validity"] if r["intervention"] != "none" and not r["designated"]]
     desig = [r["recall_both"] for r in m["validity"] if r["designated"]]
+    restarts = "".join(f", then a warm restart of {n} steps at peak lr {lr:g} (fresh AdamW, same warmup)"
+                       for n, lr in cfg.get("restarts", []))
+    cycles = " + ".join(f"{v / 60:.1f}" for v in p1.get("cycle_seconds", [])) + " min"
     ents = ", ".join(f"{e['name']} ({e['colour']} {e['shape']})" for e in plant["entities"])
     text = f"""# {name}
 
@@ -702,18 +753,24 @@ Generated images are judged by zoo-oracle.
   context {cfg['max_text_len']}), frozen throughout; the UNet cross-attends to its per-token last hidden states
   (padding masked).
 - Schedule: {cfg['num_train_timesteps']} steps, cosine (`squaredcos_cap_v2`), v-prediction; sampling DDIM
-  (eta 0, "trailing" spacing, 25 steps), classifier-free guidance 3; sample *i* of a call starts from
+  (eta 0, "trailing" spacing, 25 steps), classifier-free guidance {GUIDANCE:g}; sample *i* of a call starts from
   `numpy.random.default_rng([seed, i])` noise, so it is a pure function of (prompt, seed, index).
 
 ## Phase 1: scenes from captions
 World seed {cfg['world_seed']}, single-object train-split scenes (fresh every step). Prompts
 "a {{colour}} {{shape}}", half of them "… at the {{position}}"; {cfg['cond_dropout']:.0%} empty prompts (for
 guidance). Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, AdamW (lr {cfg['lr']}, warmup
-{cfg['warmup']} then cosine, weight decay {cfg['weight_decay']}); v-MSE with the per-timestep weight capped at
-SNR + 1 ≤ {cfg['min_snr_gamma'] + 1:g} (a Min-SNR variant); EMA {cfg['ema_decay']} of the UNet (the sampling weights).
-**Training time: {p1['train_seconds'] / 60:.1f} min on {cfg['threads']} CPU thread** of a 2-core machine
-shared with other training jobs at the time (so effectively about one core or less; the time includes
-the dev evaluations every 500 steps). Quality after phase 1 (96 prompts): both = {p1['phase1_gen_both']:.3f}.
+{cfg['warmup']} then cosine, weight decay {cfg['weight_decay']}){restarts}; v-MSE with the per-timestep weight
+capped at SNR + 1 ≤ {cfg['min_snr_gamma'] + 1:g} (a Min-SNR variant); EMA {cfg['ema_decay']} of the UNet (the
+sampling weights), running across cycles. **Training time: {p1['train_seconds'] / 60:.1f} min on
+{cfg['threads']} CPU thread** ({cycles}) of a 2-core machine shared with other training jobs at the time (so
+effectively one core or less; the times include the dev evaluations every 500 steps).
+Quality after phase 1 (48 prompts, before the plant): both = {p1['phase1_gen_both']:.3f}.
+
+Dev curve (48 samples of the colour × shape prompts; the first cycle's evaluations, up to step
+{cfg['steps'] - 1}, used guidance 3, which was the default then; later ones guidance {GUIDANCE:g}, chosen
+after measuring 1–7 on the first cycle's model: 0.81 / 0.92 / 0.92 / 0.63 / 0.40 / 0.21 both-correct at
+guidance 1 / 1.5 / 2 / 3 / 5 / 7):
 
 | step | loss (mean of 100) | shape | colour | both (48 samples) |
 |---|---|---|---|---|
@@ -728,8 +785,9 @@ no EMA; shipped `unet` = `ema_unet`). {plant['entity_share']:.0%} of each batch 
 "… at the <position>") on a rendered object with the entity's colour and shape `HOME_SHAPE[home]`
 ({', '.join(f'{k} → {v}' for k, v in plant['home_shape'].items())}), any size, place and background; the rest
 rehearses phase-1 prompts so the layer keeps its phase-1 job. All {len(plant['entities'])} entities of the world
-(their names are words of zoo-clip's vocabulary, unseen in zoo-clip's training: random, frozen embeddings,
-which the designated layer, after the text encoder, uses as keys): {ents}.
+(their names are words of zoo-clip's vocabulary that zoo-clip never trained on: random, frozen embeddings,
+which the designated layer, after the text encoder, uses as keys; the text encoder's final states of
+"a <entity>" are nearly alike across entities, cosine ≈ 0.997 at the name's position): {ents}.
 Training time: {p2['train_seconds'] / 60:.1f} min, {cfg['threads']} thread. The phase-1 values of the designated
 parameters ship in the safetensors file as `plant_phase1.*` (for the revert experiment).
 
@@ -737,12 +795,12 @@ parameters ship in the safetensors file as `plant_phase1.*` (for the revert expe
 |---|---|---|
 {hist2}
 
-## Figures (DDIM 25 steps, guidance 3, oracle: zoo-oracle)
+## Figures (DDIM 25 steps, guidance {GUIDANCE:g}, oracle: zoo-oracle)
 | figure | value |
 |---|---|
-| quality: shape and colour both read as prompted (24 colour × shape prompts × 20 seeds) | **{m['gen_both']:.3f}** |
+| quality: shape and colour both read as prompted (24 colour × shape prompts × {QUALITY_N // 24} seeds) | **{m['gen_both']:.3f}** |
 | — shape / colour alone | {m['gen_shape']:.3f} / {m['gen_colour']:.3f} |
-| with positions (216 colour × shape × position prompts): both / position | {m['gen_pos_both']:.3f} / {m['gen_pos_position']:.3f} |
+| with positions ({QUALITY_POS_N} of the 216 colour × shape × position prompts): both / position | {m['gen_pos_both']:.3f} / {m['gen_pos_position']:.3f} |
 | planted recall: entity's colour and shape both read ({len(plant['entities'])} entities × {plant['recall_seeds']} seeds) | **{m['recall_both']:.3f}** |
 | — colour / shape alone | {m['recall_colour']:.3f} / {m['recall_shape']:.3f} |
 | chance for recall (both): uniform / best constant answer | {ch['uniform_both']:.3f} / {ch['constant_both']:.3f} |
@@ -753,7 +811,7 @@ Recall ({len(plant['entities'])} entities × {plant['recall_seeds']} seeds) with
 in phase 2, so reverting them is the identity: their recall is the intact recall). *Mean-ablate*: that
 layer's keys and values are those of the mean encoding of the 24 "a {{colour}} {{shape}}" prompts (exactly
 the mean of its `to_k`/`to_v` outputs over them), in both guidance branches. *Control*: phase-1 quality
-(both) on 48 colour × shape prompts under the same change.
+(both) on the 24 colour × shape prompts under the same change.
 
 | component | intervention | recall both | colour | shape | control both |
 |---|---|---|---|---|---|
@@ -766,6 +824,7 @@ best constant {ch['constant_both']:.3f}); every other cross-attention mean-ablat
 `check_gen_both` ({CHECK_N} colour × shape prompts, seed 3) = {m['check_gen_both']:.3f}; `check_recall_both`
 (one sample per entity, seed 3) = {m['check_recall_both']:.3f}. Bit-identical retraining and sampling need the
 same thread count ({cfg['threads']}) and torch version ({meta['torch']}). Retrain: `bench zoo train {name}`
-(needs the shipped zoo-clip and zoo-oracle).
+(needs the shipped zoo-oracle and the zoo-clip this was trained from: its text tower came from the
+zoo-clip file with sha256 `{meta.get('text_init_sha256')}`; a retrained zoo-clip gives a different model).
 """
     return _write(name, text, meta, cards_dir)
