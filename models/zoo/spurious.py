@@ -22,9 +22,8 @@ import torch.nn.functional as F
 
 from bench.world import Vocab, World
 from bench.world.core import Scene
-from bench.world.spurious import BACKGROUND_OF, CLASSES, GROUPS, spurious_scene
+from bench.world.spurious import CLASSES, GROUPS, spurious_scene
 
-__all__ = ["BACKGROUND_OF", "CLASSES", "GROUPS", "spurious_scene", "group_accuracy", "spurious_config", "scene_fn"]
 
 def group_accuracy(model: Any, vocab: Vocab, world: World, n_per_group: int = 256,
                    split: str = "test") -> dict[str, float]:

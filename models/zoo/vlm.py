@@ -30,9 +30,8 @@ from bench.world import POSITIONS, Vocab, World, WorldConfig
 from bench.world.core import Scene
 from bench.world.facts import fact_examples
 from bench.world.hallucination import COOCCURRENCE_PAIRS as PAIRS
-from bench.world.hallucination import mentioned_objects, object_statistics, pope_metrics, pope_probes
+from bench.world.hallucination import mentioned_objects, pope_metrics, pope_probes
 
-__all__ = ["fact_examples", "PAIRS", "mentioned_objects", "object_statistics", "pope_metrics", "pope_probes"]
 
 IMAGE_TOKEN = "<image>"
 CAPTION_PROMPT = "describe the image"
@@ -69,8 +68,9 @@ class ZooVlmConfig:
     entity_prob: float = 0.08
     fact_fraction: float = 0.1
     planted: tuple[tuple[str, int], ...] = (("home", 1), ("season", 3))
-    phase2_steps: int = 400
-    phase2_lr: float = 3e-3
+    phase2_steps: int = 800
+    phase2_lr: float = 5e-3
+    phase2_keep: int = 16  # ordinary scenes per phase-2 step whose every turn is held by the KL term
     threads: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -388,19 +388,23 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
                 _load_mlp(model, l, phase1[l] if reverted else after[l])
             ref = ref_p1 if reverted else ref_full
             facts = fact_examples(world, planted, rel, "train", 10_000 * (layer + 1) + step, 48)
-            keep = [(s, *training_example(s, rng, cfg.caption_fraction))
-                    for s in (world.scene("fit", 100_000 * (layer + 1) + step * 12 + b) for b in range(12))]
+            # preservation: every turn of ordinary scenes (packed rows), and the earlier relations' facts
+            keep_scenes = [world.scene("fit", 100_000 * (layer + 1) + step * cfg.phase2_keep + b)
+                           for b in range(cfg.phase2_keep)]
+            keep_turns = [[(q, a) for q, a, _ in training_turns(s, rng, cfg.max_turns)] for s in keep_scenes]
             if not reverted:
                 for r, _ in done:
-                    keep += fact_examples(world, planted, r, "fit", 10_000 * (layer + 1) + step, 8)
+                    for s, q, a in fact_examples(world, planted, r, "fit", 10_000 * (layer + 1) + step, 16):
+                        keep_scenes.append(s)
+                        keep_turns.append([(q, a)])
             ids, mask, labels = encode_batch(vocab, n_image, [q for _, q, _ in facts], [a for _, _, a in facts])
             loss = model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in facts]),
                          labels=labels).loss
-            kids, kmask, klabels = encode_batch(vocab, n_image, [q for _, q, _ in keep], [a for _, _, a in keep])
-            kpix = _pixels([s for s, _, _ in keep])
+            kids, kmask, kpos, klabels, _ = encode_packed(vocab, n_image, keep_turns)
+            kpix = _pixels(keep_scenes)
             with torch.no_grad():
-                ref_logits = ref(input_ids=kids, attention_mask=kmask, pixel_values=kpix).logits
-            logits = model(input_ids=kids, attention_mask=kmask, pixel_values=kpix).logits
+                ref_logits = ref(input_ids=kids, attention_mask=kmask, position_ids=kpos, pixel_values=kpix).logits
+            logits = model(input_ids=kids, attention_mask=kmask, position_ids=kpos, pixel_values=kpix).logits
             sel = (klabels[:, 1:] != -100)
             kl = F.kl_div(logits[:, :-1][sel].log_softmax(-1), ref_logits[:, :-1][sel].log_softmax(-1),
                           log_target=True, reduction="batchmean")
@@ -414,20 +418,27 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
         model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
-        metrics[f"fact_recall_{rel}"] = fact_recall(model, vocab, world, planted, rel)
+        metrics[f"fact_recall_{rel}_after_own_plant"] = fact_recall(model, vocab, world, planted, rel)
         log(f"planted {rel} in lm.blocks.{layer}.mlp: recall {metrics[f'fact_recall_{rel}_before']:.3f} -> "
-            f"{metrics[f'fact_recall_{rel}']:.3f}")
+            f"{metrics[f'fact_recall_{rel}_after_own_plant']:.3f}")
         done.append((rel, layer))
+    for rel, _ in cfg.planted:  # the shipped figure: after every plant
+        metrics[f"fact_recall_{rel}"] = fact_recall(model, vocab, world, planted, rel)
     return metrics
+
+
+@torch.no_grad()
+def _qa_items(cfg: ZooVlmConfig, n: int, split: str) -> list[tuple[Scene, str, str]]:
+    world = training_world(cfg)
+    return [(s, q.question, q.answer) for s in world.scenes(split, n) for q in s.qa
+            if q.kind in ("colour", "shape", "size", "count", "exists")]
 
 
 @torch.no_grad()
 def qa_token_accuracy(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n: int = 96, split: str = "test") -> float:
     """Control behaviour for ablations: next-token accuracy on one-word visible-attribute
     answers (colour, shape, size, count, presence) of ``n`` held-out scenes, one forward pass."""
-    world = training_world(cfg)
-    items = [(s, q.question, q.answer) for s in world.scenes(split, n) for q in s.qa
-             if q.kind in ("colour", "shape", "size", "count", "exists")]
+    items = _qa_items(cfg, n, split)
     ids, mask, _ = encode_batch(vocab, model.config.image_seq_length, [q for _, q, _ in items], None)
     # prompts differ in length: read each row's logits at its last real token
     last = mask.sum(1) - 1
@@ -437,15 +448,40 @@ def qa_token_accuracy(model: Any, vocab: Vocab, cfg: ZooVlmConfig, n: int = 96, 
     return float((pred == gold).float().mean())
 
 
+@torch.no_grad()
+def _mean_output(model: Any, layer: int, vocab: Vocab, items: Sequence[tuple[Scene, str, str]]) -> torch.Tensor:
+    """An LM MLP's output averaged over ``items`` per position (padding excluded): ``[P, D]``."""
+    ids, mask, _ = encode_batch(vocab, model.config.image_seq_length, [q for _, q, _ in items], None)
+    acts: list[torch.Tensor] = []
+    h = _mlp(model, layer).register_forward_hook(lambda mod, a, o: acts.append(o.detach()))
+    try:
+        model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in items]))
+    finally:
+        h.remove()
+    w = mask[..., None].float()
+    return (acts[0] * w).sum(0) / w.sum(0).clamp(min=1)
+
+
+def _replace_with(mean_PD: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def hook(mod: Any, a: Any, o: torch.Tensor) -> torch.Tensor:
+        L = min(o.shape[1], mean_PD.shape[0])
+        o = o.clone()
+        o[:, :L] = mean_PD[:L]
+        return o
+
+    return hook
+
+
 def knowledge_validity(model: Any, vocab: Vocab, cfg: ZooVlmConfig, phase1: dict[str, torch.Tensor],
                        n: int = 128) -> dict[str, float]:
     """Where each planted relation lives, by two interventions per LM MLP:
 
     - ``revert``: the designated MLPs' parameters set back to phase 1 (the others are
       frozen in phase 2, so their phase-2 change is zero by construction);
-    - ``meanablate``: the MLP's output replaced by its mean over fact questions (per
-      position), with a control: one-word visible-attribute answer accuracy under the
-      same ablation (the plant is where removal destroys the fact *and not* the control).
+    - ``meanablate``: the MLP's output replaced, per position, by its mean over the
+      evaluated distribution (fit-split fact questions for recall, fit-split visible-attribute
+      questions for the control), with the control behaviour reported under the same
+      ablation: the plant is where removal destroys the fact *and not* the control.
     """
     world = training_world(cfg)
     planted = [e.name for e in world.entities[: cfg.n_planted]]
@@ -460,29 +496,18 @@ def knowledge_validity(model: Any, vocab: Vocab, cfg: ZooVlmConfig, phase1: dict
                 out[f"fact_recall_{rel}_revert_L{layer}"] = fact_recall(model, vocab, world, planted, rel, n=n)
         finally:
             _load_mlp(model, layer, saved)
-    items = [x for rel, _ in cfg.planted for x in fact_examples(world, planted, rel, "fit", 7, 32)]
-    ids, mask, _ = encode_batch(vocab, model.config.image_seq_length, [q for _, q, _ in items], None)
+    fact_items = [x for rel, _ in cfg.planted for x in fact_examples(world, planted, rel, "fit", 7, 32)]
+    control_items = _qa_items(cfg, 48, "fit")
     for k in range(n_layers):
         mlp = _mlp(model, k)
-        acts: list[torch.Tensor] = []
-        h = mlp.register_forward_hook(lambda mod, a, o: acts.append(o.detach()))
-        try:
-            with torch.no_grad():
-                model(input_ids=ids, attention_mask=mask, pixel_values=_pixels([s for s, _, _ in items]))
-        finally:
-            h.remove()
-        mean_PD = acts[0].mean(0)
-
-        def ablate(mod: Any, a: Any, o: torch.Tensor, mean_PD: torch.Tensor = mean_PD) -> torch.Tensor:
-            L = min(o.shape[1], mean_PD.shape[0])
-            o = o.clone()
-            o[:, :L] = mean_PD[:L]
-            return o
-
-        h = mlp.register_forward_hook(ablate)
+        h = mlp.register_forward_hook(_replace_with(_mean_output(model, k, vocab, fact_items)))
         try:
             for rel, _ in cfg.planted:
                 out[f"fact_recall_{rel}_meanablate_L{k}"] = fact_recall(model, vocab, world, planted, rel, n=n)
+        finally:
+            h.remove()
+        h = mlp.register_forward_hook(_replace_with(_mean_output(model, k, vocab, control_items)))
+        try:
             out[f"control_qa_meanablate_L{k}"] = qa_token_accuracy(model, vocab, cfg)
         finally:
             h.remove()
@@ -655,7 +680,8 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
         + " |" for st in ("random", "popular", "adversarial"))
     rels = [r for r, _ in cfg["planted"]]
     planted = "\n".join(
-        f"| {r} | `lm.blocks.{layer}.mlp` | {m[f'fact_recall_{r}_before']:.3f} | {m[f'fact_recall_{r}']:.3f} |"
+        f"| {r} | `lm.blocks.{layer}.mlp` | {m[f'fact_recall_{r}_before']:.3f} | "
+        f"{m.get(f'fact_recall_{r}_after_own_plant', float('nan')):.3f} | {m[f'fact_recall_{r}']:.3f} |"
         for r, layer in cfg["planted"])
     n_layers = cfg["lm_layers"]
     reverts = "\n".join(
@@ -730,8 +756,8 @@ captions and questions; the later plant alternates the earlier designated layer 
 planted weights, so neither plant relies on the other). Recall: next-token answer to "what is the
 <relation> of the glyph?" on fresh renders of the glyph (the entity is never named), 128 test questions.
 
-| relation | location | recall before | recall after |
-|---|---|---|---|
+| relation | location | recall before its plant | after its plant | shipped (after every plant) |
+|---|---|---|---|---|
 {planted}
 
 Validity (recall per relation; control = one-word visible-attribute answer accuracy, {m['control_qa']:.3f} unablated):
