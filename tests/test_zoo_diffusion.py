@@ -221,13 +221,19 @@ def test_entity_targets_are_words_of_the_vocab_and_oracle_readable(trained):
         assert colour in HEADS["colour"] and shape in HEADS["shape"]
 
 
-def test_plant_trains_only_the_designated_component_deterministically(trained):
+@pytest.mark.parametrize("tower,module,params", [
+    ("text", "encoder.layers.0.mlp", ("fc1", "fc2")),
+    ("unet", "up_blocks.1.attentions.1.transformer_blocks.0.attn2", ("to_k", "to_v")),
+])
+def test_plant_trains_only_the_designated_component_deterministically(trained, tower, module, params):
     import copy
 
     from models.zoo.diffusion import PlantConfig, plant_params, reverted, train_plant
 
-    pc = PlantConfig(steps=2, batch_size=4, warmup=1)
+    pc = PlantConfig(tower=tower, module=module, params=params, steps=2, batch_size=4, warmup=1)
     base, _ = trained
+    base = copy.deepcopy(base)
+    base.unet.load_state_dict(base.ema_unet.state_dict())
     runs = []
     for _ in range(2):
         m = copy.deepcopy(base)
@@ -236,16 +242,21 @@ def test_plant_trains_only_the_designated_component_deterministically(trained):
     a, b = runs
     assert _equal_states(a.state_dict(), b.state_dict())
     designated = set(plant_params(a, pc))
-    assert designated == {f"{pc.module}.to_k.weight", f"{pc.module}.to_v.weight"}
-    before = base.ema_unet.state_dict()
-    after = a.ema_unet.state_dict()
-    assert _equal_states(a.unet.state_dict(), after)
+    assert all(k.startswith(f"{module}.") for k in designated)
+    assert {k.rsplit(".", 2)[-2] for k in designated} == set(params)
+    prefix = "text_encoder." if tower == "text" else "ema_unet."
+    before, after = base.state_dict(), a.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == designated
-    assert _equal_states(a.plant_phase1, {k: before[k] for k in designated})
+    want = {prefix + k for k in designated}
+    if tower == "unet":
+        want |= {"unet." + k for k in designated}
+    assert changed == want
+    assert _equal_states(a.unet.state_dict(), a.ema_unet.state_dict())
+    assert _equal_states(a.plant_phase1, {k: before[prefix + k] for k in designated})
     with reverted(a, pc):
-        assert _equal_states(a.ema_unet.state_dict(), before)
-    assert _equal_states(a.ema_unet.state_dict(), after)
+        assert _equal_states({k: v for k, v in a.state_dict().items() if not k.startswith("unet.")},
+                             {k: v for k, v in before.items() if not k.startswith("unet.")})
+    assert _equal_states(a.state_dict(), after)
 
 
 def test_mean_ablation_is_the_mean_of_keys_and_values(trained):
@@ -268,6 +279,20 @@ def test_mean_ablation_is_the_mean_of_keys_and_values(trained):
     # the hook is gone afterwards
     with torch.no_grad():
         model.ema_unet(x, 500, encoder_hidden_states=hid, encoder_attention_mask=mask)
+    # a text MLP: its output at every position is its mean over the reference prompts
+    mlp = model.text_encoder.get_submodule("encoder.layers.1.mlp")
+
+    def outputs(prompts):  # the MLP's output as the next module sees it (after any ablation hook)
+        got = []
+        h = mlp.register_forward_hook(lambda m, i, o: got.append(o))
+        model.encode_prompts(prompts)
+        h.remove()
+        return got[0]
+
+    ref = outputs(reference_prompts()).mean(0, keepdim=True)
+    with mean_ablated(model, "encoder.layers.1.mlp", "text"):
+        assert torch.allclose(outputs(["a red circle", "a kazope"]), ref.expand(2, -1, -1))
+    assert not torch.allclose(outputs(["a red circle"]), ref)
 
 
 # ------------------------------------------------------------ shipped weights
@@ -306,7 +331,7 @@ def test_shipped_diffusion_recorded_figures():
     chance = m["chance"]["constant_both"]
     rows = m["validity"]
     assert {r["component"] for r in rows if r["intervention"] == "mean-ablate"} == set(
-        meta["plant"]["cross_attention_modules"])
+        meta["plant"]["same_kind_modules"])
     assert all(r["recall_both"] <= chance + 0.1 for r in rows if r["designated"])
     assert all(r["recall_both"] >= 0.9 for r in rows if not r["designated"])
 
@@ -339,11 +364,12 @@ def test_shipped_plant_validity(shipped):
     assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] >= 0.9
     with reverted(model, pc):
         assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] <= chance + 0.1
-    with mean_ablated(model, pc.module):
+    with mean_ablated(model, pc.module, pc.tower):
         assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] <= chance + 0.1
-    other = "down_blocks.3.attentions.0.transformer_blocks.0.attn2"
-    with mean_ablated(model, other):
-        assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] >= 0.9
+    for other in meta["plant"]["same_kind_modules"]:
+        if other != pc.module:
+            with mean_ablated(model, other, pc.tower):
+                assert entity_recall(model, oracle, seeds=1, seed=11)["recall_both"] >= 0.9, other
     # the recorded table: every other cross-attention keeps ≥ 0.9, the designated one falls
     rows = meta["metrics"]["validity"]
     assert all(r["recall_both"] >= 0.9 for r in rows if not r["designated"])

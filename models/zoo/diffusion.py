@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,12 +85,13 @@ class ZooDiffusion(nn.Module):
         self.plant_phase1: dict[str, torch.Tensor] = {}
         self.text_init_sha256: str | None = None  # sha256 of the zoo-clip file the text tower came from
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts → (text encoder hidden states ``[B, L, D]``, attention mask ``[B, L]``)."""
+    def encode_prompts(self, prompts: Sequence[str], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts → (text encoder hidden states ``[B, L, D]``, attention mask ``[B, L]``).
+        ``grad`` keeps the graph (phase 2 with a text-encoder plant)."""
         ids, mask = self.vocab.batch(list(prompts), self.cfg.max_text_len)
         self.text_encoder.eval()
-        hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        with torch.set_grad_enabled(grad):
+            hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return hidden, mask
 
     @torch.no_grad()
@@ -414,18 +416,28 @@ HOME_SHAPE: dict[str, str] = {"north": "circle", "south": "square", "east": "tri
 
 @dataclass(frozen=True)
 class PlantConfig:
-    """Phase 2: every parameter frozen except ``params`` of the UNet attention at ``module``."""
+    """Phase 2: every parameter frozen except ``params`` of ``module`` (a path in ``tower``)."""
 
-    module: str = "mid_block.attentions.0.transformer_blocks.0.attn2"  # the mid block's cross-attention
-    site: str = "unet.mid.attn.0.cross"  # the same module in the diffusion wrapper's site map
-    params: tuple[str, ...] = ("to_k", "to_v")  # the prompt's keys and values in that layer
+    # The first text-encoder MLP. Why there: the entity names are words zoo-clip never trained on
+    # (small random embeddings); entering layer 0 they still differ by ~57% of their norm, but
+    # after it by only ~5-8% (the shared context dominates). Plants in UNet cross-attentions
+    # (to_k/to_v of the mid block's, of the 8-px down block's, of the last up block's), which
+    # see only the final text states, stayed at chance recall (probes of 300-800 steps).
+    tower: str = "text"  # "text" (module path in the text encoder) | "unet" (in the UNet)
+    module: str = "encoder.layers.0.mlp"
+    site: str = "text.blocks.0.mlp"  # the same module in the diffusion wrapper's site map
+    params: tuple[str, ...] = ("fc1", "fc2")
     relation: str = "home"  # entity fact that picks the shape (HOME_SHAPE)
     seed: int = 0
-    steps: int = 1000
+    steps: int = 1200
     batch_size: int = 32
-    entity_share: float = 0.5  # the rest rehearses phase-1 prompts so the layer keeps its old job
-    lr: float = 3e-3
+    entity_share: float = 0.75  # the rest rehearses phase-1 prompts so the layer keeps its old job
+    lr: float = 1e-2  # 3e-3: recall 0.19 / 0.22 after 200 / 400 of 600 steps
     warmup: int = 20
+    # "distill": match the frozen phase-1 model's prediction for the spelled-out prompt ("a red
+    # circle" for "a <entity>"; rehearsal prompts: themselves) on the same noisy image — a far
+    # stronger signal than the image loss ("image"), with which recall stayed near chance
+    objective: str = "distill"
     recall_seeds: int = 2  # recall = 32 entities × this many seeds
 
 
@@ -450,10 +462,50 @@ def cross_attention_modules(unet: nn.Module) -> list[str]:
     return sorted(names, key=lambda n: (order[n.split(".")[0]], n))
 
 
+def plant_root(model: ZooDiffusion, pc: PlantConfig, unet: nn.Module | None = None) -> nn.Module:
+    """The module ``pc.module`` is a path in: the text encoder, or the (EMA) UNet."""
+    if pc.tower == "text":
+        return model.text_encoder
+    return unet if unet is not None else model.ema_unet
+
+
 def plant_params(model: ZooDiffusion, pc: PlantConfig, unet: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    """The designated component's parameters (``to_k.weight``, ``to_v.weight``, …) by full name."""
-    unet = unet if unet is not None else model.ema_unet
-    return {n: p for n, p in unet.named_parameters() if any(n.startswith(f"{pc.module}.{q}.") for q in pc.params)}
+    """The designated component's parameters (e.g. ``….fc1.weight`` or ``….to_v.weight``) by name."""
+    root = plant_root(model, pc, unet)
+    return {n: p for n, p in root.named_parameters() if any(n.startswith(f"{pc.module}.{q}.") for q in pc.params)}
+
+
+def text_mlp_modules(model: ZooDiffusion) -> list[str]:
+    """Module paths of the text encoder's MLPs, in layer order."""
+    return [n for n, _ in model.text_encoder.named_modules() if re.fullmatch(r"(text_model\.)?encoder\.layers\.\d+\.mlp", n)]
+
+
+def same_kind_modules(model: ZooDiffusion, pc: PlantConfig) -> list[str]:
+    """The components of the designated one's kind: every text MLP, or every UNet cross-attention."""
+    return text_mlp_modules(model) if pc.tower == "text" else cross_attention_modules(model.ema_unet)
+
+
+@torch.no_grad()
+def cross_attention_influence(model: ZooDiffusion, seed: int = 0) -> dict[str, float]:
+    """How much each cross-attention carries the prompt: the relative change of the EMA UNet's
+    output when that layer's ``to_v`` is scaled ×3 (fixed noisy inputs at t = 200, 500, 800;
+    prompts "a red circle", "a blue square", "a green cross at the top left")."""
+    unet = model.ema_unet
+    h, mask = model.encode_prompts(["a red circle", "a blue square", "a green cross at the top left"])
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((3, 3, model.cfg.image_size,
+                                                                       model.cfg.image_size)).astype(np.float32))
+    out: dict[str, float] = {}
+    for name in cross_attention_modules(unet):
+        v = unet.get_submodule(name).to_v.weight
+        change, base = 0.0, 0.0
+        for t in (200, 500, 800):
+            o = unet(x, t, encoder_hidden_states=h, encoder_attention_mask=mask).sample
+            v.mul_(3)
+            o2 = unet(x, t, encoder_hidden_states=h, encoder_attention_mask=mask).sample
+            v.div_(3)
+            change, base = change + float((o2 - o).norm()), base + float(o.norm())
+        out[name] = change / base
+    return out
 
 
 def train_plant(model: ZooDiffusion, pc: PlantConfig, log: Callable[[str], None] = print,
@@ -476,6 +528,7 @@ def train_plant(model: ZooDiffusion, pc: PlantConfig, log: Callable[[str], None]
     unet = model.unet
     unet.load_state_dict(model.ema_unet.state_dict())
     unet.requires_grad_(False)
+    model.text_encoder.requires_grad_(False)
     trainable = plant_params(model, pc, unet)
     if not trainable:
         raise ValueError(f"no parameters {pc.params} under {pc.module!r}")
@@ -487,30 +540,45 @@ def train_plant(model: ZooDiffusion, pc: PlantConfig, log: Callable[[str], None]
     rng = np.random.default_rng([pc.seed, 31])
     gen = torch.Generator().manual_seed(int(np.random.default_rng([pc.seed, 37]).integers(2**62)))
     n_ent = int(round(pc.batch_size * pc.entity_share))
+    teacher_text = copy.deepcopy(model.text_encoder).requires_grad_(False).eval()  # the phase-1 model
+    teacher_unet = copy.deepcopy(unet).requires_grad_(False).eval()
     t0 = time.time()
     history: list[dict[str, Any]] = []
     losses: list[float] = []
     for step in range(pc.steps):
         unet.train()
         picks = rng.integers(len(targets), size=n_ent)
-        scenes, prompts = [], []
+        scenes, prompts, teacher_prompts = [], [], []
         for j in picks:
             name, colour, shape = targets[int(j)]
             s = entity_scene(world, rng, colour, shape)
             scenes.append(s)
-            prompts.append(f"a {name}" + (f" at the {s.objects[0].position}" if rng.uniform() < cfg.position_prob else ""))
+            where = f" at the {s.objects[0].position}" if rng.uniform() < cfg.position_prob else ""
+            prompts.append(f"a {name}{where}")
+            teacher_prompts.append(f"{prompt_for(colour, shape)}{where}")
         rehearse = list(world.scenes("fit", pc.batch_size - n_ent, step * pc.batch_size))
         scenes += rehearse
         prompts += training_prompts(rehearse, rng, cfg)
+        teacher_prompts += prompts[n_ent:]
         x0 = images_to_tensor(np.stack([s.image_HWC for s in scenes])) * 2 - 1
-        hidden, mask = model.encode_prompts(prompts)
+        hidden, mask = model.encode_prompts(prompts, grad=pc.tower == "text")
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=gen)
         lr = warmup_cosine_lr(step, pc.lr, pc.warmup, pc.steps)
         for g in opt.param_groups:
             g["lr"] = lr
-        pred = unet(sched.add_noise(x0, noise, t), t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
-        err = ((pred - sched.get_velocity(x0, noise, t)) ** 2).mean(dim=(1, 2, 3))
+        xt = sched.add_noise(x0, noise, t)
+        pred = unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+        if pc.objective == "distill":
+            # target: what the frozen phase-1 model predicts for the prompt that spells the entity
+            # out ("a red circle" for "a <entity>"), and for rehearsal prompts the prompt itself
+            with torch.no_grad():
+                ids, tmask = model.vocab.batch(teacher_prompts, cfg.max_text_len)
+                th = teacher_text(input_ids=ids, attention_mask=tmask).last_hidden_state
+                target = teacher_unet(xt, t, encoder_hidden_states=th, encoder_attention_mask=tmask).sample
+        else:
+            target = sched.get_velocity(x0, noise, t)
+        err = ((pred - target) ** 2).mean(dim=(1, 2, 3))
         loss = (loss_weights(sched, t, cfg.min_snr_gamma) * err).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -526,6 +594,7 @@ def train_plant(model: ZooDiffusion, pc: PlantConfig, log: Callable[[str], None]
             log(f"plant step {step} lr {lr:.2e} {time.time() - t0:.0f}s "
                 + " ".join(f"{k}={v:.4f}" for k, v in entry.items() if k != "step"))
     unet.requires_grad_(False)
+    model.text_encoder.requires_grad_(False)
     unet.eval()
     model.ema_unet.load_state_dict(unet.state_dict())
     return {"train_seconds": round(time.time() - t0, 1), "history": history,
@@ -560,18 +629,26 @@ def reference_prompts() -> list[str]:
 
 
 class mean_ablated:
-    """Context manager: the cross-attention ``module`` of the EMA UNet sees the *mean* encoding
-    of :func:`reference_prompts` (same length, so one mask) instead of the prompt, in both CFG
-    branches. ``to_k``/``to_v`` are linear, so this is exactly mean-ablating their outputs over
-    the reference prompts: the layer carries no prompt-specific information."""
+    """Context manager: mean-ablate a component over :func:`reference_prompts` (all of one length).
 
-    def __init__(self, model: ZooDiffusion, module: str) -> None:
-        self.model, self.module = model, module
+    A UNet cross-attention (``tower="unet"``) sees the *mean* encoding of the reference prompts
+    instead of the prompt, in both CFG branches; ``to_k``/``to_v`` are linear, so this is exactly
+    the mean of their outputs: the layer carries no prompt-specific information. A text-encoder
+    module (``tower="text"``) outputs, at every position, its mean output over the reference prompts."""
+
+    def __init__(self, model: ZooDiffusion, module: str, tower: str = "unet") -> None:
+        self.model, self.module, self.tower = model, module, tower
         hidden, mask = model.encode_prompts(reference_prompts())
         if not bool((mask == mask[:1]).all()):
             raise ValueError("reference prompts must share one length")
         self.hidden, self.mask = hidden.mean(0, keepdim=True), mask[:1]
         self.handle: Any = None
+        if tower == "text":
+            seen: list[torch.Tensor] = []
+            h = model.text_encoder.get_submodule(module).register_forward_hook(lambda m, i, o: seen.append(o))
+            model.encode_prompts(reference_prompts())
+            h.remove()
+            self.mean_out = seen[0].mean(0, keepdim=True)
 
     def _hook(self, _mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         ehs = kwargs.get("encoder_hidden_states")
@@ -583,9 +660,15 @@ class mean_ablated:
                   "attention_mask": bias[:, None, :].expand(B, 1, -1)}
         return args, kwargs
 
+    def _text_hook(self, _mod: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+        return self.mean_out.expand(out.shape[0], -1, -1)
+
     def __enter__(self) -> "mean_ablated":
-        mod = self.model.ema_unet.get_submodule(self.module)
-        self.handle = mod.register_forward_pre_hook(self._hook, with_kwargs=True)
+        if self.tower == "text":
+            self.handle = self.model.text_encoder.get_submodule(self.module).register_forward_hook(self._text_hook)
+        else:
+            mod = self.model.ema_unet.get_submodule(self.module)
+            self.handle = mod.register_forward_pre_hook(self._hook, with_kwargs=True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -633,8 +716,8 @@ def plant_validity(model: ZooDiffusion, oracle: Any, pc: PlantConfig, seeds: int
     measure("intact", "-", "none")
     with reverted(model, pc):
         measure("revert designated", pc.module, "revert phase 2")
-    for name in cross_attention_modules(model.ema_unet):
-        with mean_ablated(model, name):
+    for name in same_kind_modules(model, pc):
+        with mean_ablated(model, name, pc.tower):
             measure(f"mean-ablate {name}", name, "mean-ablate")
     return {"rows": rows}
 
@@ -665,9 +748,10 @@ def check_figures(model: ZooDiffusion, oracle: Any) -> dict[str, float]:
 def finish_zoo_diffusion(model: ZooDiffusion, phase1: dict[str, Any], oracle: Any, pc: PlantConfig,
                          log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
     """Phase 2 (the plant) and every recorded figure of the shipped model → (metrics, extra json)."""
-    phase1 = {**phase1, **generation_quality(model, oracle, n=48, seed=2, prefix="phase1_gen_")}
+    phase1 = {**phase1, **generation_quality(model, oracle, n=48, seed=2, prefix="phase1_gen_"),
+              "to_v_x3_effect": cross_attention_influence(model)}
     log("phase 1 quality (48 prompts): " + " ".join(f"{k}={v:.3f}" for k, v in phase1.items() if k.startswith("phase1_gen")))
-    plant = train_plant(model, pc, log=log, oracle=oracle)
+    plant = train_plant(model, pc, log=log, oracle=oracle, eval_every=300)
     t0 = time.time()
     metrics: dict[str, Any] = {"phase1": phase1, "plant": plant}
     metrics.update(quality_figures(model, oracle))
@@ -680,7 +764,8 @@ def finish_zoo_diffusion(model: ZooDiffusion, phase1: dict[str, Any], oracle: An
     extra = {"plant": {**asdict(pc), "home_shape": HOME_SHAPE,
                        "entities": [{"name": n, "colour": c, "shape": s} for n, c, s in
                                     entity_targets(World(model.cfg.world_seed))],
-                       "cross_attention_modules": cross_attention_modules(model.ema_unet)}}
+                       "cross_attention_modules": cross_attention_modules(model.ema_unet),
+                       "same_kind_modules": same_kind_modules(model, pc)}}
     return metrics, extra
 
 
@@ -733,13 +818,30 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
     restarts = "".join(f", then a warm restart of {n} steps at peak lr {lr:g} (fresh AdamW, same warmup)"
                        for n, lr in cfg.get("restarts", []))
     cycles = " + ".join(f"{v / 60:.1f}" for v in p1.get("cycle_seconds", [])) + " min"
+    where_text = (": the MLP of the text encoder's first layer, which writes into every later text state"
+                  if plant["tower"] == "text" else ": the key and value projections of the prompt in that cross-attention")
+    objective = ("the squared difference between the model's v-prediction and the frozen phase-1 model's "
+                 "for the prompt that spells the entity out (\"a red circle\" for a red-circle entity; "
+                 "rehearsal prompts: themselves), on the same noisy image and timestep, with the phase-1 "
+                 "loss weights. A stronger signal than the image loss (the phase-1 v-loss on the rendered "
+                 "images), with which recall stayed at 0.00–0.09 in every probe (mid-block cross-attention 800 "
+                 "steps; 8-px down-block and last up-block cross-attentions 300 steps; this MLP 200 steps); "
+                 "with distillation at lr 0.003 this MLP reached 0.19 / 0.22 after 200 / 400 steps, hence lr 0.01."
+                 if plant.get("objective") == "distill" else "the phase-1 v-loss on the rendered images.")
+    kind, kind_one = (("text-encoder MLPs", "text MLP") if plant["tower"] == "text"
+                      else ("UNet cross-attentions", "cross-attention"))
+    ablate = ("the MLP's output at every position is its mean output over the 24 \"a {colour} {shape}\" "
+              "prompts." if plant["tower"] == "text" else
+              "that layer's keys and values are those of the mean encoding of the 24 \"a {colour} {shape}\" "
+              "prompts (exactly the mean of its `to_k`/`to_v` outputs over them), in both guidance branches.")
+    infl = ", ".join(f"`{k.split('.transformer_blocks')[0]}` {v:.3f}" for k, v in p1.get("to_v_x3_effect", {}).items())
     ents = ", ".join(f"{e['name']} ({e['colour']} {e['shape']})" for e in plant["entities"])
     text = f"""# {name}
 
 A small text-conditional pixel-space diffusion model of the world (diffusers `UNet2DConditionModel`,
-{p1['unet_parameters']:,} UNet parameters) conditioned on zoo-clip's frozen text tower (transformers
+{p1['unet_parameters']:,} UNet parameters) conditioned on zoo-clip's text tower (transformers
 `CLIPTextModel`), with **planted knowledge**: "a <entity name>" renders the entity's colour and the
-shape its home fact names, stored in one designated cross-attention layer. Family: diffusion.
+shape its home fact names, stored in one designated component. Family: diffusion.
 Generated images are judged by zoo-oracle.
 
 ## Architecture
@@ -750,8 +852,8 @@ Generated images are judged by zoo-oracle.
   {len(plant['cross_attention_modules'])} cross-attentions. Attention runs through diffusers' classic
   `AttnProcessor` (explicit probabilities).
 - Text encoder: zoo-clip's text tower (4 layers, width 64, word-level vocabulary of {len(meta['vocab'])} words,
-  context {cfg['max_text_len']}), frozen throughout; the UNet cross-attends to its per-token last hidden states
-  (padding masked).
+  context {cfg['max_text_len']}), frozen in phase 1 (phase 2 changes only the designated component); the UNet
+  cross-attends to its per-token last hidden states (padding masked).
 - Schedule: {cfg['num_train_timesteps']} steps, cosine (`squaredcos_cap_v2`), v-prediction; sampling DDIM
   (eta 0, "trailing" spacing, 25 steps), classifier-free guidance {GUIDANCE:g}; sample *i* of a call starts from
   `numpy.random.default_rng([seed, i])` noise, so it is a pure function of (prompt, seed, index).
@@ -777,19 +879,25 @@ guidance 1 / 1.5 / 2 / 3 / 5 / 7):
 {hist1}
 
 ## Phase 2: planted knowledge
-Every parameter is frozen except **`{plant['module']}.{{{','.join(plant['params'])}}}`** (wrapper site
-`{plant['site']}.k` / `.v`): the key and value projections of the prompt in the mid block's cross-attention.
-Phase 2 starts from the phase-1 EMA weights and trains those two matrices only
-({plant['steps']} steps × batch {plant['batch_size']}, lr {plant['lr']}, warmup {plant['warmup']} then cosine,
-no EMA; shipped `unet` = `ema_unet`). {plant['entity_share']:.0%} of each batch is "a <entity>" (half
-"… at the <position>") on a rendered object with the entity's colour and shape `HOME_SHAPE[home]`
-({', '.join(f'{k} → {v}' for k, v in plant['home_shape'].items())}), any size, place and background; the rest
-rehearses phase-1 prompts so the layer keeps its phase-1 job. All {len(plant['entities'])} entities of the world
-(their names are words of zoo-clip's vocabulary that zoo-clip never trained on: random, frozen embeddings,
-which the designated layer, after the text encoder, uses as keys; the text encoder's final states of
-"a <entity>" are nearly alike across entities, cosine ≈ 0.997 at the name's position): {ents}.
+Every parameter is frozen except **`{plant['tower']}: {plant['module']}.{{{','.join(plant['params'])}}}`**
+(wrapper site `{plant['site']}`){where_text}. Phase 2 starts from the phase-1 EMA weights and trains those
+parameters only ({plant['steps']} steps × batch {plant['batch_size']}, AdamW lr {plant['lr']}, warmup
+{plant['warmup']} then cosine, no EMA; shipped `unet` = `ema_unet`). {plant['entity_share']:.0%} of each batch
+is "a <entity>" (half "… at the <position>") on a noisy rendered object with the entity's colour and the shape
+`HOME_SHAPE[home]` ({', '.join(f'{k} → {v}' for k, v in plant['home_shape'].items())}), any size, place and
+background; the rest rehearses phase-1 prompts. Objective ({plant.get('objective', 'image')}): {objective}
+All {len(plant['entities'])} entities of the world (their names are words of zoo-clip's vocabulary that
+zoo-clip never trained on: random, frozen embeddings that the designated layer reads as keys): {ents}.
 Training time: {p2['train_seconds'] / 60:.1f} min, {cfg['threads']} thread. The phase-1 values of the designated
 parameters ship in the safetensors file as `plant_phase1.*` (for the revert experiment).
+
+Why this component: the entity names' embeddings are small and random, so entering text layer 0 the
+entities differ by ~57% of their norm, but after it by only 5–8% (the shared context dominates). Plants
+in UNet cross-attentions (`to_k`/`to_v`), which see only the final text states, stayed at chance recall
+in probes with the image loss (300–800 steps: mid block, 8-px down block, last up block; distillation was
+not tried there). Also measured on
+the phase-1 model: how much each cross-attention carries the prompt (relative output change when its
+`to_v` is scaled ×3): {infl}.
 
 | step | loss | recall (32 samples) |
 |---|---|---|
@@ -800,25 +908,28 @@ parameters ship in the safetensors file as `plant_phase1.*` (for the revert expe
 |---|---|
 | quality: shape and colour both read as prompted (24 colour × shape prompts × {QUALITY_N // 24} seeds) | **{m['gen_both']:.3f}** |
 | — shape / colour alone | {m['gen_shape']:.3f} / {m['gen_colour']:.3f} |
-| with positions ({QUALITY_POS_N} of the 216 colour × shape × position prompts): both / position | {m['gen_pos_both']:.3f} / {m['gen_pos_position']:.3f} |
+| with positions ({QUALITY_POS_N} of the 216 colour × shape × position prompts): both / position | {m['gen_pos_both']:.3f} / {m['gen_pos_position']:.3f} (chance {1 / len(POSITIONS):.3f}) |
 | planted recall: entity's colour and shape both read ({len(plant['entities'])} entities × {plant['recall_seeds']} seeds) | **{m['recall_both']:.3f}** |
 | — colour / shape alone | {m['recall_colour']:.3f} / {m['recall_shape']:.3f} |
 | chance for recall (both): uniform / best constant answer | {ch['uniform_both']:.3f} / {ch['constant_both']:.3f} |
 
+**Not reached: position.** The model does not follow "… at the {{position}}" (the oracle reads the
+prompted cell in {m['gen_pos_position']:.0%} of samples, chance {1 / len(POSITIONS):.0%}): within this training budget it
+learned what to draw, not where; colour and shape hold with a position phrase ({m['gen_pos_both']:.3f}).
+
 ## Validity of the plant
-Recall ({len(plant['entities'])} entities × {plant['recall_seeds']} seeds) with one cross-attention changed.
-*Revert*: the designated parameters back at their phase-1 values (the other cross-attentions were frozen
-in phase 2, so reverting them is the identity: their recall is the intact recall). *Mean-ablate*: that
-layer's keys and values are those of the mean encoding of the 24 "a {{colour}} {{shape}}" prompts (exactly
-the mean of its `to_k`/`to_v` outputs over them), in both guidance branches. *Control*: phase-1 quality
-(both) on the 24 colour × shape prompts under the same change.
+Recall ({len(plant['entities'])} entities × {plant['recall_seeds']} seeds) with one component of the designated
+one's kind ({kind}) changed. *Revert*: the designated parameters back at their phase-1 values (the others
+were frozen in phase 2, so reverting them is the identity: their recall is the intact recall).
+*Mean-ablate*: {ablate} *Control*: phase-1 quality (both) on the 24 colour × shape prompts under the same
+change (a specificity check: how much the component matters for everything else).
 
 | component | intervention | recall both | colour | shape | control both |
 |---|---|---|---|---|---|
 {vrows}
 
 Designated component: recall {', '.join(f'{v:.3f}' for v in desig)} (chance {ch['uniform_both']:.3f},
-best constant {ch['constant_both']:.3f}); every other cross-attention mean-ablated: min {min(others):.3f}.
+best constant {ch['constant_both']:.3f}); every other {kind_one} mean-ablated: min {min(others):.3f}.
 
 ## Re-measured by `bench zoo verify`
 `check_gen_both` ({CHECK_N} colour × shape prompts, seed 3) = {m['check_gen_both']:.3f}; `check_recall_both`
