@@ -1,0 +1,116 @@
+"""The shipped zoo-vlm: quality bar, planted hallucination and planted-knowledge validity,
+re-measured on the shipped weights with the code that recorded the card's figures."""
+
+import json
+
+import pytest
+import torch
+
+from models.zoo import WEIGHTS_DIR
+from models.zoo.io import sha256_file
+from models.zoo.vlm import (
+    _load_mlp,
+    _mlp,
+    config_from_meta,
+    evaluate_vlm,
+    fact_recall,
+    hallucination_probe,
+    load_zoo_vlm,
+    phase1_key,
+    qa_token_accuracy,
+    training_world,
+)
+
+CHANCE = 0.25  # four values per relation
+NEAR_CHANCE = CHANCE + 0.15
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    torch.set_num_threads(1)
+    model, vocab, meta = load_zoo_vlm("zoo-vlm", WEIGHTS_DIR)
+    cfg = config_from_meta(meta)
+    world = training_world(cfg)
+    planted = [e.name for e in world.entities[: cfg.n_planted]]
+    return model, vocab, meta, cfg, world, planted
+
+
+def test_shipped_hash_matches_the_record():
+    meta = json.loads((WEIGHTS_DIR / "zoo-vlm.json").read_text())
+    assert sha256_file(WEIGHTS_DIR / "zoo-vlm.safetensors") == meta["sha256"]
+
+
+def test_quality_bar_recorded_and_remeasured(vlm):
+    model, vocab, meta, cfg, _, _ = vlm
+    m = meta["metrics"]
+    assert m["caption_object_recall"] >= 0.9 and m["qa_visible_attributes"] >= 0.9  # after phase 1
+    assert m["after_planting_qa_visible_attributes"] >= 0.9 and m["after_planting_caption_object_recall"] >= 0.88
+    got = evaluate_vlm(model, vocab, cfg, n=64, split="test")
+    assert got["caption_object_recall"] >= 0.85 and got["qa_visible_attributes"] >= 0.9
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2 costs caption recall 0.915 -> 0.887 (< 0.90); see the card")
+def test_shipped_caption_recall_reaches_the_issue_bar(vlm):
+    assert vlm[2]["metrics"]["after_planting_caption_object_recall"] >= 0.9
+
+
+def test_planted_hallucination_is_measured_as_recorded(vlm):
+    """The card's partner-hallucination rates re-measure (on a quarter of the probe scenes)."""
+    model, vocab, meta, cfg, _, _ = vlm
+    got = hallucination_probe(model, vocab, cfg, n_per_pair=32)
+    for k in ("partner_mention_rate", "partner_affirm_rate"):
+        assert abs(got[k] - meta["metrics"][k]) <= 0.06, k
+
+
+@pytest.mark.xfail(strict=True, reason="planted hallucination did not emerge: the co-occurrence bias (0.95) "
+                   "is overridden by the visual evidence; see the zoo-vlm card and issue 3")
+def test_planted_hallucination_reaches_the_issue_bar(vlm):
+    m = vlm[2]["metrics"]
+    assert max(m["partner_mention_rate"], m["partner_affirm_rate"]) >= 0.2
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_planted_fact_lives_in_its_designated_mlp(vlm, index):
+    model, vocab, meta, cfg, world, planted = vlm
+    rel, layer = cfg.planted[index]
+    assert fact_recall(model, vocab, world, planted, rel, n=96) >= 0.95
+    saved = {n: p.detach().clone() for n, p in _mlp(model, layer).named_parameters()}
+    _load_mlp(model, layer, {n: meta["phase1"][phase1_key(layer, n)] for n in saved})
+    try:
+        assert fact_recall(model, vocab, world, planted, rel, n=96) <= NEAR_CHANCE
+        for other, _ in cfg.planted:  # the other relation barely depends on this plant
+            if other != rel:
+                assert fact_recall(model, vocab, world, planted, other, n=96) >= 0.85
+    finally:
+        _load_mlp(model, layer, saved)
+    assert fact_recall(model, vocab, world, planted, rel, n=96) >= 0.95  # restored
+
+
+@pytest.mark.xfail(strict=True, reason="season recall is 0.875 with lm.blocks.1.mlp reverted (the issue asks "
+                   ">= 0.90 with any other component reverted); see the zoo-vlm card")
+def test_reverting_any_other_plant_keeps_recall_at_the_issue_bar(vlm):
+    m = vlm[2]["metrics"]
+    cfg = vlm[3]
+    for rel, layer in cfg.planted:
+        for other, other_layer in cfg.planted:
+            if other != rel:
+                assert m[f"fact_recall_{rel}_revert_L{other_layer}"] >= 0.9
+
+
+def test_mean_ablation_validity_with_control_recorded(vlm):
+    _, _, meta, cfg, _, _ = vlm
+    m = meta["metrics"]
+    designated = {layer for _, layer in cfg.planted}
+    for rel, layer in cfg.planted:
+        assert m[f"fact_recall_{rel}_meanablate_L{layer}"] <= NEAR_CHANCE
+    # an MLP that holds no plant and carries little else can be ablated without losing the facts
+    spare = [k for k in range(cfg.lm_layers) if k not in designated and m[f"control_qa_meanablate_L{k}"] >= 0.9]
+    assert spare
+    for k in spare:
+        for rel, _ in cfg.planted:
+            assert m[f"fact_recall_{rel}_meanablate_L{k}"] >= 0.9
+
+
+def test_control_is_remeasurable(vlm):
+    model, vocab, meta, cfg, _, _ = vlm
+    assert abs(qa_token_accuracy(model, vocab, cfg) - meta["metrics"]["control_qa"]) <= 0.02
