@@ -74,8 +74,8 @@ def vlm_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
 def wrap_zoo_diffusion(model: Any, name: str, weights_hash: str, sampling: SamplingConfig = SamplingConfig()) -> DiffusionWrapper:
     """A :class:`~models.zoo.diffusion.ZooDiffusion` behind the diffusion contract: the EMA
     UNet (the weights the zoo samples with), its text encoder and vocabulary, and its DDIM
-    sampler (v-prediction, so :meth:`noise_pred` returns v). Guidance 3 by default: the
-    model was trained with prompt dropout, and guidance 3 is what its card is measured with."""
+    sampler (v-prediction, so :meth:`noise_pred` returns v). The zoo loader passes the
+    sampling settings its card was measured with (classifier-free guidance 2, DDIM 25 steps)."""
     from models.zoo.diffusion import make_sampler
 
     tok = partial(_tokenize, model.vocab, model.cfg.max_text_len)
@@ -89,4 +89,7 @@ def load_zoo_diffusion_model(name: str = "zoo-diffusion") -> DiffusionWrapper:
     if not (WEIGHTS_DIR / f"{name}.safetensors").exists():
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
     model, meta = load_diffusion(name, WEIGHTS_DIR)
-    return wrap_zoo_diffusion(model, name, meta["sha256"])
+    sched = meta.get("scheduler", {})
+    sampling = SamplingConfig(steps=int(sched.get("sample_steps", SamplingConfig.steps)),
+                              guidance=float(sched.get("guidance", SamplingConfig.guidance)))
+    return wrap_zoo_diffusion(model, name, meta["sha256"], sampling)

@@ -147,7 +147,7 @@ def build_diffusion(cfg: DiffusionConfig) -> ZooDiffusion:
     from models.zoo import WEIGHTS_DIR
     from models.zoo.clip import load_zoo_clip
 
-    clip, vocab, _ = load_zoo_clip(cfg.text_init, WEIGHTS_DIR)
+    clip, vocab, _ = load_zoo_clip(cfg.text_init, WEIGHTS_DIR, phase1=True)  # text tower: same in both phases
     text = build_text_encoder(clip.config.text_config.to_dict())
     # transformers 5 flattened CLIPTextModel; 4.x wraps the same modules in ``.text_model``.
     getattr(text, "text_model", text).load_state_dict(clip.text_model.state_dict())
