@@ -56,8 +56,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     store = Store(args.store)
     p = runner.plan(args.task, args.method, args.model, args.seed or [0], quick=args.quick,
                     method_overrides=_parse_overrides(args.config))
+    # a method without the task's capability is the grid's shape, not news: counted, listed on request
+    routine = [(label, r) for label, r in p.skipped if " capability (needed by task " in r]
     for label, reason in p.skipped:
-        print(f"skipped {label}: {reason}", file=sys.stderr)
+        if args.show_skipped or (label, reason) not in routine:
+            print(f"skipped {label}: {reason}", file=sys.stderr)
+    if routine and not args.show_skipped:
+        print(f"skipped {len(routine)} (task, method) pairs where the method lacks the task's capability "
+              "(--show-skipped lists them)", file=sys.stderr)
     if not p.cells:
         reasons = "; ".join(sorted({r for _, r in p.skipped})) or "nothing matched"
         raise BenchError(f"no compatible cells to run: {reasons}")
@@ -217,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--store", default="bench-results.sqlite", help="results file (default: %(default)s)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--no-table", action="store_true", help="do not print the table at the end")
+    ev.add_argument("--show-skipped", action="store_true", help="list every skipped cell with its reason")
     ev.set_defaults(fn=cmd_evaluate)
 
     lb = sub.add_parser("leaderboard", help="render the leaderboard from the results store")
