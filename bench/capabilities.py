@@ -148,6 +148,22 @@ class LocalizeRequest:
     evaluate: Evaluate
     batch_size: int = 64
 
+    def patch_sweep(self, which: str, sources: Mapping[str, torch.Tensor], sites_per_pass: int = 8) -> torch.Tensor:
+        """The metric of the ``which`` run with each candidate site overwritten by ``sources[site]``
+        (its activations from the other run), ``[n, len(candidates)]``: one batch copy per site,
+        ``sites_per_pass`` sites per forward pass."""
+        from bench.sites import replace_rows
+
+        n, cands = self.n, self.candidates
+        out = torch.empty(n, len(cands), dtype=torch.float64)
+        step = max(1, sites_per_pass)
+        for g in range(0, len(cands), step):
+            group = cands[g : g + step]
+            writes = {site: replace_rows(torch.arange(k * n, (k + 1) * n), sources[site]) for k, site in enumerate(group)}
+            patched, _ = self.evaluate(which, write=writes, copies=len(group))
+            out[:, g : g + len(group)] = patched.view(len(group), n).T.double()
+        return out
+
 
 @dataclass
 class EditRequest:

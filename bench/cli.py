@@ -57,13 +57,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     p = runner.plan(args.task, args.method, args.model, args.seed or [0], quick=args.quick,
                     method_overrides=_parse_overrides(args.config))
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
-    routine = [(label, r) for label, r in p.skipped if " capability (needed by task " in r]
     for label, reason in p.skipped:
-        if args.show_skipped or (label, reason) not in routine:
+        if args.show_skipped or label not in p.lacking_capability:
             print(f"skipped {label}: {reason}", file=sys.stderr)
-    if routine and not args.show_skipped:
-        print(f"skipped {len(routine)} (task, method) pairs where the method lacks the task's capability "
-              "(--show-skipped lists them)", file=sys.stderr)
+    if p.lacking_capability and not args.show_skipped:
+        print(f"skipped {len(p.lacking_capability)} (task, method) pairs where the method lacks the task's "
+              "capability (--show-skipped lists them)", file=sys.stderr)
     if not p.cells:
         reasons = "; ".join(sorted({r for _, r in p.skipped})) or "nothing matched"
         raise BenchError(f"no compatible cells to run: {reasons}")

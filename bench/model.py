@@ -152,10 +152,34 @@ class SpanInputs:
     image_BL: torch.Tensor
 
 
+@dataclass(frozen=True)
+class AnswerInputs:
+    """Prompt tokens (right-padded) and, per row, the position whose logits predict the
+    answer's first token (``pos_B``) and that token's id (``answer_B``)."""
+
+    ids_BL: torch.Tensor
+    mask_BL: torch.Tensor
+    pos_B: torch.Tensor
+    answer_B: torch.Tensor
+
+
 class GenerativeModel(Model):
     """LLaVA-style: vision tower → projector → decoder LM over image and text tokens."""
 
     family = "generative"
+
+    def answer_inputs(self, prompts: list[str], answers: list[str]) -> AnswerInputs:
+        """Inputs for scoring the first token of each answer in one forward pass (no answer tokens
+        beyond the longest prompt are fed; causal attention keeps shorter rows unaffected)."""
+        enc = self.encode_spans(prompts, [""] * len(prompts), answers)
+        first_B = enc.span_BL.float().argmax(1)
+        L = int(first_B.max())
+        return AnswerInputs(enc.ids_BL[:, :L], enc.mask_BL[:, :L], first_B - 1,
+                            enc.ids_BL.gather(1, first_B[:, None])[:, 0])
+
+    def word_token_ids(self, words: list[str]) -> torch.Tensor:
+        """The first token id of each word as an answer (for restricting logits to candidates)."""
+        return self.answer_inputs([""] * len(words), words).answer_B
 
     @abstractmethod
     def encode_spans(self, prompts: list[str], prefixes: list[str], spans: list[str]) -> SpanInputs:

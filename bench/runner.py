@@ -50,6 +50,9 @@ class Cell:
 class Plan:
     cells: list[Cell] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (label, reason)
+    # labels of skipped (task, method) pairs where the method lacks the task's capability: the
+    # grid's shape rather than an incompatibility worth reporting one by one
+    lacking_capability: set[str] = field(default_factory=set)
 
 
 # ------------------------------------------------------------------ loading
@@ -143,6 +146,7 @@ def plan(
                 if task.spec.capability not in cls.capabilities:
                     p.skipped.append((f"{t}/{mo}/{me}", f"method {me!r} has no {task.spec.capability!r} capability "
                                       f"(needed by task {t!r})"))
+                    p.lacking_capability.add(f"{t}/{mo}/{me}")
                     continue
                 method = make_method(me, overrides if me not in ("random", "oracle") else ())
                 reason = method.supports(model)

@@ -18,7 +18,6 @@ import torch
 from bench.capabilities import LocalizeRequest
 from bench.method import Method, MethodConfig
 from bench.model import Model
-from bench.sites import replace_rows
 
 
 @dataclass(frozen=True)
@@ -36,15 +35,8 @@ class ActivationPatching(Method):
 
     @torch.no_grad()
     def localize(self, model: Model, request: LocalizeRequest) -> torch.Tensor:
-        n, cands = request.n, request.candidates
+        cands = request.candidates
         _, corrupt = request.evaluate("corrupt", read=cands)
         base, _ = request.evaluate("clean")
-        out = torch.empty(n, len(cands), dtype=torch.float64)
-        step = max(1, self.config.sites_per_pass)
-        for g in range(0, len(cands), step):
-            group = cands[g : g + step]
-            writes = {site: replace_rows(torch.arange(k * n, (k + 1) * n), corrupt[site])
-                      for k, site in enumerate(group)}
-            patched, _ = request.evaluate("clean", write=writes, copies=len(group))
-            out[:, g : g + len(group)] = (base[None] - patched.view(len(group), n)).T.double()
-        return out
+        patched = request.patch_sweep("clean", {s: corrupt[s] for s in cands}, self.config.sites_per_pass)
+        return base[:, None].double() - patched

@@ -20,7 +20,6 @@ import torch
 from bench.capabilities import LocalizeRequest
 from bench.method import Method, MethodConfig
 from bench.model import Model
-from bench.sites import replace_rows
 
 
 @dataclass(frozen=True)
@@ -38,15 +37,8 @@ class CausalTracing(Method):
 
     @torch.no_grad()
     def localize(self, model: Model, request: LocalizeRequest) -> torch.Tensor:
-        n, cands = request.n, request.candidates
+        cands = request.candidates
         _, clean = request.evaluate("clean", read=cands)
         base, _ = request.evaluate("corrupt")
-        out = torch.empty(n, len(cands), dtype=torch.float64)
-        step = max(1, self.config.sites_per_pass)
-        for g in range(0, len(cands), step):
-            group = cands[g : g + step]
-            writes = {site: replace_rows(torch.arange(k * n, (k + 1) * n), clean[site])
-                      for k, site in enumerate(group)}
-            patched, _ = request.evaluate("corrupt", write=writes, copies=len(group))
-            out[:, g : g + len(group)] = (patched.view(len(group), n) - base[None]).T.double()
-        return out
+        patched = request.patch_sweep("corrupt", {s: clean[s] for s in cands}, self.config.sites_per_pass)
+        return patched - base[:, None].double()

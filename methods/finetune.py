@@ -59,11 +59,7 @@ class ConstrainedFinetune(Method):
         pixels = request.pixels_KRCHW.flatten(0, 1)
         prompts = [p for p in request.prompts for _ in range(R)]
         new = [a for a in request.new for _ in range(R)]
-        enc = model.encode_spans(prompts, [""] * len(prompts), new)
-        first = enc.span_BL.float().argmax(1)
-        target = enc.ids_BL.gather(1, first[:, None])[:, 0]
-        L = int(first.max())
-        ids, mask = enc.ids_BL[:, :L], enc.mask_BL[:, :L]
+        inp = model.answer_inputs(prompts, new)
         rows = torch.arange(len(prompts))
         original = [p.detach().clone() for p in params]
         flags = {id(p): p.requires_grad for p in model.module.parameters()}
@@ -74,8 +70,8 @@ class ConstrainedFinetune(Method):
         opt = torch.optim.Adam(params, lr=self.config.lr)
         try:
             for _ in range(self.config.steps):
-                logits = model.forward_tokens(pixels, ids, mask)
-                loss = F.cross_entropy(logits[rows, first - 1], target)
+                logits = model.forward_tokens(pixels, inp.ids_BL, inp.mask_BL)
+                loss = F.cross_entropy(logits[rows, inp.pos_B], inp.answer_B)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

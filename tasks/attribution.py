@@ -218,18 +218,13 @@ class AttributionTask(Task):
     @staticmethod
     def _answer_logits(model: GenerativeModel, ex: AttributionExamples) -> Any:
         """``fn(pixels_NCHW, idx_N) -> [N, n_candidates]`` logits of the candidate answer words."""
-        n = len(ex.captions)
-        enc = model.encode_spans(ex.captions, [""] * n, [ex.candidates[int(t)] for t in ex.target_idx_B])
-        first = enc.span_BL.float().argmax(1)
-        L = int(first.max())
-        ids, mask = enc.ids_BL[:, :L], enc.mask_BL[:, :L]
-        cand = model.encode_spans([ex.captions[0]] * len(ex.candidates), [""] * len(ex.candidates), ex.candidates)
-        cand_ids = cand.ids_BL.gather(1, cand.span_BL.float().argmax(1)[:, None])[:, 0]
+        inp = model.answer_inputs(ex.captions, [ex.candidates[int(t)] for t in ex.target_idx_B])
+        cand_ids = model.word_token_ids(ex.candidates)
 
         def fn(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
             idx = idx_N.long()
-            logits = model.forward_tokens(pixels_NCHW, ids[idx], mask[idx])
-            return logits[torch.arange(len(idx)), first[idx] - 1][:, cand_ids]
+            logits = model.forward_tokens(pixels_NCHW, inp.ids_BL[idx], inp.mask_BL[idx])
+            return logits[torch.arange(len(idx)), inp.pos_B[idx]][:, cand_ids]
 
         return fn
 

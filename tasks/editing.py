@@ -73,17 +73,13 @@ def _pixels(images: list[np.ndarray]) -> torch.Tensor:
 def top_answers(model: GenerativeModel, pixels_BCHW: torch.Tensor, prompts: list[str], vocab_of: list[str],
                 batch_size: int) -> list[str]:
     """The model's top first answer token per row, among the candidate words ``vocab_of``."""
+    cand_ids = model.word_token_ids(vocab_of)
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
         sl = slice(i, i + batch_size)
-        n = len(prompts[sl])
-        enc = model.encode_spans(prompts[sl], [""] * n, [vocab_of[0]] * n)
-        first = enc.span_BL.float().argmax(1)
-        L = int(first.max())
-        logits = model.forward_tokens(pixels_BCHW[sl], enc.ids_BL[:, :L], enc.mask_BL[:, :L])
-        last = logits[torch.arange(n), first - 1]
-        cand = model.encode_spans(["q"] * len(vocab_of), [""] * len(vocab_of), vocab_of)
-        cand_ids = cand.ids_BL.gather(1, cand.span_BL.float().argmax(1)[:, None])[:, 0]
+        inp = model.answer_inputs(prompts[sl], [vocab_of[0]] * len(prompts[sl]))
+        logits = model.forward_tokens(pixels_BCHW[sl], inp.ids_BL, inp.mask_BL)
+        last = logits[torch.arange(len(inp.pos_B)), inp.pos_B]
         out += [vocab_of[j] for j in last[:, cand_ids].argmax(-1).tolist()]
     return out
 

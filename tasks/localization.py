@@ -110,14 +110,9 @@ def build_examples(planted: Sequence[PlantedRelation], n: int, seed: int, split:
 
 def generative_evaluate(model: GenerativeModel, ex: FactExamples) -> Callable[..., tuple[torch.Tensor, Any]]:
     """The ``evaluate`` closure of a :class:`LocalizeRequest` for a generative model."""
-    enc = model.encode_spans(ex.prompts, [""] * len(ex.prompts), ex.answers)
-    enc_alt = model.encode_spans(ex.prompts, [""] * len(ex.prompts), ex.alternatives)
-    first = enc.span_BL.float().argmax(1)  # the answer's first token; its logit is read one position earlier
-    pos_N = first - 1
-    ans_N = enc.ids_BL.gather(1, first[:, None])[:, 0]
-    alt_N = enc_alt.ids_BL.gather(1, enc_alt.span_BL.float().argmax(1)[:, None])[:, 0]
-    L = int(first.max())  # prompt tokens only
-    ids, mask = enc.ids_BL[:, :L], enc.mask_BL[:, :L]
+    inp = model.answer_inputs(ex.prompts, ex.answers)
+    alt_N = model.answer_inputs(ex.prompts, ex.alternatives).answer_B
+    pos_N, ans_N, ids, mask = inp.pos_B, inp.answer_B, inp.ids_BL, inp.mask_BL
 
     def evaluate(which: str, read: Sequence[str] = (), write: Mapping[str, Any] | None = None,
                  copies: int = 1, keep_grad: bool = False) -> tuple[torch.Tensor, Any]:

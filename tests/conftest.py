@@ -37,3 +37,25 @@ def zoo_clip():
     from models.zoo_models import load_zoo_clip_model
 
     return load_zoo_clip_model("zoo-clip")
+
+
+def _build_tiny_llava():  # type: ignore[no-untyped-def]
+    from transformers import CLIPVisionConfig
+
+    from models.hf_llava import LlavaWrapper
+    from models.zoo.vlm import ZooVlmConfig, build_vlm, training_world, vlm_vocab, wrapper_io
+
+    torch.manual_seed(0)
+    cfg = ZooVlmConfig(lm_width=32, lm_layers=2, lm_heads=4, lm_mlp=64)
+    vocab = vlm_vocab(training_world(cfg))
+    vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          image_size=32, patch_size=8)
+    llava = build_vlm(cfg, vocab, vc)
+    enc, dec, pre = wrapper_io(vocab, llava.config.image_seq_length)
+    return LlavaWrapper("tiny-llava", llava, enc, dec, pre, "tiny", vocab.eos_id, vocab.pad_id)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llava():
+    """A builder of fresh, randomly initialised zoo-shaped LLaVAs (2 LM layers): fast, real code path."""
+    return _build_tiny_llava

@@ -148,22 +148,11 @@ def test_integrated_gradients_beats_random_with_separated_cis(zoo_clip):
     assert ig.ci_high < rd.ci_low, (ig, rd)
 
 
-def test_generative_target_is_the_colour_answer_on_a_tiny_llava():
-    from transformers import CLIPVisionConfig
-
+def test_generative_target_is_the_colour_answer_on_a_tiny_llava(make_tiny_llava):
     from bench.registry import METHODS
-    from models.hf_llava import LlavaWrapper
-    from models.zoo.vlm import ZooVlmConfig, build_vlm, training_world, vlm_vocab, wrapper_io
     from tasks.attribution import AttributionConfig, AttributionTask
 
-    torch.manual_seed(0)
-    cfg = ZooVlmConfig(lm_width=32, lm_layers=2, lm_heads=4, lm_mlp=64)
-    vocab = vlm_vocab(training_world(cfg))
-    vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          image_size=32, patch_size=8)
-    llava = build_vlm(cfg, vocab, vc)
-    enc, dec, pre = wrapper_io(vocab, llava.config.image_seq_length)
-    model = LlavaWrapper("tiny-llava", llava, enc, dec, pre, "tiny", vocab.eos_id, vocab.pad_id)
+    model = make_tiny_llava()
     task = AttributionTask(AttributionConfig(quick_examples=4, sanity_examples=2, steps=4))
     ex = task.examples(model, 0, 4)
     assert all(c.startswith("what colour is the ") for c in ex.captions) and len(ex.candidates) == 6

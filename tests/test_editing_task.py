@@ -5,14 +5,12 @@ import math
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig
 
 from bench.model import PlantedRelation
 from bench.registry import METHODS
 from bench.world import World, WorldConfig
 from bench.world.core import RELATIONS
-from models.hf_llava import LlavaWrapper
-from models.zoo.vlm import ZooVlmConfig, build_vlm, training_world, vlm_vocab, wrapper_io
+from models.zoo.vlm import ZooVlmConfig
 from tasks.editing import EditingConfig, EditingTask, harmonic_mean
 
 
@@ -22,15 +20,9 @@ def test_harmonic_mean():
 
 
 @pytest.fixture(scope="module")
-def tiny_planted_llava():
-    torch.manual_seed(0)
-    cfg = ZooVlmConfig(lm_width=32, lm_layers=2, lm_heads=4, lm_mlp=64)
-    vocab = vlm_vocab(training_world(cfg))
-    vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          image_size=32, patch_size=8)
-    llava = build_vlm(cfg, vocab, vc)
-    enc, dec, pre = wrapper_io(vocab, llava.config.image_seq_length)
-    model = LlavaWrapper("tiny-llava", llava, enc, dec, pre, "tiny", vocab.eos_id, vocab.pad_id)
+def tiny_planted_llava(make_tiny_llava):
+    model = make_tiny_llava()
+    cfg = ZooVlmConfig()
     world = World(0, WorldConfig(n_entities=cfg.n_entities))
     names = tuple(e.name for e in world.entities[:32])
     model.planted = [PlantedRelation(r, f"lm.blocks.{k}.mlp", names, 0, cfg.n_entities,

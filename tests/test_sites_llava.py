@@ -2,22 +2,14 @@
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig
 
 from models.hf_llava import LlavaWrapper
-from models.zoo.vlm import CAPTION_PROMPT, ZooVlmConfig, build_vlm, training_world, vlm_vocab, wrapper_io
+from models.zoo.vlm import CAPTION_PROMPT
 
 
 @pytest.fixture(scope="module")
-def tiny_llava():
-    torch.manual_seed(0)
-    cfg = ZooVlmConfig(lm_width=32, lm_layers=2, lm_heads=4, lm_mlp=64)
-    vocab = vlm_vocab(training_world(cfg))
-    vc = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          image_size=32, patch_size=8)
-    llava = build_vlm(cfg, vocab, vc)
-    enc, dec, pre = wrapper_io(vocab, llava.config.image_seq_length)
-    return LlavaWrapper("tiny-llava", llava, enc, dec, pre, "tiny", vocab.eos_id, vocab.pad_id)
+def tiny_llava(make_tiny_llava):
+    return make_tiny_llava()
 
 
 def _reference(m: LlavaWrapper, pixels, prompts):

@@ -86,7 +86,7 @@ def test_planted_fact_lives_in_its_designated_mlp(vlm, index):
     assert fact_recall(model, vocab, world, planted, rel, n=96) >= 0.95  # restored
 
 
-@pytest.mark.xfail(strict=True, reason="season recall is 0.875 with lm.blocks.1.mlp reverted (the issue asks "
+@pytest.mark.xfail(strict=True, reason="season recall is 0.898 with lm.blocks.1.mlp reverted (the issue asks "
                    ">= 0.90 with any other component reverted); see the zoo-vlm card")
 def test_reverting_any_other_plant_keeps_recall_at_the_issue_bar(vlm):
     m = vlm[2]["metrics"]

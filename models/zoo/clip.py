@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bench.world import COLOURS, SHAPES, Vocab, World, WorldConfig
 from bench.world.core import RELATIONS, Scene
-from models.zoo.io import save_weights
+from models.zoo.io import load_module_state, module_state, save_weights
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.25
@@ -317,13 +317,11 @@ def mlp_state_prefix(layer: int) -> str:
 
 
 def _mlp_state(model: Any, layer: int) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in vision_mlp(model, layer).named_parameters()}
+    return module_state(vision_mlp(model, layer))
 
 
-@torch.no_grad()
 def _load_mlp(model: Any, layer: int, state: dict[str, torch.Tensor]) -> None:
-    for n, p in vision_mlp(model, layer).named_parameters():
-        p.copy_(state[n])
+    load_module_state(vision_mlp(model, layer), state)
 
 
 def plant_facts(model: Any, vocab: Vocab, cfg: ClipPlantConfig, world_seed: int = 0,

@@ -51,3 +51,15 @@ def warmup_cosine_lr(step: int, lr: float, warmup: int, steps: int) -> float:
         return lr * (step + 1) / warmup
     p = (step - warmup) / max(1, steps - warmup)
     return lr * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of a module's parameters (the reference for reverting a phase-2 plant)."""
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+@torch.no_grad()
+def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` (from :func:`module_state`) back into the module's parameters, in place."""
+    for n, p in module.named_parameters():
+        p.copy_(state[n])

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from bench.world import POSITIONS, Vocab, World, WorldConfig
 from bench.world.core import Scene
 from bench.world.facts import fact_examples
+from models.zoo.io import load_module_state, module_state
 from bench.world.hallucination import COOCCURRENCE_PAIRS as PAIRS
 from bench.world.hallucination import mentioned_objects, pope_metrics, pope_probes
 
@@ -58,7 +59,7 @@ class ZooVlmConfig:
     max_turns: int = 12  # turns packed per training image (caption + questions)
     # Loss weight per turn kind. Presence ("is there a red circle?") needs a conjunctive lookup
     # whose gradient is drowned by the easier kinds at weight 1 (measured: stuck at always-"no"
-    # for 2000 steps at weight 1, learned within ~50 steps when trained alone).
+    # for 2000 steps at weight 1; trained alone, it rose from 0.52 to 0.77 accuracy within 75 steps).
     turn_weights: tuple[tuple[str, float], ...] = (("exists", 3.0), ("position", 2.0), ("size", 2.0))
     cooccurrence_prob: float = 0.95
     # Entities: the first ``n_planted`` get their facts only in phase 2 (each relation in one
@@ -335,13 +336,11 @@ def _mlp(model: Any, layer: int) -> Any:
 
 
 def _mlp_state(model: Any, layer: int) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in _mlp(model, layer).named_parameters()}
+    return module_state(_mlp(model, layer))
 
 
-@torch.no_grad()
 def _load_mlp(model: Any, layer: int, state: dict[str, torch.Tensor]) -> None:
-    for n, p in _mlp(model, layer).named_parameters():
-        p.copy_(state[n])
+    load_module_state(_mlp(model, layer), state)
 
 
 def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str], None] = print,
@@ -427,7 +426,6 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
     return metrics
 
 
-@torch.no_grad()
 def _qa_items(cfg: ZooVlmConfig, n: int, split: str) -> list[tuple[Scene, str, str]]:
     world = training_world(cfg)
     return [(s, q.question, q.answer) for s in world.scenes(split, n) for q in s.qa
