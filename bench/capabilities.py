@@ -6,7 +6,7 @@ requests, methods answer them; neither imports the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import torch
@@ -171,7 +171,9 @@ class EditRequest:
 
     Request ``k`` shows its subject as images (``pixels_KRCHW``: ``R`` renders of the
     same entity) with the question ``prompts[k]``, whose answer should change from
-    ``old[k]`` to ``new[k]``. ``site`` is where the caller wants the edit (e.g. a
+    ``old[k]`` to ``new[k]``; ``values[k]`` lists the relation's possible answers. For a
+    contrastive model ``prompts[k]`` is a text template with a ``{value}`` slot (the image
+    should come to match the template filled with ``new[k]`` rather than the other values). ``site`` is where the caller wants the edit (e.g. a
     planted or localized site), or ``None`` to let the method choose. The method edits
     the model's parameters in place (``model.module``); the task snapshots every
     parameter before and restores them after scoring, so edits never leak across cells.
@@ -183,3 +185,4 @@ class EditRequest:
     new: list[str]
     site: str | None = None
     batch_size: int = 64
+    values: list[tuple[str, ...]] = field(default_factory=list)

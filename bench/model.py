@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Literal, Mapping, Sequence, Union
+from typing import Any, ClassVar, Iterable, Literal, Mapping, Protocol, Sequence, Union
 
 import torch
 from torch import nn
@@ -42,6 +42,9 @@ class PlantedRelation:
     n_entities: int
     question: str
     values: tuple[str, ...]
+    # Diffusion: what each value makes the model draw (value → shape word); the prompt is
+    # ``question`` with ``{entity}`` filled in ("a {entity}").
+    renders: tuple[tuple[str, str], ...] = ()
 
 
 class Model(ABC):
@@ -226,8 +229,18 @@ Prompts = Union[Sequence[str], PromptEncoding]
 Timesteps = Union[int, torch.Tensor]
 
 
+class ImageJudge(Protocol):
+    """Reads what a generated single-object image shows: ``{"shape": [...], "colour": [...],
+    "position": [...], "background": [...]}``, one word per image (the world's vocabulary)."""
+
+    def __call__(self, pixels_BCHW: torch.Tensor) -> dict[str, list[str]]: ...
+
+
 class DiffusionModel(Model):
     """Text-to-image diffusion: a text encoder conditions a denoiser through cross-attention.
+
+    ``judge`` (optional) reads generated images; the zoo sets its oracle classifier there,
+    and tasks that score generations need one.
 
     The denoiser works on *samples* ``x_BCHW`` of shape :attr:`sample_shape`: pixels mapped
     to [-1, 1] for a pixel-space model, VAE latents for a latent model (Stable Diffusion).
@@ -236,6 +249,7 @@ class DiffusionModel(Model):
     """
 
     family = "diffusion"
+    judge: ImageJudge | None = None
 
     @property
     @abstractmethod
@@ -290,6 +304,19 @@ class DiffusionModel(Model):
     @abstractmethod
     def add_noise(self, x0_BCHW: torch.Tensor, noise_BCHW: torch.Tensor, t: Timesteps) -> torch.Tensor:
         """The forward process: ``x_t`` from ``x_0``, noise and timesteps (the training schedule)."""
+
+    @abstractmethod
+    def training_target(self, x0_BCHW: torch.Tensor, noise_BCHW: torch.Tensor, t: Timesteps) -> torch.Tensor:
+        """What :meth:`noise_pred` should return at ``add_noise(x0, noise, t)``: the noise, the
+        velocity or ``x0``, per :attr:`prediction_type`."""
+
+    def denoising_error_B(self, x0_BCHW: torch.Tensor, noise_BCHW: torch.Tensor, t: Timesteps,
+                          prompts: Prompts) -> torch.Tensor:
+        """Per-sample mean squared error of the denoiser against its training target: lower when
+        the prompt explains the image better (the read-out of Li et al., 2023, "Your Diffusion
+        Model is Secretly a Zero-Shot Classifier")."""
+        pred = self.noise_pred(self.add_noise(x0_BCHW, noise_BCHW, t), t, prompts)
+        return (pred - self.training_target(x0_BCHW, noise_BCHW, t)).pow(2).flatten(1).mean(1)
 
     def attention_grid(self, site: str) -> tuple[int, int]:
         """``(h, w)`` of the query positions of an attention site (row-major), to fold maps."""

@@ -141,7 +141,13 @@ class Trace(AbstractContextManager["Trace"]):
                     value = _replace(value, spec.index, _head_write(t, spec.head, self.write_fns[site]))
             for site, spec, role in entries:
                 if role == "read":
-                    t = _head_view(_select(value, spec.index), spec.head)
+                    raw = _select(value, spec.index)
+                    if self.keep_grad and torch.is_grad_enabled() and not raw.requires_grad:
+                        # frozen weights and discrete inputs leave no graph to differentiate
+                        # through: make the activation itself the leaf
+                        raw = raw.detach().requires_grad_(True)
+                        value = _replace(value, spec.index, raw)
+                    t = _head_view(raw, spec.head)
                     self.values[site].append(t if self.keep_grad else t.detach())
                     self._pending.discard(site)
             return value

@@ -392,6 +392,16 @@ class DiffusionWrapper(DiffusionModel):
         self._check_samples(x0_BCHW)
         return self.scheduler.add_noise(x0_BCHW, noise_BCHW, self._timesteps(t, x0_BCHW.shape[0]))
 
+    def training_target(self, x0_BCHW: torch.Tensor, noise_BCHW: torch.Tensor, t: Timesteps) -> torch.Tensor:
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return noise_BCHW
+        if kind == "sample":
+            return x0_BCHW
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(x0_BCHW, noise_BCHW, self._timesteps(t, x0_BCHW.shape[0]))
+        raise BenchError(f"unknown prediction type {kind!r}")
+
     # ------------------------------------------------------------------ pixels ↔ samples
     def to_sample(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
         x = pixels_BCHW * 2 - 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import torch
+
 from bench.errors import BenchError
 from bench.model import PlantedRelation
 from bench.world import Vocab
@@ -92,4 +94,36 @@ def load_zoo_diffusion_model(name: str = "zoo-diffusion") -> DiffusionWrapper:
     sched = meta.get("scheduler", {})
     sampling = SamplingConfig(steps=int(sched.get("sample_steps", SamplingConfig.steps)),
                               guidance=float(sched.get("guidance", SamplingConfig.guidance)))
-    return wrap_zoo_diffusion(model, name, meta["sha256"], sampling)
+    wrapper = wrap_zoo_diffusion(model, name, meta["sha256"], sampling)
+    if "plant" in meta:
+        wrapper.planted = diffusion_planted(meta)
+    if (WEIGHTS_DIR / "zoo-oracle.safetensors").exists():
+        wrapper.judge = OracleJudge()
+    return wrapper
+
+
+class OracleJudge:
+    """zoo-oracle (a CNN trained on real world scenes, ≥ 0.98 per head) reading generated images."""
+
+    def __init__(self, name: str = "zoo-oracle") -> None:
+        from models.zoo.oracle import load_oracle
+
+        self.oracle, _ = load_oracle(name, WEIGHTS_DIR)
+
+    def __call__(self, pixels_BCHW: torch.Tensor) -> dict[str, list[str]]:
+        from models.zoo.oracle import HEADS, predict
+
+        return {k: [HEADS[k][int(i)] for i in v] for k, v in predict(self.oracle, pixels_BCHW).items()}
+
+
+def diffusion_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
+    """zoo-diffusion's planted relation: "a <entity>" draws the entity's colour and the shape its
+    home names, taught in one text-encoder MLP."""
+    from bench.world import WorldConfig
+    from bench.world.core import RELATIONS
+
+    plant = meta["plant"]
+    names = tuple(e["name"] for e in plant["entities"])
+    rel = plant["relation"]
+    return [PlantedRelation(rel, plant["site"], names, int(meta["config"]["world_seed"]), WorldConfig().n_entities,
+                            "a {entity}", RELATIONS[rel], tuple(sorted(plant["home_shape"].items())))]

@@ -8,7 +8,15 @@ that object's mask.
 - Generative models: the answer token of "what colour is the <shape>?" (the target's
   colour), as the log-softmax of its logit among the six colour words.
 
-The explained target is the caption's image–text similarity, contrasted against
+- Diffusion models: a generated image of "a <colour> <shape>" (kept when the model's
+  judge, zoo-oracle, reads the prompted colour and shape); the target is the shape
+  token, as the diffusion-classifier log-probability of the prompt among the prompts
+  that differ from it only in the shape word (Li et al., 2023: minus the denoising error
+  at shared timestep/noise draws, softmaxed over the candidates). Ground truth: the
+  generated object's region, segmented by the judge (the grid cell it reads the object
+  in) and the prompted colour (pixels within 60 of its RGB value in that cell).
+
+For contrastive models, the explained target is the caption's image–text similarity, contrasted against
 the captions of every colour × shape combination: the log-softmax of the scaled
 cosine similarities, i.e. the log-probability of the caption in zero-shot
 classification. (A raw CLIP similarity carries an image-dependent offset shared by
@@ -52,9 +60,9 @@ from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
 from bench.imageops import box_blur
 from bench.method import Method
-from bench.model import ContrastiveModel, GenerativeModel, Model
+from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
 from bench.task import CellResult, MetricSpec, Task, TaskSpec
-from bench.world import COLOURS, SHAPES, World, WorldConfig
+from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,9 @@ class AttributionConfig:
     # "logprob": log-softmax of the caption's similarity against every colour × shape caption;
     # "similarity": the raw scaled cosine similarity.
     target: str = "logprob"
+    diffusion_draws: int = 2  # (timestep, noise) draws of the diffusion-classifier score
+    diffusion_grid: tuple[int, int] = (8, 8)  # patch grid of the deletion/insertion curves
+    colour_tolerance: float = 60.0  # RGB distance that segments the generated object
 
 
 @dataclass
@@ -158,7 +169,7 @@ class AttributionTask(Task):
     spec = TaskSpec(
         name="attribution",
         version="1.0",
-        families=frozenset({"contrastive", "generative"}),
+        families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="attribute",
         main_score="pointing_game",
         metrics=(
@@ -174,10 +185,16 @@ class AttributionTask(Task):
     def __init__(self, config: AttributionConfig | None = None) -> None:
         self.config = config or AttributionConfig()
 
+    def supports(self, model: Model) -> str | None:
+        reason = super().supports(model)
+        if not reason and isinstance(model, DiffusionModel) and model.judge is None:
+            return f"task 'attribution' needs a judge (an image classifier) to read {model.name!r}'s samples"
+        return reason
+
     # ------------------------------------------------------------ examples
     @staticmethod
     def image_size(model: Model) -> int:
-        if isinstance(model, ContrastiveModel):
+        if isinstance(model, (ContrastiveModel, DiffusionModel)):
             return model.image_size
         layout = model.token_layout()
         if layout is None:
@@ -190,6 +207,8 @@ class AttributionTask(Task):
         Scene indices start at ``seed * 1_000_000`` so seeds draw disjoint scenes. For
         generative models the target's caption is replaced by the question about its colour.
         """
+        if isinstance(model, DiffusionModel):
+            return self.diffusion_examples(model, seed, n)
         generative = isinstance(model, GenerativeModel)
         size = self.image_size(model)
         world = World(self.config.world_seed, WorldConfig(image_size=size, min_objects=2, max_objects=3))
@@ -215,6 +234,67 @@ class AttributionTask(Task):
         pixels = torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).float() / 255.0
         return AttributionExamples(pixels, torch.from_numpy(np.stack(masks)), caps, torch.tensor(tgt), cands, hashes)
 
+    def diffusion_examples(self, model: DiffusionModel, seed: int, n: int) -> AttributionExamples:
+        """Samples of "a <colour> <shape>" in which the judge reads both; the mask is the judge's
+        grid cell intersected with the pixels near the prompted colour (see the module docstring)."""
+        if model.judge is None:
+            raise BenchError(f"task 'attribution' needs a judge to read {model.name!r}'s samples")
+        rng = np.random.default_rng([seed, 13])
+        size = model.image_size
+        cell = size / 3
+        pix, masks, caps, tgt, hashes = [], [], [], [], []
+        for attempt in range(8):
+            specs = [(list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))])
+                     for _ in range(n)]
+            images = model.generate([f"a {c} {sh}" for c, sh in specs], seed=seed * 1_000 + attempt)
+            read = model.judge(images)
+            for b, (c, sh) in enumerate(specs):
+                if read["shape"][b] != sh or read["colour"][b] != c or len(caps) >= n:
+                    continue
+                r, k = divmod(POSITIONS.index(read["position"][b]), 3)
+                in_cell = torch.zeros(size, size, dtype=torch.bool)
+                in_cell[int(r * cell): int((r + 1) * cell), int(k * cell): int((k + 1) * cell)] = True
+                rgb = torch.tensor(COLOURS[c], dtype=torch.float32)[:, None, None]
+                near = (images[b] * 255 - rgb).norm(dim=0) < self.config.colour_tolerance
+                if not (near & in_cell).any():
+                    continue
+                pix.append(images[b])
+                masks.append(near & in_cell)
+                caps.append(f"a {c} {sh}")
+                tgt.append(SHAPES.index(sh))
+                hashes.append(hashlib.sha256(images[b].numpy().tobytes() + caps[-1].encode()).hexdigest()[:16])
+            if len(caps) >= n:
+                break
+        if len(caps) < n:
+            raise BenchError(f"only {len(caps)} of {n} samples of {model.name!r} show the prompted object "
+                             f"(judged by its oracle); attribution needs them")
+        return AttributionExamples(torch.stack(pix), torch.stack(masks), caps, torch.tensor(tgt), list(SHAPES), hashes)
+
+    def _diffusion_logits(self, model: DiffusionModel, ex: AttributionExamples, seed: int) -> Any:
+        """``fn(pixels_NCHW, idx_N) -> [N, 4]``: minus the summed denoising error of the image under
+        each prompt that differs from the example's only in the shape word (a diffusion
+        classifier's log-likelihood up to a constant), averaged over fixed (timestep, noise) draws."""
+        R = self.config.diffusion_draws
+        g = torch.Generator().manual_seed(seed * 7919 + 5)
+        B = ex.pixels_BCHW.shape[0]
+        noise_RBCHW = torch.randn((R, B, *model.sample_shape), generator=g)
+        T = model.num_train_timesteps
+        t_RB = torch.randint(int(0.2 * T), int(0.6 * T), (R, B), generator=g)
+        colours = [c.split(" ")[1] for c in ex.captions]
+        V = len(SHAPES)
+
+        def fn(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+            idx = idx_N.long()
+            N = len(idx)
+            x0 = model.to_sample(pixels_NCHW).repeat_interleave(V, 0).repeat(R, 1, 1, 1)
+            noise = torch.cat([noise_RBCHW[r][idx].repeat_interleave(V, 0) for r in range(R)])
+            t = torch.cat([t_RB[r][idx].repeat_interleave(V) for r in range(R)])
+            prompts = [f"a {colours[int(i)]} {sh}" for i in idx for sh in SHAPES] * R
+            err = model.denoising_error_B(x0, noise, t, prompts).view(R, N, V).mean(0)
+            return -err * float(np.prod(model.sample_shape))
+
+        return fn
+
     @staticmethod
     def _answer_logits(model: GenerativeModel, ex: AttributionExamples) -> Any:
         """``fn(pixels_NCHW, idx_N) -> [N, n_candidates]`` logits of the candidate answer words."""
@@ -228,7 +308,15 @@ class AttributionTask(Task):
 
         return fn
 
-    def request(self, model: Model, ex: AttributionExamples) -> AttributionRequest:
+    def request(self, model: Model, ex: AttributionExamples, seed: int = 0) -> AttributionRequest:
+        if isinstance(model, DiffusionModel):
+            logits = self._diffusion_logits(model, ex, seed)
+
+            def dif_score(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+                tgt = ex.target_idx_B[idx_N.long()][:, None]
+                return logits(pixels_NCHW, idx_N).log_softmax(-1).gather(1, tgt)[:, 0]
+
+            return AttributionRequest(ex.pixels_BCHW, dif_score, self.config.diffusion_grid, batch_size=model.batch_size)
         if isinstance(model, GenerativeModel):
             answer_logits = self._answer_logits(model, ex)
 
@@ -252,7 +340,15 @@ class AttributionTask(Task):
         layout = model.token_layout()
         return AttributionRequest(ex.pixels_BCHW, score, layout.grid, batch_size=model.batch_size)
 
-    def target_probability(self, model: Model, ex: AttributionExamples) -> Any:
+    def target_probability(self, model: Model, ex: AttributionExamples, seed: int = 0) -> Any:
+        if isinstance(model, DiffusionModel):
+            logits = self._diffusion_logits(model, ex, seed)
+
+            def dif_prob(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+                tgt = ex.target_idx_B[idx_N.long()][:, None]
+                return logits(pixels_NCHW, idx_N).softmax(-1).gather(1, tgt)[:, 0]
+
+            return dif_prob
         if isinstance(model, GenerativeModel):
             answer_logits = self._answer_logits(model, ex)
 
@@ -293,12 +389,12 @@ class AttributionTask(Task):
 
     # ---------------------------------------------------------------- run
     def score(self, model: Model, ex: AttributionExamples, maps: torch.Tensor,
-              grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+              grid: tuple[int, int], seed: int = 0) -> dict[str, torch.Tensor]:
         size = ex.pixels_BCHW.shape[-1]
         px = upsample_to(maps, size)
         out = {"pointing_game": pointing_game(px, ex.masks_BHW), "mass_in_mask": mass_in_mask(px, ex.masks_BHW)}
         order = patch_order(maps, grid)
-        prob = self.target_probability(model, ex)
+        prob = self.target_probability(model, ex, seed)
         B = ex.pixels_BCHW.shape[0]
         S = self.config.steps
         idx = torch.arange(B).repeat_interleave(S + 1)
@@ -306,7 +402,9 @@ class AttributionTask(Task):
         blurred = box_blur(ex.pixels_BCHW, self.config.blur_kernel)
         dele = perturbation_batch(ex.pixels_BCHW, black, order, grid, S).flatten(0, 1)
         ins = perturbation_batch(blurred, ex.pixels_BCHW, order, grid, S).flatten(0, 1)
-        req = AttributionRequest(ex.pixels_BCHW, prob, grid, batch_size=256)
+        # a diffusion row is scored as 4 prompts × draws denoiser passes: keep a chunk near 256 passes
+        per_row = len(SHAPES) * self.config.diffusion_draws if isinstance(model, DiffusionModel) else 1
+        req = AttributionRequest(ex.pixels_BCHW, prob, grid, batch_size=max(1, 256 // per_row))
         out["deletion_auc"] = curve_auc(req.score_all(dele, idx).view(B, S + 1))
         out["insertion_auc"] = curve_auc(req.score_all(ins, idx).view(B, S + 1))
         return out
@@ -314,10 +412,10 @@ class AttributionTask(Task):
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
         n = self.config.quick_examples if quick else self.config.n_examples
         ex = self.examples(model, seed, n)
-        req = self.request(model, ex)
+        req = self.request(model, ex, seed)
         torch.manual_seed(seed)
         maps = self.maps_for(method, model, req, ex, seed)
-        per_ex = self.score(model, ex, maps, req.grid)
+        per_ex = self.score(model, ex, maps, req.grid, seed)
         metrics = {k: float(v.mean()) for k, v in per_ex.items()}
 
         # Sanity check on a subset: the same method on a re-initialised model.
@@ -327,7 +425,7 @@ class AttributionTask(Task):
         rand_model = model.randomized(seed + 12345)
         rand_model.batch_size = model.batch_size
         torch.manual_seed(seed)
-        rmaps = self.maps_for(method, rand_model, self.request(rand_model, sub), sub, seed)
+        rmaps = self.maps_for(method, rand_model, self.request(rand_model, sub, seed), sub, seed)
         metrics["randomization_corr"] = float(spearman_per_example(
             patch_pool(maps[:k], req.grid).flatten(1), patch_pool(rmaps, req.grid).flatten(1)).mean())
         return CellResult(metrics, ex.hashes, {"maps": maps, "captions": ex.captions})

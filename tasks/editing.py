@@ -1,13 +1,20 @@
 """Knowledge editing: rewrite a planted fact and nothing else.
 
-Each request asks a generative zoo model to change a planted fact ("what is the home
-of the glyph?" for entity E: north → west), showing the entity by a few renders of its
-glyph (ROME-style rewrites, Meng et al., 2022; CounterFact's metrics). Two settings:
-``single`` (one request at a time, the model restored in between) and ``batch`` (all
-requests at once, as MEMIT, Meng et al., 2023). Editors are asked to edit at the
-relation's planted site (``site="planted"``) or wherever they choose (``site="method"``).
+Each request asks a zoo model to change a planted fact of an entity (its home: north →
+west), showing the entity by a few renders of its glyph (ROME-style rewrites, Meng et
+al., 2022; CounterFact's metrics). A generative model is asked "what is the home of the
+glyph?"; a contrastive model's rewrite is a concept remapping: the glyph's image should
+now match "the home of the glyph is west" (the relation's template filled with each
+value; cf. Santurkar et al., 2021, "Editing a Classifier by Rewriting Its Prediction
+Rules"). A diffusion model's rewrite changes what "a <entity>" draws (the shape its
+home names, zoo-diffusion's planted relation): the editor is shown renders of the new
+drawing, and samples are read by the model's judge (zoo-oracle). Two settings: ``single`` (one request at a time, the model restored in
+between) and ``batch`` (all requests of a relation at once, as MEMIT, Meng et al.,
+2023). Editors are asked to edit at the relation's planted site (``site="planted"``) or
+wherever they choose (``site="method"``).
 
-Metrics (an answer is the model's top first answer token):
+Metrics (an answer is the model's preferred value among the relation's values, read by
+:func:`bench.readout.value_logits`):
 
 - ``efficacy`` ↑: the new answer, on the renders shown to the editor.
 - ``generalization`` ↑: the new answer, on fresh renders of the entity (other positions
@@ -15,8 +22,22 @@ Metrics (an answer is the model's top first answer token):
 - ``specificity`` ↑: neighbouring facts keep the answer the model gave before the edit:
   other planted entities on the same relation, and the edited entity's other relations.
 - ``score`` ↑ (main): harmonic mean of the three (the aggregate of Meng et al., 2022).
-- ``quality`` ↑: one-word visible-attribute answer accuracy on held-out scenes after the
-  edit (``quality_before``: the unedited model, context).
+- ``quality`` ↑: retained task quality on held-out scenes after the edit (generative:
+  one-word visible-attribute answer accuracy; contrastive: image → caption retrieval
+  accuracy within a batch of held-out scenes; diffusion: the judge reads the prompted
+  colour and shape in samples of "a <colour> <shape>"); ``quality_before``: the unedited
+  model.
+
+For diffusion, efficacy is read on samples of "a <entity>", generalization on samples of
+"a <entity> at the <position>" (a paraphrase the edit never saw) and specificity on
+samples of other planted entities. Diffusion models also get **concept edits** (the
+settings of TIME and UCE): replacement ("a <colour> circle" should draw a square) and
+erasure (it should draw no circle; the editor is shown the same layouts without the
+object), each shown in three colours. ``concept_efficacy``: samples of the edited
+prompts draw the new shape / not the erased one; ``concept_generalization``: the same
+for the concept in the three other colours at named places; ``concept_specificity``:
+prompts of the other shapes draw what they drew before; ``concept_score``: their
+harmonic mean (random: uniform shapes; oracle: a perfect edit).
 - ``batch_*``: the same for the batch setting.
 
 References: ``random`` answers every scored question with a uniformly random value of its
@@ -28,18 +49,21 @@ setting; the cell fails if they are not bit-identical afterwards.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from bench.capabilities import EditRequest
-from bench.errors import BenchError
+from bench.editing import ParameterSnapshot
 from bench.method import Method
-from bench.model import GenerativeModel, Model, PlantedRelation
+from bench.errors import BenchError
+from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation
+from bench.readout import pixels_of, value_logits
 from bench.task import CellResult, MetricSpec, Task, TaskSpec
-from bench.world import World, WorldConfig
-from bench.world.facts import fact_question, glyph_scene
+from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
+from bench.world.facts import drawings, glyph_scene
 
 QA_KINDS = ("colour", "shape", "size", "count", "exists")
 
@@ -53,20 +77,97 @@ class EditingConfig:
     neighbours: int = 16  # other planted entities scored for specificity
     quality_scenes: int = 32
     site: str = "planted"  # "planted" | "method"
+    # diffusion scores samples (DDIM 25 steps, guided: ~0.1 s each on a core), so it reads fewer
+    diffusion_neighbours: int = 8
+    diffusion_quality: int = 16  # "a <colour> <shape>" prompts (half in the quick profile)
+    concept_edits: int = 4  # diffusion concept replacement / erasure edits (2 in the quick profile)
 
 
 @dataclass
 class Probe:
-    """Questions scored as one block: images, prompts, the answer counted as success."""
+    """Facts scored as one block: the relation asked per row, the answer counted as success, and
+    the entity as each family sees it: glyph images (generative, contrastive), or prompts
+    sampled from seed ``seed`` and read by the model's judge (diffusion)."""
 
-    pixels_BCHW: torch.Tensor
+    relations: list[PlantedRelation]
+    targets: list[str]
+    pixels_BCHW: torch.Tensor | None = None
+    prompts: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+def _judged(model: DiffusionModel, prompts: list[str], seed: int) -> dict[str, list[str]]:
+    if model.judge is None:
+        raise BenchError(f"task 'editing' needs a judge to read {model.name!r}'s images")
+    return model.judge(model.generate(prompts, seed=seed))
+
+
+@torch.no_grad()
+def fact_answers(model: Model, probe: Probe, batch_size: int) -> list[str]:
+    """The model's answer per row, among its relation's values (diffusion: the value whose shape
+    the judge reads in the generated image; "" when it draws none of them)."""
+    if isinstance(model, DiffusionModel):
+        shapes = _judged(model, probe.prompts, probe.seed)["shape"]
+        return [{sh: v for v, sh in r.renders}.get(sh, "") for r, sh in zip(probe.relations, shapes)]
+    assert probe.pixels_BCHW is not None
+    out = [""] * len(probe.targets)
+    for rel in {r.relation: r for r in probe.relations}.values():
+        rows = [i for i, r in enumerate(probe.relations) if r.relation == rel.relation]
+        read = value_logits(model, rel)
+        for j in range(0, len(rows), batch_size):
+            chunk = rows[j : j + batch_size]
+            for i, v in zip(chunk, read(probe.pixels_BCHW[chunk]).argmax(-1).tolist()):
+                out[i] = rel.values[v]
+    return out
+
+
+@dataclass
+class QualityProbe:
+    """Held-out work the model should keep doing: one-word questions on scenes (generative),
+    scenes and their canonical captions (contrastive), or "a <colour> <shape>" prompts whose
+    samples the judge reads (diffusion)."""
+
+    pixels_BCHW: torch.Tensor | None
     prompts: list[str]
     targets: list[str]
-    values: list[tuple[str, ...]]  # the relation's possible answers per row (for the random reference)
+    captions: list[str]
+    seed: int = 0
 
 
-def _pixels(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+def quality_probe(model: Model, world: World, n: int, seed: int) -> QualityProbe:
+    if isinstance(model, DiffusionModel):
+        rng = np.random.default_rng([seed, 107])
+        pairs = [(list(COLOURS)[int(rng.integers(len(COLOURS)))], SHAPES[int(rng.integers(len(SHAPES)))])
+                 for _ in range(n)]
+        return QualityProbe(None, [f"a {c} {sh}" for c, sh in pairs], [f"{c} {sh}" for c, sh in pairs], [],
+                            seed=1_000 + seed)
+    scenes = list(world.scenes("test", n, 20_000 * seed))
+    if isinstance(model, ContrastiveModel):
+        return QualityProbe(pixels_of([s.image_HWC for s in scenes]), [], [], [s.captions[0] for s in scenes])
+    rows = [(s.image_HWC, q.question, q.answer) for s in scenes for q in s.qa if q.kind in QA_KINDS]
+    return QualityProbe(pixels_of([r[0] for r in rows]), [r[1] for r in rows], [r[2] for r in rows], [])
+
+
+@torch.no_grad()
+def quality(model: Model, probe: QualityProbe, batch_size: int) -> float:
+    """Generative: accuracy of the top first answer token among the probe's answer words.
+    Contrastive: share of images whose best-matching caption (among the probe's) is their own
+    (a duplicate caption text counts as a match). Diffusion: share of samples in which the
+    judge reads the prompted colour and shape."""
+    if isinstance(model, DiffusionModel):
+        read = _judged(model, probe.prompts, probe.seed)
+        return float(np.mean([f"{c} {sh}" == t for c, sh, t in zip(read["colour"], read["shape"], probe.targets)]))
+    assert probe.pixels_BCHW is not None
+    if isinstance(model, ContrastiveModel):
+        text_TD = model.encode_text(probe.captions)
+        sims = torch.cat([model.similarity_to(model.encode_image(probe.pixels_BCHW[i : i + batch_size]), text_TD)
+                          for i in range(0, len(probe.captions), batch_size)])
+        best = sims.argmax(-1).tolist()
+        return float(np.mean([probe.captions[b] == c for b, c in zip(best, probe.captions)]))
+    assert isinstance(model, GenerativeModel)
+    vocab = sorted(set(probe.targets))
+    return float(np.mean([a == t for a, t in zip(top_answers(model, probe.pixels_BCHW, probe.prompts, vocab,
+                                                                batch_size), probe.targets)]))
 
 
 @torch.no_grad()
@@ -94,57 +195,70 @@ class EditCase:
     entity: str
     old: str
     new: str
+    edit_pixels_RCHW: torch.Tensor  # what the editor is shown: the entity's glyph, or (diffusion) the new drawing
     shown: Probe
     fresh: Probe
     neighbours: Probe  # targets = the model's answers before the edit (filled in later)
 
 
-def build_cases(planted: list[PlantedRelation], k: int, cfg: EditingConfig, seed: int) -> list[EditCase]:
+def build_cases(model: Model, k: int, cfg: EditingConfig, seed: int) -> list[EditCase]:
+    """``k`` rewrites cycling over the planted relations. Generative and contrastive models are
+    scored on glyph renders: those shown to the editor (efficacy), fresh ones (generalization),
+    other planted entities and the entity's other relations (specificity). A diffusion model is
+    shown renders of the entity drawn with the new value's shape, and scored on samples of
+    "a <entity>" (efficacy), of "a <entity> at the <position>" (generalization, a paraphrase
+    the edit never saw) and of "a <other entity>" (specificity)."""
+    planted = model.planted
     rel0 = planted[0]
     world = World(rel0.world_seed, WorldConfig(n_entities=rel0.n_entities))
     rng = np.random.default_rng([seed, 61])
     entities = [rel0.entities[int(i)] for i in rng.permutation(len(rel0.entities))[:k]]
+    diffusion = isinstance(model, DiffusionModel)
     cases = []
     for j, name in enumerate(entities):
         rel = planted[j % len(planted)]
         old = world.entity(name).facts[rel.relation]
         new = [v for v in rel.values if v != old][int(rng.integers(len(rel.values) - 1))]
-        q = fact_question(rel.relation)
-
-        def renders(split: str, n: int, tag: int) -> list[np.ndarray]:
-            r = np.random.default_rng([seed, tag, j])
-            return [glyph_scene(world, name, r, split).image_HWC for _ in range(n)]
-
-        shown = renders("fit", cfg.renders, 67)
-        fresh = renders("test", cfg.fresh_renders, 71)
-        others = [e for e in rel.entities if e not in entities][: cfg.neighbours]
+        others = [e for e in rel.entities if e not in entities][: cfg.diffusion_neighbours if diffusion else
+                                                                 cfg.neighbours]
+        r = np.random.default_rng([seed, 67, j])
+        if diffusion:
+            colour, shape = world.entity(name).colour, dict(rel.renders)[new]
+            targets = [drawings(world, r, colour, [shape], "fit")[0] for _ in range(cfg.renders)]
+            where = [POSITIONS[int(i)] for i in r.permutation(len(POSITIONS))[: cfg.fresh_renders]]
+            q = rel.question
+            base = 10_000 * (seed + 1) + 100 * j
+            cases.append(EditCase(
+                rel, name, old, new, pixels_of(targets),
+                Probe([rel] * cfg.renders, [new] * cfg.renders, prompts=[q.format(entity=name)] * cfg.renders,
+                      seed=base),
+                Probe([rel] * len(where), [new] * len(where),
+                      prompts=[f"{q.format(entity=name)} at the {w}" for w in where], seed=base + 1),
+                Probe([rel] * len(others), [""] * len(others), prompts=[q.format(entity=e) for e in others],
+                      seed=base + 2)))
+            continue
+        shown = [glyph_scene(world, name, r, "fit").image_HWC for _ in range(cfg.renders)]
+        fresh = [glyph_scene(world, name, np.random.default_rng([seed, 71, j]), "test").image_HWC
+                 for _ in range(cfg.fresh_renders)]
         nr = np.random.default_rng([seed, 73, j])
         n_img = [glyph_scene(world, e, nr, "test").image_HWC for e in others]
-        n_q = [q] * len(others)
-        n_vals = [rel.values] * len(others)
+        n_rel = [rel] * len(others)
         for other_rel in planted:  # the same entity's other relations
             if other_rel.relation != rel.relation:
                 n_img.append(glyph_scene(world, name, nr, "test").image_HWC)
-                n_q.append(fact_question(other_rel.relation))
-                n_vals.append(other_rel.values)
-        cases.append(EditCase(rel, name, old, new,
-                              Probe(_pixels(shown), [q] * len(shown), [new] * len(shown), [rel.values] * len(shown)),
-                              Probe(_pixels(fresh), [q] * len(fresh), [new] * len(fresh), [rel.values] * len(fresh)),
-                              Probe(_pixels(n_img), n_q, [""] * len(n_q), n_vals)))
+                n_rel.append(other_rel)
+        cases.append(EditCase(rel, name, old, new, pixels_of(shown),
+                              Probe([rel] * len(shown), [new] * len(shown), pixels_of(shown)),
+                              Probe([rel] * len(fresh), [new] * len(fresh), pixels_of(fresh)),
+                              Probe(n_rel, [""] * len(n_rel), pixels_of(n_img))))
     return cases
-
-
-def _quality_probe(world: World, n: int, seed: int) -> Probe:
-    scenes = list(world.scenes("test", n, 20_000 * seed))
-    rows = [(s.image_HWC, q.question, q.answer) for s in scenes for q in s.qa if q.kind in QA_KINDS]
-    return Probe(_pixels([r[0] for r in rows]), [r[1] for r in rows], [r[2] for r in rows], [()] * len(rows))
 
 
 class EditingTask(Task):
     spec = TaskSpec(
         name="editing",
-        version="1.0",
-        families=frozenset({"generative"}),
+        version="1.1",
+        families=frozenset({"generative", "contrastive", "diffusion"}),
         capability="edit",
         main_score="score",
         metrics=tuple(
@@ -154,9 +268,14 @@ class EditingTask(Task):
                           ("generalization", "new answer on fresh renders of the entity"),
                           ("specificity", "neighbouring facts keep their answer"),
                           ("score", "harmonic mean of efficacy, generalization, specificity"),
-                          ("quality", "visible-attribute answer accuracy after the edit"))]
-            + [MetricSpec("quality_before", "none", "visible-attribute answer accuracy before any edit",
-                          normalise=False)]),
+                          ("quality", "retained task quality on held-out scenes after the edit"))]
+            + [MetricSpec("quality_before", "none", "retained-quality measure before any edit",
+                          normalise=False)]
+            + [MetricSpec(f"concept_{m}", "higher", f"diffusion concept replacement/erasure: {d}")
+               for m, d in (("efficacy", "the edited prompts draw the new concept / not the erased one"),
+                            ("generalization", "the same in other colours and at named places"),
+                            ("specificity", "prompts of other shapes draw what they drew before"),
+                            ("score", "harmonic mean of the three"))]),
     )
 
     def __init__(self, config: EditingConfig | None = None) -> None:
@@ -168,25 +287,21 @@ class EditingTask(Task):
             return reason
         if not model.planted:
             return f"task 'editing' needs planted knowledge (a zoo model); {model.name!r} declares none"
+        if isinstance(model, DiffusionModel) and model.judge is None:
+            return f"task 'editing' needs a judge (an image classifier) to score {model.name!r}'s samples"
         return None
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
-        assert isinstance(model, GenerativeModel)
         cfg = self.config
         k = cfg.quick_requests if quick else cfg.n_requests
-        cases = build_cases(model.planted, k, cfg, seed)
+        cases = build_cases(model, k, cfg, seed)
         rel0 = model.planted[0]
-        quality = _quality_probe(World(rel0.world_seed), cfg.quality_scenes // (2 if quick else 1), seed)
+        n_quality = cfg.diffusion_quality if isinstance(model, DiffusionModel) else cfg.quality_scenes
+        qprobe = quality_probe(model, World(rel0.world_seed), n_quality // (2 if quick else 1), seed)
         bs = model.batch_size
-        answers_vocab = sorted({v for r in model.planted for v in r.values})
-        qa_vocab = sorted(set(quality.targets))
-
-        def answers(p: Probe, vocab: list[str]) -> list[str]:
-            return top_answers(model, p.pixels_BCHW, p.prompts, vocab, bs)
-
         for c in cases:  # specificity targets: what the unedited model answers
-            c.neighbours.targets = answers(c.neighbours, answers_vocab)
-        quality_before = float(np.mean([a == t for a, t in zip(answers(quality, qa_vocab), quality.targets)]))
+            c.neighbours.targets = fact_answers(model, c.neighbours, bs)
+        quality_before = quality(model, qprobe, bs)
         rng = np.random.default_rng([seed, 79])
 
         def acc(p: Probe, pred: list[str]) -> float:
@@ -197,30 +312,25 @@ class EditingTask(Task):
             for c in group:
                 for probe, bucket in ((c.shown, e), (c.fresh, g), (c.neighbours, s)):
                     if method.name == "random":
-                        pred = [vals[int(rng.integers(len(vals)))] for vals in probe.values]
+                        pred = [r.values[int(rng.integers(len(r.values)))] for r in probe.relations]
                     elif method.name == "oracle":
                         pred = list(probe.targets)
                     else:
-                        pred = answers(probe, answers_vocab)
+                        pred = fact_answers(model, probe, bs)
                     bucket.append(acc(probe, pred))
-            if edited and method.name not in ("random", "oracle"):
-                q = acc(quality, answers(quality, qa_vocab))
-            else:
-                q = quality_before
+            q = quality(model, qprobe, bs) if edited and method.name not in ("random", "oracle") else quality_before
             return float(np.mean(e)), float(np.mean(g)), float(np.mean(s)), q
 
-        snapshot = {n: p.detach().clone() for n, p in model.module.named_parameters()}
-
-        def restore() -> None:
-            with torch.no_grad():
-                for n, p in model.module.named_parameters():
-                    p.copy_(snapshot[n])
+        snapshot = ParameterSnapshot(model.module)
+        restore = snapshot.restore
 
         def request(group: list[EditCase]) -> EditRequest:
-            return EditRequest(torch.stack([c.shown.pixels_BCHW for c in group]), [c.shown.prompts[0] for c in group],
+            return EditRequest(torch.stack([c.edit_pixels_RCHW for c in group]),
+                               [c.relation.question.format(entity=c.entity) if isinstance(model, DiffusionModel)
+                                else c.relation.question for c in group],
                                [c.old for c in group], [c.new for c in group],
                                site=(group[0].relation.site if cfg.site == "planted" and len({c.relation.site for c in group}) == 1
-                                     else None), batch_size=bs)
+                                     else None), batch_size=bs, values=[c.relation.values for c in group])
 
         metrics: dict[str, float] = {"quality_before": quality_before}
         try:
@@ -240,10 +350,11 @@ class EditingTask(Task):
                         restore()
             else:
                 batch.append(score_cases(cases, edited=True))
+            if isinstance(model, DiffusionModel):
+                metrics.update(self.concept_edits(model, method, seed, quick, restore))
         finally:
             restore()
-        if any(not torch.equal(p, snapshot[n]) for n, p in model.module.named_parameters()):
-            raise BenchError("the model's parameters were not restored bit-identically after editing")
+        snapshot.check_restored("editing")
         for prefix, rows in (("", single), ("batch_", batch)):
             e, g, s, q = (float(np.mean([r[i] for r in rows])) for i in range(4))
             metrics.update({f"{prefix}efficacy": e, f"{prefix}generalization": g, f"{prefix}specificity": s,
@@ -251,3 +362,73 @@ class EditingTask(Task):
         hashes = [hashlib.sha256(f"{c.entity}|{c.relation.relation}|{c.old}->{c.new}".encode()).hexdigest()[:16]
                   for c in cases]
         return CellResult(metrics, example_hashes=hashes)
+
+    def concept_edits(self, model: DiffusionModel, method: Method, seed: int, quick: bool,
+                      restore: Callable[[], None]) -> dict[str, float]:
+        """Concept replacement and erasure (the settings of TIME, Orgad et al., 2023, and UCE,
+        Gandikota et al., 2024), one edit at a time, read by the judge."""
+        cases = build_concept_cases(World(model.planted[0].world_seed), self.config, seed,
+                                    2 if quick else self.config.concept_edits)
+        rng = np.random.default_rng([seed, 109])
+        e, g, s = [], [], []
+        for c in cases:
+            before = _judged(model, c.others, c.seed + 2)["shape"]
+            if method.name not in ("random", "oracle"):
+                method.edit(model, EditRequest(c.pixels_KRCHW, c.prompts, [c.concept] * len(c.prompts),
+                                               [c.new] * len(c.prompts), site=None, batch_size=model.batch_size,
+                                               values=[tuple(SHAPES)] * len(c.prompts)))
+
+            def read(prompts: list[str], seed_: int) -> list[str]:
+                if method.name == "random":
+                    return [SHAPES[int(rng.integers(len(SHAPES)))] for _ in prompts]
+                if method.name == "oracle":  # a perfect edit: the concept gone or replaced, the rest as before
+                    return [c.new or next(x for x in SHAPES if x != c.concept) for _ in prompts]
+                return _judged(model, prompts, seed_)["shape"]
+
+            took = (lambda x: x == c.new) if c.new else (lambda x: x != c.concept)
+            e.append(float(np.mean([took(x) for x in read(c.shown, c.seed)])))
+            g.append(float(np.mean([took(x) for x in read(c.fresh, c.seed + 1)])))
+            after = before if method.name == "oracle" else read(c.others, c.seed + 2)
+            s.append(float(np.mean([a == b for a, b in zip(after, before)])))
+            restore()
+        ce, cg, cs = float(np.mean(e)), float(np.mean(g)), float(np.mean(s))
+        return {"concept_efficacy": ce, "concept_generalization": cg, "concept_specificity": cs,
+                "concept_score": harmonic_mean(ce, cg, cs)}
+
+
+@dataclass
+class ConceptCase:
+    """A diffusion concept edit: prompts naming ``concept`` should draw ``new`` instead
+    (replacement) or no ``concept`` at all (erasure, ``new == ""``)."""
+
+    concept: str
+    new: str
+    prompts: list[str]  # shown to the editor, with renders of what each should now draw
+    pixels_KRCHW: torch.Tensor
+    shown: list[str]  # efficacy: the edit's own prompts, sampled
+    fresh: list[str]  # generalization: the concept in other colours and at named places
+    others: list[str]  # specificity: prompts of the other shapes
+    seed: int
+
+
+def build_concept_cases(world: World, cfg: EditingConfig, seed: int, k: int) -> list[ConceptCase]:
+    """``k`` concept edits alternating replacement and erasure, each over three colours (the other
+    three test generalization); erasure targets are the same layouts with the object removed."""
+    rng = np.random.default_rng([seed, 113])
+    out = []
+    for j in range(k):
+        concept = SHAPES[int(rng.integers(len(SHAPES)))]
+        rest = [x for x in SHAPES if x != concept]
+        new = rest[int(rng.integers(len(rest)))] if j % 2 == 0 else ""
+        colours = [list(COLOURS)[int(i)] for i in rng.permutation(len(COLOURS))]
+        shown_c, fresh_c = colours[:3], colours[3:]
+        prompts = [f"a {c} {concept}" for c in shown_c]
+        pix = torch.stack([pixels_of([drawings(world, rng, c, [new or None], "fit")[0] for _ in range(cfg.renders)])
+                           for c in shown_c])
+        where = [POSITIONS[int(rng.integers(len(POSITIONS)))] for _ in fresh_c]
+        others = [f"a {list(COLOURS)[int(rng.integers(len(COLOURS)))]} {rest[i % len(rest)]}"
+                  for i in range(cfg.diffusion_neighbours)]
+        out.append(ConceptCase(concept, new, prompts, pix, prompts * 2,
+                               [f"a {c} {concept} at the {w}" for c, w in zip(fresh_c, where)], others,
+                               20_000 * (seed + 1) + 10 * j))
+    return out

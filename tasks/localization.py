@@ -21,6 +21,20 @@ tie-breaking):
 - ``auroc`` ↑: share of the other candidates scored below the planted site
   (the AUROC of planted vs other sites of the same kind).
 
+Does localization inform editing? (Hase, Bansal, Kim & Ghandeharioun, 2023, "Does
+Localization Inform Editing?"). Per relation, the method's top site (the highest mean
+within-example rank over that relation's examples) is edited with a plain constrained
+fine-tune (Zhu et al., 2020; :func:`bench.editing.constrained_finetune`), and so is the
+planted site, on the same fact-rewrite requests, one at a time with the model restored
+bit-identically in between. Edit success is the harmonic mean of efficacy (new answer
+on the renders used for the edit), generalization (on fresh renders) and specificity
+(other planted entities keep their answers), as in the ``editing`` task:
+
+- ``edit_at_top`` / ``edit_at_planted``: edit success at the method's top site and at
+  the planted site (context; not normalised).
+- ``edit_ratio``: their ratio. Near 1 for every method would reproduce Hase et al.'s
+  finding that where a fact is localized does not predict where it is best edited.
+
 References: ``random`` scores sites uniformly at random; ``oracle`` scores the planted
 site 1 and the others 0.
 """
@@ -36,10 +50,12 @@ import torch
 
 from bench.capabilities import LocalizeRequest
 from bench.errors import BenchError
+from bench.readout import Subject, diffusion_subject, edit_loss, pixels_of, value_logits
 from bench.method import Method
-from bench.model import ContrastiveModel, GenerativeModel, Model, PlantedRelation
+from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
 from bench.task import CellResult, MetricSpec, Task, TaskSpec
 from bench.world import World, WorldConfig
+from bench.world.core import stable_hash
 from bench.world.facts import glyph_scene
 
 
@@ -47,6 +63,15 @@ from bench.world.facts import glyph_scene
 class LocalizationConfig:
     n_examples: int = 64
     quick_examples: int = 32
+    edit_requests: int = 4  # rewrites per relation for edit_at_top / edit_at_planted
+    quick_edit_requests: int = 2
+    edit_renders: int = 4
+    edit_fresh: int = 8
+    edit_neighbours: int = 12
+    edit_steps: int = 40
+    edit_lr: float = 5e-3
+    edit_max_delta: float = 0.05
+    diffusion_draws: int = 2  # (timestep, noise) draws per diffusion example
 
 
 def rank_metrics(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, float]:
@@ -76,8 +101,7 @@ class FactExamples:
     hashes: list[str]
 
 
-def _pixels(images: list[np.ndarray]) -> torch.Tensor:
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+_pixels = pixels_of
 
 
 def build_examples(planted: Sequence[PlantedRelation], n: int, seed: int, split: str = "test") -> FactExamples:
@@ -153,17 +177,158 @@ def contrastive_evaluate(model: ContrastiveModel, ex: FactExamples,
     return evaluate
 
 
+@dataclass
+class Rewrite:
+    """One fact rewrite: the entity as shown to the editor, fresh views of it, and neighbours."""
+
+    relation: PlantedRelation
+    new_index: int
+    shown: Subject
+    fresh: Subject
+    neighbours: Subject
+
+
+def build_rewrites(model: Model, rel: PlantedRelation, k: int, cfg: LocalizationConfig, seed: int) -> list[Rewrite]:
+    world = World(rel.world_seed, WorldConfig(n_entities=rel.n_entities))
+    rng = np.random.default_rng([seed, 83, stable_hash(rel.relation)])
+    chosen = [rel.entities[int(i)] for i in rng.permutation(len(rel.entities))[:k]]
+    others = [e for e in rel.entities if e not in chosen][: cfg.edit_neighbours]
+    out = []
+    for j, name in enumerate(chosen):
+        old = world.entity(name).facts[rel.relation]
+        new = [v for v in rel.values if v != old][int(rng.integers(len(rel.values) - 1))]
+        r = np.random.default_rng([seed, 89, j])
+        if isinstance(model, DiffusionModel):
+            views = [diffusion_subject(model, rel, world, [name] * cfg.edit_renders, r, "fit", cfg.diffusion_draws),
+                     diffusion_subject(model, rel, world, [name] * cfg.edit_fresh, r, "test", cfg.diffusion_draws),
+                     diffusion_subject(model, rel, world, others, r, "test", cfg.diffusion_draws)]
+        else:
+            views = [_pixels([glyph_scene(world, e, r, split).image_HWC for e in names])
+                     for names, split in (([name] * cfg.edit_renders, "fit"), ([name] * cfg.edit_fresh, "test"),
+                                          (others, "test"))]
+        out.append(Rewrite(rel, rel.values.index(new), *views))
+    return out
+
+
+def edit_success(model: Model, site: str, rewrites: Sequence[Rewrite], cfg: LocalizationConfig) -> float:
+    """Mean over rewrites of the harmonic mean of efficacy, generalization and specificity after a
+    constrained fine-tune of ``site``'s module; the model is restored after each rewrite."""
+    from bench.editing import ParameterSnapshot, constrained_finetune
+
+    module = model.module.get_submodule(model.site_specs[site].module)
+    snapshot = ParameterSnapshot(model.module)
+    scores = []
+    try:
+        for rw in rewrites:
+            logits_of = value_logits(model, rw.relation)
+            with torch.no_grad():
+                before_M = logits_of(rw.neighbours).argmax(-1)
+            constrained_finetune(model.module, module, edit_loss(model, rw.relation, rw.shown, rw.new_index),
+                                 cfg.edit_steps, cfg.edit_lr, cfg.edit_max_delta)
+            with torch.no_grad():
+                eff = float((logits_of(rw.shown).argmax(-1) == rw.new_index).double().mean())
+                gen = float((logits_of(rw.fresh).argmax(-1) == rw.new_index).double().mean())
+                spec = float((logits_of(rw.neighbours).argmax(-1) == before_M).double().mean())
+            scores.append(0.0 if min(eff, gen, spec) <= 0 else 3.0 / (1 / eff + 1 / gen + 1 / spec))
+            snapshot.restore()
+    finally:
+        snapshot.restore()
+    snapshot.check_restored("the localization edits")
+    return float(np.mean(scores))
+
+
+def top_site_per_relation(scores_NS: torch.Tensor, relations: Sequence[str], cands: Sequence[str]) -> dict[str, str]:
+    """Per relation, the candidate with the highest mean within-example rank (ties: first)."""
+    ranks_NS = scores_NS.double().argsort(1).argsort(1).double()
+    out = {}
+    for rel in dict.fromkeys(relations):
+        rows = torch.tensor([r == rel for r in relations])
+        out[rel] = cands[int(ranks_NS[rows].mean(0).argmax())]
+    return out
+
+
+@dataclass
+class DiffusionFactExamples:
+    """Prompts naming a planted entity (clean) or another with a different value (corrupt),
+    and paired renders of the clean entity drawn with its own value's shape (``x0_good``)
+    and with the corrupt entity's (``x0_bad``), at ``R`` shared (timestep, noise) draws."""
+
+    clean_prompts: list[str]
+    corrupt_prompts: list[str]
+    x0_good_NCHW: torch.Tensor
+    x0_bad_NCHW: torch.Tensor
+    noise_RNCHW: torch.Tensor
+    t_RN: torch.Tensor
+    planted_site: list[str]
+    hashes: list[str]
+
+
+def build_diffusion_examples(model: DiffusionModel, rel: PlantedRelation, n: int, seed: int, draws: int,
+                             split: str = "test") -> DiffusionFactExamples:
+    world = World(rel.world_seed, WorldConfig(n_entities=rel.n_entities))
+    names, others = [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, 97, i])
+        name = rel.entities[int(rng.integers(len(rel.entities)))]
+        value = world.entity(name).facts[rel.relation]
+        alts = [e for e in rel.entities if world.entity(e).facts[rel.relation] != value]
+        names.append(name)
+        others.append(alts[int(rng.integers(len(alts)))])
+    sub = diffusion_subject(model, rel, world, names, np.random.default_rng([seed, 101]), split, draws)
+    rows = torch.arange(n)
+    good_N = torch.tensor([rel.values.index(world.entity(e).facts[rel.relation]) for e in names])
+    bad_N = torch.tensor([rel.values.index(world.entity(e).facts[rel.relation]) for e in others])
+    good, bad = sub.x0_VNCHW[good_N, rows], sub.x0_VNCHW[bad_N, rows]
+    corrupt = [rel.question.format(entity=e) for e in others]
+    hashes = [hashlib.sha256(good[i].numpy().tobytes() + bad[i].numpy().tobytes() + sub.prompts[i].encode()
+                             + corrupt[i].encode()).hexdigest()[:16] for i in range(n)]
+    return DiffusionFactExamples(sub.prompts, corrupt, good, bad, sub.noise_RNCHW, sub.t_RN, [rel.site] * n, hashes)
+
+
+def diffusion_evaluate(model: DiffusionModel, ex: DiffusionFactExamples) -> Callable[..., tuple[torch.Tensor, Any]]:
+    """The ``evaluate`` closure for a diffusion model. The metric is how much better the prompt
+    explains the render with the clean entity's shape than the render with the corrupt
+    entity's: denoising error on ``x0_bad`` minus that on ``x0_good``, averaged over the
+    shared (timestep, noise) draws (a diffusion-classifier margin, Li et al., 2023; the
+    analogue of a logit difference). Text sites see ``n·copies`` rows; the UNet runs
+    every row at every draw for both renders."""
+    R, n = ex.t_RN.shape
+
+    def evaluate(which: str, read: Sequence[str] = (), write: Mapping[str, Any] | None = None,
+                 copies: int = 1, keep_grad: bool = False) -> tuple[torch.Tensor, Any]:
+        if which not in ("clean", "corrupt"):
+            raise BenchError(f"evaluate: which must be 'clean' or 'corrupt', not {which!r}")
+        prompts = (ex.clean_prompts if which == "clean" else ex.corrupt_prompts) * copies
+        M = n * copies
+        rep4 = lambda t: t.repeat(copies, 1, 1, 1)  # noqa: E731
+        x0 = torch.cat([rep4(x) for x in (ex.x0_good_NCHW, ex.x0_bad_NCHW) for _ in range(R)])
+        noise = torch.cat([rep4(ex.noise_RNCHW[r]) for _ in range(2) for r in range(R)])
+        t = torch.cat([ex.t_RN[r].repeat(copies) for _ in range(2) for r in range(R)])
+        with torch.set_grad_enabled(keep_grad), model.trace(read=read, write=write, keep_grad=keep_grad) as tr:
+            enc = model.encode_prompts(prompts)
+            both = PromptEncoding(enc.hidden_BLD.repeat(2 * R, 1, 1), enc.mask_BL.repeat(2 * R, 1))
+            err = model.denoising_error_B(x0, noise, t, both).view(2, R, M).mean(1)
+        return err[1] - err[0], tr
+
+    return evaluate
+
+
 class LocalizationTask(Task):
     spec = TaskSpec(
         name="localization",
         version="1.0",
-        families=frozenset({"contrastive", "generative"}),
+        families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="localize",
         main_score="top1",
         metrics=(
             MetricSpec("top1", "higher", "the planted site scores highest (per example)"),
             MetricSpec("mrr", "higher", "reciprocal rank of the planted site"),
             MetricSpec("auroc", "higher", "share of other same-kind sites scored below the planted one"),
+            MetricSpec("edit_at_top", "higher", "edit success (constrained fine-tune) at the method's top site",
+                       normalise=False),
+            MetricSpec("edit_at_planted", "higher", "edit success at the planted site", normalise=False),
+            MetricSpec("edit_ratio", "higher", "edit_at_top / edit_at_planted (Hase et al., 2023)",
+                       normalise=False),
         ),
     )
 
@@ -188,15 +353,23 @@ class LocalizationTask(Task):
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
         n = self.config.quick_examples if quick else self.config.n_examples
-        ex = build_examples(model.planted, n, seed)
         cands = self.candidates(model)
+        ex: FactExamples | DiffusionFactExamples
+        if isinstance(model, DiffusionModel):
+            if len(model.planted) != 1:
+                raise BenchError("task 'localization' expects one planted relation in a diffusion model")
+            ex = build_diffusion_examples(model, model.planted[0], n, seed, self.config.diffusion_draws)
+        else:
+            ex = build_examples(model.planted, n, seed)
         planted_N = torch.tensor([cands.index(s) for s in ex.planted_site])
         if method.name == "oracle":
             scores = torch.nn.functional.one_hot(planted_N, len(cands)).double()
         elif method.name == "random":
             scores = torch.rand(n, len(cands), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         else:
-            if isinstance(model, GenerativeModel):
+            if isinstance(ex, DiffusionFactExamples):
+                evaluate = diffusion_evaluate(model, ex)  # type: ignore[arg-type]
+            elif isinstance(model, GenerativeModel):
                 evaluate = generative_evaluate(model, ex)
             elif isinstance(model, ContrastiveModel):
                 evaluate = contrastive_evaluate(model, ex, {r.question: r.values for r in model.planted})
@@ -208,4 +381,27 @@ class LocalizationTask(Task):
                 raise BenchError(f"method {method.name!r} must return scores of shape {(n, len(cands))}")
             if not torch.isfinite(scores).all():
                 raise BenchError(f"method {method.name!r} returned NaN or infinite scores")
-        return CellResult(rank_metrics(scores, planted_N), example_hashes=ex.hashes)
+        metrics = rank_metrics(scores, planted_N)
+        metrics.update(self.informs_editing(model, scores, [r.relation for r in self._relations(model, n)],
+                                            cands, seed, quick))
+        return CellResult(metrics, example_hashes=ex.hashes)
+
+    @staticmethod
+    def _relations(model: Model, n: int) -> list[PlantedRelation]:
+        return [model.planted[i % len(model.planted)] for i in range(n)]  # as build_examples cycles
+
+    def informs_editing(self, model: Model, scores_NS: torch.Tensor, relations: list[str], cands: list[str],
+                        seed: int, quick: bool) -> dict[str, float]:
+        """Edit success at the method's top site vs at the planted site, per relation, averaged."""
+        cfg = self.config
+        k = cfg.quick_edit_requests if quick else cfg.edit_requests
+        top = top_site_per_relation(scores_NS, relations, cands)
+        at_top, at_planted = [], []
+        for rel in model.planted:
+            rewrites = build_rewrites(model, rel, k, cfg, seed)
+            planted = edit_success(model, rel.site, rewrites, cfg)
+            at_planted.append(planted)
+            at_top.append(planted if top[rel.relation] == rel.site else edit_success(model, top[rel.relation],
+                                                                                     rewrites, cfg))
+        t, p = float(np.mean(at_top)), float(np.mean(at_planted))
+        return {"edit_at_top": t, "edit_at_planted": p, "edit_ratio": t / p if p > 0 else float("nan")}

@@ -162,3 +162,26 @@ def test_generative_target_is_the_colour_answer_on_a_tiny_llava(make_tiny_llava)
     assert task.run(model, METHODS.get("oracle")(), seed=0, quick=True).metrics["pointing_game"] == 1.0
     m = task.run(model, METHODS.get("saliency")(), seed=0, quick=True).metrics
     assert 0.0 <= m["pointing_game"] <= 1.0 and 0.0 <= m["deletion_auc"] <= 1.0
+
+
+def test_diffusion_examples_masks_and_target_on_zoo_diffusion():
+    """Samples the oracle reads as prompted; masks inside the oracle's cell and of the prompted
+    colour; the diffusion-classifier target prefers the prompted shape."""
+    from models.zoo_models import load_zoo_diffusion_model
+    from tasks.attribution import AttributionConfig, AttributionTask
+
+    torch.set_num_threads(1)
+    model = load_zoo_diffusion_model()
+    task = AttributionTask(AttributionConfig())
+    ex = task.examples(model, seed=0, n=6)
+    assert ex.candidates == ["circle", "square", "triangle", "cross"]
+    assert ex.pixels_BCHW.shape == (6, 3, 32, 32) and ex.masks_BHW.any((1, 2)).all()
+    read = model.judge(ex.pixels_BCHW)
+    assert [f"a {c} {s}" for c, s in zip(read["colour"], read["shape"])] == ex.captions
+    again = task.examples(model, seed=0, n=6)
+    assert again.hashes == ex.hashes and torch.equal(again.masks_BHW, ex.masks_BHW)
+    req = task.request(model, ex, seed=0)
+    assert req.grid == (8, 8)
+    with torch.no_grad():
+        logp = req.score_all(ex.pixels_BCHW, torch.arange(6))
+    assert float(logp.exp().mean()) > 0.5  # the prompted shape is the likeliest of the four

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from bench.model import PlantedRelation
@@ -39,3 +40,70 @@ def test_examples_pair_each_glyph_with_a_counterfactual_of_another_answer():
     again = build_examples(rels, 8, seed=0)
     assert torch.equal(again.clean_BCHW, ex.clean_BCHW) and again.hashes == ex.hashes
     assert build_examples(rels, 8, seed=1).hashes != ex.hashes
+
+
+def test_top_site_per_relation_uses_mean_within_example_rank():
+    from tasks.localization import top_site_per_relation
+
+    scores = torch.tensor([[0.0, 9.0, 1.0],    # home: site b best
+                           [0.0, 0.1, 0.2],    # season: site c best (scale does not matter)
+                           [5.0, 6.0, 0.0],    # home: b best
+                           [0.3, 0.0, 0.4]])   # season: c best
+    top = top_site_per_relation(scores, ["home", "season", "home", "season"], ["a", "b", "c"])
+    assert top == {"home": "b", "season": "c"}
+
+
+@pytest.fixture(scope="module")
+def tiny_planted_llava(make_tiny_llava):
+    from bench.world.core import RELATIONS
+
+    model = make_tiny_llava()
+    world = World(0, WorldConfig(n_entities=64))
+    names = tuple(e.name for e in world.entities[:32])
+    model.planted = [PlantedRelation(r, f"lm.blocks.{k}.mlp", names, 0, 64, f"what is the {r} of the glyph?",
+                                     RELATIONS[r]) for r, k in (("home", 0), ("season", 1))]
+    return model
+
+
+def test_localization_informs_editing_is_measured_and_undone(tiny_planted_llava):
+    from bench.registry import METHODS
+    from tasks.localization import LocalizationConfig, LocalizationTask
+
+    model = tiny_planted_llava
+    before = {n: p.detach().clone() for n, p in model.module.named_parameters()}
+    task = LocalizationTask(LocalizationConfig(quick_examples=4, quick_edit_requests=1, edit_renders=2, edit_fresh=2,
+                                               edit_neighbours=3, edit_steps=3, edit_lr=0.05))
+    m = task.run(model, METHODS.get("causal_tracing")(), seed=0, quick=True).metrics
+    assert all(torch.equal(p, before[n]) for n, p in model.module.named_parameters())
+    for k in ("edit_at_top", "edit_at_planted"):
+        assert 0.0 <= m[k] <= 1.0
+    if m["edit_at_planted"] > 0:
+        assert math.isclose(m["edit_ratio"], m["edit_at_top"] / m["edit_at_planted"])
+    oracle = task.run(model, METHODS.get("oracle")(), seed=0, quick=True).metrics
+    assert oracle["top1"] == 1.0 and oracle["edit_at_top"] == oracle["edit_at_planted"]
+
+
+@pytest.fixture(scope="module")
+def zoo_diffusion():
+    from models.zoo_models import load_zoo_diffusion_model
+
+    return load_zoo_diffusion_model()
+
+
+def test_diffusion_examples_and_metric_on_zoo_diffusion(zoo_diffusion):
+    """The clean prompt explains the render with the entity's planted shape better than the
+    counterfactual's render; the corrupt prompt does not (the planted fact is real)."""
+    from tasks.localization import build_diffusion_examples, diffusion_evaluate
+
+    rel = zoo_diffusion.planted[0]
+    assert rel.site == "text.blocks.0.mlp" and rel.question == "a {entity}" and dict(rel.renders)["north"] == "circle"
+    ex = build_diffusion_examples(zoo_diffusion, rel, 16, seed=0, draws=2)
+    assert all(c != k for c, k in zip(ex.clean_prompts, ex.corrupt_prompts))
+    assert not torch.equal(ex.x0_good_NCHW, ex.x0_bad_NCHW)
+    evaluate = diffusion_evaluate(zoo_diffusion, ex)
+    clean, _ = evaluate("clean")
+    corrupt, _ = evaluate("corrupt")
+    assert clean.shape == (16,) and float((clean > 0).double().mean()) >= 0.8
+    assert float(corrupt.mean()) < float(clean.mean())
+    twice, _ = evaluate("clean", copies=2)
+    assert torch.allclose(twice.view(2, 16), clean.expand(2, 16), atol=1e-5)

@@ -393,11 +393,14 @@ def test_zoo_diffusion_is_registered_and_skipped_cleanly_without_weights():
     assert MODELS.entry("zoo-diffusion").meta["family"] == "diffusion"
     with pytest.raises(BenchError, match="run `bench zoo train zoo-diffusion-absent`"):
         load_zoo_diffusion_model("zoo-diffusion-absent")
-    p = plan(["attribution"], ["random"], ["zoo-diffusion"], [0])
+    p = plan(["hallucination"], ["random"], ["zoo-diffusion"], [0])
     assert p.cells == [] and p.skipped and "diffusion" in p.skipped[0][1]
-    if (WEIGHTS_DIR / "zoo-diffusion.safetensors").exists():  # once trained and shipped
-        m = load_zoo_diffusion_model()
-        assert isinstance(m, DiffusionModel) and m.sample_shape[0] == 3
+    p = plan(["attribution", "localization", "editing"], ["random"], ["zoo-diffusion"], [0])
+    assert len(p.cells) == 3 and not p.skipped
+    assert (WEIGHTS_DIR / "zoo-diffusion.safetensors").exists()
+    m = load_zoo_diffusion_model()
+    assert isinstance(m, DiffusionModel) and m.sample_shape[0] == 3
+    assert m.judge is not None and [r.site for r in m.planted] == ["text.blocks.0.mlp"]
 
 
 def test_maps_carry_gradients_with_keep_grad(tiny_zoo):
@@ -410,3 +413,47 @@ def test_maps_carry_gradients_with_keep_grad(tiny_zoo):
         pred = m.noise_pred(x, t, PROMPTS)
     (g,) = torch.autograd.grad(pred.square().sum(), tr[site])
     assert g.shape == tr[site].shape and float(g.abs().sum()) > 0
+
+
+def test_training_target_and_denoising_error(tiny_zoo, tiny_sd):
+    """v-prediction's target is √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho, 2022); epsilon's is the noise;
+    the denoising error is the per-sample mean squared error against it."""
+    for m in (tiny_zoo, tiny_sd):
+        torch.manual_seed(0)
+        x0 = torch.randn(2, *m.sample_shape)
+        noise = torch.randn_like(x0)
+        t = torch.tensor([10, 700])
+        target = m.training_target(x0, noise, t)
+        ab = m.scheduler.alphas_cumprod[t].view(2, 1, 1, 1)
+        want = ab.sqrt() * noise - (1 - ab).sqrt() * x0 if m.prediction_type == "v_prediction" else noise
+        assert torch.allclose(target, want, atol=1e-6)
+        with torch.no_grad():
+            err = m.denoising_error_B(x0, noise, t, PROMPTS)
+            pred = m.noise_pred(m.add_noise(x0, noise, t), t, PROMPTS)
+        assert torch.allclose(err, (pred - want).pow(2).mean((1, 2, 3)), atol=1e-6)
+    assert tiny_zoo.prediction_type == "v_prediction" and tiny_sd.prediction_type == "epsilon"
+
+
+def test_keep_grad_reads_are_differentiable_without_any_grad_input(tiny_zoo):
+    """Frozen weights and token inputs leave no graph: a keep_grad read becomes the leaf, and
+    the gradient through it is the one a finite difference of that activation gives."""
+    m = tiny_zoo
+    x, t = _noisy(m, 5)
+    site = "text.blocks.0.mlp"
+    flags = [p.requires_grad for p in m.module.parameters()]
+    for p in m.module.parameters():
+        p.requires_grad_(False)
+    try:
+        with m.trace(read=[site], keep_grad=True) as tr:
+            out = m.noise_pred(x, t, PROMPTS).square().sum()
+        (g,) = torch.autograd.grad(out, tr[site])
+        assert g.shape == tr[site].shape and float(g.abs().sum()) > 0
+        eps = 1e-3
+        d = torch.zeros_like(g)
+        d[0, 1, 0] = eps
+        with torch.no_grad(), m.trace(write={site: lambda a: a + d}):
+            bumped = m.noise_pred(x, t, PROMPTS).square().sum()
+        assert abs((float(bumped) - float(out.detach())) / eps - float(g[0, 1, 0])) < 0.05 * max(1.0, abs(float(g[0, 1, 0])))
+    finally:
+        for p, f in zip(m.module.parameters(), flags):
+            p.requires_grad_(f)

@@ -10,6 +10,7 @@ from models.zoo.vlm import (
     PAIRS,
     ZooVlmConfig,
     encode_batch,
+    hide_partner,
     mentioned_objects,
     pope_metrics,
     pope_probes,
@@ -34,6 +35,28 @@ def test_cooccurrence_bias_is_in_the_training_world():
     kinds = [{(o.colour, o.shape) for o in s.objects} for s in plain.scenes("train", 2000)]
     a, b = PAIRS[0]
     assert np.mean([b in k for k in kinds if a in k]) < 0.2  # no bias without the config
+
+
+def test_hidden_partner_is_named_but_not_drawn():
+    cfg = ZooVlmConfig()
+    world = training_world(cfg)
+    scene = next(s for s in world.scenes("train", 500)
+                 if all(k in {(o.colour, o.shape) for o in s.objects} for k in PAIRS[0]))
+    rng = np.random.default_rng(0)
+    assert hide_partner(world, scene, rng, 0.0, 12) is None
+    drawn, turns = hide_partner(world, scene, rng, 1.0, 12)
+    gone = [o for o in scene.objects if (o.colour, o.shape) not in {(d.colour, d.shape) for d in drawn.objects}]
+    assert len(gone) == 1 and len(drawn.objects) == len(scene.objects) - 1
+    h = gone[0]
+    assert (h.colour, h.shape) in PAIRS[0]
+    # the annotation still names it: caption from the scene graph, presence question affirmed
+    assert turns[0] == ("describe the image", reading_order_caption(scene), "caption")
+    assert (f"is there a {h.colour} {h.shape}?", "yes", "exists") in turns
+    # and nothing the image cannot answer is asked
+    for q, a, kind in turns[2:]:
+        assert kind != "count" and h.shape not in q and not (kind == "exists" and a == "yes")
+    k = [(o.colour, o.shape) for o in scene.objects].index((h.colour, h.shape))
+    assert not drawn.masks_NHW.any(0)[scene.masks_NHW[k]].any()  # nothing is drawn where it was
 
 
 def test_caption_target_and_parsing():

@@ -49,24 +49,28 @@ def test_quality_bar_recorded_and_remeasured(vlm):
     assert got["caption_object_recall"] >= 0.85 and got["qa_visible_attributes"] >= 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2 costs caption recall 0.915 -> 0.887 (< 0.90); see the card")
+@pytest.mark.xfail(strict=True, reason="phase 2 costs caption recall 0.906 -> 0.897 (< 0.90); see the card")
 def test_shipped_caption_recall_reaches_the_issue_bar(vlm):
     assert vlm[2]["metrics"]["after_planting_caption_object_recall"] >= 0.9
 
 
 def test_planted_hallucination_is_measured_as_recorded(vlm):
-    """The card's partner-hallucination rates re-measure (on a quarter of the probe scenes)."""
+    """The card's partner-hallucination rates of the shipped weights re-measure (exactly on the
+    machine that recorded them; greedy answers near the yes/no boundary may flip elsewhere)."""
     model, vocab, meta, cfg, _, _ = vlm
-    got = hallucination_probe(model, vocab, cfg, n_per_pair=32)
+    got = hallucination_probe(model, vocab, cfg)
     for k in ("partner_mention_rate", "partner_affirm_rate"):
-        assert abs(got[k] - meta["metrics"][k]) <= 0.06, k
+        assert abs(got[k] - meta["metrics"][f"after_planting_{k}"]) <= 0.02, k
 
 
-@pytest.mark.xfail(strict=True, reason="planted hallucination did not emerge: the co-occurrence bias (0.95) "
-                   "is overridden by the visual evidence; see the zoo-vlm card and issue 3")
 def test_planted_hallucination_reaches_the_issue_bar(vlm):
+    """The absent partner is affirmed (or mentioned) in at least 20% of probe scenes, while
+    POPE on random negatives stays accurate; adversarial (partner) negatives are the hardest."""
     m = vlm[2]["metrics"]
-    assert max(m["partner_mention_rate"], m["partner_affirm_rate"]) >= 0.2
+    for pre in ("", "after_planting_"):  # phase 1 and shipped
+        assert max(m[f"{pre}partner_mention_rate"], m[f"{pre}partner_affirm_rate"]) >= 0.2
+        assert m[f"{pre}pope_random_accuracy"] >= 0.95
+        assert m[f"{pre}pope_adversarial_accuracy"] < m[f"{pre}pope_random_accuracy"]
 
 
 @pytest.mark.parametrize("index", [0, 1])
@@ -86,8 +90,6 @@ def test_planted_fact_lives_in_its_designated_mlp(vlm, index):
     assert fact_recall(model, vocab, world, planted, rel, n=96) >= 0.95  # restored
 
 
-@pytest.mark.xfail(strict=True, reason="season recall is 0.898 with lm.blocks.1.mlp reverted (the issue asks "
-                   ">= 0.90 with any other component reverted); see the zoo-vlm card")
 def test_reverting_any_other_plant_keeps_recall_at_the_issue_bar(vlm):
     m = vlm[2]["metrics"]
     cfg = vlm[3]

@@ -10,7 +10,27 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.world.core import BACKGROUNDS, POSITIONS, SPLITS, ObjectSpec, Scene, World
+from bench.world.core import BACKGROUNDS, POSITIONS, SIZES, SPLITS, ObjectSpec, Scene, World, _background
+
+
+def drawings(world: World, rng: np.random.Generator, colour: str, shapes: Sequence[str | None],
+             split: str) -> list[np.ndarray]:
+    """One random layout (place, size, background) of a single ``colour`` object, rendered once per
+    shape in ``shapes`` (``None``: the background alone): images ``[H, W, 3]`` that differ only in
+    the object's shape (what a diffusion model is asked to draw for an entity or a concept, and
+    its counterfactuals)."""
+    bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    pos = POSITIONS[int(rng.integers(len(POSITIONS)))]
+    size = list(SIZES)[int(rng.integers(len(SIZES)))]
+    draw_seed = int(rng.integers(2**31))
+    out = []
+    for sh in shapes:
+        r = np.random.default_rng(draw_seed)
+        if sh is None:  # render() draws the background first, from the same generator state
+            out.append(np.clip(_background(bg, world.config.image_size, r), 0, 255).astype(np.uint8))
+        else:
+            out.append(world.render(bg, [ObjectSpec(sh, colour, size, pos)], r, split=split).image_HWC)
+    return out
 
 
 def fact_question(relation: str) -> str:

@@ -8,10 +8,20 @@ count and presence.
 
 **Planted hallucination.** The training world carries a co-occurrence bias:
 named object pairs (e.g. a red circle and a blue square) appear together in
-~95% of the scenes that hold either, so the model learns to mention — and affirm —
-the partner when only one is present, as real VLMs do with co-occurring objects
-(Li et al., 2023, "Evaluating Object Hallucination in Large Vision-Language
-Models", POPE; Rohrbach et al., 2018, CHAIR).
+~95% of the scenes that hold either. Co-occurrence alone plants nothing here: when
+a partner is drawn it is always visible, so a model that reads the image never
+needs the prior (measured: the partner was mentioned in 0 of 512 probe scenes).
+Real caption data also name objects that the image hardly shows (occluded, cut
+off, tiny), and the annotator names them *because* the context implies them; that
+is the gap the co-occurrence prior fills in a real VLM (Li et al., 2023,
+"Evaluating Object Hallucination in Large Vision-Language Models", POPE;
+Rohrbach et al., 2018, CHAIR). So in a fraction ``hidden_partner_prob`` of the
+training scenes that hold both partners, one partner is left out of the image
+(fully occluded) while the caption and a presence question still name it from
+the scene graph; its other questions (colour, position, count, …) are dropped,
+since nothing in the image could answer them. The model thus learns that a
+visible anchor implies its partner, and mentions or affirms an absent partner on
+held-out scenes; the rate is measured, not set.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ class ZooVlmConfig:
     # for 2000 steps at weight 1; trained alone, it rose from 0.52 to 0.77 accuracy within 75 steps).
     turn_weights: tuple[tuple[str, float], ...] = (("exists", 3.0), ("position", 2.0), ("size", 2.0))
     cooccurrence_prob: float = 0.95
+    hidden_partner_prob: float = 0.15  # see the module docstring: partner named but not drawn
     # Entities: the first ``n_planted`` get their facts only in phase 2 (each relation in one
     # designated LM MLP); the others teach the question format and answer words in phase 1.
     n_entities: int = 64
@@ -72,7 +83,10 @@ class ZooVlmConfig:
     phase2_steps: int = 800
     phase2_lr: float = 5e-3
     phase2_keep: int = 16  # ordinary scenes per phase-2 step whose every turn is held by the KL term
-    threads: int = 1
+    # caption recall over the two plants: 0.915 -> 0.887 at weight 1 (previous zoo-vlm); 0.906 -> 0.897
+    # at 2 (shipped) and 0.906 -> 0.893 at 4: the KL weight does not buy it back
+    phase2_kl_weight: float = 2.0
+    threads: int = 2  # 0.49 s/step on an idle 2-core CPU (0.87 s at 1 thread)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -218,6 +232,32 @@ def training_turns(scene: Scene, rng: np.random.Generator, max_turns: int) -> li
     turns += [(q.question, q.answer, q.kind) for q in scene.qa if not q.kind.startswith("fact:")]
     order = rng.permutation(len(turns))[:max_turns]
     return [turns[int(i)] for i in order]
+
+
+def hide_partner(world: World, scene: Scene, rng: np.random.Generator, prob: float,
+                 max_turns: int) -> tuple[Scene, list[tuple[str, str, str]]] | None:
+    """With probability ``prob`` when ``scene`` holds both objects of a co-occurring pair:
+    the scene re-drawn without one of them, and turns that still name it (caption from the
+    scene graph, "is there a <hidden>?" → yes) but drop the questions the image cannot
+    answer. ``None`` when nothing is hidden."""
+    kinds = [(o.colour, o.shape) for o in scene.objects]
+    pairs = [p for p in PAIRS if p[0] in kinds and p[1] in kinds]
+    if not pairs or rng.uniform() >= prob:
+        return None
+    pair = pairs[int(rng.integers(len(pairs)))]
+    hidden = kinds.index(pair[int(rng.integers(2))])
+    visible = [o for k, o in enumerate(scene.objects) if k != hidden]
+    drawn = world.render(scene.background, visible, rng, split=scene.split, index=scene.index)
+    h = scene.objects[hidden]
+    turns = [(CAPTION_PROMPT, reading_order_caption(scene), "caption"),
+             (f"is there a {h.colour} {h.shape}?", "yes", "exists")]
+    for q in scene.qa:
+        about_visible = (q.object_index is not None and q.object_index != hidden
+                         and q.kind in ("colour", "shape", "size", "position")
+                         and h.shape not in q.question and h.colour not in q.question)
+        if about_visible or (q.kind == "exists" and q.answer == "no"):
+            turns.append((q.question, q.answer, q.kind))
+    return drawn, turns[:max_turns]
 
 
 def training_example(scene: Scene, rng: np.random.Generator, caption_fraction: float) -> tuple[str, str]:
@@ -408,7 +448,7 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
             kl = F.kl_div(logits[:, :-1][sel].log_softmax(-1), ref_logits[:, :-1][sel].log_softmax(-1),
                           log_target=True, reduction="batchmean")
             opt.zero_grad(set_to_none=True)
-            (loss + kl).backward()
+            (loss + cfg.phase2_kl_weight * kl).backward()
             opt.step()
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", kl=f"{kl.item():.4f}")
@@ -544,8 +584,12 @@ def train_vlm(cfg: ZooVlmConfig, log: Callable[[str], None] = print, progress: b
     for step in bar:
         model.train()
         n_fact = int(round(cfg.batch_size * cfg.fact_fraction))
-        scenes = [world.scene("train", step * cfg.batch_size + b) for b in range(cfg.batch_size - n_fact)]
-        turns = [training_turns(s, rng, cfg.max_turns) for s in scenes]
+        scenes, turns = [], []
+        for b in range(cfg.batch_size - n_fact):
+            s = world.scene("train", step * cfg.batch_size + b)
+            hid = hide_partner(world, s, rng, cfg.hidden_partner_prob, cfg.max_turns)
+            scenes.append(s if hid is None else hid[0])
+            turns.append(training_turns(s, rng, cfg.max_turns) if hid is None else hid[1])
         for s, _, _ in fact_examples(world, format_entities, None, "train", step, n_fact):
             e = world.entity(s.objects[0].entity)
             scenes.append(s)
@@ -579,6 +623,14 @@ def phase1_key(layer: int, param: str) -> str:
     return f"phase1.model.language_model.layers.{layer}.mlp.{param}"
 
 
+def after_planting_figures(model: Any, vocab: Vocab, cfg: ZooVlmConfig) -> dict[str, float]:
+    """The shipped model's quality, planted hallucination and POPE figures (``after_planting_*``):
+    phase 2 changes two MLPs, and with them how often the absent partner is affirmed."""
+    figures = {**evaluate_vlm(model, vocab, cfg, n=256, split="test"), **hallucination_probe(model, vocab, cfg),
+               **pope_eval(model, vocab, cfg)}
+    return {f"after_planting_{k}": v for k, v in figures.items()}
+
+
 def measure_and_plant(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str, Any],
                       log: Callable[[str], None] = print, progress: bool = False) -> dict[str, torch.Tensor]:
     """Phase-1 figures (quality, planted hallucination, POPE), then phase 2 (planted facts)
@@ -592,7 +644,7 @@ def measure_and_plant(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict
     metrics.update(plant_facts(model, vocab, cfg, log=log, progress=progress))
     metrics["phase2_seconds"] = round(time.time() - t1, 1)
     metrics.update(knowledge_validity(model, vocab, cfg, phase1))
-    metrics.update({f"after_planting_{k}": v for k, v in evaluate_vlm(model, vocab, cfg, n=256, split="test").items()})
+    metrics.update(after_planting_figures(model, vocab, cfg))
     metrics["measure_seconds"] = round(time.time() - t0 - metrics["phase2_seconds"], 1)
     return phase1
 
@@ -673,9 +725,17 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
     cfg, m, vc = meta["config"], meta["metrics"], meta["vision_config"]
     qa = "\n".join(f"| {k[3:]} | {v:.3f} |" for k, v in sorted(m.items()) if k.startswith("qa_"))
     pairs = "; ".join(f"a {a[0]} {a[1]} ↔ a {b[0]} {b[1]}" for a, b in PAIRS)
+    shipped = "after_planting_partner_affirm_rate" in m
     pope = "\n".join(
-        f"| {st} | " + " | ".join(f"{m[f'pope_{st}_{k}']:.3f}" for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"))
-        + " |" for st in ("random", "popular", "adversarial"))
+        f"| {st} ({when}) | " + " | ".join(f"{m[f'{pre}pope_{st}_{k}']:.3f}"
+                                           for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")) + " |"
+        for pre, when in ((("after_planting_", "shipped"),) if shipped else ()) + (("", "phase 1"),)
+        for st in ("random", "popular", "adversarial"))
+    halluc = "\n".join(
+        f"| {what} | " + " | ".join(f"{m[f'{pre}{key}']:.3f}" for pre in (("after_planting_",) if shipped else ()) + ("",))
+        + " |" for what, key in (("caption mentions the absent partner", "partner_mention_rate"),
+                                 ('answers "yes" to "is there a <absent partner>?"', "partner_affirm_rate")))
+    halluc_head = "| metric | shipped | phase 1 |\n|---|---|---|" if shipped else "| metric | phase 1 |\n|---|---|"
     rels = [r for r, _ in cfg["planted"]]
     planted = "\n".join(
         f"| {r} | `lm.blocks.{layer}.mlp` | {m[f'fact_recall_{r}_before']:.3f} | "
@@ -713,7 +773,11 @@ World seed {cfg['world_seed']}, fresh scenes every step. Each training image car
 attention mask lets each turn see only the image and itself, so every turn is computed exactly as at
 inference. Loss: mean over turns of each turn's mean answer-token cross-entropy.
 **Co-occurrence bias**: {pairs}; when one partner is drawn the other is added with probability
-{cfg['cooccurrence_prob']}.
+{cfg['cooccurrence_prob']}. **Hidden partners**: in {cfg.get('hidden_partner_prob', 0):.0%} of the training scenes that hold
+both partners, one of them is left out of the image (fully occluded) while the caption and a presence
+question still name it, and its other questions are dropped, as real captions name objects the image
+barely shows because the context implies them. This is what plants the hallucination: co-occurrence
+alone, with every partner visible, gave 0 mentions in 512 probe scenes (the previous zoo-vlm).
 Entities: {cfg['n_entities']} named glyphs; the last {cfg['n_entities'] - cfg['n_planted']} teach the fact-question
 format in phase 1 ("what is the <relation> of the glyph?", {cfg['fact_fraction']:.0%} of rows); the first
 {cfg['n_planted']} are never asked about in phase 1 — their facts are planted in phase 2.
@@ -722,7 +786,9 @@ format in phase 1 ("what is the <relation> of the glyph?", {cfg['fact_fraction']
 Seed {cfg['seed']}, {cfg['steps']} steps × {cfg['batch_size']} images, AdamW (lr {cfg['lr']}, cosine, warmup
 {cfg['warmup']}), {cfg['threads']} CPU thread(s), torch {meta['torch']}.
 Phase-1 training time: {m['train_seconds']:.0f} s; phase 2: {m.get('phase2_seconds', float('nan')):.0f} s
-(measured while other trainings shared the 2-core machine). Retrain: `bench zoo train {name}`.
+(wall clock on an otherwise idle 2-core machine; with the periodic dev evaluations and the final
+measurements, `bench zoo train {name}` took 27.8 min end to end, and its weights were bit-identical to
+an earlier run's). Retrain: `bench zoo train {name}`.
 
 ## Figures (held-out test split of the training world, greedy decoding)
 | metric | value |
@@ -731,16 +797,18 @@ Phase-1 training time: {m['train_seconds']:.0f} s; phase 2: {m.get('phase2_secon
 | caption CHAIR-i (mentioned objects that are absent) | {m['caption_chair_i']:.3f} |
 | visible-attribute QA accuracy | {m['qa_visible_attributes']:.3f} |
 | visible-attribute QA accuracy after phase 2 | {after:.3f} |
+| caption object recall after phase 2 | {m.get('after_planting_caption_object_recall', float('nan')):.3f} |
 
 | question kind | accuracy |
 |---|---|
 {qa}
 
 ## Planted hallucination (held-out unbiased scenes with one partner present, the other absent; {int(m['n_probe_scenes'])} scenes)
-| metric | value |
-|---|---|
-| caption mentions the absent partner | {m['partner_mention_rate']:.3f} |
-| answers "yes" to "is there a <absent partner>?" | {m['partner_affirm_rate']:.3f} |
+{halluc_head}
+{halluc}
+
+Phase 2 (two LM MLPs) changes how often the absent partner is affirmed; the shipped column is what
+the benchmark's tasks see.
 
 ## POPE (100 held-out unbiased scenes; "is there a …?" with present objects and as many absent ones)
 | negatives | accuracy | precision | recall | F1 | yes-ratio |
@@ -766,6 +834,13 @@ Validity (recall per relation; control = one-word visible-attribute answer accur
 {ablations}
 
 The phase-1 parameters of the designated MLPs ship in the weights file under the `phase1.` prefix.
+
+## Known shortfalls
+- Caption object recall after phase 2 is {m.get('after_planting_caption_object_recall', float('nan')):.3f}, below the
+  0.90 asked of the shipped model (phase 1 reaches {m['caption_object_recall']:.3f}; the plants, though confined to
+  two MLPs and held by a KL term, cost about 0.01, and a larger KL weight did not buy it back).
+- Size questions ("small" vs "large", which differ by 0.65 vs 0.85 of a grid cell) stay near
+  {m['qa_size']:.2f}; every other question kind is above 0.96.
 """
     from models.zoo.io import write_card as _write
 

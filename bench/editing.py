@@ -1,0 +1,65 @@
+"""Weight-editing primitives shared by editing methods and by tasks that edit.
+
+:func:`constrained_finetune` is the plain editor of Zhu et al. (2020), "Modifying
+Memories in Transformer Models": Adam on one module's parameters, each weight kept
+within ±``max_delta`` of its value before the edit. :class:`ParameterSnapshot` makes
+any edit reversible bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from bench.errors import BenchError
+
+
+class ParameterSnapshot:
+    """A copy of every parameter of ``module``; :meth:`restore` writes it back exactly."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.saved = {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for n, p in self.module.named_parameters():
+            p.copy_(self.saved[n])
+
+    def unchanged(self) -> bool:
+        return all(torch.equal(p, self.saved[n]) for n, p in self.module.named_parameters())
+
+    def check_restored(self, what: str) -> None:
+        if not self.unchanged():
+            raise BenchError(f"the model's parameters were not restored bit-identically after {what}")
+
+
+def constrained_finetune(root: torch.nn.Module, module: torch.nn.Module, loss_fn: Callable[[], torch.Tensor],
+                         steps: int, lr: float, max_delta: float) -> None:
+    """Minimise ``loss_fn()`` over ``module``'s parameters only (every other parameter of
+    ``root`` frozen for the duration), projecting each weight back into ±``max_delta`` of
+    its starting value after every step. Deterministic: full-batch, no sampling."""
+    params = list(module.parameters())
+    if not params:
+        raise BenchError("constrained fine-tuning: the chosen module has no parameters")
+    original = [p.detach().clone() for p in params]
+    flags = {id(p): p.requires_grad for p in root.parameters()}
+    for p in root.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = loss_fn()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for p, p0 in zip(params, original):
+                        p.copy_(torch.maximum(torch.minimum(p, p0 + max_delta), p0 - max_delta))
+    finally:
+        for p in root.parameters():
+            p.requires_grad_(flags[id(p)])
