@@ -316,7 +316,10 @@ class AttributionTask(Task):
                 tgt = ex.target_idx_B[idx_N.long()][:, None]
                 return logits(pixels_NCHW, idx_N).log_softmax(-1).gather(1, tgt)[:, 0]
 
-            return AttributionRequest(ex.pixels_BCHW, dif_score, self.config.diffusion_grid, batch_size=model.batch_size)
+            # each row costs 4 prompts × draws denoiser passes (and their backward): small chunks
+            per_row = len(SHAPES) * self.config.diffusion_draws
+            return AttributionRequest(ex.pixels_BCHW, dif_score, self.config.diffusion_grid,
+                                      batch_size=max(1, model.batch_size // per_row))
         if isinstance(model, GenerativeModel):
             answer_logits = self._answer_logits(model, ex)
 
