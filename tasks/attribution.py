@@ -308,65 +308,41 @@ class AttributionTask(Task):
 
         return fn
 
-    def request(self, model: Model, ex: AttributionExamples, seed: int = 0) -> AttributionRequest:
+    def candidate_logits(self, model: Model, ex: AttributionExamples, seed: int = 0) -> Any:
+        """``fn(pixels_NCHW, idx_N) -> [N, n_candidates]``: the logits the target is read from —
+        scaled caption similarities (contrastive), answer-word logits (generative), or the
+        diffusion classifier over the shape prompts (diffusion)."""
         if isinstance(model, DiffusionModel):
-            logits = self._diffusion_logits(model, ex, seed)
-
-            def dif_score(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
-                tgt = ex.target_idx_B[idx_N.long()][:, None]
-                return logits(pixels_NCHW, idx_N).log_softmax(-1).gather(1, tgt)[:, 0]
-
-            # each row costs 4 prompts × draws denoiser passes (and their backward): small chunks
-            per_row = len(SHAPES) * self.config.diffusion_draws
-            return AttributionRequest(ex.pixels_BCHW, dif_score, self.config.diffusion_grid,
-                                      batch_size=max(1, model.batch_size // per_row))
+            return self._diffusion_logits(model, ex, seed)
         if isinstance(model, GenerativeModel):
-            answer_logits = self._answer_logits(model, ex)
-
-            def gen_score(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
-                tgt = ex.target_idx_B[idx_N.long()][:, None]
-                return answer_logits(pixels_NCHW, idx_N).log_softmax(-1).gather(1, tgt)[:, 0]
-
-            layout = model.token_layout()
-            return AttributionRequest(ex.pixels_BCHW, gen_score, layout.grid, batch_size=model.batch_size)
+            return self._answer_logits(model, ex)
         assert isinstance(model, ContrastiveModel)
         with torch.no_grad():
             text_TD = model.encode_text(ex.candidates)
+        return lambda pixels_NCHW, idx_N: model.similarity_to(model.encode_image(pixels_NCHW), text_TD)
+
+    def request(self, model: Model, ex: AttributionExamples, seed: int = 0) -> AttributionRequest:
+        logits = self.candidate_logits(model, ex, seed)
+        raw = isinstance(model, ContrastiveModel) and self.config.target == "similarity"
 
         def score(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
-            logits_NT = model.similarity_to(model.encode_image(pixels_NCHW), text_TD)
             tgt = ex.target_idx_B[idx_N.long()][:, None]
-            if self.config.target == "similarity":
-                return logits_NT.gather(1, tgt)[:, 0]
-            return logits_NT.log_softmax(-1).gather(1, tgt)[:, 0]
+            out = logits(pixels_NCHW, idx_N)
+            return (out if raw else out.log_softmax(-1)).gather(1, tgt)[:, 0]
 
-        layout = model.token_layout()
-        return AttributionRequest(ex.pixels_BCHW, score, layout.grid, batch_size=model.batch_size)
+        if isinstance(model, DiffusionModel):
+            # each row costs 4 prompts × draws denoiser passes (and their backward): small chunks
+            per_row = len(SHAPES) * self.config.diffusion_draws
+            return AttributionRequest(ex.pixels_BCHW, score, self.config.diffusion_grid,
+                                      batch_size=max(1, model.batch_size // per_row))
+        return AttributionRequest(ex.pixels_BCHW, score, model.token_layout().grid, batch_size=model.batch_size)
 
     def target_probability(self, model: Model, ex: AttributionExamples, seed: int = 0) -> Any:
-        if isinstance(model, DiffusionModel):
-            logits = self._diffusion_logits(model, ex, seed)
-
-            def dif_prob(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
-                tgt = ex.target_idx_B[idx_N.long()][:, None]
-                return logits(pixels_NCHW, idx_N).softmax(-1).gather(1, tgt)[:, 0]
-
-            return dif_prob
-        if isinstance(model, GenerativeModel):
-            answer_logits = self._answer_logits(model, ex)
-
-            def gen_prob(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
-                tgt = ex.target_idx_B[idx_N.long()][:, None]
-                return answer_logits(pixels_NCHW, idx_N).softmax(-1).gather(1, tgt)[:, 0]
-
-            return gen_prob
-        assert isinstance(model, ContrastiveModel)
-        with torch.no_grad():
-            cand_TD = model.encode_text(ex.candidates)
+        """The target's probability among the candidates (what deletion/insertion curves follow)."""
+        logits = self.candidate_logits(model, ex, seed)
 
         def prob(pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
-            logits = model.similarity_to(model.encode_image(pixels_NCHW), cand_TD)
-            return logits.softmax(-1).gather(1, ex.target_idx_B[idx_N.long()][:, None])[:, 0]
+            return logits(pixels_NCHW, idx_N).softmax(-1).gather(1, ex.target_idx_B[idx_N.long()][:, None])[:, 0]
 
         return prob
 

@@ -99,6 +99,7 @@ class FactExamples:
     alternatives: list[str]
     planted_site: list[str]
     hashes: list[str]
+    relations: list[str]  # the relation each example asks
 
 
 _pixels = pixels_of
@@ -107,7 +108,7 @@ _pixels = pixels_of
 def build_examples(planted: Sequence[PlantedRelation], n: int, seed: int, split: str = "test") -> FactExamples:
     """``n`` examples cycling over the relations: a planted entity's glyph, and the same scene with
     another planted entity whose answer differs."""
-    clean, corrupt, prompts, answers, alts, sites, hashes = [], [], [], [], [], [], []
+    clean, corrupt, prompts, answers, alts, sites, hashes, rels = [], [], [], [], [], [], [], []
     worlds: dict[tuple[int, int], World] = {}
     for i in range(n):
         rel = planted[i % len(planted)]
@@ -127,9 +128,10 @@ def build_examples(planted: Sequence[PlantedRelation], n: int, seed: int, split:
         answers.append(value)
         alts.append(world.entity(other).facts[rel.relation])
         sites.append(rel.site)
+        rels.append(rel.relation)
         hashes.append(hashlib.sha256(s.image_HWC.tobytes() + c.image_HWC.tobytes() + rel.question.encode())
                       .hexdigest()[:16])
-    return FactExamples(_pixels(clean), _pixels(corrupt), prompts, answers, alts, sites, hashes)
+    return FactExamples(_pixels(clean), _pixels(corrupt), prompts, answers, alts, sites, hashes, rels)
 
 
 def generative_evaluate(model: GenerativeModel, ex: FactExamples) -> Callable[..., tuple[torch.Tensor, Any]]:
@@ -261,6 +263,7 @@ class DiffusionFactExamples:
     t_RN: torch.Tensor
     planted_site: list[str]
     hashes: list[str]
+    relations: list[str]
 
 
 def build_diffusion_examples(model: DiffusionModel, rel: PlantedRelation, n: int, seed: int, draws: int,
@@ -282,7 +285,8 @@ def build_diffusion_examples(model: DiffusionModel, rel: PlantedRelation, n: int
     corrupt = [rel.question.format(entity=e) for e in others]
     hashes = [hashlib.sha256(good[i].numpy().tobytes() + bad[i].numpy().tobytes() + sub.prompts[i].encode()
                              + corrupt[i].encode()).hexdigest()[:16] for i in range(n)]
-    return DiffusionFactExamples(sub.prompts, corrupt, good, bad, sub.noise_RNCHW, sub.t_RN, [rel.site] * n, hashes)
+    return DiffusionFactExamples(sub.prompts, corrupt, good, bad, sub.noise_RNCHW, sub.t_RN, [rel.site] * n, hashes,
+                                 [rel.relation] * n)
 
 
 def diffusion_evaluate(model: DiffusionModel, ex: DiffusionFactExamples) -> Callable[..., tuple[torch.Tensor, Any]]:
@@ -382,13 +386,8 @@ class LocalizationTask(Task):
             if not torch.isfinite(scores).all():
                 raise BenchError(f"method {method.name!r} returned NaN or infinite scores")
         metrics = rank_metrics(scores, planted_N)
-        metrics.update(self.informs_editing(model, scores, [r.relation for r in self._relations(model, n)],
-                                            cands, seed, quick))
+        metrics.update(self.informs_editing(model, scores, ex.relations, cands, seed, quick))
         return CellResult(metrics, example_hashes=ex.hashes)
-
-    @staticmethod
-    def _relations(model: Model, n: int) -> list[PlantedRelation]:
-        return [model.planted[i % len(model.planted)] for i in range(n)]  # as build_examples cycles
 
     def informs_editing(self, model: Model, scores_NS: torch.Tensor, relations: list[str], cands: list[str],
                         seed: int, quick: bool) -> dict[str, float]:

@@ -59,3 +59,19 @@ def _build_tiny_llava():  # type: ignore[no-untyped-def]
 def make_tiny_llava():
     """A builder of fresh, randomly initialised zoo-shaped LLaVAs (2 LM layers): fast, real code path."""
     return _build_tiny_llava
+
+
+@pytest.fixture(scope="module")
+def tiny_planted_llava(make_tiny_llava):
+    """A tiny LLaVA declaring the zoo-vlm's two planted relations (in its LM MLPs 0 and 1): for
+    tasks that read and edit facts. One per test module; tasks restore any edit."""
+    from bench.model import PlantedRelation
+    from bench.world import World, WorldConfig
+    from bench.world.core import RELATIONS
+
+    model = make_tiny_llava()
+    world = World(0, WorldConfig(n_entities=64))
+    names = tuple(e.name for e in world.entities[:32])
+    model.planted = [PlantedRelation(r, f"lm.blocks.{k}.mlp", names, 0, 64, f"what is the {r} of the glyph?",
+                                     RELATIONS[r]) for r, k in (("home", 0), ("season", 1))]
+    return model

@@ -8,27 +8,13 @@ import torch
 
 from bench.model import PlantedRelation
 from bench.registry import METHODS
-from bench.world import World, WorldConfig
 from bench.world.core import RELATIONS
-from models.zoo.vlm import ZooVlmConfig
 from tasks.editing import EditingConfig, EditingTask, harmonic_mean
 
 
 def test_harmonic_mean():
     assert math.isclose(harmonic_mean(1.0, 0.5, 0.5), 3 / (1 + 2 + 2))
     assert harmonic_mean(1.0, 0.0, 1.0) == 0.0
-
-
-@pytest.fixture(scope="module")
-def tiny_planted_llava(make_tiny_llava):
-    model = make_tiny_llava()
-    cfg = ZooVlmConfig()
-    world = World(0, WorldConfig(n_entities=cfg.n_entities))
-    names = tuple(e.name for e in world.entities[:32])
-    model.planted = [PlantedRelation(r, f"lm.blocks.{k}.mlp", names, 0, cfg.n_entities,
-                                     f"what is the {r} of the glyph?", RELATIONS[r])
-                     for r, k in (("home", 0), ("season", 1))]
-    return model
 
 
 def test_finetune_edits_are_undone_bit_identically(tiny_planted_llava):

@@ -53,18 +53,6 @@ def test_top_site_per_relation_uses_mean_within_example_rank():
     assert top == {"home": "b", "season": "c"}
 
 
-@pytest.fixture(scope="module")
-def tiny_planted_llava(make_tiny_llava):
-    from bench.world.core import RELATIONS
-
-    model = make_tiny_llava()
-    world = World(0, WorldConfig(n_entities=64))
-    names = tuple(e.name for e in world.entities[:32])
-    model.planted = [PlantedRelation(r, f"lm.blocks.{k}.mlp", names, 0, 64, f"what is the {r} of the glyph?",
-                                     RELATIONS[r]) for r, k in (("home", 0), ("season", 1))]
-    return model
-
-
 def test_localization_informs_editing_is_measured_and_undone(tiny_planted_llava):
     from bench.registry import METHODS
     from tasks.localization import LocalizationConfig, LocalizationTask
