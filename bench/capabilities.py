@@ -31,6 +31,11 @@ class AttributionRequest:
     score: ScoreFn
     grid: tuple[int, int]
     batch_size: int = 64
+    # The text side of each target, for methods that read the model's own attention over it
+    # (cross-attention maps): the prompt or question of example ``i`` and the word in it
+    # that names the target (e.g. "a red circle" and "circle"); empty when not applicable.
+    prompts: list[str] = field(default_factory=list)
+    target_words: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -147,6 +152,21 @@ class LocalizeRequest:
     candidates: list[str]
     evaluate: Evaluate
     batch_size: int = 64
+    # What the behaviour is, for methods that read it off the model themselves (lenses,
+    # decompositions, probes): row ``i`` asks ``prompts[i]`` (a question, a text template with
+    # a ``{value}`` slot, or a diffusion prompt) whose clean answer is ``answers[i]`` and whose
+    # counterfactual answer is ``alternatives[i]``, both among ``values[i]``.
+    prompts: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    alternatives: list[str] = field(default_factory=list)
+    values: list[tuple[str, ...]] = field(default_factory=list)
+    # The sequence position of the candidates' stream at which the metric is read, per row
+    # (generative: the position predicting the answer; contrastive: the CLS token), or
+    # ``None`` where no single position carries it (diffusion text encoders): pool over positions.
+    positions_N: torch.Tensor | None = None
+    # A fit split for methods that learn something first (probes, SAEs): the same kind of
+    # request over disjoint examples. Never the examples being scored.
+    fit: "LocalizeRequest | None" = None
 
     def patch_sweep(self, which: str, sources: Mapping[str, torch.Tensor], sites_per_pass: int = 8) -> torch.Tensor:
         """The metric of the ``which`` run with each candidate site overwritten by ``sources[site]``
@@ -163,6 +183,19 @@ class LocalizeRequest:
             patched, _ = self.evaluate(which, write=writes, copies=len(group))
             out[:, g : g + len(group)] = patched.view(len(group), n).T.double()
         return out
+
+    def pooled(self, act: torch.Tensor) -> torch.Tensor:
+        """One vector per row ``[N, D]`` from a site's activation ``[N, (L,) ...]``: the row's
+        readout position when known (:attr:`positions_N`), else the mean over positions.
+        Rows may be copies (``N = c·n``): positions repeat copy-major."""
+        if act.dim() == 2:
+            return act
+        if act.dim() > 3:  # feature maps: no token axis to pick from
+            return act.flatten(1)
+        if self.positions_N is None:
+            return act.mean(1)
+        pos = self.positions_N.repeat(act.shape[0] // len(self.positions_N))
+        return act[torch.arange(act.shape[0]), pos]
 
 
 @dataclass

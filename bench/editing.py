@@ -8,11 +8,16 @@ any edit reversible bit for bit.
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    from bench.capabilities import Intervention
+    from bench.model import Model
 
 
 class ParameterSnapshot:
@@ -63,3 +68,11 @@ def constrained_finetune(root: torch.nn.Module, module: torch.nn.Module, loss_fn
     finally:
         for p in root.parameters():
             p.requires_grad_(flags[id(p)])
+
+
+def applied_edit(model: "Model", edit: "Intervention | None") -> AbstractContextManager[Any]:
+    """Keep an edit method's activation edits (``Intervention.writes``) applied inside the block;
+    a no-op for parameter edits (``None``)."""
+    if edit is None or not edit.writes:
+        return nullcontext()
+    return model.trace(write=edit.writes)

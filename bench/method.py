@@ -67,8 +67,11 @@ class Method:
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
         raise NotImplementedError
 
-    def edit(self, model: Model, request: EditRequest) -> None:
-        """Apply the requested rewrites to ``model``'s parameters in place."""
+    def edit(self, model: Model, request: EditRequest) -> Intervention | None:
+        """Apply the requested rewrites: either to ``model``'s parameters in place (return
+        ``None``; the task restores them), or as activation edits the task keeps applied while
+        it scores the edited model (return an :class:`Intervention` whose ``writes`` run inside
+        ``model.trace``; steering vectors, SAE feature clamping)."""
         raise NotImplementedError
 
     def localize(self, model: Model, request: LocalizeRequest) -> torch.Tensor:

@@ -330,12 +330,16 @@ class AttributionTask(Task):
             out = logits(pixels_NCHW, idx_N)
             return (out if raw else out.log_softmax(-1)).gather(1, tgt)[:, 0]
 
+        # the word naming the target object: the shape, last word of "a red circle" / "what colour is the circle?"
+        words = [c.rstrip("?").split(" ")[-1] for c in ex.captions]
         if isinstance(model, DiffusionModel):
             # each row costs 4 prompts × draws denoiser passes (and their backward): small chunks
             per_row = len(SHAPES) * self.config.diffusion_draws
             return AttributionRequest(ex.pixels_BCHW, score, self.config.diffusion_grid,
-                                      batch_size=max(1, model.batch_size // per_row))
-        return AttributionRequest(ex.pixels_BCHW, score, model.token_layout().grid, batch_size=model.batch_size)
+                                      batch_size=max(1, model.batch_size // per_row), prompts=list(ex.captions),
+                                      target_words=words)
+        return AttributionRequest(ex.pixels_BCHW, score, model.token_layout().grid, batch_size=model.batch_size,
+                                  prompts=list(ex.captions), target_words=words)
 
     def target_probability(self, model: Model, ex: AttributionExamples, seed: int = 0) -> Any:
         """The target's probability among the candidates (what deletion/insertion curves follow)."""

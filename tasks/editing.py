@@ -55,8 +55,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.capabilities import EditRequest
-from bench.editing import ParameterSnapshot
+from bench.capabilities import EditRequest, Intervention
+from bench.editing import ParameterSnapshot, applied_edit
 from bench.method import Method
 from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation
@@ -307,7 +307,12 @@ class EditingTask(Task):
         def acc(p: Probe, pred: list[str]) -> float:
             return float(np.mean([a == t for a, t in zip(pred, p.targets)]))
 
-        def score_cases(group: list[EditCase], edited: bool) -> tuple[float, float, float, float]:
+        def score_cases(group: list[EditCase], edited: bool,
+                        applied: Intervention | None = None) -> tuple[float, float, float, float]:
+            with applied_edit(model, applied):
+                return _score_cases(group, edited)
+
+        def _score_cases(group: list[EditCase], edited: bool) -> tuple[float, float, float, float]:
             e, g, s = [], [], []
             for c in group:
                 for probe, bucket in ((c.shown, e), (c.fresh, g), (c.neighbours, s)):
@@ -336,17 +341,16 @@ class EditingTask(Task):
         try:
             single = []
             for c in cases:
-                if method.name not in ("random", "oracle"):
-                    method.edit(model, request([c]))
-                single.append(score_cases([c], edited=True))
+                applied = method.edit(model, request([c])) if method.name not in ("random", "oracle") else None
+                single.append(score_cases([c], edited=True, applied=applied))
                 restore()
             batch: list[tuple[float, float, float, float]] = []
             if method.name not in ("random", "oracle"):
                 for rel in model.planted:  # one batch per relation: each has one planted site
                     group = [c for c in cases if c.relation.relation == rel.relation]
                     if group:
-                        method.edit(model, request(group))
-                        batch.append(score_cases(group, edited=True))
+                        applied = method.edit(model, request(group))
+                        batch.append(score_cases(group, edited=True, applied=applied))
                         restore()
             else:
                 batch.append(score_cases(cases, edited=True))
@@ -373,17 +377,20 @@ class EditingTask(Task):
         e, g, s = [], [], []
         for c in cases:
             before = _judged(model, c.others, c.seed + 2)["shape"]
+            applied = None
             if method.name not in ("random", "oracle"):
-                method.edit(model, EditRequest(c.pixels_KRCHW, c.prompts, [c.concept] * len(c.prompts),
-                                               [c.new] * len(c.prompts), site=None, batch_size=model.batch_size,
-                                               values=[tuple(SHAPES)] * len(c.prompts)))
+                applied = method.edit(model, EditRequest(c.pixels_KRCHW, c.prompts, [c.concept] * len(c.prompts),
+                                                         [c.new] * len(c.prompts), site=None,
+                                                         batch_size=model.batch_size,
+                                                         values=[tuple(SHAPES)] * len(c.prompts)))
 
             def read(prompts: list[str], seed_: int) -> list[str]:
                 if method.name == "random":
                     return [SHAPES[int(rng.integers(len(SHAPES)))] for _ in prompts]
                 if method.name == "oracle":  # a perfect edit: the concept gone or replaced, the rest as before
                     return [c.new or next(x for x in SHAPES if x != c.concept) for _ in prompts]
-                return _judged(model, prompts, seed_)["shape"]
+                with applied_edit(model, applied):
+                    return _judged(model, prompts, seed_)["shape"]
 
             took = (lambda x: x == c.new) if c.new else (lambda x: x != c.concept)
             e.append(float(np.mean([took(x) for x in read(c.shown, c.seed)])))

@@ -264,6 +264,8 @@ class DiffusionFactExamples:
     planted_site: list[str]
     hashes: list[str]
     relations: list[str]
+    answers: list[str]
+    alternatives: list[str]
 
 
 def build_diffusion_examples(model: DiffusionModel, rel: PlantedRelation, n: int, seed: int, draws: int,
@@ -286,7 +288,8 @@ def build_diffusion_examples(model: DiffusionModel, rel: PlantedRelation, n: int
     hashes = [hashlib.sha256(good[i].numpy().tobytes() + bad[i].numpy().tobytes() + sub.prompts[i].encode()
                              + corrupt[i].encode()).hexdigest()[:16] for i in range(n)]
     return DiffusionFactExamples(sub.prompts, corrupt, good, bad, sub.noise_RNCHW, sub.t_RN, [rel.site] * n, hashes,
-                                 [rel.relation] * n)
+                                 [rel.relation] * n, [rel.values[int(v)] for v in good_N],
+                                 [rel.values[int(v)] for v in bad_N])
 
 
 def diffusion_evaluate(model: DiffusionModel, ex: DiffusionFactExamples) -> Callable[..., tuple[torch.Tensor, Any]]:
@@ -358,28 +361,16 @@ class LocalizationTask(Task):
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
         n = self.config.quick_examples if quick else self.config.n_examples
         cands = self.candidates(model)
-        ex: FactExamples | DiffusionFactExamples
-        if isinstance(model, DiffusionModel):
-            if len(model.planted) != 1:
-                raise BenchError("task 'localization' expects one planted relation in a diffusion model")
-            ex = build_diffusion_examples(model, model.planted[0], n, seed, self.config.diffusion_draws)
-        else:
-            ex = build_examples(model.planted, n, seed)
+        ex = self.examples(model, n, seed, "test")
         planted_N = torch.tensor([cands.index(s) for s in ex.planted_site])
         if method.name == "oracle":
             scores = torch.nn.functional.one_hot(planted_N, len(cands)).double()
         elif method.name == "random":
             scores = torch.rand(n, len(cands), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         else:
-            if isinstance(ex, DiffusionFactExamples):
-                evaluate = diffusion_evaluate(model, ex)  # type: ignore[arg-type]
-            elif isinstance(model, GenerativeModel):
-                evaluate = generative_evaluate(model, ex)
-            elif isinstance(model, ContrastiveModel):
-                evaluate = contrastive_evaluate(model, ex, {r.question: r.values for r in model.planted})
-            else:
-                raise BenchError(f"task 'localization' has no {model.family} setting yet")
-            request = LocalizeRequest(n, list(cands), evaluate, batch_size=model.batch_size)
+            request = self.request(model, ex, cands)
+            # the fit split: other renders (split "fit") drawn from another stream of the seed
+            request.fit = self.request(model, self.examples(model, n, 1_000_003 + seed, "fit"), cands)
             scores = method.localize(model, request)
             if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n, len(cands)):
                 raise BenchError(f"method {method.name!r} must return scores of shape {(n, len(cands))}")
@@ -388,6 +379,36 @@ class LocalizationTask(Task):
         metrics = rank_metrics(scores, planted_N)
         metrics.update(self.informs_editing(model, scores, ex.relations, cands, seed, quick))
         return CellResult(metrics, example_hashes=ex.hashes)
+
+    def examples(self, model: Model, n: int, seed: int, split: str) -> "FactExamples | DiffusionFactExamples":
+        if isinstance(model, DiffusionModel):
+            if len(model.planted) != 1:
+                raise BenchError("task 'localization' expects one planted relation in a diffusion model")
+            return build_diffusion_examples(model, model.planted[0], n, seed, self.config.diffusion_draws, split)
+        return build_examples(model.planted, n, seed, split)
+
+    @staticmethod
+    def request(model: Model, ex: "FactExamples | DiffusionFactExamples", cands: list[str]) -> LocalizeRequest:
+        """The request a method answers: the patching closure, plus the behaviour spelled out."""
+        values = {r.relation: r.values for r in model.planted}
+        positions: torch.Tensor | None = None
+        if isinstance(ex, DiffusionFactExamples):
+            evaluate = diffusion_evaluate(model, ex)  # type: ignore[arg-type]
+            prompts = list(ex.clean_prompts)
+        elif isinstance(model, GenerativeModel):
+            evaluate = generative_evaluate(model, ex)
+            positions = model.answer_inputs(ex.prompts, ex.answers).pos_B
+            prompts = list(ex.prompts)
+        elif isinstance(model, ContrastiveModel):
+            evaluate = contrastive_evaluate(model, ex, {r.question: r.values for r in model.planted})
+            layout = model.token_layout()
+            positions = torch.full((len(ex.answers),), layout.cls if layout and layout.cls is not None else 0)
+            prompts = list(ex.prompts)
+        else:
+            raise BenchError(f"task 'localization' has no {model.family} setting yet")
+        return LocalizeRequest(len(ex.answers), list(cands), evaluate, batch_size=model.batch_size, prompts=prompts,
+                               answers=list(ex.answers), alternatives=list(ex.alternatives),
+                               values=[values[r] for r in ex.relations], positions_N=positions)
 
     def informs_editing(self, model: Model, scores_NS: torch.Tensor, relations: list[str], cands: list[str],
                         seed: int, quick: bool) -> dict[str, float]:
