@@ -50,6 +50,13 @@ class Method:
                 raise BenchError(f"method {self.name!r} has no config option {bad[0]!r} (options: {sorted(known)})")
             config = type(config)(**{**asdict(config), **overrides})
         self.config = config
+        # figures the method measures about its own work (an SAE's reconstruction, a probe's
+        # fit accuracy), stored with the run record; see :meth:`report`
+        self.diagnostics: dict[str, float] = {}
+
+    def report(self, **figures: float) -> None:
+        """Record diagnostics (floats) of this method's run, e.g. ``report(sae_fvu=0.08)``."""
+        self.diagnostics.update({k: float(v) for k, v in figures.items()})
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config) if is_dataclass(self.config) else {}

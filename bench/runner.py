@@ -190,6 +190,10 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
         record.provenance["traceback"] = traceback.format_exc(limit=8)
         record.timings = {"run_s": round(time.perf_counter() - t0, 3)}
     record.provenance["threads"] = threads
+    if method.diagnostics:  # what the method measured about itself (e.g. SAE reconstruction)
+        record.provenance["method_diagnostics"] = dict(method.diagnostics)
+    if getattr(method, "fitted", None):
+        record.provenance["fitted"] = dict(method.fitted)
     if is_dataclass(getattr(task, "config", None)):
         record.provenance["task_config"] = asdict(task.config)
     record.peak_memory_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
