@@ -39,6 +39,9 @@ class Method:
     families: ClassVar[frozenset[str]] = frozenset({"contrastive", "generative", "diffusion"})
     Config: ClassVar[type] = MethodConfig
     reference: ClassVar[bool] = False  # random / oracle: answered by the task itself
+    # learns from the request's fit split first (probes, SAEs, directions) and records what it
+    # fitted with bench.fitting.record_fit; a test checks fitted state never depends on test items
+    fits: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         if config is None:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.capabilities import DebiasRequest, Intervention
+from bench.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, Model
 
@@ -60,6 +61,7 @@ class Leace(Method):
     capabilities = frozenset({"debias"})
     families = frozenset({"contrastive"})
     Config = LeaceConfig
+    fits = True
 
     def supports(self, model: Model) -> str | None:
         reason = super().supports(model)
@@ -82,6 +84,7 @@ class Leace(Method):
         x_ND = x.reshape(x.shape[0], -1) if x.dim() == 2 else x[:, 0]  # token sites: erase at the CLS/first token
         z_NK = F.one_hot(request.fit_spurious_B, len(request.spurious_prompts)).float()
         mu, M, rank = leace_fit(x_ND, z_NK, self.config.rel_eps)
+        record_fit(self, "eraser", {"mean": mu, "M": M})
 
         def erase(v: torch.Tensor) -> torch.Tensor:
             if v.dim() == 2:
