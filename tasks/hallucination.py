@@ -58,9 +58,11 @@ class HallucinationConfig:
     world_seed: int = 0
     caption_scenes: int = 128
     pope_images: int = 60
-    fit_caption_scenes: int = 64
-    fit_pope_images: int = 30
-    quick_fraction: float = 0.5  # the quick profile scales every count by this
+    # the fit split is not scaled down in the quick profile: hallucinations are rare (a few per
+    # hundred mentions), and a learned detector needs positives to learn from
+    fit_caption_scenes: int = 256
+    fit_pope_images: int = 80
+    quick_fraction: float = 0.5  # the quick profile scales the test counts by this
     max_new_tokens: int = 24
 
 
@@ -177,7 +179,7 @@ _CACHE: dict[tuple, tuple[LabelledOutputs, LabelledOutputs]] = {}
 class HallucinationTask(Task):
     spec = TaskSpec(
         name="hallucination",
-        version="1.0",
+        version="1.1",
         families=frozenset({"generative"}),
         capability="detect_hallucination",
         main_score="auroc",
@@ -207,8 +209,8 @@ class HallucinationTask(Task):
             bs = model.batch_size
             test = build_items(model, world, train_world, "test", max(2, int(cfg.caption_scenes * f)),
                                max(1, int(cfg.pope_images * f)), 10_000 * seed, cfg.max_new_tokens, bs)
-            fit = build_items(model, world, train_world, "fit", max(2, int(cfg.fit_caption_scenes * f)),
-                              max(1, int(cfg.fit_pope_images * f)), 10_000 * seed, cfg.max_new_tokens, bs)
+            fit = build_items(model, world, train_world, "fit", cfg.fit_caption_scenes, cfg.fit_pope_images,
+                              10_000 * seed, cfg.max_new_tokens, bs)
             _CACHE.clear()
             _CACHE[key] = (test, fit)
         return _CACHE[key]
