@@ -31,7 +31,7 @@ def content_hash(*parts: Any) -> str:
         if isinstance(p, torch.Tensor):
             t = p.detach().cpu().contiguous()
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(p, np.ndarray):
             h.update(f"{p.dtype}{p.shape}".encode())
             h.update(np.ascontiguousarray(p).tobytes())
