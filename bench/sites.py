@@ -50,6 +50,9 @@ class SiteSpec:
     hook: str = "output"
     index: int | None = None
     head: tuple[int, int] | None = None
+    # a site whose value is returned after it was used (e.g. attention probabilities handed back
+    # beside the attention output) can be read but not written: a write would silently do nothing
+    read_only: str = ""  # why, when the site is read-only
 
 
 class _StopForward(Exception):
@@ -118,6 +121,11 @@ class Trace(AbstractContextManager["Trace"]):
             from bench.errors import UnknownName
 
             raise UnknownName("site", unknown[0], specs)
+        for site in self.write_fns:
+            if specs[site].read_only:
+                from bench.errors import BenchError
+
+                raise BenchError(f"site {site!r} cannot be written: {specs[site].read_only}")
         self.specs = specs
         self.stop_after_reads = stop_after_reads and bool(self.read_sites)
         self.keep_grad = keep_grad

@@ -46,7 +46,9 @@ def build_sites(towers: list[TowerMap]) -> tuple[list[Site], dict[str, SiteSpec]
             add(Site(f"{n}.resid_post", t.tower, i, "resid_post", stream=t.stream), SiteSpec(b))
             add(Site(f"{n}.attn", t.tower, i, "attn", stream=t.stream), SiteSpec(f"{b}.{t.attn}", index=0))
             add(Site(f"{n}.attn.pattern", t.tower, i, "pattern", stream=t.stream),
-                SiteSpec(f"{b}.{t.attn}", index=1))
+                SiteSpec(f"{b}.{t.attn}", index=1,
+                         read_only="transformers returns the attention pattern after applying it; "
+                                   "write the attention output or the heads instead"))
             for h in range(t.n_heads):
                 add(Site(f"{n}.attn.head.{h}", t.tower, i, "head", head=h, stream=t.stream),
                     SiteSpec(f"{b}.{t.attn}.{t.o_proj}", hook="input", head=(h, t.n_heads)))

@@ -233,7 +233,12 @@ def test_site_names_layers_and_grids(tiny_zoo, tiny_sd):
 def test_identity_writes_are_bit_identical_and_ablations_act(tiny_zoo):
     m = tiny_zoo
     x, t = _noisy(m, 1)
-    names = [s.name for s in m.sites()]
+    names = [s.name for s in m.sites() if not m.site_specs[s.name].read_only]
+    read_only = [s.name for s in m.sites() if m.site_specs[s.name].read_only]
+    # the text encoder's patterns are returned after use: writing one is refused, not a silent no-op
+    assert read_only == [f"text.blocks.{i}.attn.pattern" for i in range(len(read_only))] and read_only
+    with pytest.raises(BenchError, match="cannot be written"):
+        m.trace(write={read_only[0]: zero_ablate()})
     with torch.no_grad():
         clean = m.noise_pred(x, t, PROMPTS)
         with m.trace(write={n: (lambda v: v) for n in names}):
