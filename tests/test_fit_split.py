@@ -15,7 +15,7 @@ import torch
 from bench.capabilities import HallucinationRequest, ScoredOutputs
 from bench.registry import METHODS
 from bench.runner import load_model
-from tasks.hallucination import HallucinationTask
+from tasks.hallucination import HallucinationConfig, HallucinationTask
 from tasks.localization import LocalizationTask
 
 
@@ -56,10 +56,13 @@ def test_localization_fits_ignore_the_scored_examples(model_name):
 
 def test_hallucination_fits_ignore_the_scored_items():
     model = load_model("zoo-vlm")
-    task = HallucinationTask()
+    # a small task (few scenes) keeps the test fast; the code path is the task's own
+    task = HallucinationTask(HallucinationConfig(caption_scenes=24, pope_images=12, fit_caption_scenes=64,
+                                                 fit_pope_images=24))
     test_a, fit = task._data(model, 0, True)
     items_b = test_a.items
-    perm = torch.arange(items_b.n).flip(0)[: items_b.n // 2]  # other items: half of them, reversed
+    perm = torch.arange(1, items_b.n, 2).flip(0)  # other items (every second one, reversed), of both kinds
+    assert len({items_b.kinds[i] for i in perm}) == 2
     items_b = ScoredOutputs(items_b.pixels_BCHW[perm], [items_b.prompts[i] for i in perm],
                             [items_b.prefixes[i] for i in perm], [items_b.spans[i] for i in perm],
                             [items_b.kinds[i] for i in perm])
