@@ -124,6 +124,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             s = TASKS.get(n).spec
             print(f"{n:<22} v{s.version:<5} families: {','.join(sorted(s.families)):<34} "
                   f"capability: {s.capability:<20} main: {s.main_score}")
+    elif args.what == "methods" and args.grid:
+        _print_method_grid()
     elif args.what == "methods":
         for n in METHODS.names():
             c = METHODS.get(n)
@@ -135,6 +137,23 @@ def cmd_list(args: argparse.Namespace) -> int:
             e = MODELS.entry(n)
             print(f"{n:<22} family: {e.meta.get('family', '?'):<12} source: {e.source}")
     return 0
+
+
+def _print_method_grid() -> None:
+    """Which method runs on which (task, model) of the registered models: ✓ planned, · not."""
+    from tabulate import tabulate
+
+    from bench.registry import METHODS
+    from bench.runner import plan
+
+    p = plan(None, None, None, [0], quick=True)
+    cols = sorted({(c.task, c.model) for c in p.cells})
+    have = {(c.method, c.task, c.model) for c in p.cells}
+    rows = [[m] + ["✓" if (m, t, mo) in have else "·" for t, mo in cols]
+            for m in METHODS.names() if any((m, t, mo) in have for t, mo in cols)]
+    count = ["real methods"] + [str(sum(1 for m in METHODS.names() if m not in ("random", "oracle")
+                                        and (m, t, mo) in have)) for t, mo in cols]
+    print(tabulate(rows + [count], headers=["method"] + [f"{t}\n{mo}" for t, mo in cols], tablefmt="simple"))
 
 
 # ---------------------------------------------------------------------- world
@@ -237,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list tasks, methods or models with their compatibility")
     ls.add_argument("what", choices=["tasks", "methods", "models"])
+    ls.add_argument("--grid", action="store_true",
+                    help="methods: a method × (task, model) table of where each runs (loads the models)")
     ls.set_defaults(fn=cmd_list)
 
     va = sub.add_parser("validity", help="reseed noise of random and oracle per task and model, and their separation")
