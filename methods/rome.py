@@ -1,0 +1,407 @@
+"""ROME: rank-one model editing of one MLP's output projection.
+
+Meng, Bau, Andonian & Belinkov (2022), "Locating and Editing Factual Associations in GPT"
+(NeurIPS). An MLP's output projection ``W`` (``down_proj`` / ``fc2``) is read as a linear
+key–value memory: the key ``k`` is the MLP's hidden activation (the input of ``W``, site
+``<mlp>.neurons``) at the subject, the value ``W k`` what the MLP writes there. A rewrite
+inserts one new pair ``(k*, v*)``:
+
+- ``k*``: the mean key over the subject positions of the request's inputs;
+- ``v* = W k* + δ``: ``δ`` is found by a short optimisation (Adam, ``steps``) of a vector
+  added to the MLP's output at the subject positions so that the model gives the new
+  answer, with an L2 penalty ``weight_decay·‖δ‖²/‖h‖²`` (``‖h‖`` the mean norm of the MLP's
+  output at the subject; ``diffusion_weight_decay``, default 0, for diffusion models) and ``‖δ‖`` clamped to ``clamp`` times
+  the mean norm of the MLP's output there (ROME's ``v_weight_decay`` and norm clamp; ROME's
+  KL "essence" term is left out: the request holds no other prompts about the subject);
+- ``W ← W + (v* − W k*)(C⁻¹k*)ᵀ / (k*ᵀ C⁻¹ k*)``, which maps ``k*`` to ``v*`` exactly while
+  changing ``W k`` least for keys typical under ``C``.
+
+``C`` is the keys' second moment. ROME estimates it on Wikipedia text; an edit request holds
+only its own inputs, so here ``C = mean(k kᵀ) + ridge·tr(C)/F·I`` over the keys at *every*
+position of the request's inputs (all image and text tokens of the renders; the prompt
+tokens for a text encoder), the ridge keeping it invertible when there are fewer keys than
+neurons (``F``).
+
+Per family (what "the new answer" and "the subject" are):
+
+- generative (the language model's MLPs): the loss is the cross-entropy of the new answer's
+  first token at the answer position, over the renders with the request's question. The
+  subject is a glyph *image*; ``positions="readout"`` (default) takes the key at the answer
+  position, ``"subject"`` the mean over the image tokens. Measured (editing task, seed 0,
+  quick, planted sites): the readout position edits reliably and the image tokens do not —
+  a relation planted in the tower's last MLP cannot be reached from image tokens at all
+  (nothing after that MLP carries them to the answer position / CLS: ``δ`` gets no gradient),
+  and one mean key over 64 heterogeneous image-token keys is a poor key elsewhere.
+- contrastive (the vision tower's MLPs): cross-entropy of the request's template filled with
+  ``new`` among the template filled with each of ``values``; ``"readout"`` is the CLS token
+  (what the image embedding is read from), ``"subject"`` the image tokens.
+- diffusion (the text encoder's MLPs): the subject is the entity word of the prompt (the
+  request's ``old`` word when the prompt contains it, a concept edit; else the prompt's last
+  word, "a <entity>"), located with ``model.prompt_token_positions``; the loss is the
+  denoising error of the renders (what the prompt should now draw) at ``draws`` fixed
+  (timestep, noise) draws per render, as the fine-tuning baseline's.
+
+Site: ``request.site`` when given (a non-MLP site of a block is mapped to that block's MLP),
+else the config's ``site``, else the middle MLP of the tower (lm / vision / text). Several
+rewrites in one request are applied one after the other, each computed on the model as
+already edited. Deterministic: full-batch Adam from zero, fixed draws from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.capabilities import EditRequest
+from bench.errors import BenchError
+from bench.fitting import record_fit
+from bench.method import Method, MethodConfig
+from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
+
+TOWER_OF = {"generative": "lm", "contrastive": "vision", "diffusion": "text"}
+POSITIONS = ("readout", "subject")
+
+
+# ----------------------------------------------------------------------------- sites and weights
+def default_mlp_sites(model: Model) -> list[str]:
+    """The per-layer MLP sites of the tower a family's facts live in, in layer order."""
+    return model.layer_sites(TOWER_OF[model.family], "mlp")
+
+
+def resolve_mlp_site(model: Model, site: str, who: str) -> str:
+    """``site`` as an MLP site: an MLP site as is; another site of block ``i`` of a tower → that
+    block's MLP (e.g. a localized ``lm.blocks.1.attn``)."""
+    if site not in model.site_specs:
+        model.site(site)  # raises with "did you mean"
+    s = model.site(site)
+    if s.kind == "mlp":
+        return site
+    m = re.match(r"^(.*\.blocks\.\d+)\.", site)
+    if m and f"{m.group(1)}.mlp" in model.site_specs:
+        return f"{m.group(1)}.mlp"
+    raise BenchError(f"{who}: site {site!r} is not in a transformer block with an MLP; "
+                     f"pass an MLP site such as {default_mlp_sites(model)[:1]}")
+
+
+def out_projection(model: Model, mlp_site: str) -> nn.Linear:
+    """The MLP's output projection: the last ``nn.Linear`` inside the MLP module (``fc2`` of a
+    CLIP MLP, ``down_proj`` of a Llama MLP); :func:`read_keys` checks that its input width is
+    the width of the ``<mlp>.neurons`` site."""
+    mlp = model.module.get_submodule(model.site_specs[mlp_site].module)
+    linears = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise BenchError(f"site {mlp_site!r} holds no linear layer to edit")
+    # registration order is the forward order in transformers' MLPs (fc1, fc2 / gate, up, down)
+    return linears[-1]
+
+
+def neurons_site(model: Model, mlp_site: str) -> str:
+    name = f"{mlp_site}.neurons"
+    if name not in model.site_specs:
+        raise BenchError(f"{mlp_site!r} has no neurons site ({name!r}) to read the MLP's keys from")
+    return name
+
+
+def resid_site(model: Model, mlp_site: str) -> str:
+    name = mlp_site.removesuffix(".mlp") + ".resid_post"
+    if name not in model.site_specs:
+        raise BenchError(f"{mlp_site!r} has no residual-output site ({name!r})")
+    return name
+
+
+# ----------------------------------------------------------------------------- the request as inputs
+@dataclass
+class EditBatch:
+    """The request's inputs as one batch: ``loss_K()`` runs the model and returns the loss of
+    the new answer per rewrite ``[K]``; ``subject_BL`` marks where each row's subject is in the
+    edited tower's token stream, ``valid_BL`` every real token (for the key covariance);
+    ``request_B`` the rewrite each row belongs to."""
+
+    loss_K: Callable[[], torch.Tensor]
+    subject_BL: torch.Tensor
+    valid_BL: torch.Tensor
+    request_B: torch.Tensor
+    K: int
+
+
+def subject_word(prompt: str, old: str) -> str:
+    """The word a diffusion prompt is about: ``old`` when the prompt names it (a concept edit,
+    "a red circle"), else the prompt's last word ("a <entity>")."""
+    if old and re.search(rf"(?<!\w){re.escape(old)}(?!\w)", prompt, re.IGNORECASE):
+        return old
+    words = prompt.split()
+    if not words:
+        raise BenchError("an edit request has an empty prompt")
+    return words[-1]
+
+
+def edit_batch(model: Model, request: EditRequest, positions: str, draws: int = 4, seed: int = 0) -> EditBatch:
+    """Build :class:`EditBatch` for any family (see the module docstring)."""
+    if positions not in POSITIONS:
+        raise BenchError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    K, R = request.pixels_KRCHW.shape[:2]
+    if not (len(request.prompts) == len(request.new) == len(request.old) == K):
+        raise BenchError(f"edit request: {K} subjects but {len(request.prompts)} prompts, "
+                         f"{len(request.old)} old and {len(request.new)} new answers")
+    pixels = request.pixels_KRCHW.flatten(0, 1)
+    request_B = torch.arange(K).repeat_interleave(R)
+    if isinstance(model, GenerativeModel):
+        prompts = [p for p in request.prompts for _ in range(R)]
+        inp = model.answer_inputs(prompts, [a for a in request.new for _ in range(R)])
+        B, L = inp.ids_BL.shape
+        rows = torch.arange(B)
+        if positions == "readout":
+            subject = torch.zeros(B, L, dtype=torch.bool)
+            subject[rows, inp.pos_B] = True
+        else:
+            img = model.image_positions(prompts)
+            subject = torch.zeros(B, L, dtype=torch.bool)
+            w = min(L, img.shape[1])
+            subject[:, :w] = img[:, :w]
+
+        def gen() -> torch.Tensor:
+            logits = model.forward_tokens(pixels, inp.ids_BL, inp.mask_BL)
+            ce = F.cross_entropy(logits[rows, inp.pos_B], inp.answer_B, reduction="none")
+            return torch.zeros(K).index_add(0, request_B, ce) / R
+        return EditBatch(gen, subject, inp.mask_BL.bool(), request_B, K)
+    if isinstance(model, ContrastiveModel):
+        if len(request.values) != K:
+            raise BenchError("a contrastive edit request must list each relation's values")
+        texts = [p.format(value=v) for p, vals in zip(request.prompts, request.values) for v in vals]
+        offsets = np.cumsum([0] + [len(v) for v in request.values])
+        if any(n not in vals for n, vals in zip(request.new, request.values)):
+            raise BenchError("a contrastive edit's new answer must be one of its values")
+        target_B = torch.tensor([int(offsets[k]) + request.values[k].index(request.new[k]) for k in range(K)
+                                 for _ in range(R)])
+        own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool)
+        for k in range(K):
+            own_BT[k * R : (k + 1) * R, int(offsets[k]) : int(offsets[k + 1])] = True
+        with torch.no_grad():  # the text tower is not edited: its embeddings are constants
+            text_TD = model.encode_text(texts)
+        layout = model.token_layout()
+        if layout is None:
+            raise BenchError(f"{model.name!r} declares no token layout for its image tokens")
+        L = layout.image.stop
+        subject = torch.zeros(K * R, L, dtype=torch.bool)
+        if positions == "readout" and layout.cls is not None:
+            subject[:, layout.cls] = True
+        else:
+            subject[:, layout.image] = True
+
+        def con() -> torch.Tensor:
+            sims = model.similarity_to(model.encode_image(pixels), text_TD)
+            ce = F.cross_entropy(sims.masked_fill(~own_BT, float("-inf")), target_B, reduction="none")
+            return torch.zeros(K).index_add(0, request_B, ce) / R
+        return EditBatch(con, subject, torch.ones(K * R, L, dtype=torch.bool), request_B, K)
+    if isinstance(model, DiffusionModel):
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            x0 = model.to_sample(pixels).repeat(draws, 1, 1, 1)  # draw-major: row d·KR + i
+        texts = [p for p in request.prompts for _ in range(R)] * draws
+        request_B = request_B.repeat(draws)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, model.num_train_timesteps, (len(texts),), generator=g)
+        with torch.no_grad():
+            mask_BL = model.encode_prompts(texts).mask_BL.bool()
+        subject = torch.zeros_like(mask_BL)
+        for k, (p, old) in enumerate(zip(request.prompts, request.old)):
+            pos = model.prompt_token_positions([p], subject_word(p, old))[0]
+            subject[(request_B == k).nonzero()[:, 0][:, None], torch.tensor(pos)[None]] = True
+        n = R * draws
+
+        def dif() -> torch.Tensor:
+            err = model.denoising_error_B(x0, noise, t, texts)
+            return torch.zeros(K).index_add(0, request_B, err) / n
+        return EditBatch(dif, subject, mask_BL, request_B, K)
+    raise BenchError(f"cannot build an edit for a {model.family} model")
+
+
+# ----------------------------------------------------------------------------- v*: the target value
+def optimise_delta(model: Model, batch: EditBatch, site: str, steps: int, lr: float, weight_decay: float,
+                   clamp: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """One vector per rewrite ``δ_KD`` added to ``site``'s output at the subject positions that
+    lowers the new answer's loss: Adam from zero, L2 penalty relative to the output's norm, norm clamped to ``clamp`` × the
+    mean norm of the site's output at the subject (ROME's v* optimisation)."""
+    with torch.no_grad(), model.trace(read=[site]) as tr:
+        before_K = batch.loss_K()
+    out_BLD = tr[site]
+    at_subject = out_BLD[batch.subject_BL].norm(dim=-1)
+    ref_norm = float(at_subject.mean()) if at_subject.numel() else 1.0
+    max_norm = clamp * ref_norm
+    delta_KD = torch.zeros(batch.K, out_BLD.shape[-1], requires_grad=True)
+    sel_BL1 = batch.subject_BL[..., None].to(out_BLD.dtype)
+    rows = batch.request_B
+
+    def add(v: torch.Tensor) -> torch.Tensor:
+        return v + sel_BL1 * delta_KD[rows][:, None, :]
+
+    opt = torch.optim.Adam([delta_KD], lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            with model.trace(write={site: add}):
+                # ROME's decay is relative to the norm of what the MLP writes there
+                loss = batch.loss_K().sum() + weight_decay * delta_KD.pow(2).sum() / ref_norm**2
+            (grad,) = torch.autograd.grad(loss, [delta_KD])  # no gradient for the frozen weights
+            opt.zero_grad(set_to_none=True)
+            delta_KD.grad = grad
+            opt.step()
+            with torch.no_grad():
+                norms = delta_KD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                delta_KD.mul_(torch.clamp(max_norm / norms, max=1.0))
+    with torch.no_grad(), model.trace(write={site: add}):
+        after_K = batch.loss_K()
+    return delta_KD.detach(), {"loss_before": float(before_K.mean()), "loss_target": float(after_K.mean()),
+                               "delta_norm": float(delta_KD.detach().norm(dim=-1).mean())}
+
+
+# ----------------------------------------------------------------------------- keys and updates
+@torch.no_grad()
+def read_keys(model: Model, batch: EditBatch, sites: list[str], write: dict | None = None
+              ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per site: the mean key at each rewrite's subject positions ``[K, F]`` and every valid key
+    ``[N, F]`` (for the covariance), from one forward pass."""
+    with model.trace(read=sites, write=write or {}, stop_after_reads=True) as tr:
+        batch.loss_K()  # cut short once every site is read (a diffusion model's UNet never runs)
+    out = {}
+    for s in sites:
+        act = tr[s]
+        if act.dim() != 3:
+            raise BenchError(f"site {s!r} is not a token stream [B, L, F]; cannot read keys from it")
+        act_BLF = act.double()
+        w_BL = batch.subject_BL.double()
+        per_row_BF = torch.einsum("bl,blf->bf", w_BL, act_BLF)
+        sums_KF = torch.zeros(batch.K, act.shape[-1], dtype=torch.float64).index_add(0, batch.request_B, per_row_BF)
+        counts_K = torch.zeros(batch.K, dtype=torch.float64).index_add(0, batch.request_B, w_BL.sum(1))
+        if bool((counts_K == 0).any()):
+            raise BenchError("an edit request's subject positions are empty")
+        out[s] = (sums_KF / counts_K[:, None], act_BLF[batch.valid_BL])
+    return out
+
+
+def key_second_moment(keys_NF: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``mean(k kᵀ) + ridge · tr/F · I`` (float64)."""
+    C = keys_NF.T @ keys_NF / max(1, keys_NF.shape[0])
+    return C + ridge * (torch.trace(C) / C.shape[0]).clamp_min(1e-12) * torch.eye(C.shape[0], dtype=C.dtype)
+
+
+def rank_one_update(C_FF: torch.Tensor, k_F: torch.Tensor, r_D: torch.Tensor) -> torch.Tensor:
+    """``ΔW = r (C⁻¹k)ᵀ / (kᵀ C⁻¹ k)``: maps ``k`` to ``W k + r``, least change under ``C``."""
+    u = torch.linalg.solve(C_FF, k_F)
+    return torch.outer(r_D, u) / (k_F @ u)
+
+
+def least_squares_update(C_FF: torch.Tensor, K_FN: torch.Tensor, R_DN: torch.Tensor, weight: float) -> torch.Tensor:
+    """MEMIT's ``ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹``: the change that best maps each key column of ``K``
+    to ``W k + r`` while preserving ``W`` on keys typical under ``C`` (weight ``λ``)."""
+    A = weight * C_FF + K_FN @ K_FN.T
+    return torch.linalg.solve(A, (R_DN @ K_FN.T).T).T  # A symmetric: (R Kᵀ A⁻¹)ᵀ = A⁻¹ K Rᵀ
+
+
+def check_width(linear: nn.Linear, k_F: torch.Tensor, site: str) -> None:
+    if linear.in_features != k_F.shape[-1]:
+        raise BenchError(f"the output projection found in {site!r} takes {linear.in_features} inputs but the "
+                         f"MLP's neurons have width {k_F.shape[-1]}; this MLP layout is not supported")
+
+
+@torch.no_grad()
+def apply_update(linear: nn.Linear, delta_DF: torch.Tensor) -> None:
+    linear.weight.add_(delta_DF.to(linear.weight.dtype))
+
+
+# ----------------------------------------------------------------------------- the method
+@dataclass(frozen=True)
+class ROMEConfig(MethodConfig):
+    site: str = ""  # used when the request names no site; "" = the tower's middle MLP
+    positions: str = "readout"  # "readout" | "subject" (generative / contrastive; diffusion: the entity word)
+    steps: int = 25  # Adam steps of the v* optimisation
+    lr: float = 0.5
+    weight_decay: float = 0.5  # (ROME's v_weight_decay) L2 penalty on δ, relative to ‖MLP output‖² at the subject
+    # the same for diffusion models: their denoising loss moves by ~0.01 between drawings, far less
+    # than a cross-entropy, and with 0.5 the optimised δ stayed ≈ 0 (measured: zoo-diffusion
+    # editing, seed 0, quick: δ norm 0.39, no sample changed)
+    diffusion_weight_decay: float = 0.0
+    clamp: float = 4.0  # ‖δ‖ ≤ clamp × mean ‖MLP output‖ at the subject
+    ridge: float = 0.1  # relative ridge of the key second moment
+    draws: int = 4  # diffusion: (timestep, noise) draws per render
+    seed: int = 0
+
+
+def weight_decay_for(cfg: object, model: Model) -> float:
+    """The δ penalty for this model's family (diffusion losses live on a much smaller scale)."""
+    if isinstance(model, DiffusionModel):
+        return float(getattr(cfg, "diffusion_weight_decay"))
+    return float(getattr(cfg, "weight_decay"))
+
+
+def check_common(cfg: object, who: str) -> None:
+    for name in ("steps", "draws"):
+        if getattr(cfg, name, 1) < 1:
+            raise BenchError(f"{who}: {name} must be ≥ 1, got {getattr(cfg, name)}")
+    for name in ("lr", "clamp"):
+        if not getattr(cfg, name, 1.0) > 0:
+            raise BenchError(f"{who}: {name} must be > 0, got {getattr(cfg, name)}")
+    for name in ("weight_decay", "diffusion_weight_decay", "ridge"):
+        if getattr(cfg, name, 0.0) < 0:
+            raise BenchError(f"{who}: {name} must be ≥ 0, got {getattr(cfg, name)}")
+    if getattr(cfg, "positions", "readout") not in POSITIONS:
+        raise BenchError(f"{who}: positions must be one of {POSITIONS}, got {getattr(cfg, 'positions')!r}")
+
+
+class ROME(Method):
+    """ROME (Meng et al., 2022): a rank-one edit of one MLP's output projection per rewrite."""
+
+    name = "rome"
+    capabilities = frozenset({"edit"})
+    families = frozenset({"generative", "contrastive", "diffusion"})
+    Config = ROMEConfig
+
+    def __init__(self, config: ROMEConfig | None = None, **overrides: object) -> None:
+        super().__init__(config, **overrides)
+        check_common(self.config, "rome")
+
+    def supports(self, model: Model) -> str | None:
+        reason = super().supports(model)
+        if reason:
+            return reason
+        if not default_mlp_sites(model):
+            return f"rome: {model.name!r} has no {TOWER_OF[model.family]} MLP sites"
+        return None
+
+    def _site(self, model: Model, request: EditRequest) -> str:
+        if request.site:
+            return resolve_mlp_site(model, request.site, "rome")
+        if self.config.site:
+            return resolve_mlp_site(model, self.config.site, "rome")
+        mlps = default_mlp_sites(model)
+        if not mlps:
+            raise BenchError(f"rome: {model.name!r} has no {TOWER_OF[model.family]} MLP sites")
+        return mlps[len(mlps) // 2]
+
+    def edit(self, model: Model, request: EditRequest) -> None:
+        cfg = self.config
+        site = self._site(model, request)
+        nsite = neurons_site(model, site)
+        linear = out_projection(model, site)
+        K = request.pixels_KRCHW.shape[0]
+        stats: list[dict[str, float]] = []
+        for k in range(K):  # sequential rewrites, each on the model as already edited
+            sub = EditRequest(request.pixels_KRCHW[k : k + 1], request.prompts[k : k + 1], request.old[k : k + 1],
+                              request.new[k : k + 1], site, request.batch_size, list(request.values[k : k + 1]))
+            batch = edit_batch(model, sub, cfg.positions, cfg.draws, cfg.seed + k)
+            keys = read_keys(model, batch, [nsite])[nsite]
+            k_F, all_NF = keys[0][0], keys[1]
+            check_width(linear, k_F, site)
+            C = key_second_moment(all_NF, cfg.ridge)
+            record_fit(self, f"key_moment_{k}", C)
+            delta_KD, info = optimise_delta(model, batch, site, cfg.steps, cfg.lr, weight_decay_for(cfg, model), cfg.clamp)
+            apply_update(linear, rank_one_update(C, k_F, delta_KD[0].double()))
+            with torch.no_grad():
+                info["loss_edited"] = float(batch.loss_K().mean())
+            stats.append(info)
+        self.report(**{k: float(np.mean([s[k] for s in stats])) for k in stats[0]})
