@@ -173,7 +173,7 @@ def build_items(model: GenerativeModel, world: World, train_world: World, split:
     return LabelledOutputs(items, torch.tensor([r[5] for r in rows]), hashes, context)
 
 
-_CACHE: dict[tuple, tuple[LabelledOutputs, LabelledOutputs]] = {}
+_CACHE: dict[tuple, LabelledOutputs] = {}
 
 
 class HallucinationTask(Task):
@@ -200,30 +200,37 @@ class HallucinationTask(Task):
         self.config = config or HallucinationConfig()
 
     def _data(self, model: GenerativeModel, seed: int, quick: bool) -> tuple[LabelledOutputs, LabelledOutputs]:
+        return self._split(model, seed, quick, "test"), self._split(model, seed, quick, "fit")
+
+    def _split(self, model: GenerativeModel, seed: int, quick: bool, split: str) -> LabelledOutputs:
+        """The model's own labelled outputs on one split, built once per process (the same for every
+        method); the fit split only when a method asks for it."""
         cfg = self.config
-        key = (model.name, model.weights_hash, seed, quick, cfg)
-        if key not in _CACHE:  # the model's own outputs are the same for every method
+        key = (model.name, model.weights_hash, seed, quick, cfg, split)
+        if key not in _CACHE:
             world = World(cfg.world_seed)
             train_world = World(cfg.world_seed, WorldConfig(cooccurrence=COOCCURRENCE_PAIRS))
             f = cfg.quick_fraction if quick else 1.0
-            bs = model.batch_size
-            test = build_items(model, world, train_world, "test", max(2, int(cfg.caption_scenes * f)),
-                               max(1, int(cfg.pope_images * f)), 10_000 * seed, cfg.max_new_tokens, bs)
-            fit = build_items(model, world, train_world, "fit", cfg.fit_caption_scenes, cfg.fit_pope_images,
-                              10_000 * seed, cfg.max_new_tokens, bs)
-            _CACHE.clear()
-            _CACHE[key] = (test, fit)
+            if split == "test":
+                n_cap, n_pope = max(2, int(cfg.caption_scenes * f)), max(1, int(cfg.pope_images * f))
+            else:
+                n_cap, n_pope = cfg.fit_caption_scenes, cfg.fit_pope_images
+            for k in [k for k in _CACHE if k[:5] != key[:5]]:  # keep one cell's worth
+                del _CACHE[k]
+            _CACHE[key] = build_items(model, world, train_world, split, n_cap, n_pope, 10_000 * seed,
+                                      cfg.max_new_tokens, model.batch_size)
         return _CACHE[key]
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
         assert isinstance(model, GenerativeModel)
-        test, fit = self._data(model, seed, quick)
+        test = self._split(model, seed, quick, "test")
         labels = test.labels_B
         if method.name == "oracle":
             scores = labels.double()
         elif method.name == "random":
             scores = torch.rand(len(labels), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         else:
+            fit = self._split(model, seed, quick, "fit")
             request = HallucinationRequest(test.items, fit.items, fit.labels_B.clone(), batch_size=model.batch_size)
             scores = method.detect_hallucination(model, request)
             if not isinstance(scores, torch.Tensor) or scores.shape != labels.shape:
