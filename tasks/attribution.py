@@ -69,6 +69,9 @@ from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 class AttributionConfig:
     n_examples: int = 64
     quick_examples: int = 32
+    # every diffusion row is scored through the denoiser (4 prompts × draws per evaluation): the
+    # quick profile keeps fewer of them
+    quick_diffusion_examples: int = 16
     steps: int = 16  # deletion/insertion curve has steps + 1 points
     blur_kernel: int = 7
     sanity_examples: int = 16
@@ -165,10 +168,13 @@ def spearman_per_example(a_BP: torch.Tensor, b_BP: torch.Tensor) -> torch.Tensor
 
 
 # --------------------------------------------------------------------- task
+_DIFFUSION_EXAMPLES: dict[tuple, AttributionExamples] = {}
+
+
 class AttributionTask(Task):
     spec = TaskSpec(
         name="attribution",
-        version="1.0",
+        version="1.1",
         families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="attribute",
         main_score="pointing_game",
@@ -208,7 +214,12 @@ class AttributionTask(Task):
         generative models the target's caption is replaced by the question about its colour.
         """
         if isinstance(model, DiffusionModel):
-            return self.diffusion_examples(model, seed, n)
+            # sampling and judging are the same for every method of a (model, seed): once per process
+            key = (model.name, model.weights_hash, seed, n, split, self.config)
+            if key not in _DIFFUSION_EXAMPLES:
+                _DIFFUSION_EXAMPLES.clear()
+                _DIFFUSION_EXAMPLES[key] = self.diffusion_examples(model, seed, n)
+            return _DIFFUSION_EXAMPLES[key]
         generative = isinstance(model, GenerativeModel)
         size = self.image_size(model)
         world = World(self.config.world_seed, WorldConfig(image_size=size, min_objects=2, max_objects=3))
@@ -393,7 +404,8 @@ class AttributionTask(Task):
         return out
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
-        n = self.config.quick_examples if quick else self.config.n_examples
+        n = self.config.n_examples if not quick else (
+            self.config.quick_diffusion_examples if isinstance(model, DiffusionModel) else self.config.quick_examples)
         ex = self.examples(model, seed, n)
         req = self.request(model, ex, seed)
         torch.manual_seed(seed)

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -72,6 +72,7 @@ QA_KINDS = ("colour", "shape", "size", "count", "exists")
 class EditingConfig:
     n_requests: int = 8
     quick_requests: int = 4
+    quick_diffusion_requests: int = 2  # each diffusion edit is read through sampling and the judge
     renders: int = 4  # renders of the entity shown to the editor
     fresh_renders: int = 8  # unseen renders for generalization
     neighbours: int = 16  # other planted entities scored for specificity
@@ -94,6 +95,26 @@ class Probe:
     pixels_BCHW: torch.Tensor | None = None
     prompts: list[str] = field(default_factory=list)
     seed: int = 0
+
+
+Once = Callable[[object, Callable[[], Any]], Any]
+_UNEDITED: dict[tuple, dict[object, Any]] = {}
+
+
+def _unedited_memo(model: Model, seed: int, quick: bool, cfg: "EditingConfig") -> Once:
+    """``once(name, fn)``: what the unedited model does (its answers, its quality) is the same for
+    every method of a cell's (model, seed): computed once per process."""
+    key = (model.name, model.weights_hash, seed, quick, cfg)
+    if key not in _UNEDITED:
+        _UNEDITED.clear()
+        _UNEDITED[key] = {}
+    memo = _UNEDITED[key]
+
+    def once(name: object, fn: Callable[[], Any]) -> Any:
+        if name not in memo:
+            memo[name] = fn()
+        return memo[name]
+    return once
 
 
 def _judged(model: DiffusionModel, prompts: list[str], seed: int) -> dict[str, list[str]]:
@@ -257,7 +278,7 @@ def build_cases(model: Model, k: int, cfg: EditingConfig, seed: int) -> list[Edi
 class EditingTask(Task):
     spec = TaskSpec(
         name="editing",
-        version="1.1",
+        version="1.2",
         families=frozenset({"generative", "contrastive", "diffusion"}),
         capability="edit",
         main_score="score",
@@ -293,15 +314,17 @@ class EditingTask(Task):
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
         cfg = self.config
-        k = cfg.quick_requests if quick else cfg.n_requests
+        k = cfg.n_requests if not quick else (
+            cfg.quick_diffusion_requests if isinstance(model, DiffusionModel) else cfg.quick_requests)
         cases = build_cases(model, k, cfg, seed)
         rel0 = model.planted[0]
         n_quality = cfg.diffusion_quality if isinstance(model, DiffusionModel) else cfg.quality_scenes
         qprobe = quality_probe(model, World(rel0.world_seed), n_quality // (2 if quick else 1), seed)
         bs = model.batch_size
-        for c in cases:  # specificity targets: what the unedited model answers
-            c.neighbours.targets = fact_answers(model, c.neighbours, bs)
-        quality_before = quality(model, qprobe, bs)
+        once = _unedited_memo(model, seed, quick, cfg)
+        for i, c in enumerate(cases):  # specificity targets: what the unedited model answers
+            c.neighbours.targets = once(("neighbours", i), lambda: fact_answers(model, c.neighbours, bs))
+        quality_before = once("quality", lambda: quality(model, qprobe, bs))
         rng = np.random.default_rng([seed, 79])
 
         def acc(p: Probe, pred: list[str]) -> float:
@@ -355,7 +378,7 @@ class EditingTask(Task):
             else:
                 batch.append(score_cases(cases, edited=True))
             if isinstance(model, DiffusionModel):
-                metrics.update(self.concept_edits(model, method, seed, quick, restore))
+                metrics.update(self.concept_edits(model, method, seed, quick, restore, once))
         finally:
             restore()
         snapshot.check_restored("editing")
@@ -368,15 +391,16 @@ class EditingTask(Task):
         return CellResult(metrics, example_hashes=hashes)
 
     def concept_edits(self, model: DiffusionModel, method: Method, seed: int, quick: bool,
-                      restore: Callable[[], None]) -> dict[str, float]:
+                      restore: Callable[[], None], once: "Once | None" = None) -> dict[str, float]:
         """Concept replacement and erasure (the settings of TIME, Orgad et al., 2023, and UCE,
         Gandikota et al., 2024), one edit at a time, read by the judge."""
         cases = build_concept_cases(World(model.planted[0].world_seed), self.config, seed,
                                     2 if quick else self.config.concept_edits)
         rng = np.random.default_rng([seed, 109])
         e, g, s = [], [], []
-        for c in cases:
-            before = _judged(model, c.others, c.seed + 2)["shape"]
+        once = once or _unedited_memo(model, seed, quick, self.config)
+        for j, c in enumerate(cases):
+            before = once(("concept", j), lambda: _judged(model, c.others, c.seed + 2)["shape"])
             applied = None
             if method.name not in ("random", "oracle"):
                 applied = method.edit(model, EditRequest(c.pixels_KRCHW, c.prompts, [c.concept] * len(c.prompts),
