@@ -54,7 +54,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench.store import Store
 
     store = Store(args.store)
-    p = runner.plan(args.task, args.method, args.model, args.seed or [0], quick=args.quick,
+    methods = list(args.method or [])
+    if methods and "all" not in methods and not args.no_references:
+        # the normalised score needs both references; they are cheap and stored once per cell
+        methods += [r for r in ("random", "oracle") if r not in methods]
+    p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
                     method_overrides=_parse_overrides(args.config))
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
     for label, reason in p.skipped:
@@ -231,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="run (task x method x model x seed) cells and store the records")
     ev.add_argument("--task", action="append", help="task name, repeatable, or 'all' (default: all)")
-    ev.add_argument("--method", action="append", help="method name, repeatable, or 'all' (default: all)")
+    ev.add_argument("--method", action="append", help="method name, repeatable, or 'all' (default: all); "
+                    "the random and oracle references are added for the normalised score")
+    ev.add_argument("--no-references", action="store_true", help="do not add random and oracle to named methods")
     ev.add_argument("--model", action="append", help="model name, repeatable, or 'all' (default: all)")
     ev.add_argument("--seed", action="append", help="seed, repeatable (default: 0)")
     ev.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")

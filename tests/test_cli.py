@@ -138,3 +138,21 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     assert {r["method"] for r in rows} == {"random", "oracle", "saliency", "input_x_gradient"}
     assert all({"task", "model", "method", "metric", "mean", "ci_low", "ci_high", "n"} <= set(r) for r in rows)
     assert all(r["n"] == 2 for r in rows)
+
+
+def test_one_named_method_comes_with_its_references_and_diagnostics(tmp_path):
+    """`bench evaluate --method M --task T` also runs random and oracle (the normalised score needs
+    them), and a fitting method's diagnostics and fitted-state hashes land in its record."""
+    store = tmp_path / "r.sqlite"
+    cp = bench("evaluate", "--task", "spurious", "--method", "sae", "--quick", "--store", str(store),
+               "--jobs", "1", "--no-progress")
+    assert cp.returncode == 0, cp.stderr
+    records = {r.key.method: r for r in Store(store).records()}
+    assert set(records) == {"sae", "random", "oracle"}
+    row = next(l for l in cp.stdout.splitlines() if l.startswith("| sae"))
+    assert row.rstrip(" |").split("|")[-2].strip() not in ("—", "")  # a normalised score is shown
+    prov = records["sae"].provenance
+    assert 0.0 <= prov["method_diagnostics"]["sae_fvu"] < 0.5 and prov["fitted"]
+    cp = bench("evaluate", "--task", "spurious", "--method", "sae", "--quick", "--store", str(tmp_path / "b.sqlite"),
+               "--jobs", "1", "--no-progress", "--no-references")
+    assert {r.key.method for r in Store(tmp_path / "b.sqlite").records()} == {"sae"}
