@@ -140,6 +140,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         for n in MODELS.names():
             e = MODELS.entry(n)
             print(f"{n:<22} family: {e.meta.get('family', '?'):<12} source: {e.source}")
+        print(f"{'hf:<folder>':<22} family: {'contrastive':<12} source: a checkpoint saved with save_pretrained "
+              "(model_type clip; the wrapper is picked from its config.json)")
     return 0
 
 

@@ -62,8 +62,13 @@ _MODEL_CACHE: dict[str, Model] = {}
 def load_model(name: str) -> Model:
     """Load (once per process) a registered model."""
     if name not in _MODEL_CACHE:
-        factory = MODELS.get(name)
-        model = factory(name) if _takes_name(factory) else factory()
+        from models.hf_loader import is_hf, load_hf
+
+        if is_hf(name):
+            model = load_hf(name)
+        else:
+            factory = MODELS.get(name)
+            model = factory(name) if _takes_name(factory) else factory()
         _MODEL_CACHE[name] = model
     return _MODEL_CACHE[name]
 
@@ -90,6 +95,9 @@ def _expand(values: Sequence[str] | None, known: list[str], kind: str) -> list[s
         return list(known)
     out = []
     for v in values:
+        if kind == "model" and v.startswith("hf:"):  # a checkpoint folder, not a registered name
+            out.append(v)
+            continue
         if v not in known:
             # raises UnknownName with "did you mean"
             {"task": TASKS, "method": METHODS, "model": MODELS}[kind].entry(v)
@@ -128,7 +136,12 @@ def plan(
     for t in task_names:
         task = make_task(t)
         for mo in model_names:
-            family = MODELS.entry(mo).meta.get("family")
+            if mo.startswith("hf:"):
+                from models.hf_loader import family_of
+
+                family = family_of(mo)
+            else:
+                family = MODELS.entry(mo).meta.get("family")
             if family is not None and family not in task.spec.families:
                 p.skipped.append((f"{t}/{mo}/*", f"task {t!r} does not support {family} models like {mo!r}"))
                 continue
