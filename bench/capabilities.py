@@ -184,6 +184,17 @@ class LocalizeRequest:
             out[:, g : g + len(group)] = patched.view(len(group), n).T.double()
         return out
 
+    def corrupt_gradients(self, sites: Sequence[str]) -> "list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]":
+        """Per site: its clean activation, its corrupt activation and the metric's gradient there at
+        the corrupt run (``None`` where the site does not reach the metric): the terms of
+        attribution patching (Nanda, 2023), from two forward passes and one backward pass."""
+        with torch.no_grad():
+            _, clean = self.evaluate("clean", read=sites)
+        score, corrupt = self.evaluate("corrupt", read=sites, keep_grad=True)
+        acts = [corrupt[s] for s in sites]
+        grads = torch.autograd.grad(score.sum(), acts, allow_unused=True)
+        return [(clean[s], a.detach(), None if g is None else g.detach()) for s, a, g in zip(sites, acts, grads)]
+
     def pooled(self, act: torch.Tensor) -> torch.Tensor:
         """One vector per row ``[N, D]`` from a site's activation ``[N, (L,) ...]``: the row's
         readout position when known (:attr:`positions_N`), else the mean over positions.

@@ -20,6 +20,24 @@ if TYPE_CHECKING:
     from bench.model import Model
 
 
+# the tower a family's facts about a subject are recalled in: where editors look by default
+FACT_TOWER = {"generative": "lm", "contrastive": "vision", "diffusion": "text"}
+
+
+def fact_mlp_sites(model: "Model") -> list[str]:
+    """The per-layer MLP sites of the tower the family's facts live in, in layer order."""
+    return model.layer_sites(FACT_TOWER[model.family], "mlp")
+
+
+def middle_fact_mlp(model: "Model", who: str, option: str = "site") -> str:
+    """The default site of a single-layer editor: the middle MLP of the fact tower."""
+    mlps = fact_mlp_sites(model)
+    if not mlps:
+        raise BenchError(f"{who}: {model.name!r} has no {FACT_TOWER[model.family]} MLP sites; "
+                         f"set --config {option}=...")
+    return mlps[len(mlps) // 2]
+
+
 class ParameterSnapshot:
     """A copy of every parameter of ``module``; :meth:`restore` writes it back exactly."""
 

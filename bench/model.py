@@ -77,6 +77,18 @@ class Model(ABC):
         found = [s for s in self.sites(tower=tower, kind=kind) if s.layer is not None]
         return [s.name for s in sorted(found, key=lambda s: s.layer)]
 
+    def layer_site_at(self, tower: str, kind: str, layer: int | None = None) -> str:
+        """The per-layer site of ``kind`` in ``tower`` at block ``layer`` (negative counts from the
+        end; ``None``: the middle block ``(n − 1) // 2``); ``BenchError`` when out of range."""
+        sites = self.layer_sites(tower, kind)
+        n = len(sites)
+        if n == 0:
+            raise BenchError(f"model {self.name!r} has no {tower}.blocks.*.{kind} sites")
+        k = (n - 1) // 2 if layer is None else (layer + n if layer < 0 else layer)
+        if not 0 <= k < n:
+            raise BenchError(f"layer {layer} is out of range for a {n}-block {tower} tower")
+        return sites[k]
+
     def site(self, name: str) -> Site:
         if name not in self._sites:
             raise UnknownName("site", name, self._sites)

@@ -27,6 +27,15 @@ class AttentionRolloutConfig(MethodConfig):
     """No options: the rollout as in the paper (mean over heads, residual identity)."""
 
 
+def vision_attention_reason(model: Model) -> str | None:
+    """Why a method over the vision tower's attention patterns cannot run on ``model`` (or ``None``)."""
+    if not model.layer_sites("vision", "pattern"):
+        return f"model {model.name!r} exposes no vision attention-pattern sites"
+    if model.token_layout() is None:
+        return f"model {model.name!r} has no vision token layout"
+    return None
+
+
 class AttentionRollout(Method):
     """Attention rollout (Abnar & Zuidema, 2020) from the CLS token; maps ``[B, gh, gw]``."""
 
@@ -36,15 +45,10 @@ class AttentionRollout(Method):
     Config = AttentionRolloutConfig
 
     def supports(self, model: Model) -> str | None:
-        reason = super().supports(model)
+        reason = super().supports(model) or vision_attention_reason(model)
         if reason:
             return reason
-        if not model.layer_sites("vision", "pattern"):
-            return f"model {model.name!r} exposes no vision attention-pattern sites"
-        layout = model.token_layout()
-        if layout is None:
-            return f"model {model.name!r} has no vision token layout"
-        if layout.cls is None:
+        if model.token_layout().cls is None:
             return f"model {model.name!r} has no CLS token to roll attention out from"
         return None
 

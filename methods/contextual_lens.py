@@ -64,12 +64,7 @@ class ContextualLens(Method):
         assert isinstance(model, GenerativeModel)
         if self.config.top_k < 1:
             raise BenchError(f"contextual_lens: top_k must be at least 1, not {self.config.top_k}")
-        n = len(model.layer_sites("lm", "resid_post"))
-        layer = self.config.layer
-        k = (n - 1) // 2 if layer is None else (layer + n if layer < 0 else layer)
-        if not 0 <= k < n:
-            raise BenchError(f"contextual_lens: layer {layer} is out of range for a {n}-block language model")
-        site = f"lm.blocks.{k}.resid_post"
+        site = model.layer_site_at("lm", "resid_post", self.config.layer)
         items, bs = request.items, request.batch_size
         out = []
         for i in range(0, items.n, bs):

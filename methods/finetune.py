@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.capabilities import EditRequest
-from bench.editing import constrained_finetune
+from bench.editing import constrained_finetune, middle_fact_mlp
 from bench.errors import BenchError
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
@@ -46,13 +46,7 @@ class ConstrainedFinetune(Method):
     def _site(self, model: Model, request: EditRequest) -> str:
         if self.config.site:
             return self.config.site
-        if request.site:
-            return request.site
-        tower = "vision" if isinstance(model, ContrastiveModel) else "text" if isinstance(model, DiffusionModel) else "lm"
-        mlps = model.layer_sites(tower, "mlp")
-        if not mlps:
-            raise BenchError(f"finetune: {model.name!r} has no {tower} MLP sites; set --config site=...")
-        return mlps[len(mlps) // 2]
+        return request.site or middle_fact_mlp(model, "finetune")
 
     def edit(self, model: Model, request: EditRequest) -> None:
         site = self._site(model, request)

@@ -36,15 +36,9 @@ class GradXActivation(Method):
     Config = GradXActivationConfig
 
     def localize(self, model: Model, request: LocalizeRequest) -> torch.Tensor:
-        cands = request.candidates
-        with torch.no_grad():
-            _, clean = request.evaluate("clean", read=cands)
-        score, corrupt = request.evaluate("corrupt", read=cands, keep_grad=True)
-        acts = [corrupt[s] for s in cands]
-        grads = torch.autograd.grad(score.sum(), acts, allow_unused=True)
-        out = torch.zeros(request.n, len(cands), dtype=torch.float64)
-        for k, (s, a, g) in enumerate(zip(cands, acts, grads)):
+        out = torch.zeros(request.n, len(request.candidates), dtype=torch.float64)
+        for k, (clean, corrupt, g) in enumerate(request.corrupt_gradients(request.candidates)):
             if g is None:  # the site does not reach the metric
                 continue
-            out[:, k] = ((clean[s] - a.detach()) * g).flatten(1).sum(1).double()
+            out[:, k] = ((clean - corrupt) * g).flatten(1).sum(1).double()
         return out.abs() if self.config.absolute else out

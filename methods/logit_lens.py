@@ -52,17 +52,6 @@ class LogitLensConfig(MethodConfig):
     source: str = "span"  # detect_hallucination: "span" (produced tokens) | "image" (Jiang et al.'s max over image tokens)
 
 
-def lm_block(model: GenerativeModel, layer: int | None) -> int:
-    """An LM block index: ``layer`` (negative counts from the end) or the middle block ``(n − 1) // 2``."""
-    n = len(model.layer_sites("lm", "resid_post"))
-    if n == 0:
-        raise BenchError(f"model {model.name!r} has no lm.blocks.*.resid_post sites")
-    k = (n - 1) // 2 if layer is None else (layer + n if layer < 0 else layer)
-    if not 0 <= k < n:
-        raise BenchError(f"layer {layer} is out of range for a {n}-block language model")
-    return k
-
-
 def lens_margin(model: GenerativeModel, h_ND: torch.Tensor, ans_N: torch.Tensor, alt_N: torch.Tensor) -> torch.Tensor:
     """``lens(h)[answer] − lens(h)[alternative]`` per row."""
     logits_NV = model.unembed(h_ND).float()
@@ -125,7 +114,7 @@ class LogitLens(Method):
     def detect_hallucination(self, model: Model, request: HallucinationRequest) -> torch.Tensor:
         self._check()
         assert isinstance(model, GenerativeModel)
-        site = f"lm.blocks.{lm_block(model, self.config.layer)}.resid_post"
+        site = model.layer_site_at("lm", "resid_post", self.config.layer)
         items, bs = request.items, request.batch_size
         out = []
         for i in range(0, items.n, bs):

@@ -41,7 +41,8 @@ from bench.errors import BenchError
 from bench.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import Model
-from methods.rome import (TOWER_OF, weight_decay_for, apply_update, check_common, check_width, default_mlp_sites, edit_batch,
+from bench.editing import FACT_TOWER, fact_mlp_sites
+from methods.rome import (weight_decay_for, apply_update, check_common, check_width, edit_batch,
                           key_second_moment, least_squares_update, neurons_site, optimise_delta, out_projection,
                           read_keys, resid_site, resolve_mlp_site)
 
@@ -82,17 +83,17 @@ class MEMIT(Method):
         reason = super().supports(model)
         if reason:
             return reason
-        if not default_mlp_sites(model):
-            return f"memit: {model.name!r} has no {TOWER_OF[model.family]} MLP sites"
+        if not fact_mlp_sites(model):
+            return f"memit: {model.name!r} has no {FACT_TOWER[model.family]} MLP sites"
         return None
 
     def layers(self, model: Model, request: EditRequest) -> list[str]:
         """The MLP sites the edit is spread over, in layer order."""
-        mlps = default_mlp_sites(model)
+        mlps = fact_mlp_sites(model)
         if request.site:
             end = resolve_mlp_site(model, request.site, "memit")
             if end not in mlps:
-                raise BenchError(f"memit: {end!r} is not one of the {TOWER_OF[model.family]} MLPs {mlps}")
+                raise BenchError(f"memit: {end!r} is not one of the {FACT_TOWER[model.family]} MLPs {mlps}")
             j = mlps.index(end)
             return mlps[max(0, j - self.config.window + 1) : j + 1]
         names = self.config.sites
@@ -105,7 +106,7 @@ class MEMIT(Method):
                 raise BenchError(f"memit: sites repeat an MLP: {list(names)}")
             return sorted(chosen, key=lambda s: order[s])
         if not mlps:
-            raise BenchError(f"memit: {model.name!r} has no {TOWER_OF[model.family]} MLP sites")
+            raise BenchError(f"memit: {model.name!r} has no {FACT_TOWER[model.family]} MLP sites")
         return mlps[: len(mlps) // 2 + 1]
 
     def edit(self, model: Model, request: EditRequest) -> None:

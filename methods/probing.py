@@ -95,17 +95,6 @@ def cv_quality(x_ND: np.ndarray, y_N: np.ndarray, n_classes: int, cfg: ProbingCo
     return float(np.log(probs_NK[np.arange(len(y_N)), y_N]).mean())
 
 
-def middle_layer(model: GenerativeModel, layer: int | None) -> int:
-    """The LM block index to read: ``layer`` (negative counts from the end) or the middle block."""
-    n = len(model.layer_sites("lm", "resid_post"))
-    if n == 0:
-        raise BenchError(f"model {model.name!r} has no lm.blocks.*.resid_post sites")
-    k = (n - 1) // 2 if layer is None else (layer + n if layer < 0 else layer)
-    if not 0 <= k < n:
-        raise BenchError(f"layer {layer} is out of range for a {n}-block language model")
-    return k
-
-
 @torch.no_grad()
 def span_states(model: GenerativeModel, outs: ScoredOutputs, site: str, pool: str, batch_size: int) -> torch.Tensor:
     """``site``'s activation at each item's span tokens, pooled to one vector per item ``[N, D]``."""
@@ -177,7 +166,7 @@ class Probing(Method):
         self._check()
         if not isinstance(model, GenerativeModel):
             raise BenchError("probing: detect_hallucination needs a generative model")
-        site = f"lm.blocks.{middle_layer(model, self.config.layer)}.resid_post"
+        site = model.layer_site_at("lm", "resid_post", self.config.layer)
         fit_y = request.fit_labels_B.long().numpy()
         if len(np.unique(fit_y)) < 2:
             raise BenchError("probing: the fit split has only one label; no probe can be fitted")

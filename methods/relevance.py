@@ -37,6 +37,7 @@ from bench.capabilities import AttributionRequest
 from bench.errors import BenchError, Incompatible
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, Model, TokenLayout
+from methods.attention_rollout import vision_attention_reason
 
 ROWS = ("auto", "cls", "mean")
 
@@ -65,14 +66,10 @@ class Relevance(Method):
     Config = RelevanceConfig
 
     def supports(self, model: Model) -> str | None:
-        reason = super().supports(model)
+        reason = super().supports(model) or vision_attention_reason(model)
         if reason:
             return reason
-        if not model.layer_sites("vision", "pattern"):
-            return f"model {model.name!r} exposes no vision attention-pattern sites"
         layout = model.token_layout()
-        if layout is None:
-            return f"model {model.name!r} has no vision token layout"
         if self._row(model, layout) == "cls" and layout.cls is None:
             return f"model {model.name!r} has no CLS token (use row='mean')"
         return None

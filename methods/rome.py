@@ -59,21 +59,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.capabilities import EditRequest
+from bench.editing import FACT_TOWER, fact_mlp_sites, middle_fact_mlp
 from bench.errors import BenchError
 from bench.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
 
-TOWER_OF = {"generative": "lm", "contrastive": "vision", "diffusion": "text"}
 POSITIONS = ("readout", "subject")
 
 
 # ----------------------------------------------------------------------------- sites and weights
-def default_mlp_sites(model: Model) -> list[str]:
-    """The per-layer MLP sites of the tower a family's facts live in, in layer order."""
-    return model.layer_sites(TOWER_OF[model.family], "mlp")
-
-
 def resolve_mlp_site(model: Model, site: str, who: str) -> str:
     """``site`` as an MLP site: an MLP site as is; another site of block ``i`` of a tower → that
     block's MLP (e.g. a localized ``lm.blocks.1.attn``)."""
@@ -86,7 +81,7 @@ def resolve_mlp_site(model: Model, site: str, who: str) -> str:
     if m and f"{m.group(1)}.mlp" in model.site_specs:
         return f"{m.group(1)}.mlp"
     raise BenchError(f"{who}: site {site!r} is not in a transformer block with an MLP; "
-                     f"pass an MLP site such as {default_mlp_sites(model)[:1]}")
+                     f"pass an MLP site such as {fact_mlp_sites(model)[:1]}")
 
 
 def out_projection(model: Model, mlp_site: str) -> nn.Linear:
@@ -369,8 +364,8 @@ class ROME(Method):
         reason = super().supports(model)
         if reason:
             return reason
-        if not default_mlp_sites(model):
-            return f"rome: {model.name!r} has no {TOWER_OF[model.family]} MLP sites"
+        if not fact_mlp_sites(model):
+            return f"rome: {model.name!r} has no {FACT_TOWER[model.family]} MLP sites"
         return None
 
     def _site(self, model: Model, request: EditRequest) -> str:
@@ -378,10 +373,7 @@ class ROME(Method):
             return resolve_mlp_site(model, request.site, "rome")
         if self.config.site:
             return resolve_mlp_site(model, self.config.site, "rome")
-        mlps = default_mlp_sites(model)
-        if not mlps:
-            raise BenchError(f"rome: {model.name!r} has no {TOWER_OF[model.family]} MLP sites")
-        return mlps[len(mlps) // 2]
+        return middle_fact_mlp(model, "rome")
 
     def edit(self, model: Model, request: EditRequest) -> None:
         cfg = self.config

@@ -69,6 +69,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.capabilities import DebiasRequest, EditRequest, HallucinationRequest, Intervention, LocalizeRequest
+from bench.editing import middle_fact_mlp
 from bench.errors import BenchError
 from bench.fitting import record_fit
 from bench.method import Method, MethodConfig
@@ -189,16 +190,11 @@ class SAEMethod(Method):
         saes = {s: self._train(f"localize:{s}", torch.cat([_tokens(fit_clean[s]), _tokens(fit_corrupt[s])]))
                 for s in cands}
         self._localize_recovered(fit, saes, float(m_clean.double().mean()))
-        with torch.no_grad():
-            _, clean = request.evaluate("clean", read=cands)
-        score, corrupt = request.evaluate("corrupt", read=cands, keep_grad=True)
-        acts = [corrupt[s] for s in cands]
-        grads = torch.autograd.grad(score.sum(), acts, allow_unused=True)
         out = torch.zeros(request.n, len(cands), dtype=torch.float64)
-        for j, (s, a, g) in enumerate(zip(cands, acts, grads)):
+        for j, (s, (clean, corrupt, g)) in enumerate(zip(cands, request.corrupt_gradients(cands))):
             if g is None:  # the site does not reach the metric
                 continue
-            out[:, j] = self._site_score(saes[s], clean[s].detach(), a.detach(), g.detach())
+            out[:, j] = self._site_score(saes[s], clean.detach(), corrupt, g)
         self._report()
         return out
 
@@ -408,13 +404,7 @@ class SAEMethod(Method):
     def _edit_site(self, model: Model, request: EditRequest) -> str:
         if self.config.edit_site:
             return self.config.edit_site
-        if request.site:
-            return request.site
-        tower = "vision" if isinstance(model, ContrastiveModel) else "text" if isinstance(model, DiffusionModel) else "lm"
-        mlps = model.layer_sites(tower, "mlp")
-        if not mlps:
-            raise BenchError(f"sae: {model.name!r} has no {tower} MLP sites; set --config edit_site=...")
-        return mlps[len(mlps) // 2]
+        return request.site or middle_fact_mlp(model, "sae", "edit_site")
 
     def edit(self, model: Model, request: EditRequest) -> Intervention:
         site = self._edit_site(model, request)
