@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterable, Literal, Mapping, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal, Mapping, Protocol, Sequence, Union
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError, UnknownName
 from bench.sites import EditFn, Site, SiteSpec, Trace
+
+if TYPE_CHECKING:
+    from bench.capabilities import ScoredOutputs
 
 Family = Literal["contrastive", "generative", "diffusion"]
 FAMILIES: tuple[str, ...] = ("contrastive", "generative", "diffusion")
@@ -195,6 +198,20 @@ class GenerativeModel(Model):
     def word_token_ids(self, words: list[str]) -> torch.Tensor:
         """The first token id of each word as an answer (for restricting logits to candidates)."""
         return self.answer_inputs([""] * len(words), words).answer_B
+
+    def span_batches(self, outs: "ScoredOutputs", batch_size: int, read: Sequence[str] = (),
+                     write: Mapping[str, EditFn] | None = None, logits: bool = False
+                     ) -> Iterator[tuple[slice, SpanInputs, Trace, torch.Tensor | None]]:
+        """Run the model over scored outputs in batches: per batch, ``(rows, inputs, trace, logits)``
+        with ``read`` sites in the trace and ``write`` edits applied; the forward pass stops after the
+        reads unless ``logits`` are asked for (then ``None`` is never yielded for them)."""
+        for i in range(0, outs.n, max(1, batch_size)):
+            sl = slice(i, i + batch_size)
+            enc = self.encode_spans(outs.prompts[sl], outs.prefixes[sl], outs.spans[sl])
+            out = None
+            with self.trace(read=read, write=write, stop_after_reads=not logits) as t:
+                out = self.forward_tokens(outs.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
+            yield sl, enc, t, out
 
     @abstractmethod
     def encode_spans(self, prompts: list[str], prefixes: list[str], spans: list[str]) -> SpanInputs:

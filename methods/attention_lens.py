@@ -72,13 +72,8 @@ class AttentionLens(Method):
         if self.config.query not in ("span", "predict"):
             raise BenchError(f"attention_lens: query must be 'span' or 'predict', not {self.config.query!r}")
         sites = pattern_sites(model, tuple(self.config.layers))
-        items, bs = request.items, request.batch_size
         out = []
-        for i in range(0, items.n, bs):
-            sl = slice(i, i + bs)
-            enc = model.encode_spans(items.prompts[sl], items.prefixes[sl], items.spans[sl])
-            with model.trace(read=sites, stop_after_reads=True) as t:
-                model.forward_tokens(items.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
+        for _, enc, t, _ in model.span_batches(request.items, request.batch_size, read=sites):
             img_BK = enc.image_BL.float()
             # mass on image keys per (layer, head, query), averaged over layers and heads → [B, L]
             mass_BL = torch.stack([(t[s].float() * img_BK[:, None, None, :]).sum(-1).mean(1) for s in sites]).mean(0)

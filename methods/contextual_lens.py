@@ -65,14 +65,9 @@ class ContextualLens(Method):
         if self.config.top_k < 1:
             raise BenchError(f"contextual_lens: top_k must be at least 1, not {self.config.top_k}")
         site = model.layer_site_at("lm", "resid_post", self.config.layer)
-        items, bs = request.items, request.batch_size
         out = []
-        for i in range(0, items.n, bs):
-            sl = slice(i, i + bs)
-            enc = model.encode_spans(items.prompts[sl], items.prefixes[sl], items.spans[sl])
+        for _, enc, t, _ in model.span_batches(request.items, request.batch_size, read=[site]):
             if not bool(enc.image_BL.any(1).all()):
                 raise BenchError("contextual_lens: an item has no image tokens in its sequence")
-            with model.trace(read=[site], stop_after_reads=True) as t:
-                model.forward_tokens(items.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
             out.append(-image_similarity(t[site], enc.span_BL, enc.image_BL, self.config.top_k).double())
         return torch.cat(out)

@@ -39,12 +39,9 @@ class OutputEntropy(Method):
         assert isinstance(model, GenerativeModel)
         if self.config.measure not in ("entropy", "nll"):
             raise BenchError(f"entropy: measure must be 'entropy' or 'nll', not {self.config.measure!r}")
-        items, bs = request.items, request.batch_size
         out = []
-        for i in range(0, items.n, bs):
-            sl = slice(i, i + bs)
-            enc = model.encode_spans(items.prompts[sl], items.prefixes[sl], items.spans[sl])
-            logits_BLV = model.forward_tokens(items.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
+        for _, enc, _, logits_BLV in model.span_batches(request.items, request.batch_size, logits=True):
+            assert logits_BLV is not None
             logp_BLV = logits_BLV[:, :-1].float().log_softmax(-1)  # row p predicts token p + 1
             span_BL = enc.span_BL[:, 1:].float()
             if self.config.measure == "entropy":

@@ -115,13 +115,9 @@ class LogitLens(Method):
         self._check()
         assert isinstance(model, GenerativeModel)
         site = model.layer_site_at("lm", "resid_post", self.config.layer)
-        items, bs = request.items, request.batch_size
+        items = request.items
         out = []
-        for i in range(0, items.n, bs):
-            sl = slice(i, i + bs)
-            enc = model.encode_spans(items.prompts[sl], items.prefixes[sl], items.spans[sl])
-            with model.trace(read=[site], stop_after_reads=True) as t:
-                model.forward_tokens(items.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
+        for sl, enc, t, _ in model.span_batches(items, request.batch_size, read=[site]):
             h_BLD = t[site]
             # span mode: the state at p − 1 predicts the token at p
             logp_BLV = model.unembed(h_BLD[:, :-1]).float().log_softmax(-1)

@@ -99,11 +99,7 @@ def cv_quality(x_ND: np.ndarray, y_N: np.ndarray, n_classes: int, cfg: ProbingCo
 def span_states(model: GenerativeModel, outs: ScoredOutputs, site: str, pool: str, batch_size: int) -> torch.Tensor:
     """``site``'s activation at each item's span tokens, pooled to one vector per item ``[N, D]``."""
     feats = []
-    for i in range(0, outs.n, batch_size):
-        sl = slice(i, i + batch_size)
-        enc = model.encode_spans(outs.prompts[sl], outs.prefixes[sl], outs.spans[sl])
-        with model.trace(read=[site], stop_after_reads=True) as t:
-            model.forward_tokens(outs.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
+    for _, enc, t, _ in model.span_batches(outs, batch_size, read=[site]):
         h_BLD = t[site].float()
         span_BL = enc.span_BL.float()
         if pool == "mean":

@@ -249,15 +249,10 @@ class SAEMethod(Method):
             raise BenchError(f"sae: layer {layer} out of range (the LM has {len(layers)} layers)")
         return layers[layer]
 
-    def _span_acts(self, model: GenerativeModel, items: object, site: str, bs: int,
-                   write: dict | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    def _span_acts(self, model: GenerativeModel, items: object, site: str, bs: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Per batch: the site's activations ``[B, L, D]``, the token mask and the span mask."""
         acts, masks, spans = [], [], []
-        for i in range(0, items.n, bs):  # type: ignore[attr-defined]
-            sl = slice(i, i + bs)
-            enc = model.encode_spans(items.prompts[sl], items.prefixes[sl], items.spans[sl])  # type: ignore[attr-defined]
-            with model.trace(read=[site], stop_after_reads=True) as t:
-                model.forward_tokens(items.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)  # type: ignore[attr-defined]
+        for _, enc, t, _ in model.span_batches(items, bs, read=[site]):  # type: ignore[arg-type]
             acts.append(t[site])
             masks.append(enc.mask_BL.bool())
             spans.append(enc.span_BL.bool())
@@ -331,11 +326,8 @@ class SAEMethod(Method):
 
         def nll(write: dict) -> float:
             tot = cnt = 0.0
-            for i in range(0, items.n, bs):
-                sl = slice(i, i + bs)
-                enc = model.encode_spans(items.prompts[sl], items.prefixes[sl], items.spans[sl])
-                with model.trace(write=write):
-                    logits = model.forward_tokens(items.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
+            for _, enc, _, logits in model.span_batches(items, bs, write=write, logits=True):
+                assert logits is not None
                 logp = logits[:, :-1].float().log_softmax(-1).gather(-1, enc.ids_BL[:, 1:, None])[..., 0]
                 sp = enc.span_BL[:, 1:].float()
                 tot += float(-(logp * sp).sum())

@@ -281,11 +281,7 @@ class Steering(Method):
     def _span_states(self, model: GenerativeModel, site: str, items: ScoredOutputs, bs: int) -> torch.Tensor:
         """Mean hidden state over each item's span tokens ``[N, D]``."""
         outs = []
-        for i in range(0, items.n, bs):
-            sl = slice(i, i + bs)
-            enc = model.encode_spans(items.prompts[sl], items.prefixes[sl], items.spans[sl])
-            with model.trace(read=[site]) as t:
-                model.forward_tokens(items.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
+        for _, enc, t, _ in model.span_batches(items, bs, read=[site]):
             span = enc.span_BL.float()
             outs.append((t[site].double() * span[..., None]).sum(1) / span.sum(1, keepdim=True).clamp(min=1))
         return torch.cat(outs) if outs else torch.zeros(0)
