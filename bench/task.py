@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from collections import OrderedDict
+from typing import Any, Callable, ClassVar, Hashable, Literal
 
 from bench.method import Method
 from bench.model import Model
@@ -50,6 +51,27 @@ class CellResult:
     metrics: dict[str, float]
     example_hashes: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+class ProcessMemo:
+    """What is the same for every method of a cell (the model's own outputs, what the unedited model
+    answers, its samples): built once per worker process and reused by the cells that follow.
+    Keys must name everything the value depends on (model name and weights hash, seed, profile,
+    task config); beyond ``size`` entries the least recently used go."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._values: OrderedDict[Hashable, Any] = OrderedDict()
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        if key in self._values:
+            self._values.move_to_end(key)
+            return self._values[key]
+        value = build()
+        self._values[key] = value
+        while len(self._values) > self.size:
+            self._values.popitem(last=False)
+        return value
 
 
 class Task(ABC):

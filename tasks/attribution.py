@@ -61,7 +61,7 @@ from bench.errors import BenchError
 from bench.imageops import box_blur
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
-from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
 from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 
 
@@ -168,7 +168,7 @@ def spearman_per_example(a_BP: torch.Tensor, b_BP: torch.Tensor) -> torch.Tensor
 
 
 # --------------------------------------------------------------------- task
-_DIFFUSION_EXAMPLES: dict[tuple, AttributionExamples] = {}
+_DIFFUSION_EXAMPLES = ProcessMemo(size=2)
 
 
 class AttributionTask(Task):
@@ -215,11 +215,8 @@ class AttributionTask(Task):
         """
         if isinstance(model, DiffusionModel):
             # sampling and judging are the same for every method of a (model, seed): once per process
-            key = (model.name, model.weights_hash, seed, n, split, self.config)
-            if key not in _DIFFUSION_EXAMPLES:
-                _DIFFUSION_EXAMPLES.clear()
-                _DIFFUSION_EXAMPLES[key] = self.diffusion_examples(model, seed, n)
-            return _DIFFUSION_EXAMPLES[key]
+            return _DIFFUSION_EXAMPLES.get((model.name, model.weights_hash, seed, n, split, self.config),
+                                           lambda: self.diffusion_examples(model, seed, n))
         generative = isinstance(model, GenerativeModel)
         size = self.image_size(model)
         world = World(self.config.world_seed, WorldConfig(image_size=size, min_objects=2, max_objects=3))

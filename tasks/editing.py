@@ -61,7 +61,7 @@ from bench.method import Method
 from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation
 from bench.readout import pixels_of, value_logits
-from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
 from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 from bench.world.facts import drawings, glyph_scene
 
@@ -98,23 +98,14 @@ class Probe:
 
 
 Once = Callable[[object, Callable[[], Any]], Any]
-_UNEDITED: dict[tuple, dict[object, Any]] = {}
+_UNEDITED = ProcessMemo(size=64)
 
 
 def _unedited_memo(model: Model, seed: int, quick: bool, cfg: "EditingConfig") -> Once:
     """``once(name, fn)``: what the unedited model does (its answers, its quality) is the same for
     every method of a cell's (model, seed): computed once per process."""
     key = (model.name, model.weights_hash, seed, quick, cfg)
-    if key not in _UNEDITED:
-        _UNEDITED.clear()
-        _UNEDITED[key] = {}
-    memo = _UNEDITED[key]
-
-    def once(name: object, fn: Callable[[], Any]) -> Any:
-        if name not in memo:
-            memo[name] = fn()
-        return memo[name]
-    return once
+    return lambda name, fn: _UNEDITED.get((*key, name), fn)
 
 
 def _judged(model: DiffusionModel, prompts: list[str], seed: int) -> dict[str, list[str]]:

@@ -44,7 +44,7 @@ from bench.capabilities import HallucinationRequest, ScoredOutputs
 from bench.errors import BenchError
 from bench.method import Method
 from bench.model import GenerativeModel, Model
-from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
 from bench.world import World, WorldConfig
 from bench.world.core import Scene
 from bench.world.hallucination import COOCCURRENCE_PAIRS, object_mentions, pope_metrics, pope_probes
@@ -173,7 +173,7 @@ def build_items(model: GenerativeModel, world: World, train_world: World, split:
     return LabelledOutputs(items, torch.tensor([r[5] for r in rows]), hashes, context)
 
 
-_CACHE: dict[tuple, LabelledOutputs] = {}
+_OUTPUTS = ProcessMemo(size=2)  # one cell's test and fit splits
 
 
 class HallucinationTask(Task):
@@ -206,8 +206,7 @@ class HallucinationTask(Task):
         """The model's own labelled outputs on one split, built once per process (the same for every
         method); the fit split only when a method asks for it."""
         cfg = self.config
-        key = (model.name, model.weights_hash, seed, quick, cfg, split)
-        if key not in _CACHE:
+        def build() -> LabelledOutputs:
             world = World(cfg.world_seed)
             train_world = World(cfg.world_seed, WorldConfig(cooccurrence=COOCCURRENCE_PAIRS))
             f = cfg.quick_fraction if quick else 1.0
@@ -215,11 +214,10 @@ class HallucinationTask(Task):
                 n_cap, n_pope = max(2, int(cfg.caption_scenes * f)), max(1, int(cfg.pope_images * f))
             else:
                 n_cap, n_pope = cfg.fit_caption_scenes, cfg.fit_pope_images
-            for k in [k for k in _CACHE if k[:5] != key[:5]]:  # keep one cell's worth
-                del _CACHE[k]
-            _CACHE[key] = build_items(model, world, train_world, split, n_cap, n_pope, 10_000 * seed,
-                                      cfg.max_new_tokens, model.batch_size)
-        return _CACHE[key]
+            return build_items(model, world, train_world, split, n_cap, n_pope, 10_000 * seed,
+                               cfg.max_new_tokens, model.batch_size)
+
+        return _OUTPUTS.get((model.name, model.weights_hash, seed, quick, cfg, split), build)
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
         assert isinstance(model, GenerativeModel)

@@ -53,7 +53,7 @@ from bench.errors import BenchError
 from bench.readout import Subject, diffusion_subject, edit_loss, pixels_of, value_logits
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
-from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
 from bench.world import World, WorldConfig
 from bench.world.core import stable_hash
 from bench.world.facts import glyph_scene
@@ -320,7 +320,7 @@ def diffusion_evaluate(model: DiffusionModel, ex: DiffusionFactExamples) -> Call
     return evaluate
 
 
-_EDIT_MEMO: dict[tuple, float] = {}
+_EDIT_MEMO = ProcessMemo(size=256)
 
 
 class LocalizationTask(Task):
@@ -423,10 +423,8 @@ class LocalizationTask(Task):
         for rel in model.planted:
             def success(site: str) -> float:
                 # the same edit is asked by every method whose top site it is: computed once per process
-                key = (model.name, model.weights_hash, rel, site, seed, k, cfg)
-                if key not in _EDIT_MEMO:
-                    _EDIT_MEMO[key] = edit_success(model, site, build_rewrites(model, rel, k, cfg, seed), cfg)
-                return _EDIT_MEMO[key]
+                return _EDIT_MEMO.get((model.name, model.weights_hash, rel, site, seed, k, cfg),
+                                      lambda: edit_success(model, site, build_rewrites(model, rel, k, cfg, seed), cfg))
 
             at_planted.append(success(rel.site))
             at_top.append(success(top[rel.relation]))

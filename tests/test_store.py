@@ -72,3 +72,12 @@ def test_corrupt_or_unusable_store(tmp_path):
     with pytest.raises(BenchError, match="does not exist"):
         Store(tmp_path / "no" / "such.sqlite")
     assert sqlite3 is not None
+
+
+def test_process_memo_builds_once_and_drops_the_least_recently_used():
+    from bench.task import ProcessMemo
+
+    memo, built = ProcessMemo(size=2), []
+    get = lambda k: memo.get(k, lambda: built.append(k) or f"v{k}")  # noqa: E731
+    assert [get(1), get(1), get(2), get(1), get(3), get(1), get(2)] == ["v1", "v1", "v2", "v1", "v3", "v1", "v2"]
+    assert built == [1, 2, 3, 2]  # 2 was the least recently used when 3 came in
