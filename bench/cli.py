@@ -58,8 +58,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if methods and "all" not in methods and not args.no_references:
         # the normalised score needs both references; they are cheap and stored once per cell
         methods += [r for r in ("random", "oracle") if r not in methods]
+    rt = runner.Runtime(device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
-                    method_overrides=_parse_overrides(args.config))
+                    method_overrides=_parse_overrides(args.config), runtime=rt)
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
     for label, reason in p.skipped:
         if args.show_skipped or label not in p.lacking_capability:
@@ -95,6 +96,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         recs = [r for r in store.records() if r.key.task in tasks and r.key.model in models
                 and r.key.profile == ("quick" if args.quick else "full")]
         print(render(score(recs), "md"))
+    if args.check_determinism:
+        from leaderboard.regress import determinism_report
+
+        if determinism_report(p.cells, store, args.determinism_cells, progress=not args.no_progress):
+            return EXIT_FAILED
     return EXIT_FAILED if failed else 0
 
 
@@ -110,7 +116,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     recs = [r for r in store.records(profile=args.profile)
             if (not args.task or r.key.task in args.task) and (not args.model or r.key.model in args.model)
             and (not args.method or r.key.method in args.method)]
-    text = render(score(recs), args.format)
+    rows = score(recs)
+    if args.format == "html":  # a folder (page + figures), not text
+        from leaderboard.html import write_html
+
+        if not args.out:
+            raise BenchError("--format html writes a folder: give it with --out DIR")
+        index = write_html(rows, args.out, gallery=not args.no_gallery)
+        print(f"wrote {index}", file=sys.stderr)
+        return 0
+    text = render(rows, args.format)
     if args.out:
         _writable_file(args.out).write_text(text + "\n")
         print(f"wrote {args.out}", file=sys.stderr)
@@ -140,8 +155,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         for n in MODELS.names():
             e = MODELS.entry(n)
             print(f"{n:<22} family: {e.meta.get('family', '?'):<12} source: {e.source}")
-        print(f"{'hf:<folder>':<22} family: {'contrastive':<12} source: a checkpoint saved with save_pretrained "
-              "(model_type clip; the wrapper is picked from its config.json)")
+        from models.hf_loader import FAMILIES
+
+        for kind, family in FAMILIES.items():
+            where = "model_index.json" if family == "diffusion" else f"config.json model_type {kind}"
+            print(f"{'hf:<folder>':<22} family: {family:<12} source: a local {kind} checkpoint ({where}; "
+                  "the wrapper is picked from it)")
     return 0
 
 
@@ -223,6 +242,14 @@ def cmd_zoo_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_export(args: argparse.Namespace) -> int:
+    from models.zoo.export import export_zoo
+
+    out = export_zoo(args.name, Path(args.out))
+    print(f"wrote {out} (evaluate it with --model hf:{out})", file=sys.stderr)
+    return 0
+
+
 def cmd_zoo_verify(args: argparse.Namespace) -> int:
     from models.zoo.train import verify
 
@@ -247,18 +274,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help="the quick profile (fewer examples), stored separately")
     ev.add_argument("--config", action="append", metavar="KEY=VALUE", help="override a method config option")
     ev.add_argument("--store", default="bench-results.sqlite", help="results file (default: %(default)s)")
+    ev.add_argument("--device", default="cpu", help="where cells run (default: %(default)s)")
+    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="compute precision; others than float32 run under torch.autocast (default: %(default)s)")
+    ev.add_argument("--batch-size", type=int, default=None, metavar="N",
+                    help="examples per forward pass (default: the model's own, 64 for the zoo)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--no-table", action="store_true", help="do not print the table at the end")
     ev.add_argument("--show-skipped", action="store_true", help="list every skipped cell with its reason")
+    ev.add_argument("--check-determinism", action="store_true",
+                    help="after the run, re-run a sample of the cells in a fresh process and store, and fail "
+                    "unless every figure is bit-identical")
+    ev.add_argument("--determinism-cells", type=int, default=3, metavar="N",
+                    help="how many cells --check-determinism re-runs (default: %(default)s)")
     ev.set_defaults(fn=cmd_evaluate)
 
     lb = sub.add_parser("leaderboard", help="render the leaderboard from the results store")
     lb.add_argument("--task", action="append")
     lb.add_argument("--model", action="append")
     lb.add_argument("--method", action="append")
-    lb.add_argument("--format", default="md", choices=["md", "csv", "latex", "json"])
+    lb.add_argument("--format", default="md", choices=["md", "csv", "latex", "json", "html"])
     lb.add_argument("--profile", default="full", choices=["full", "quick"])
-    lb.add_argument("--out", help="write to this file instead of stdout")
+    lb.add_argument("--out", help="write to this file instead of stdout (html: a folder for index.html and figures)")
+    lb.add_argument("--no-gallery", action="store_true",
+                    help="html: skip the heatmap gallery (it runs methods on zoo models, a few seconds each)")
     lb.add_argument("--store", default="bench-results.sqlite")
     lb.set_defaults(fn=cmd_leaderboard)
 
@@ -300,7 +339,116 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("name", nargs="?")
     ve.add_argument("--hash-only", action="store_true")
     ve.set_defaults(fn=cmd_zoo_verify)
+    ex = zsub.add_parser("export", help="write a zoo model as a Hugging Face checkpoint folder (for --model hf:DIR)")
+    ex.add_argument("name")
+    ex.add_argument("--out", required=True, help="a new (or empty) folder")
+    ex.set_defaults(fn=cmd_zoo_export)
+    _add_grid_commands(sub)
+    _add_data_commands(sub)
     return ap
+
+
+# ------------------------------------------- regress / reproduce / manifests
+def cmd_regress(args: argparse.Namespace) -> int:
+    from leaderboard.regress import regress
+
+    return regress(args.baseline, args.tolerance_file, update=args.update, store=args.store, jobs=args.jobs,
+                   progress=not args.no_progress)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from leaderboard.regress import reproduce
+
+    return reproduce(args.manifest, store=args.store, jobs=args.jobs, progress=not args.no_progress)
+
+
+def cmd_export_manifest(args: argparse.Namespace) -> int:
+    from leaderboard.manifest import from_records, save
+    from bench.store import Store
+
+    if not Path(args.store).exists():
+        raise BenchError(f"results store {args.store!r} does not exist; run `bench evaluate` first")
+    out = _writable_file(args.out)
+    seeds = set(_seed(s) for s in args.seed or [])
+    recs = [r for r in Store(args.store).records(profile=args.profile)
+            if (not args.task or r.key.task in args.task) and (not args.model or r.key.model in args.model)
+            and (not args.method or r.key.method in args.method) and (not seeds or r.key.seed in seeds)]
+    grid = from_records(recs, title=args.title or "", command=args.command or "")
+    save(grid, out)
+    print(f"wrote {out}: {len(grid.cells)} cells x {len(grid.seeds)} seeds", file=sys.stderr)
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from leaderboard.publish import publish
+
+    for path in publish(args.store, args.out, allow_partial=args.allow_partial):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _add_grid_commands(sub: Any) -> None:
+    rg = sub.add_parser("regress", help="re-run a baseline's cells and fail when a figure leaves its tolerance")
+    rg.add_argument("--baseline", default="leaderboard/baseline.json", help="baseline JSON (default: %(default)s)")
+    rg.add_argument("--tolerance-file", help="TOML or JSON table of tolerances (abs, rel, ci_k, metrics)")
+    rg.add_argument("--update", action="store_true", help="rewrite the baseline with the figures obtained now")
+    rg.add_argument("--store", help="results file to run into (default: a fresh temporary one)")
+    rg.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")
+    rg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rg.set_defaults(fn=cmd_regress)
+
+    rp = sub.add_parser("reproduce", help="re-run a manifest's grid and check every figure against it")
+    rp.add_argument("manifest", help="a TOML manifest, e.g. leaderboard/manifests/default.toml")
+    rp.add_argument("--store", help="results file to run into (default: a fresh temporary one)")
+    rp.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.set_defaults(fn=cmd_reproduce)
+
+    ex = sub.add_parser("export-manifest", help="write a manifest (.toml) or baseline (.json) from a results store")
+    ex.add_argument("--store", default="bench-results.sqlite")
+    ex.add_argument("--out", required=True, help="FILE.toml (manifest) or FILE.json (baseline)")
+    ex.add_argument("--task", action="append")
+    ex.add_argument("--model", action="append")
+    ex.add_argument("--method", action="append")
+    ex.add_argument("--seed", action="append")
+    ex.add_argument("--profile", choices=["full", "quick"], help="(default: the only one in the selection)")
+    ex.add_argument("--title", help="a title for the manifest")
+    ex.add_argument("--command", help="the command that produced the store, recorded in [source]")
+    ex.set_defaults(fn=cmd_export_manifest)
+
+    pu = sub.add_parser("publish", help="write the default leaderboard (tables, JSON, manifest, baseline) from a store")
+    pu.add_argument("--store", required=True, help="a store holding `bench evaluate --quick --seed 0 --seed 1`")
+    pu.add_argument("--out", default="leaderboard", help="folder (default: %(default)s)")
+    pu.add_argument("--allow-partial", action="store_true",
+                    help="publish even if the store does not hold exactly the default grid")
+    pu.set_defaults(fn=cmd_publish)
+
+
+# ----------------------------------------------------------------------- data
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from bench.realdata import check
+
+    summary = check(args.kind, args.path, image_root=args.image_root)
+    print("\n".join(summary.lines))
+    return 0
+
+
+def cmd_data_kinds(args: argparse.Namespace) -> int:
+    from bench.realdata import describe_kinds
+
+    print("\n".join(describe_kinds()))
+    return 0
+
+
+def _add_data_commands(sub: Any) -> None:
+    da = sub.add_parser("data", help="check real-data annotation files (POPE, CHAIR, Waterbirds, CounterFact, ...)")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="validate an annotation file of a kind and print a summary")
+    dc.add_argument("kind", help="the data kind (`bench data kinds` lists them)")
+    dc.add_argument("path", help="the annotation file (.jsonl, .json, .csv or .tsv)")
+    dc.add_argument("--image-root", help="folder image paths are relative to (default: the file's folder)")
+    dc.set_defaults(fn=cmd_data_check)
+    dsub.add_parser("kinds", help="list the data kinds and the fields each reads").set_defaults(fn=cmd_data_kinds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

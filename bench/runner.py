@@ -28,6 +28,39 @@ from bench.task import Task
 ALL = "all"
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a cell runs, not what it measures: recorded in every RunRecord, not part of its key
+    (a re-run under other settings needs ``--force``, or another store, to be compared).
+
+    ``dtype`` other than float32 runs the task under ``torch.autocast`` at that precision
+    (weights stay float32; matmuls and convolutions run reduced), so every method and site
+    works unchanged. ``batch_size`` overrides the model's default (examples per forward pass).
+    ``device``: only ``cpu`` for now (see :func:`check_runtime`).
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int | None = None
+
+
+def check_runtime(rt: Runtime) -> Runtime:
+    """One-line errors for settings this build cannot honour."""
+    if rt.dtype not in DTYPES:
+        raise BenchError(f"unknown dtype {rt.dtype!r} (known: {', '.join(DTYPES)})")
+    if rt.batch_size is not None and rt.batch_size < 1:
+        raise BenchError(f"the batch size must be a positive integer, got {rt.batch_size}")
+    if rt.device != "cpu":
+        # tasks and methods build their inputs on the CPU; moving them is not wired and could not
+        # be tested here, so a GPU run would fail midway instead of at the start
+        raise BenchError(f"device {rt.device!r} is not supported yet: cells run on the CPU "
+                         "(use --jobs to run several at once)")
+    return rt
+
+
 @dataclass(frozen=True)
 class Cell:
     task: str
@@ -36,6 +69,7 @@ class Cell:
     seed: int
     quick: bool = False
     method_overrides: tuple[tuple[str, Any], ...] = ()
+    runtime: Runtime = Runtime()
 
     def key(self, task_version: str, method_config: dict[str, Any]) -> CellKey:
         return CellKey(self.task, task_version, self.method, config_hash(method_config), self.model, self.seed,
@@ -57,6 +91,7 @@ class Plan:
 
 # ------------------------------------------------------------------ loading
 _MODEL_CACHE: dict[str, Model] = {}
+_DEFAULT_BATCH: dict[str, int] = {}
 
 
 def load_model(name: str) -> Model:
@@ -125,8 +160,10 @@ def plan(
     seeds: Sequence[Any],
     quick: bool = False,
     method_overrides: dict[str, Any] | None = None,
+    runtime: Runtime = Runtime(),
 ) -> Plan:
     """Expand the grid and keep the compatible cells; the rest are listed with the reason."""
+    check_runtime(runtime)
     task_names = _expand(tasks, TASKS.names(), "task")
     method_names = _expand(methods, METHODS.names(), "method")
     model_names = _expand(models, MODELS.names(), "model")
@@ -167,7 +204,7 @@ def plan(
                     p.skipped.append((f"{t}/{mo}/{me}", reason))
                     continue
                 for s in seed_list:
-                    p.cells.append(Cell(t, me, mo, s, quick, overrides if not cls.reference else ()))
+                    p.cells.append(Cell(t, me, mo, s, quick, overrides if not cls.reference else (), runtime))
     return p
 
 
@@ -191,9 +228,15 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
         model = load_model(cell.model)
         t_load = time.perf_counter()
         record.model_hash = model.weights_hash
-        record.batch_size, record.dtype, record.device = model.batch_size, model.dtype, model.device
+        rt = cell.runtime
+        # the model object is shared by the cells of a process: set (or restore) its batch size per cell
+        default_batch = _DEFAULT_BATCH.setdefault(cell.model, model.batch_size)
+        model.batch_size = rt.batch_size or default_batch
+        model.dtype, model.device = rt.dtype, rt.device
+        record.batch_size, record.dtype, record.device = model.batch_size, rt.dtype, rt.device
         torch.manual_seed(cell.seed)
-        result = task.run(model, method, cell.seed, quick=cell.quick)
+        with torch.autocast(rt.device, dtype=DTYPES[rt.dtype], enabled=rt.dtype != "float32"):
+            result = task.run(model, method, cell.seed, quick=cell.quick)
         record.metrics = {k: float(v) for k, v in result.metrics.items()}
         record.example_hashes = list(result.example_hashes)
         record.status = "ok"

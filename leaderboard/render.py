@@ -2,18 +2,24 @@
 
 - ``json``: an array of objects with the keys of :class:`~leaderboard.scorer.Row`
   (floats rounded to 6 decimals, non-finite floats as ``null``), stably sorted by
-  task, model, metric, method.
+  task, model, metric, method. ``rank_group`` is the statistical rank group (``null``
+  for the references), ``rank_stability`` is set on each leader's main-metric row only.
 - ``csv``: the same columns and order, written by pandas without an index.
 - ``md`` / ``latex``: one table per ``(task, task_version, model)``. Rows are methods:
   the references ``random`` and ``oracle`` first, then the others by main score in
   its direction, best first (ties and missing main scores by name, missing last).
-  Columns: every metric as ``mean [ci_low, ci_high]`` (3 decimals) with ↑/↓ for
+  Columns: the method, its ``rank`` (the main metric's statistical rank group,
+  suffixed ``=`` when it shares the group with other methods, ``—`` for the
+  references), every metric as ``mean [ci_low, ci_high]`` (3 decimals) with ↑/↓ for
   its direction (main metric first, then the task spec's order, then by name), then
   ``norm. <main metric>`` (the normalised main score), then ``n`` (seeds). A cell
   whose ``n`` differs from the row's ``n`` (NaN values dropped, or a metric some
   seeds lack) is suffixed ``(n=k)``. A missing cell shows ``—``, never a number.
   Markdown puts ``### task vX — model`` above each table; LaTeX, where ``#`` is a
-  special character, puts the same text in a ``\\paragraph{...}``.
+  special character, puts the same text in a ``\\paragraph{...}``. Below a table with
+  at least two ranked methods, one line gives the leader's rank stability (share of
+  bootstrap replicates in which it stays first).
+- ``html``: see :mod:`leaderboard.html` (a folder, not text: :func:`leaderboard.html.write_html`).
 """
 
 from __future__ import annotations
@@ -27,11 +33,11 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
-from leaderboard.scorer import REFERENCE_METHODS, Row, _task_spec
+from leaderboard.scorer import REFERENCE_METHODS, Row, _task_spec, rank_stability
 
 FORMATS = ("md", "csv", "latex", "json")
 COLUMNS = ("task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
-           "direction", "normalised", "is_main")
+           "direction", "normalised", "is_main", "rank_group", "rank_stability")
 EMPTY_MESSAGE = "no results in the store match the filters"
 MISSING = "—"
 _ARROWS = {"higher": "↑", "lower": "↓"}
@@ -54,6 +60,7 @@ def render(rows: list[Row], fmt: str) -> str:
         return json.dumps(_records(rows), indent=2, ensure_ascii=False, allow_nan=False)
     if fmt == "csv":
         frame = pd.DataFrame(_records(rows), columns=list(COLUMNS))
+        frame["rank_group"] = frame["rank_group"].astype("Int64")  # not 1.0 / NaN: an integer or empty
         return frame.to_csv(index=False, lineterminator="\n").rstrip("\n")
     return _tables(rows, latex=(fmt == "latex"))
 
@@ -72,7 +79,8 @@ def _records(rows: list[Row]) -> list[dict[str, Any]]:
         out.append({"task": r.task, "task_version": r.task_version, "model": r.model, "method": r.method,
                     "metric": r.metric, "mean": _num(r.mean), "ci_low": _num(r.ci_low),
                     "ci_high": _num(r.ci_high), "n": int(r.n), "direction": r.direction,
-                    "normalised": _num(r.normalised), "is_main": bool(r.is_main)})
+                    "normalised": _num(r.normalised), "is_main": bool(r.is_main),
+                    "rank_group": r.rank_group, "rank_stability": _num(r.rank_stability)})
     return out
 
 
@@ -112,7 +120,38 @@ def _method_order(by_method: dict[str, dict[str, Row]], main: str | None) -> lis
     return refs + sorted(others, key=key)
 
 
+GroupSizes = dict[tuple[str, str, str, str, int], int]
+
+
+def rank_label(row: Row | None, sizes: GroupSizes) -> str:
+    """``"2"``, ``"2="`` when the group has several members (a tie), ``—`` when unranked.
+
+    ``sizes`` is :func:`group_sizes` of all the rows.
+    """
+    if row is None or row.rank_group is None:
+        return MISSING
+    shared = sizes.get((row.task, row.task_version, row.model, row.metric, row.rank_group), 0) > 1
+    return f"{row.rank_group}=" if shared else str(row.rank_group)
+
+
+def group_sizes(rows: list[Row]) -> GroupSizes:
+    """Members per ``(task, task_version, model, metric, rank_group)``."""
+    sizes: dict[tuple[str, str, str, str, int], int] = defaultdict(int)
+    for r in rows:
+        if r.rank_group is not None:
+            sizes[(r.task, r.task_version, r.model, r.metric, r.rank_group)] += 1
+    return dict(sizes)
+
+
+def stability_line(leader: str, stability: float, n_methods: int) -> str:
+    """The sentence under a table that reports the leader's rank stability."""
+    return (f"Leader {leader}: first in {100 * stability:.1f}% of bootstrap replicates "
+            f"({n_methods} ranked methods).")
+
+
 def _tables(rows: list[Row], latex: bool) -> str:
+    sizes = group_sizes(rows)
+    leaders = rank_stability(rows)
     groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for r in rows:
         groups[(r.task, r.task_version, r.model)].append(r)
@@ -131,7 +170,7 @@ def _tables(rows: list[Row], latex: bool) -> str:
         metrics = _metric_order(task, set(direction), main)
         methods = _method_order(by_method, main)
 
-        headers = ["method"]
+        headers = ["method", "rank"]
         for m in metrics:
             arrow = _ARROWS.get(direction[m])
             headers.append(f"{m} {arrow}" if arrow else m)
@@ -143,7 +182,7 @@ def _tables(rows: list[Row], latex: bool) -> str:
         for method in methods:
             cells = by_method[method]
             n = max(r.n for r in cells.values())
-            line = [method]
+            line = [method, rank_label(cells.get(main) if main else None, sizes)]
             for m in metrics:
                 r = cells.get(m)
                 if r is None:
@@ -158,12 +197,16 @@ def _tables(rows: list[Row], latex: bool) -> str:
             body.append(line)
 
         title = f"{task} v{version} — {model}"
+        lead = leaders.get((task, version, model))
+        note = stability_line(lead.method, lead.stability, lead.n_methods) if lead else ""
         if latex:
             table = tabulate(body, headers=headers, tablefmt="latex_booktabs", disable_numparse=True)
             for arrow, cmd in _LATEX_ARROWS.items():
                 table = table.replace(arrow, cmd)
-            blocks.append(f"\\paragraph{{{_latex_escape(title)}}}\n\n{table}")
+            note = f"\n\n{_latex_escape(note)}" if note else ""  # escapes the "%"
+            blocks.append(f"\\paragraph{{{_latex_escape(title)}}}\n\n{table}{note}")
         else:
             table = tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
-            blocks.append(f"### {title}\n\n{table}")
+            note = f"\n\n{note}" if note else ""
+            blocks.append(f"### {title}\n\n{table}{note}")
     return "\n\n".join(blocks)

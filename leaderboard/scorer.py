@@ -38,6 +38,35 @@ Definitions (one *cell* is a ``(task, task_version, model, method, metric)`` gro
   configurations (``method_config_hash``) are separate rows, labelled
   ``method@<hash>``; their seeds are not samples of the same quantity. Mixing
   profiles (``quick`` and ``full``) raises ``BenchError``; filter by profile first.
+
+Ranks, ties and stability (per ``(task, task_version, model, metric)``; the references
+``random`` and ``oracle`` bound the scale and are never ranked, their ``rank_group`` is
+``None``, as is every row of a metric whose direction is ``"none"``):
+
+- **Rank groups (ties).** The ranked methods are ordered by mean in the metric's
+  direction (best first; equal means by name). The first is the *leader*; every
+  remaining method whose 95% CI overlaps the leader's (closed intervals:
+  ``lo_a <= hi_b`` and ``lo_b <= hi_a``) is statistically tied with it and shares its
+  group, 1. The leader and its ties are removed and the rule repeats on the rest
+  (next leader and its overlaps: group 2, ...). Overlap is checked against each
+  group's leader only, so a wide interval far down the order can join group 1 while
+  a narrow one between them starts group 2. With one seed an interval is a point,
+  so only exactly equal means tie. Rendered as ``1=`` when a group has several members.
+- **Rank stability.** For the main metric only: the share of bootstrap replicates in
+  which the leader (by full-sample mean, as above) is still first. A replicate
+  resamples every ranked method's seeds together: each method draws ``n`` of its own
+  ``n`` seed values with replacement (the same resampling its CI uses; seeds are
+  drawn per method, so methods need not share seeds), and the replicate's ranking is
+  by those resample means. A replicate in which the leader ties ``k - 1`` others for
+  first counts ``1/k`` (expected value under random tie-breaking). ``n_boot``
+  replicates from one generator per cell, seeded from ``seed`` and ``zlib.crc32`` of
+  the cell key plus ``"rank_stability"``, methods in name order, so it is
+  deterministic. It is stored on the leader's main-metric row (``rank_stability``) and
+  is ``None`` elsewhere and when fewer than two methods are ranked (nothing to be
+  unstable against).
+- **Aggregate.** :func:`aggregate`: per method, the mean normalised main score over
+  the cells (``(task, task_version, model)``) that *every* compared method has; see
+  its docstring for exactly which cells enter.
 """
 
 from __future__ import annotations
@@ -45,8 +74,8 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter, defaultdict
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -75,6 +104,10 @@ class Row:
     direction: str  # "higher" | "lower" | "none"
     normalised: float | None
     is_main: bool
+    # Statistical rank group (1 = the leader and the methods tied with it); None for references.
+    rank_group: int | None = None
+    # On the leader's main-metric row only: share of bootstrap replicates in which it stays first.
+    rank_stability: float | None = None
 
 
 def _task_spec(task: str) -> TaskSpec | None:
@@ -174,6 +207,7 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
                 values[(k.task, k.task_version, k.model, method, name)].append((k.seed, v))
 
     specs: dict[str, TaskSpec | None] = {}
+    arrays: dict[tuple[str, str, str, str, str], np.ndarray] = {}
     means: dict[tuple[str, str, str, str, str], float] = {}
     stats: dict[tuple[str, str, str, str, str], tuple[float, float, float, int]] = {}
     for key in sorted(values):
@@ -185,6 +219,7 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
         arr = np.array([v for _, v in pairs], dtype=np.float64)
         lo, hi = bootstrap_ci(arr, n_boot, _rng(seed, key))
         mean = float(np.mean(arr))
+        arrays[key] = arr
         means[key] = mean
         stats[key] = (mean, lo, hi, int(arr.size))
 
@@ -209,5 +244,163 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
         rows.append(Row(task=task, task_version=version, model=model, method=method, metric=metric,
                         mean=mean, ci_low=lo, ci_high=hi, n=n, direction=mspec.direction,
                         normalised=normalised, is_main=(metric == main)))
+    _rank(rows, arrays, n_boot, seed)
     rows.sort(key=lambda r: (r.task, r.task_version, r.model, r.metric, r.method))
     return rows
+
+
+# ------------------------------------------------------------------- ranking
+def _order_key(direction: str, mean: float, method: str) -> tuple[float, str]:
+    """Best first in ``direction``; equal means by name."""
+    return (-mean if direction == "higher" else mean, method)
+
+
+def rank_groups(intervals: Mapping[str, tuple[float, float, float]], direction: str) -> dict[str, int]:
+    """Statistical rank groups of methods from ``{method: (mean, ci_low, ci_high)}``.
+
+    Methods are ordered by mean in ``direction`` (``"higher"`` or ``"lower"``; equal means
+    by name); the leader and every method whose interval overlaps the leader's form
+    group 1, then the rule repeats on the rest (see the module docstring). Pass
+    ranked methods only (no references).
+    """
+    if direction not in ("higher", "lower"):
+        raise BenchError(f"cannot rank a metric whose direction is {direction!r}")
+    remaining = sorted(intervals, key=lambda m: _order_key(direction, intervals[m][0], m))
+    groups: dict[str, int] = {}
+    group = 0
+    while remaining:
+        group += 1
+        _, lo, hi = intervals[remaining[0]]
+        # the leader overlaps itself, so it is always a member
+        members = [m for m in remaining if intervals[m][1] <= hi and lo <= intervals[m][2]]
+        for m in members:
+            groups[m] = group
+        remaining = [m for m in remaining if m not in groups]
+    return groups
+
+
+def leader_stability(values: Mapping[str, np.ndarray], leader: str, direction: str, n_boot: int,
+                     rng: np.random.Generator) -> float:
+    """Share of ``n_boot`` joint bootstrap replicates in which ``leader`` is still first.
+
+    Each replicate resamples every method's seed values with replacement (its own ``n``
+    draws from its own values), in name order, and ranks the resample means in
+    ``direction``; a tie for first between ``k`` methods counts ``1/k``.
+    """
+    if direction not in ("higher", "lower"):
+        raise BenchError(f"cannot rank a metric whose direction is {direction!r}")
+    names = sorted(values)
+    if leader not in values:
+        raise BenchError(f"leader {leader!r} is not among the ranked methods")
+    rows = []
+    for m in names:  # one generator, methods in name order: deterministic
+        v = np.asarray(values[m], dtype=np.float64)
+        rows.append(v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1))
+    means = np.stack(rows)  # [methods, n_boot]
+    signed = means if direction == "higher" else -means
+    top = signed == signed.max(axis=0, keepdims=True)
+    lead = top[names.index(leader)]
+    return float(np.where(lead, 1.0 / top.sum(axis=0), 0.0).mean())
+
+
+def _rank(rows: list[Row], arrays: Mapping[tuple[str, str, str, str, str], np.ndarray], n_boot: int,
+          seed: int) -> None:
+    """Fill ``rank_group`` (and ``rank_stability`` on the leaders' main rows) in place."""
+    cells: dict[tuple[str, str, str, str], list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.method not in REFERENCE_METHODS and r.direction in ("higher", "lower"):
+            cells[(r.task, r.task_version, r.model, r.metric)].append(r)
+    for cell in sorted(cells):
+        ranked = cells[cell]
+        direction = ranked[0].direction
+        groups = rank_groups({r.method: (r.mean, r.ci_low, r.ci_high) for r in ranked}, direction)
+        for r in ranked:
+            r.rank_group = groups[r.method]
+        leader = min(ranked, key=lambda r: _order_key(direction, r.mean, r.method))
+        if leader.is_main and len(ranked) > 1:
+            task, version, model, metric = cell
+            values = {r.method: arrays[(task, version, model, r.method, metric)] for r in ranked}
+            leader.rank_stability = leader_stability(values, leader.method, direction, n_boot,
+                                                     _rng(seed, (*cell, "rank_stability")))
+
+
+@dataclass(frozen=True)
+class LeaderStability:
+    """The leader of a (task, version, model)'s main metric and its rank stability."""
+
+    method: str
+    metric: str
+    stability: float
+    n_methods: int  # methods ranked on the main metric (references excluded)
+
+
+def rank_stability(rows: Sequence[Row]) -> dict[tuple[str, str, str], LeaderStability]:
+    """``{(task, task_version, model): LeaderStability}`` from :func:`score`'s rows.
+
+    Only cells with at least two ranked methods on the main metric appear (see the
+    module docstring for the definition).
+    """
+    counts: Counter[tuple[str, str, str]] = Counter(
+        (r.task, r.task_version, r.model) for r in rows if r.is_main and r.rank_group is not None)
+    out: dict[tuple[str, str, str], LeaderStability] = {}
+    for r in rows:
+        if r.is_main and r.rank_stability is not None:
+            key = (r.task, r.task_version, r.model)
+            out[key] = LeaderStability(r.method, r.metric, r.rank_stability, counts[key])
+    return dict(sorted(out.items()))
+
+
+# ----------------------------------------------------------------- aggregate
+Cell = tuple[str, str, str]  # (task, task_version, model)
+
+
+@dataclass
+class AggregateRow:
+    """One method's normalised main scores across cells, and their mean over the shared cells."""
+
+    method: str
+    # normalised main score per cell of the union of compared cells (sorted); None = missing
+    cells: dict[Cell, float | None] = field(default_factory=dict)
+    mean: float | None = None  # mean over the common cells; None when there are none
+    n_common: int = 0  # cells every compared method has (the ones averaged)
+    n_cells: int = 0  # cells this method has
+
+
+def aggregate(rows: Sequence[Row], methods: Sequence[str] | None = None) -> list[AggregateRow]:
+    """Per method, the mean normalised main score over the cells every compared method has.
+
+    A *cell* is a ``(task, task_version, model)``. A method *has* a cell when its row
+    for that cell's main metric carries a finite normalised score (so both references
+    ran there and the metric is normalisable). The compared methods are ``methods``
+    (default: every non-reference method with a main-metric row in ``rows``); the
+    references are never compared (they are 0 and 1 by definition). The mean runs over
+    the *common* cells only: those that every compared method has. A cell some method
+    lacks is reported in ``cells`` (``None`` for the methods that lack it) but enters
+    no mean, so methods are always averaged over the same cells. When no cell is
+    common, every ``mean`` is ``None``. Rows come best mean first (``None`` last),
+    then by name.
+    """
+    main = [r for r in rows if r.is_main and r.method not in REFERENCE_METHODS]
+    if methods is None:
+        compared = sorted({r.method for r in main})
+    else:
+        compared = sorted(set(methods))
+    have: dict[str, dict[Cell, float]] = {m: {} for m in compared}
+    union: set[Cell] = set()
+    for r in main:
+        if r.method not in have:
+            continue
+        cell = (r.task, r.task_version, r.model)
+        union.add(cell)
+        if r.normalised is not None and math.isfinite(r.normalised):
+            have[r.method][cell] = r.normalised
+    cells = sorted(union)
+    common = [c for c in cells if all(c in have[m] for m in compared)]
+    out = []
+    for m in compared:
+        vals = [have[m][c] for c in common]
+        out.append(AggregateRow(method=m, cells={c: have[m].get(c) for c in cells},
+                                mean=float(np.mean(vals)) if vals else None, n_common=len(common),
+                                n_cells=len(have[m])))
+    out.sort(key=lambda a: (a.mean is None, -(a.mean or 0.0), a.method))
+    return out

@@ -219,34 +219,37 @@ class UCE(Method):
             sel_BL[(batch.request_B == j).nonzero()[:, 0][:, None], torch.tensor(pos)[None]] = True
         sel = sel_BL[..., None].float()
         # reference norms: the value outputs at the edited tokens (for the relative penalty)
-        ref = torch.stack([torch.cat([H[j, pos] for j, pos in enumerate(positions)]).float() @ W[s].float().T
-                           for s in v_sites]).norm(dim=-1).mean(1)  # [n_v]
-        delta_KVE = torch.zeros(len(ks), len(v_sites), W[v_sites[0]].shape[0], requires_grad=True)
+        edited = torch.cat([H[j, pos] for j, pos in enumerate(positions)]).float()
+        ref = [(edited @ W[s].float().T).norm(dim=-1).mean() for s in v_sites]
+        # one shift per value site: their widths differ across UNet levels (Stable Diffusion: 320-1280)
+        deltas_KE = [torch.zeros(len(ks), W[s].shape[0], requires_grad=True) for s in v_sites]
         rows = batch.request_B
 
         def shift(l: int):  # noqa: ANN202 - an edit function for value site l
-            return lambda v: v + sel * delta_KVE[rows, l][:, None, :]
+            return lambda v: v + sel * deltas_KE[l][rows][:, None, :]
 
         writes = {s: shift(l) for l, s in enumerate(v_sites)}
-        opt = torch.optim.Adam([delta_KVE], lr=cfg.lr)
+        opt = torch.optim.Adam(deltas_KE, lr=cfg.lr)
         with torch.no_grad():
             before = float(batch.loss_K().mean())
         with torch.enable_grad():
             for _ in range(cfg.steps):
                 with model.trace(write=writes):
-                    loss = batch.loss_K().sum() + cfg.weight_decay * (delta_KVE.pow(2).sum(-1) / ref.pow(2)).sum()
-                (grad,) = torch.autograd.grad(loss, [delta_KVE])
+                    loss = batch.loss_K().sum() + cfg.weight_decay * sum(
+                        (d.pow(2).sum(-1) / r.pow(2)).sum() for d, r in zip(deltas_KE, ref))
+                grads = torch.autograd.grad(loss, deltas_KE)
                 opt.zero_grad(set_to_none=True)
-                delta_KVE.grad = grad
+                for d, g in zip(deltas_KE, grads):
+                    d.grad = g
                 opt.step()
         with torch.no_grad(), model.trace(write=writes):
             after = float(batch.loss_K().mean())
-        delta = delta_KVE.detach().double()
-        record_fit(self, "value_shifts", delta)
+        delta = [d.detach().double() for d in deltas_KE]
+        record_fit(self, "value_shifts", torch.cat(delta, dim=1))
         for j, pos in enumerate(positions):
             c = H[j, pos]
             for l, s in enumerate(v_sites):
                 C_in[s].append(c)
-                V_out[s].append(c @ W[s].T + delta[j, l])
+                V_out[s].append(c @ W[s].T + delta[l][j])
             P_in.append(H[j, : pos[0]])
         self.report(loss_before=before, loss_target=after)

@@ -9,10 +9,12 @@ into the token sequence, so LM sites are ``stream="mixed"`` and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
+from bench.errors import BenchError
 from bench.model import GenerativeModel, SpanInputs, TokenLayout
 from bench.sites import Site, SiteSpec
 from models.site_maps import TowerMap, build_sites
@@ -21,10 +23,44 @@ Encode = Callable[[list[str], list[str] | None], tuple[torch.Tensor, torch.Tenso
 Decode = Callable[[list[int]], str]
 
 
-def llava_site_map(vision_layers: int, vision_heads: int, lm_layers: int, lm_heads: int) -> tuple[list[Site], dict[str, SiteSpec]]:
+@dataclass(frozen=True)
+class VisionTowerMap:
+    """How one kind of vision tower inside a LLaVA names its modules (data, per ``model_type``)."""
+
+    embed: str  # module whose output is the token sequence entering the first block
+    has_cls: bool  # a class token at position 0 (dropped by the "default" feature strategy)
+
+
+# A LLaVA with another vision tower is one more entry here; the LM side (Llama, Mistral, Qwen2,
+# Vicuna: ``self_attn.o_proj``, a gated MLP ending in ``down_proj``, a final ``norm``) is shared.
+VISION_TOWERS: dict[str, VisionTowerMap] = {
+    "clip_vision_model": VisionTowerMap("pre_layrnorm", has_cls=True),
+    "siglip_vision_model": VisionTowerMap("embeddings", has_cls=False),
+}
+
+
+def vision_tower_map(config: Any) -> VisionTowerMap:
+    kind = getattr(config.vision_config, "model_type", "clip_vision_model")
+    if kind not in VISION_TOWERS:
+        raise BenchError(f"LLaVA with a {kind!r} vision tower has no site map yet "
+                         f"(known: {', '.join(VISION_TOWERS)}); add one to models.hf_llava.VISION_TOWERS")
+    return VISION_TOWERS[kind]
+
+
+def llava_image_features(config: Any) -> int:
+    """How many image tokens the LM sees: one per patch, plus the class token under the "full"
+    feature strategy (LLaVA's "default" drops it)."""
+    vc = config.vision_config
+    n = (vc.image_size // vc.patch_size) ** 2
+    keep_cls = config.vision_feature_select_strategy == "full" and vision_tower_map(config).has_cls
+    return n + int(keep_cls)
+
+
+def llava_site_map(vision_layers: int, vision_heads: int, lm_layers: int, lm_heads: int,
+                   vision: VisionTowerMap = VISION_TOWERS["clip_vision_model"]) -> tuple[list[Site], dict[str, SiteSpec]]:
     return build_sites([
         TowerMap("vision", "image", "model.vision_tower.encoder.layers", vision_layers, vision_heads,
-                 embed=SiteSpec("model.vision_tower.pre_layrnorm"),
+                 embed=SiteSpec(f"model.vision_tower.{vision.embed}"),
                  extra=(("projector", "projector", SiteSpec("model.multi_modal_projector")),)),
         TowerMap("lm", "mixed", "model.language_model.layers", lm_layers, lm_heads,
                  # the LM's input after image features are spliced in (embed_tokens alone holds placeholders)
@@ -47,8 +83,9 @@ class LlavaWrapper(GenerativeModel):
         llava.set_attn_implementation("eager")
         llava.eval()
         vc, tc = llava.config.vision_config, llava.config.text_config
+        self.vision_map = vision_tower_map(llava.config)
         sites, specs = llava_site_map(vc.num_hidden_layers, vc.num_attention_heads,
-                                      tc.num_hidden_layers, tc.num_attention_heads)
+                                      tc.num_hidden_layers, tc.num_attention_heads, self.vision_map)
         super().__init__(name, llava, specs, sites)
         self.llava = llava
         self.encode = encode
@@ -65,7 +102,8 @@ class LlavaWrapper(GenerativeModel):
     def token_layout(self) -> TokenLayout:
         vc = self.llava.config.vision_config
         g = vc.image_size // vc.patch_size
-        return TokenLayout(cls=0, image=slice(1, 1 + g * g), grid=(g, g), patch_size=vc.patch_size)
+        c = int(self.vision_map.has_cls)
+        return TokenLayout(cls=0 if c else None, image=slice(c, c + g * g), grid=(g, g), patch_size=vc.patch_size)
 
     def image_positions(self, prompts: list[str]) -> torch.Tensor:
         ids, _, _ = self.encode(prompts, None)

@@ -1,54 +1,107 @@
 """``--model hf:<local path>``: a saved Hugging Face checkpoint behind the benchmark's contract.
 
-The wrapper is picked from the checkpoint's own config (``config.json``'s ``model_type``), so
-the user names a folder, not a wrapper. Loading reads local files only (``local_files_only``):
-this module never touches the network. Supported now: CLIP (``model_type: clip``), with its
-tokenizer and the image normalisation of its ``preprocessor_config.json``.
+The wrapper is picked from the checkpoint itself, so the user names a folder, not a wrapper:
+
+| folder holds | ``model_type`` / pipeline | family | wrapper |
+|---|---|---|---|
+| ``config.json`` | ``clip`` | contrastive | :class:`models.hf_clip.CLIPWrapper` |
+| ``config.json`` | ``siglip`` | contrastive | :class:`models.hf_clip.SiglipWrapper` |
+| ``config.json`` | ``llava`` | generative | :class:`models.hf_llava.LlavaWrapper` |
+| ``model_index.json`` | a Stable Diffusion pipeline | diffusion | :class:`models.hf_diffusion.DiffusionWrapper` |
+
+Loading reads local files only (``local_files_only``): this module never touches the network.
+
+**Ground truth beside a checkpoint.** Tasks that score against known mechanisms (localization
+and editing need planted facts, spurious a known shortcut, diffusion tasks a judge that reads
+samples) run on an ``hf:`` checkpoint when its folder holds ``mmi_bench.json``::
+
+    {"planted": [{"relation": "home", "site": "lm.blocks.1.mlp", "entities": ["..."],
+                  "world_seed": 0, "n_entities": 64, "question": "what is the home of the glyph?",
+                  "values": ["north", "south", "east", "west"], "renders": []}],
+     "tags": {"spurious": "background"},
+     "judge": "zoo-oracle",
+     "prompt_template": "USER: <image>\n{prompt} ASSISTANT:"}
+
+(every key optional): a model trained with planted ground truth and saved with
+``save_pretrained`` is then evaluated exactly as a zoo model is. ``prompt_template`` is the
+LLaVA conversation format (default LLaVA-1.5's); ``judge`` names the image classifier that
+reads diffusion samples (``zoo-oracle``); ``sampling`` overrides the diffusion sampler's
+settings (:class:`models.hf_diffusion.SamplingConfig`; Stable Diffusion's by default).
+``bench zoo export NAME --out DIR`` writes a zoo model in this form.
+Each checkpoint brings its own tokenizer, and its image normalisation from
+``preprocessor_config.json`` (``image_mean``/``image_std``; CLIP's values when absent). A
+checkpoint is read once per process, when a cell first needs it (planning reads only the config).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.model import Model
 
 PREFIX = "hf:"
-SUPPORTED = ("clip",)
+FAMILIES = {"clip": "contrastive", "siglip": "contrastive", "llava": "generative", "stable-diffusion": "diffusion"}
+SUPPORTED = tuple(FAMILIES)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # used when a checkpoint names none
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# LLaVA-1.5's conversation format; ``<image>`` is expanded to the vision tower's feature count
+LLAVA_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
 
 def is_hf(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def _config(path: Path) -> dict[str, Any]:
+def _path(name: str) -> Path:
+    return Path(name[len(PREFIX):]).expanduser()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BenchError(f"hf: {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"hf: {path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def checkpoint_type(path: Path) -> str:
+    """``clip`` | ``siglip`` | ``llava`` | ``stable-diffusion`` for a checkpoint folder (from its
+    config alone); a one-line ``BenchError`` for anything else."""
     if not path.is_dir():
         raise BenchError(f"hf: {str(path)!r} is not a folder (a checkpoint saved with save_pretrained)")
     if (path / "model_index.json").exists():
-        raise BenchError(f"hf: {str(path)!r} is a diffusers pipeline; diffusion checkpoints are not supported yet "
-                         f"(supported: {', '.join(SUPPORTED)})")
+        cls = str(_read_json(path / "model_index.json").get("_class_name", ""))
+        if cls.startswith("StableDiffusion") and "XL" not in cls and "3" not in cls:
+            return "stable-diffusion"
+        raise BenchError(f"hf: {str(path)!r} is a diffusers {cls or 'pipeline'}; supported diffusion pipelines: "
+                         f"Stable Diffusion 1.x/2.x (UNet2DConditionModel + CLIP text encoder)")
     cfg = path / "config.json"
     if not cfg.exists():
         raise BenchError(f"hf: {str(path)!r} has no config.json (save the model with save_pretrained)")
-    try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise BenchError(f"hf: {cfg} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    model_type = str(_read_json(cfg).get("model_type", ""))
+    if model_type not in FAMILIES or model_type == "stable-diffusion":
+        raise BenchError(f"hf: model_type {model_type!r} is not supported yet (supported: {', '.join(SUPPORTED)})")
+    return model_type
 
 
 def weights_hash(path: Path) -> str:
-    """sha256 over the checkpoint's weight files (name and bytes, in name order)."""
+    """sha256 over the checkpoint's weight files (relative path and bytes, in path order)."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
     if not files:
         raise BenchError(f"hf: {str(path)!r} holds no weight files (*.safetensors / *.bin)")
     for p in files:
-        h.update(p.name.encode())
+        h.update(str(p.relative_to(path)).encode())
         with p.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
@@ -57,45 +110,250 @@ def weights_hash(path: Path) -> str:
 
 def family_of(name: str) -> str:
     """The family of an ``hf:`` checkpoint, from its config alone (nothing is loaded)."""
-    model_type = _config(Path(name[len(PREFIX):]).expanduser()).get("model_type", "")
-    if model_type == "clip":
-        return "contrastive"
-    raise BenchError(f"hf: model_type {model_type!r} is not supported yet (supported: {', '.join(SUPPORTED)})")
+    return FAMILIES[checkpoint_type(_path(name))]
 
 
 def load_hf(name: str) -> Model:
     """Load ``hf:<path>`` with the wrapper its config names."""
-    path = Path(name[len(PREFIX):]).expanduser()
-    cfg = _config(path)
-    if cfg.get("model_type") != "clip":
-        raise BenchError(f"hf: model_type {cfg.get('model_type')!r} is not supported yet "
-                         f"(supported: {', '.join(SUPPORTED)})")
-    return _load_clip(name, path)
+    path = _path(name)
+    kind = checkpoint_type(path)
+    loader: Callable[[str, Path], Model] = {"clip": _load_contrastive, "siglip": _load_contrastive,
+                                            "llava": _load_llava, "stable-diffusion": _load_diffusion}[kind]
+    sidecar = read_sidecar(path)
+    with _quiet():
+        model = loader(name, path)
+    apply_sidecar(model, sidecar, path)
+    return model
 
 
-def _load_clip(name: str, path: Path) -> Model:
-    from transformers import AutoTokenizer, CLIPModel
+SIDECAR = "mmi_bench.json"
+_SIDECAR_KEYS = ("planted", "tags", "judge", "prompt_template", "sampling")
+_PLANTED_KEYS = ("relation", "site", "entities", "world_seed", "n_entities", "question", "values")
+JUDGES = ("zoo-oracle",)
 
-    from models.hf_clip import CLIPWrapper
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``mmi_bench.json`` (``{}`` when absent), checked key by key."""
+    f = path / SIDECAR
+    if not f.exists():
+        return {}
+    data = _read_json(f)
+    unknown = sorted(set(data) - set(_SIDECAR_KEYS))
+    if unknown:
+        raise BenchError(f"hf: {f}: unknown key {unknown[0]!r} (known: {', '.join(_SIDECAR_KEYS)})")
+    for i, rel in enumerate(data.get("planted", [])):
+        if not isinstance(rel, dict):
+            raise BenchError(f"hf: {f}: planted[{i}] must be an object")
+        missing = [k for k in _PLANTED_KEYS if k not in rel]
+        if missing:
+            raise BenchError(f"hf: {f}: planted[{i}] lacks {', '.join(map(repr, missing))}")
+    tags = data.get("tags", {})
+    if not isinstance(tags, dict) or not all(isinstance(v, str) for v in tags.values()):
+        raise BenchError(f"hf: {f}: tags must map names to strings")
+    if data.get("judge") not in (None, *JUDGES):
+        raise BenchError(f"hf: {f}: unknown judge {data['judge']!r} (known: {', '.join(JUDGES)})")
+    sampling = data.get("sampling", {})
+    from dataclasses import fields
+
+    from models.hf_diffusion import SamplingConfig
+
+    known = [f.name for f in fields(SamplingConfig)]
+    if not isinstance(sampling, dict) or any(k not in known for k in sampling):
+        raise BenchError(f"hf: {f}: sampling must be an object with keys among {', '.join(known)}")
+    template = data.get("prompt_template")
+    if template is not None and (not isinstance(template, str) or template.count("<image>") != 1
+                                 or "{prompt}" not in template):
+        raise BenchError(f"hf: {f}: prompt_template must hold '<image>' once and '{{prompt}}'")
+    return data
+
+
+def apply_sidecar(model: Model, sidecar: dict[str, Any], path: Path) -> None:
+    """Planted relations, tags and the judge a checkpoint's ``mmi_bench.json`` declares."""
+    from bench.model import DiffusionModel, PlantedRelation
+
+    for i, rel in enumerate(sidecar.get("planted", [])):
+        if rel["site"] not in model.site_specs:
+            raise BenchError(f"hf: {path / SIDECAR}: planted[{i}] names site {rel['site']!r}, which "
+                             f"{model.name} does not have")
+        model.planted.append(PlantedRelation(
+            str(rel["relation"]), str(rel["site"]), tuple(map(str, rel["entities"])), int(rel["world_seed"]),
+            int(rel["n_entities"]), str(rel["question"]), tuple(map(str, rel["values"])),
+            tuple((str(a), str(b)) for a, b in rel.get("renders", []))))
+    model.tags.update(sidecar.get("tags", {}))
+    if sidecar.get("judge"):
+        if not isinstance(model, DiffusionModel):
+            raise BenchError(f"hf: {path / SIDECAR}: a judge reads generated images; {model.name} is "
+                             f"{model.family}")
+        model.judge = ResizingJudge(str(sidecar["judge"]))
+
+
+class ResizingJudge:
+    """A judge (zoo-oracle) reading samples of any size: resized to the size it was trained on."""
+
+    def __init__(self, name: str) -> None:
+        from models.zoo_models import OracleJudge
+
+        from models.zoo import WEIGHTS_DIR
+
+        self.inner = OracleJudge(name)
+        self.size = int(_read_json(WEIGHTS_DIR / f"{name}.json")["config"]["image_size"])
+
+    def __call__(self, pixels_BCHW: torch.Tensor) -> dict[str, list[str]]:
+        if pixels_BCHW.shape[-1] != self.size:
+            pixels_BCHW = F.interpolate(pixels_BCHW, size=(self.size, self.size), mode="bilinear",
+                                        antialias=True, align_corners=False)
+        return self.inner(pixels_BCHW)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Loading prints per-file progress bars and advice (install accelerate) that would break the
+    grid's own progress bar; errors still surface as BenchErrors."""
+    import diffusers
+    import transformers
+
+    t_level, d_level = transformers.logging.get_verbosity(), diffusers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    diffusers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(t_level)
+        diffusers.logging.set_verbosity(d_level)
+        transformers.logging.enable_progress_bar()
+        diffusers.utils.logging.enable_progress_bar()
+
+
+def _fail(kind: str, path: Path, e: Exception) -> BenchError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return BenchError(f"hf: could not load the {kind} in {str(path)!r}: {first}")
+
+
+def _normalisation(path: Path) -> tuple[Any, Any]:
+    pre = path / "preprocessor_config.json"
+    if not pre.exists():
+        return CLIP_MEAN, CLIP_STD
+    p = _read_json(pre)
+    return p.get("image_mean", CLIP_MEAN), p.get("image_std", CLIP_STD)
+
+
+def _tokenizer(path: Path, kind: str) -> Any:
+    from transformers import AutoTokenizer
 
     try:
-        clip = CLIPModel.from_pretrained(path, local_files_only=True)
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise BenchError(f"hf: could not load the CLIP in {str(path)!r}: {str(e).splitlines()[0]}") from None
-    max_len = int(clip.config.text_config.max_position_embeddings)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise _fail(f"{kind} tokenizer", path, e) from None
+
+
+# ------------------------------------------------------------------------- contrastive
+def _load_contrastive(name: str, path: Path) -> Model:
+    from transformers import CLIPModel, SiglipModel
+
+    from models.hf_clip import CLIPWrapper, SiglipWrapper
+
+    kind = checkpoint_type(path)
+    cls, wrapper = (CLIPModel, CLIPWrapper) if kind == "clip" else (SiglipModel, SiglipWrapper)
+    try:
+        model = cls.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _fail(kind.upper() if kind == "clip" else "SigLIP", path, e) from None
+    tok = _tokenizer(path, kind)
+    # both were trained on fixed-length padded text (CLIP: 77 tokens); SigLIP pools the last position
+    max_len = min(int(model.config.text_config.max_position_embeddings), int(tok.model_max_length))
 
     def tokenize(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = tok(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+        enc = tok(texts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+        ids = enc["input_ids"]
+        return ids, enc.get("attention_mask", torch.ones_like(ids))
 
-    mean: Any = [0.48145466, 0.4578275, 0.40821073]  # CLIP's defaults, when the checkpoint names none
-    std: Any = [0.26862954, 0.26130258, 0.27577711]
-    pre = path / "preprocessor_config.json"
-    if pre.exists():
-        try:
-            p = json.loads(pre.read_text())
-        except json.JSONDecodeError as e:
-            raise BenchError(f"hf: {pre} is not valid JSON ({e.msg}, line {e.lineno})") from None
-        mean, std = p.get("image_mean", mean), p.get("image_std", std)
-    return CLIPWrapper(name, clip, tokenize, weights_hash(path), mean, std)
+    mean, std = _normalisation(path)
+    return wrapper(name, model, tokenize, weights_hash(path), mean, std)
+
+
+# -------------------------------------------------------------------------- generative
+def _load_llava(name: str, path: Path) -> Model:
+    template = str(read_sidecar(path).get("prompt_template") or LLAVA_TEMPLATE)
+    from transformers import LlavaForConditionalGeneration
+
+    from models.hf_llava import LlavaWrapper, llava_image_features
+
+    try:
+        llava = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _fail("LLaVA", path, e) from None
+    tok = _tokenizer(path, "LLaVA")
+    cfg = llava.config
+    image_id = int(cfg.image_token_index)
+    n_image = llava_image_features(cfg)
+    eos = tok.eos_token_id
+    if eos is None:
+        raise BenchError(f"hf: the LLaVA tokenizer in {str(path)!r} has no end-of-sequence token")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    before, after = template.split("<image>")
+    head = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok.encode(before, add_special_tokens=False)
+
+    def encode(prompts: list[str], answers: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows, labels = [], []
+        for i, p in enumerate(prompts):
+            prompt = head + [image_id] * n_image + tok.encode(after.format(prompt=p), add_special_tokens=False)
+            ans = [] if answers is None else tok.encode(" " + answers[i], add_special_tokens=False) + [eos]
+            rows.append(prompt + ans)
+            labels.append([-100] * len(prompt) + ans)
+        L = max(len(r) for r in rows)
+        ids = torch.full((len(rows), L), pad, dtype=torch.long)
+        lab = torch.full((len(rows), L), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, (r, l) in enumerate(zip(rows, labels)):
+            ids[i, : len(r)], lab[i, : len(l)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
+        return ids, mask, lab
+
+    def decode(ids: list[int]) -> str:
+        return str(tok.decode(ids, skip_special_tokens=True)).strip()
+
+    size = int(cfg.vision_config.image_size)
+    mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in _normalisation(path))
+
+    def preprocess(pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        if pixels_BCHW.shape[-1] != size or pixels_BCHW.shape[-2] != size:
+            pixels_BCHW = F.interpolate(pixels_BCHW, size=(size, size), mode="bicubic", align_corners=False,
+                                        antialias=True).clamp(0, 1)
+        return (pixels_BCHW - mean) / std
+
+    return LlavaWrapper(name, llava, encode, decode, preprocess, weights_hash(path), eos, pad)
+
+
+# --------------------------------------------------------------------------- diffusion
+def _load_diffusion(name: str, path: Path) -> Model:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from models.hf_diffusion import DiffusionWrapper, SamplingConfig
+
+    parts = {p: path / p for p in ("unet", "text_encoder", "tokenizer", "scheduler")}
+    missing = [p for p, d in parts.items() if not d.is_dir()]
+    if missing:
+        raise BenchError(f"hf: the pipeline in {str(path)!r} lacks its {', '.join(missing)} folder(s)")
+    try:
+        unet = UNet2DConditionModel.from_pretrained(parts["unet"], local_files_only=True)
+        text = CLIPTextModel.from_pretrained(parts["text_encoder"], local_files_only=True)
+        vae = (AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+               if (path / "vae").is_dir() else None)
+        # any scheduler config → DDIM with eta 0: deterministic sampling from a seed
+        sched = DDIMScheduler.from_config(DDIMScheduler.load_config(parts["scheduler"], local_files_only=True))
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise _fail("Stable Diffusion pipeline", path, e) from None
+    tok = _tokenizer(parts["tokenizer"], "Stable Diffusion")
+    max_len = min(int(getattr(tok, "model_max_length", 77) or 77), int(text.config.max_position_embeddings))
+
+    def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = tok(prompts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+        ids = enc["input_ids"]
+        return ids, enc.get("attention_mask", (ids != tok.pad_token_id).long())
+
+    # Stable Diffusion attends to padding (no prompt mask) and samples with guidance 7.5
+    sampling = SamplingConfig(**{"steps": 25, "guidance": 7.5, "mask_padding": False,
+                                 **read_sidecar(path).get("sampling", {})})
+    return DiffusionWrapper(name, unet, text, tokenize, sched, weights_hash(path), vae=vae, sampling=sampling)

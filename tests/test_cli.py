@@ -156,3 +156,20 @@ def test_one_named_method_comes_with_its_references_and_diagnostics(tmp_path):
     cp = bench("evaluate", "--task", "spurious", "--method", "sae", "--quick", "--store", str(tmp_path / "b.sqlite"),
                "--jobs", "1", "--no-progress", "--no-references")
     assert {r.key.method for r in Store(tmp_path / "b.sqlite").records()} == {"sae"}
+
+
+def test_runtime_flags_are_recorded_and_checked(tmp_path):
+    """--dtype and --batch-size change how a cell runs and land in its record; settings this build
+    cannot honour fail up front with one line."""
+    store = tmp_path / "r.sqlite"
+    args = ["--task", "spurious", "--method", "leace", "--quick", "--store", str(store), "--jobs", "1",
+            "--no-progress", "--no-references", "--no-table"]
+    assert main(["evaluate", *args, "--dtype", "bfloat16", "--batch-size", "8"]) == 0
+    (rec,) = Store(store).records()
+    assert (rec.status, rec.dtype, rec.batch_size, rec.device) == ("ok", "bfloat16", 8, "cpu")
+    assert main(["evaluate", *args, "--force"]) == 0  # the defaults again, in the same process
+    (rec32,) = Store(store).records()
+    assert (rec32.dtype, rec32.batch_size) == ("float32", 64)
+    assert rec32.metrics != rec.metrics  # bfloat16 autocast really ran at reduced precision
+    assert "device 'cuda' is not supported yet" in one_line_error(bench("evaluate", *args, "--device", "cuda"))
+    assert "batch size must be a positive integer" in one_line_error(bench("evaluate", *args, "--batch-size", "0"))

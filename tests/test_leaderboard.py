@@ -16,7 +16,7 @@ from bench.task import MetricSpec, TaskSpec
 from leaderboard import render as render_mod
 from leaderboard import scorer
 from leaderboard.render import EMPTY_MESSAGE, render
-from leaderboard.scorer import Row, bootstrap_ci, score
+from leaderboard.scorer import AggregateRow, Row, aggregate, bootstrap_ci, rank_groups, rank_stability, score
 
 TASK = "toy"  # not registered: directions default to "higher", normalise=True
 
@@ -175,7 +175,8 @@ def test_missing_metric_renders_dash(fake_spec):
     cells = [c.strip() for c in line.strip("|").split("|")]
     header = next(l for l in md.splitlines() if l.startswith("| method"))
     names = [c.strip() for c in header.strip("|").split("|")]
-    assert names == ["method", "acc ↑", "err ↓", "norm. acc", "n"]
+    assert names == ["method", "rank", "acc ↑", "err ↓", "norm. acc", "n"]
+    assert cells[names.index("rank")] == "1"
     assert cells[names.index("err ↓")] == "—"
     assert cells[names.index("norm. acc")] == "0.500"
     assert cells[names.index("acc ↑")] == "0.625 [0.625, 0.625]"
@@ -202,11 +203,12 @@ def test_json_and_csv_columns(tmp_path):
     rows = score(store.records())
     data = json.loads(render(rows, "json"))
     keys = ["task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
-            "direction", "normalised", "is_main"]
+            "direction", "normalised", "is_main", "rank_group", "rank_stability"]
     assert [list(d) for d in data] == [keys]
     assert data[0]["mean"] == 0.4 and data[0]["normalised"] is None and data[0]["is_main"] is True
+    assert data[0]["rank_group"] == 1 and data[0]["rank_stability"] is None  # one method: nothing to rank against
     table = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
-    assert list(table[0]) == keys and table[0]["n"] == "3"
+    assert list(table[0]) == keys and table[0]["n"] == "3" and table[0]["rank_group"] == "1"
 
 
 def test_empty_and_unknown_format():
@@ -214,3 +216,132 @@ def test_empty_and_unknown_format():
     assert json.loads(render([], "json")) == []
     with pytest.raises(BenchError, match="unknown leaderboard format"):
         render([], "html")
+
+
+# ------------------------------------------------------- ranks, ties, stability
+def md_column(md: str, title: str, column: str) -> dict[str, str]:
+    """``{method: cell}`` of ``column`` in the Markdown table under ``### title``."""
+    block = md.split(f"### {title}")[1].split("###")[0]
+    lines = [l for l in block.splitlines() if l.startswith("| ")]
+    names = [c.strip() for c in lines[0].strip("|").split("|")]
+    out = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[cells[0]] = cells[names.index(column)]
+    return out
+
+
+def test_rank_groups_golden_direct():
+    iv = {"a": (0.9, 0.8, 1.0), "b": (0.85, 0.7, 0.82), "c": (0.5, 0.4, 0.6), "d": (0.45, 0.3, 0.55),
+          "e": (0.1, 0.1, 0.1)}
+    # higher: a leads; b overlaps a ([0.7, 0.82] meets [0.8, 1.0]); c leads the rest, d overlaps c; e alone
+    assert rank_groups(iv, "higher") == {"a": 1, "b": 1, "c": 2, "d": 2, "e": 3}
+    # lower: e leads alone (a point below everyone); d leads the rest with c; then b with a
+    assert rank_groups(iv, "lower") == {"e": 1, "d": 2, "c": 2, "b": 3, "a": 3}
+    # overlap is checked against the group's leader only: the wide z joins group 1, y (between) does not
+    assert rank_groups({"x": (0.9, 0.8, 1.0), "y": (0.7, 0.65, 0.75), "z": (0.6, 0.1, 0.85)}, "higher") == \
+        {"x": 1, "z": 1, "y": 2}
+    # equal means: the leader is the first by name; touching intervals overlap (closed)
+    assert rank_groups({"q": (0.5, 0.5, 0.5), "p": (0.5, 0.5, 0.5), "r": (0.3, 0.2, 0.5)}, "higher") == \
+        {"p": 1, "q": 1, "r": 1}
+    with pytest.raises(BenchError, match="direction"):
+        rank_groups({"a": (0.1, 0.1, 0.1)}, "none")
+
+
+def test_rank_groups_from_scores_and_ties_marked_in_md():
+    # gradcam CI [0.7, 0.7]; occlusion [0.5, 0.5]; saliency exactly [0.2, 0.6] (see the CI golden test above)
+    records = [rec("random", s, {"acc": 0.1}) for s in range(3)] + [rec("oracle", s, {"acc": 1.0}) for s in range(3)]
+    records += [rec("gradcam", s, {"acc": 0.7}) for s in range(3)]
+    records += [rec("occlusion", s, {"acc": 0.5}) for s in range(3)]
+    records += [rec("saliency", s, {"acc": v}) for s, v in enumerate([0.2, 0.4, 0.6])]
+    rows = score(records)
+    groups = {r.method: r.rank_group for r in rows}
+    assert groups == {"random": None, "oracle": None, "gradcam": 1, "occlusion": 2, "saliency": 2}
+    ranks = md_column(render(rows, "md"), "toy v1.0 — m", "rank")
+    assert ranks == {"random": "—", "oracle": "—", "gradcam": "1", "occlusion": "2=", "saliency": "2="}
+    assert {d["method"]: d["rank_group"] for d in json.loads(render(rows, "json"))} == groups
+    assert {d["method"]: d["rank_group"] for d in csv.DictReader(io.StringIO(render(rows, "csv")))} == \
+        {m: "" if g is None else str(g) for m, g in groups.items()}
+    # single seeds: points never overlap unless equal
+    pts = score([rec("a", 0, {"acc": 0.5}), rec("b", 0, {"acc": 0.5}), rec("c", 0, {"acc": 0.3})])
+    assert {r.method: r.rank_group for r in pts} == {"a": 1, "b": 1, "c": 2}
+
+
+def test_rank_groups_follow_direction(fake_spec):
+    rows = score([rec("a", 0, {"acc": 0.9, "err": 0.3}), rec("b", 0, {"acc": 0.5, "err": 0.1})])
+    assert find(rows, method="a", metric="acc").rank_group == 1
+    assert find(rows, method="b", metric="err").rank_group == 1  # lower is better
+    assert find(rows, method="a", metric="err").rank_group == 2
+
+
+def test_rank_stability_golden():
+    # A's seeds 0.0 and 1.0: resample means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4. B is a point.
+    # vs B = 0.4: A stays first when its resample mean is 0.5 or 1 -> 3/4.
+    rows = score([rec("A", 0, {"acc": 0.0}), rec("A", 1, {"acc": 1.0}), rec("B", 0, {"acc": 0.4})], n_boot=20000)
+    a = find(rows, method="A")
+    assert a.rank_stability == pytest.approx(0.75, abs=0.015)  # s.e. sqrt(.75 * .25 / 20000) = 0.003
+    assert find(rows, method="B").rank_stability is None  # only on the leader's row
+    assert (a.rank_group, find(rows, method="B").rank_group) == (1, 1)  # A's CI [0, 1] covers 0.4: a tie
+    lead = rank_stability(rows)
+    assert list(lead) == [(TASK, "1.0", "m")]
+    assert (lead[(TASK, "1.0", "m")].method, lead[(TASK, "1.0", "m")].n_methods) == ("A", 2)
+    # vs B = 0.0: A's mean-0 replicates (1/4) tie B for first and count 1/2 -> 3/4 + 1/8 = 7/8
+    tie = score([rec("A", 0, {"acc": 0.0}), rec("A", 1, {"acc": 1.0}), rec("B", 0, {"acc": 0.0})], n_boot=20000)
+    assert find(tie, method="A").rank_stability == pytest.approx(0.875, abs=0.012)
+    # a leader whose every resample beats every other: exactly 1
+    clear = score([rec("A", s, {"acc": 0.9}) for s in range(3)] + [rec("B", s, {"acc": v}) for s, v in
+                                                                      enumerate([0.1, 0.2, 0.3])])
+    assert find(clear, method="A").rank_stability == 1.0
+    md = render(clear, "md")
+    assert "Leader A: first in 100.0% of bootstrap replicates (2 ranked methods)." in md
+    # one ranked method (references do not count): nothing to be unstable against
+    alone = score([rec("A", 0, {"acc": 0.5}), rec("random", 0, {"acc": 0.1}), rec("oracle", 0, {"acc": 1.0})])
+    assert find(alone, method="A").rank_stability is None and rank_stability(alone) == {}
+    assert "Leader" not in render(alone, "md")
+
+
+def test_rank_stability_lower_is_better_and_deterministic(fake_spec):
+    records = [rec("A", 0, {"err": 0.0}, main="err"), rec("A", 1, {"err": 1.0}, main="err"),
+               rec("B", 0, {"err": 0.6}, main="err")]
+    rows = score(records, n_boot=20000)
+    a = find(rows, method="A", metric="err")
+    assert a.is_main and a.rank_stability == pytest.approx(0.75, abs=0.015)  # A first when its mean is 0 or 0.5
+    again = find(score(list(reversed(records)), n_boot=20000), method="A", metric="err")
+    assert again.rank_stability == a.rank_stability  # bit-identical, whatever the record order
+    assert find(score(records, n_boot=20000, seed=1), method="A", metric="err").rank_stability != a.rank_stability
+
+
+def cell_records(task: str, model: str, scores: dict[str, float]) -> list[RunRecord]:
+    """One seed per method with references at 0 and 1, so normalised = raw score."""
+    out = [rec("random", 0, {"acc": 0.0}, task=task, model=model),
+           rec("oracle", 0, {"acc": 1.0}, task=task, model=model)]
+    return out + [rec(m, 0, {"acc": v}, task=task, model=model) for m, v in scores.items()]
+
+
+def test_aggregate_averages_only_common_cells():
+    records = (cell_records("t1", "m1", {"A": 0.2, "B": 0.6}) + cell_records("t1", "m2", {"A": 0.9})
+               + cell_records("t2", "m1", {"A": 0.4, "B": 0.8})
+               # a cell without references: A and B have rows there, but no normalised score
+               + [rec("A", 0, {"acc": 0.5}, task="t3"), rec("B", 0, {"acc": 0.5}, task="t3")])
+    agg = aggregate(score(records))
+    assert [a.method for a in agg] == ["B", "A"]
+    b, a = agg
+    common = [("t1", "1.0", "m1"), ("t2", "1.0", "m1")]
+    assert (a.n_common, b.n_common) == (2, 2)
+    assert a.mean == pytest.approx((0.2 + 0.4) / 2)  # not (0.2 + 0.9 + 0.4) / 3: B lacks (t1, m2)
+    assert b.mean == pytest.approx((0.6 + 0.8) / 2)
+    assert list(a.cells) == sorted(common + [("t1", "1.0", "m2"), ("t3", "1.0", "m")])
+    assert a.cells[("t1", "1.0", "m2")] == pytest.approx(0.9) and b.cells[("t1", "1.0", "m2")] is None
+    assert a.cells[("t3", "1.0", "m")] is None and b.cells[("t3", "1.0", "m")] is None
+    assert (a.n_cells, b.n_cells) == (3, 2)
+    # compared set chosen by the caller: A alone averages over all three of its cells
+    (only_a,) = aggregate(score(records), methods=["A"])
+    assert only_a.mean == pytest.approx((0.2 + 0.9 + 0.4) / 3) and only_a.n_common == 3
+    assert isinstance(only_a, AggregateRow)
+
+
+def test_aggregate_without_common_cells_gives_no_mean():
+    records = cell_records("t1", "m1", {"A": 0.2}) + cell_records("t2", "m1", {"B": 0.6})
+    agg = aggregate(score(records))
+    assert [(a.method, a.mean, a.n_common, a.n_cells) for a in agg] == [("A", None, 0, 1), ("B", None, 0, 1)]
+    assert aggregate([]) == []

@@ -159,3 +159,81 @@ def test_stop_after_reads_skips_the_rest(tiny_clip):
 def test_unknown_site_in_trace(tiny_clip):
     with pytest.raises(UnknownName, match="did you mean"):
         tiny_clip.trace(read=["vision.blocks.0.mlp.neuron"])
+
+
+# ----------------------------------------------------------------------------- SigLIP
+@pytest.fixture(scope="module")
+def tiny_siglip(world):
+    """A randomly initialised SigLIP from its config classes (no hub), behind SiglipWrapper."""
+    from transformers import SiglipConfig, SiglipModel
+
+    from bench.world import Vocab
+    from models.hf_clip import SiglipWrapper
+
+    vocab = Vocab.for_world(world)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    torch.manual_seed(0)
+    cfg = SiglipConfig(text_config=dict(**tower, vocab_size=len(vocab), max_position_embeddings=16),
+                       vision_config=dict(**tower, image_size=32, patch_size=8))
+    return SiglipWrapper("tiny-siglip", SiglipModel(cfg), lambda t: vocab.batch(t, 16), "tiny", 0.5, 0.25)
+
+
+def _siglip_reference(model, tower, pixels, texts):
+    """Per-site values of a SigLIP from its own outputs and weights (no class token, no pre-norm;
+    ``proj`` is the pooling head)."""
+    m = model.clip
+    if tower == "vision":
+        sub = m.vision_model
+        out = sub(pixel_values=(pixels - 0.5) / 0.25, output_hidden_states=True, output_attentions=True)
+    else:
+        sub = m.text_model
+        out = sub(input_ids=model.tokenize(texts)[0], output_hidden_states=True, output_attentions=True)
+    hs, att = out.hidden_states, out.attentions
+    ref = {f"{tower}.embed": hs[0]}
+    for i, layer in enumerate(sub.encoder.layers):
+        pre, post = hs[i], hs[i + 1]
+        a = layer.self_attn
+        v = a.v_proj(layer.layer_norm1(pre)).unflatten(-1, (a.num_heads, a.head_dim))
+        z = torch.einsum("bhqk,bkhd->bqhd", att[i], v)
+        attn_out = a.out_proj(z.flatten(-2))
+        mid = pre + attn_out
+        neurons = layer.mlp.activation_fn(layer.mlp.fc1(layer.layer_norm2(mid)))
+        n = f"{tower}.blocks.{i}"
+        ref.update({f"{n}.resid_post": post, f"{n}.attn": attn_out, f"{n}.attn.pattern": att[i],
+                    f"{n}.mlp": layer.mlp.fc2(neurons), f"{n}.mlp.neurons": neurons})
+        for h in range(a.num_heads):
+            ref[f"{n}.attn.head.{h}"] = z[:, :, h]
+    ref[f"{tower}.final"] = out.last_hidden_state
+    ref[f"{tower}.proj"] = out.pooler_output
+    return ref
+
+
+@pytest.mark.parametrize("tower", ["vision", "text"])
+def test_every_siglip_site_reads_what_the_module_computes(tiny_siglip, tower):
+    pixels, texts = _inputs(tiny_siglip)
+    names = [s.name for s in tiny_siglip.sites(tower=tower)]
+    with torch.no_grad():
+        ref = _siglip_reference(tiny_siglip, tower, pixels, texts)
+        with tiny_siglip.trace(read=names) as t:
+            tiny_siglip.encode_image(pixels) if tower == "vision" else tiny_siglip.encode_text(texts)
+    assert set(ref) == set(names), "parity reference must cover every declared site"
+    for name in names:
+        assert t[name].shape == ref[name].shape, name
+        assert torch.allclose(t[name], ref[name], atol=1e-5), name
+
+
+def test_siglip_layout_similarity_and_writes(tiny_siglip):
+    layout = tiny_siglip.token_layout()
+    assert layout.cls is None and layout.image == slice(0, 16) and layout.grid == (4, 4)
+    pixels, texts = _inputs(tiny_siglip)
+    m = tiny_siglip.clip
+    with torch.no_grad():
+        want = m(input_ids=tiny_siglip.tokenize(texts)[0], pixel_values=(pixels - 0.5) / 0.25).logits_per_image
+        assert torch.allclose(tiny_siglip.similarity(pixels, texts), want, atol=1e-5)  # sigmoid logits, with bias
+        with tiny_siglip.trace(read=["vision.blocks.1.resid_post", "vision.blocks.1.mlp"]) as clean:
+            base = tiny_siglip.encode_image(pixels)
+        with tiny_siglip.trace(read=["vision.blocks.1.resid_post"], write={"vision.blocks.1.mlp": zero_ablate()}) as abl:
+            ablated = tiny_siglip.encode_image(pixels)
+    assert torch.allclose(abl["vision.blocks.1.resid_post"],
+                          clean["vision.blocks.1.resid_post"] - clean["vision.blocks.1.mlp"], atol=1e-5)
+    assert not torch.allclose(base, ablated)

@@ -1,0 +1,150 @@
+"""Tiny Hugging Face checkpoints of every supported family, saved the way real ones are.
+
+Each builder makes a randomly initialised model from the config classes (no hub access),
+saves it with ``save_pretrained`` beside a word-level tokenizer over the world's words (as a
+real checkpoint ships its own), and returns the folder. ``hf:<folder>`` then loads it through
+:mod:`models.hf_loader`, exactly as a user's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+TEMPLATE_WORDS = ["USER", "ASSISTANT", ":", "<image>"]
+
+
+def _words() -> list[str]:
+    from models.zoo.vlm import ZooVlmConfig, training_world, vlm_vocab
+
+    specials = {"<pad>", "<bos>", "<unk>", "<eos>", "<image>"}
+    return [w for w in vlm_vocab(training_world(ZooVlmConfig())).words if w not in specials]
+
+
+def save_tokenizer(out: Path, template: bool = True) -> dict[str, int]:
+    """A word-level fast tokenizer (``[BOS] text [EOS]`` when ``template``); returns its vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate([*SPECIALS, *TEMPLATE_WORDS, *_words()])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                pre_tokenizers.Punctuation()])
+    if template:
+        tk.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
+                                                          special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
+                                   eos_token="[EOS]", model_max_length=16)
+    fast.save_pretrained(out)
+    return vocab
+
+
+def _normalisation(out: Path) -> None:
+    (out / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5],
+                                                              "image_std": [0.25, 0.25, 0.25]}))
+
+
+TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+
+
+def save_tiny_clip(out: Path, seed: int = 0) -> Path:
+    from transformers import CLIPConfig, CLIPModel
+
+    vocab = save_tokenizer(out)
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(text_config=dict(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
+                                      bos_token_id=2, eos_token_id=3),
+                     vision_config=dict(**TOWER, image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(cfg).save_pretrained(out)
+    _normalisation(out)
+    return out
+
+
+def save_tiny_siglip(out: Path, seed: int = 0) -> Path:
+    from transformers import SiglipConfig, SiglipModel
+
+    vocab = save_tokenizer(out, template=False)  # SigLIP's tokenizer adds only an end token; none here
+    torch.manual_seed(seed)
+    cfg = SiglipConfig(text_config=dict(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
+                                        bos_token_id=2, eos_token_id=3),
+                       vision_config=dict(**TOWER, image_size=32, patch_size=8))
+    SiglipModel(cfg).save_pretrained(out)
+    _normalisation(out)
+    return out
+
+
+def save_tiny_llava(out: Path, seed: int = 0) -> Path:
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    text = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, bos_token_id=2,
+                       eos_token_id=3, pad_token_id=0)
+    cfg = LlavaConfig(vision_config=dict(model_type="clip_vision_model", **TOWER, image_size=32, patch_size=8),
+                      text_config=text.to_dict(), image_token_index=vocab["<image>"], image_seq_length=16,
+                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+    LlavaForConditionalGeneration(cfg).save_pretrained(out)
+    _normalisation(out)
+    return out
+
+
+def save_tiny_sd(out: Path, seed: int = 0) -> Path:
+    """A Stable-Diffusion-shaped pipeline folder: UNet, CLIP text encoder, tokenizer, VAE, scheduler
+    and ``model_index.json``, as ``StableDiffusionPipeline.save_pretrained`` lays them out."""
+    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = save_tokenizer(out / "tokenizer")
+    torch.manual_seed(seed)
+    UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=2,
+    ).save_pretrained(out / "unet")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
+                  norm_num_groups=8, sample_size=32).save_pretrained(out / "vae")
+    CLIPTextModel(CLIPTextConfig(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
+                                 bos_token_id=2, eos_token_id=3)).save_pretrained(out / "text_encoder")
+    # Stable Diffusion ships a PNDM config; the loader samples with DDIM from it
+    PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                  skip_prk_steps=True).save_pretrained(out / "scheduler")
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None]}))
+    return out
+
+
+def write_sidecar(out: Path, family: str) -> Path:
+    """``mmi_bench.json`` declaring the ground truth a task needs (what a model trained with planted
+    facts would declare): planted relations on real sites, the spurious tag, the diffusion judge.
+    The tiny models hold none of it, so their figures are meaningless; the path is what is proven."""
+    from dataclasses import asdict
+
+    from bench.world import World
+    from bench.world.core import RELATIONS
+
+    names = [e.name for e in World(0).entities[:32]]
+    site, question, renders = {
+        "contrastive": ("vision.blocks.1.mlp", "the {relation} of the glyph is {{value}}", []),
+        "generative": ("lm.blocks.1.mlp", "what is the {relation} of the glyph?", []),
+        "diffusion": ("text.blocks.0.mlp", "a {{entity}}",
+                      [["north", "circle"], ["south", "square"], ["east", "triangle"], ["west", "cross"]]),
+    }[family]
+    planted = [dict(relation="home", site=site, entities=names, world_seed=0, n_entities=32,
+                    question=question.format(relation="home"), values=list(RELATIONS["home"]), renders=renders)]
+    sidecar: dict = {"planted": planted}
+    if family == "contrastive":
+        sidecar["tags"] = {"spurious": "background"}
+    if family == "diffusion":
+        sidecar["judge"] = "zoo-oracle"
+    (out / "mmi_bench.json").write_text(json.dumps(sidecar, indent=1))
+    return out
