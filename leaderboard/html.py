@@ -180,10 +180,11 @@ def bar_chart(rows: Sequence[Row], methods: Sequence[str], sizes: GroupSizes) ->
 # --------------------------------------------------------------------- parts
 def _aggregate_table(agg: list[AggregateRow], label_of: dict[tuple[str, str, str], str]) -> str:
     cells = list(agg[0].cells) if agg else []
-    n_common = agg[0].n_common if agg else 0
+    n_common = max((a.n_common for a in agg), default=0)
+    left_out = [a.method for a in agg if a.mean is None]
     head = [_th("method", "text")] + [_th(label_of[c], "num", "descending") for c in cells]
     head.append(_th(f"mean over {n_common} shared cell{'' if n_common == 1 else 's'}", "num", "descending",
-                    "mean normalised main score over the cells every method in this table has"))
+                    "mean normalised main score over the cells every averaged method has"))
     head.append(_th("cells", "num", "descending", "cells this method has (a normalised main score)"))
     body = []
     for a in agg:
@@ -192,8 +193,14 @@ def _aggregate_table(agg: list[AggregateRow], label_of: dict[tuple[str, str, str
         tds.append(_td(escape(_fmt(a.mean)), _num(a.mean)))
         tds.append(_td(str(a.n_cells), str(a.n_cells)))
         body.append(f"<tr>{''.join(tds)}</tr>")
-    note = "" if n_common else ('<p class="note">No cell is shared by every method here, so no mean is '
-                                "computed: compare per cell.</p>")
+    if not n_common:
+        note = '<p class="note">No cell is shared by two methods here, so no mean is computed: compare per cell.</p>'
+    elif left_out:
+        note = (f'<p class="note">Means run over the {n_common} cell{"" if n_common == 1 else "s"} shared by the most '
+                f'methods; {escape(", ".join(left_out))} lack{"s" if len(left_out) == 1 else ""} one of them and '
+                "get no mean (compare per cell).</p>")
+    else:
+        note = ""
     return (f'<table class="sortable overview"><thead><tr>{"".join(head)}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>{note}')
 

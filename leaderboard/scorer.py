@@ -366,19 +366,48 @@ class AggregateRow:
     n_cells: int = 0  # cells this method has
 
 
+_MAX_BLOCK_CELLS = 16  # 2^16 candidate cell sets; beyond that, cells every method has
+
+
+def _largest_block(have: dict[str, dict[Cell, float]], cells: list[Cell]) -> tuple[list[str], list[Cell]]:
+    """The gap-free (methods, cells) block of :func:`aggregate`'s default."""
+    methods = sorted(have)
+    need = min(2, len(methods))
+    if len(cells) > _MAX_BLOCK_CELLS:
+        common = [c for c in cells if all(c in have[m] for m in methods)]
+        return (methods, common) if common else ([], [])
+    best: tuple[tuple[int, int], list[str], list[Cell]] = ((0, 0), [], [])
+    for mask in range(1, 1 << len(cells)):
+        chosen = [c for i, c in enumerate(cells) if mask >> i & 1]
+        members = [m for m in methods if all(c in have[m] for c in chosen)]
+        if len(members) < max(need, 1):
+            continue
+        key = (len(chosen) * len(members), len(chosen))
+        if key > best[0]:
+            best = (key, members, chosen)
+    return best[1], best[2]
+
+
 def aggregate(rows: Sequence[Row], methods: Sequence[str] | None = None) -> list[AggregateRow]:
-    """Per method, the mean normalised main score over the cells every compared method has.
+    """Per method, the mean normalised main score over one set of cells shared by every method averaged.
 
     A *cell* is a ``(task, task_version, model)``. A method *has* a cell when its row
     for that cell's main metric carries a finite normalised score (so both references
-    ran there and the metric is normalisable). The compared methods are ``methods``
-    (default: every non-reference method with a main-metric row in ``rows``); the
-    references are never compared (they are 0 and 1 by definition). The mean runs over
-    the *common* cells only: those that every compared method has. A cell some method
-    lacks is reported in ``cells`` (``None`` for the methods that lack it) but enters
-    no mean, so methods are always averaged over the same cells. When no cell is
-    common, every ``mean`` is ``None``. Rows come best mean first (``None`` last),
-    then by name.
+    ran there and the metric is normalisable). The references are never compared (they
+    are 0 and 1 by definition). Which methods are averaged, and over which cells:
+
+    - ``methods`` given: those methods, over the cells every one of them has;
+    - default: the largest gap-free block of the (method × cell) table: the cell set ``S``
+      and the methods having all of ``S`` that maximise ``|S| × #methods`` (ties: more
+      cells, then the first set in cell order), with at least two methods when there are
+      two to compare. A method-specific family (one diffusion-only method among CLIP
+      methods) would otherwise empty the common set for everyone; it is shown with its
+      cells and no mean instead.
+
+    A cell outside the averaged set is reported in ``cells`` (``None`` for the methods that
+    lack it) but enters no mean, so every mean shown runs over the same cells. When no block
+    qualifies, every ``mean`` is ``None``. Rows come best mean first (``None`` last), then by
+    name.
     """
     main = [r for r in rows if r.is_main and r.method not in REFERENCE_METHODS]
     if methods is None:
@@ -395,12 +424,15 @@ def aggregate(rows: Sequence[Row], methods: Sequence[str] | None = None) -> list
         if r.normalised is not None and math.isfinite(r.normalised):
             have[r.method][cell] = r.normalised
     cells = sorted(union)
-    common = [c for c in cells if all(c in have[m] for m in compared)]
+    if methods is None:
+        averaged, common = _largest_block(have, cells)
+    else:
+        averaged, common = compared, [c for c in cells if all(c in have[m] for m in compared)]
     out = []
     for m in compared:
-        vals = [have[m][c] for c in common]
+        vals = [have[m][c] for c in common] if m in averaged else []
         out.append(AggregateRow(method=m, cells={c: have[m].get(c) for c in cells},
-                                mean=float(np.mean(vals)) if vals else None, n_common=len(common),
-                                n_cells=len(have[m])))
+                                mean=float(np.mean(vals)) if vals else None,
+                                n_common=len(common) if m in averaged else 0, n_cells=len(have[m])))
     out.sort(key=lambda a: (a.mean is None, -(a.mean or 0.0), a.method))
     return out

@@ -340,6 +340,18 @@ def test_aggregate_averages_only_common_cells():
     assert isinstance(only_a, AggregateRow)
 
 
+def test_aggregate_averages_the_largest_gap_free_block():
+    """One method that only runs on another model must not empty everyone's mean: the block
+    {c1, c2, c3} x {A, B, C} (9 entries) beats {c1..c4} x {A, B} (8); D gets no mean."""
+    records = []
+    for m, who in (("c1", "ABC"), ("c2", "ABC"), ("c3", "ABC"), ("c4", "ABD")):
+        records += cell_records("t", m, {x: 0.1 * (i + 1) for i, x in enumerate("ABCD") if x in who})
+    agg = {a.method: a for a in aggregate(score(records))}
+    assert {m: a.n_common for m, a in agg.items()} == {"A": 3, "B": 3, "C": 3, "D": 0}
+    assert agg["D"].mean is None and agg["D"].cells[("t", "1.0", "c4")] == pytest.approx(0.4)
+    assert agg["C"].mean == pytest.approx(0.3) and agg["A"].mean == pytest.approx(0.1)
+
+
 def test_aggregate_without_common_cells_gives_no_mean():
     records = cell_records("t1", "m1", {"A": 0.2}) + cell_records("t2", "m1", {"B": 0.6})
     agg = aggregate(score(records))
