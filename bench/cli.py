@@ -48,6 +48,17 @@ def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+def _parse_data(items: Sequence[str] | None) -> list[tuple[str, str]]:
+    """``--data KIND=PATH`` values as (kind, path); kinds and files are checked by the runner."""
+    out = []
+    for item in items or []:
+        kind, sep, path = item.partition("=")
+        if not sep or not kind.strip() or not path.strip():
+            raise BenchError(f"--data expects KIND=PATH (e.g. pope=./pope.jsonl), got {item!r}")
+        out.append((kind.strip(), path.strip()))
+    return out
+
+
 # ------------------------------------------------------------------ evaluate
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench import runner
@@ -60,7 +71,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         methods += [r for r in ("random", "oracle") if r not in methods]
     rt = runner.Runtime(device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
-                    method_overrides=_parse_overrides(args.config), runtime=rt)
+                    method_overrides=_parse_overrides(args.config), runtime=rt, data=_parse_data(args.data))
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
     for label, reason in p.skipped:
         if args.show_skipped or label not in p.lacking_capability:
@@ -274,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help="the quick profile (fewer examples), stored separately")
     ev.add_argument("--config", action="append", metavar="KEY=VALUE", help="override a method config option")
     ev.add_argument("--store", default="bench-results.sqlite", help="results file (default: %(default)s)")
+    ev.add_argument("--data", action="append", metavar="KIND=PATH",
+                    help="run the tasks that read this kind of data file on it instead of the world, "
+                    "repeatable (`bench data kinds` lists the kinds); other tasks are skipped")
     ev.add_argument("--device", default="cpu", help="where cells run (default: %(default)s)")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="compute precision; others than float32 run under torch.autocast (default: %(default)s)")

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -1034,6 +1035,43 @@ def kind(name: str) -> Kind:
 def load(kind_name: str, path: PathLike, *, image_root: PathLike | None = None) -> list[Any]:
     """Load and validate an annotation file of kind ``kind_name``: typed records in file order."""
     return kind(kind_name).loader(path, image_root=image_root)
+
+
+def referenced_files(records: Sequence[Any]) -> list[Path]:
+    """The image and mask files that ``records`` name, each once, in record order."""
+    seen: dict[Path, None] = {}
+    for rec in records:
+        img = getattr(rec, "image", None)
+        if img is not None:
+            seen.setdefault(img.path, None)
+        mask = getattr(rec, "mask", None)
+        if mask is not None and mask.path is not None:
+            seen.setdefault(mask.path, None)
+    return list(seen)
+
+
+def fingerprint(path: PathLike, records: Sequence[Any]) -> tuple[str, dict[Path, str]]:
+    """``(digest, per_file)``: the sha256 (hex) of the sha256 digests of the annotation file's
+    bytes and then of every file of :func:`referenced_files`, in that order; ``per_file`` maps
+    each referenced file to the sha256 (hex) of its bytes. The digest depends on content only
+    (the annotation file names the images, so a renamed image changes it; a moved folder does not)."""
+    def file_sha(p: Path) -> bytes:
+        h = hashlib.sha256()
+        try:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise BenchError(f"{p}: cannot read: {e.strerror or _first_line(e)}") from None
+        return h.digest()
+
+    whole = hashlib.sha256(file_sha(Path(path).expanduser()))
+    per_file: dict[Path, str] = {}
+    for p in referenced_files(records):
+        d = file_sha(p)
+        whole.update(d)
+        per_file[p] = d.hex()
+    return whole.hexdigest(), per_file
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import time
 import traceback
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -70,6 +71,9 @@ class Cell:
     quick: bool = False
     method_overrides: tuple[tuple[str, Any], ...] = ()
     runtime: Runtime = Runtime()
+    # real-data files the task reads instead of the world: (kind, absolute path), kinds sorted;
+    # they reach the key through the task version (which carries each file's digest)
+    data: tuple[tuple[str, str], ...] = ()
 
     def key(self, task_version: str, method_config: dict[str, Any]) -> CellKey:
         return CellKey(self.task, task_version, self.method, config_hash(method_config), self.model, self.seed,
@@ -117,8 +121,23 @@ def _takes_name(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def make_task(name: str) -> Task:
-    return TASKS.get(name)()
+def make_task(name: str, data: Sequence[tuple[str, str]] = ()) -> Task:
+    """The registered task ``name``, reading the ``(kind, path)`` data files instead of the world."""
+    task = TASKS.get(name)()
+    return task.with_data(dict(data)) if data else task
+
+
+def check_data(data: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """``(kind, path)`` pairs checked (known kind, one file per kind) with absolute paths, by kind."""
+    from bench.realdata import kind
+
+    out: dict[str, str] = {}
+    for k, path in data:
+        kind(k)  # "did you mean"
+        if k in out:
+            raise BenchError(f"data kind {k!r} is given twice (one file per kind)")
+        out[k] = str(Path(path).expanduser().resolve())
+    return tuple(sorted(out.items()))
 
 
 def make_method(name: str, overrides: Sequence[tuple[str, Any]] = ()) -> Method:
@@ -161,17 +180,31 @@ def plan(
     quick: bool = False,
     method_overrides: dict[str, Any] | None = None,
     runtime: Runtime = Runtime(),
+    data: Sequence[tuple[str, str]] = (),
 ) -> Plan:
-    """Expand the grid and keep the compatible cells; the rest are listed with the reason."""
+    """Expand the grid and keep the compatible cells; the rest are listed with the reason.
+
+    ``data``: ``(kind, path)`` files read instead of the world; each task gets the kinds it reads
+    (:attr:`Task.data_kinds`) and a task that reads none of them is skipped, never run on the world.
+    """
     check_runtime(runtime)
+    data = check_data(data)
     task_names = _expand(tasks, TASKS.names(), "task")
     method_names = _expand(methods, METHODS.names(), "method")
     model_names = _expand(models, MODELS.names(), "model")
     seed_list = validate_seeds(seeds)
     overrides = tuple(sorted((method_overrides or {}).items()))
     p = Plan()
+    read: set[str] = set()
     for t in task_names:
         task = make_task(t)
+        task_data = tuple((k, path) for k, path in data if k in task.data_kinds)
+        read.update(k for k, _ in task_data)
+        if data and not task_data:
+            p.skipped.append((f"{t}/*/*", task.data_mismatch([k for k, _ in data]) or ""))
+            continue
+        if task_data:
+            task = task.with_data(dict(task_data))
         for mo in model_names:
             if mo.startswith("hf:"):
                 from models.hf_loader import family_of
@@ -204,13 +237,17 @@ def plan(
                     p.skipped.append((f"{t}/{mo}/{me}", reason))
                     continue
                 for s in seed_list:
-                    p.cells.append(Cell(t, me, mo, s, quick, overrides if not cls.reference else (), runtime))
+                    p.cells.append(Cell(t, me, mo, s, quick, overrides if not cls.reference else (), runtime,
+                                        task_data))
+    for k, path in data:
+        if k not in read:  # a file nothing reads is most likely a mistake: say so
+            p.skipped.append((f"--data {k}={path}", f"no task of the grid reads {k} data"))
     return p
 
 
 # ---------------------------------------------------------------- one cell
 def cell_key(cell: Cell) -> CellKey:
-    task = make_task(cell.task)
+    task = make_task(cell.task, cell.data)
     method = make_method(cell.method, cell.method_overrides)
     return cell.key(task.spec.version, method.config_dict())
 
@@ -219,7 +256,7 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
     """Run one cell in this process and return its record (failures become failed records)."""
     torch.set_num_threads(threads)  # fixed per cell so results do not depend on --jobs
     t0 = time.perf_counter()
-    task = make_task(cell.task)
+    task = make_task(cell.task, cell.data)
     method = make_method(cell.method, cell.method_overrides)
     key = cell.key(task.spec.version, method.config_dict())
     record = RunRecord(key=key, status="failed", main_score=task.spec.main_score,
@@ -252,6 +289,8 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
         record.provenance["fitted"] = dict(method.fitted)
     if is_dataclass(getattr(task, "config", None)):
         record.provenance["task_config"] = asdict(task.config)
+    if task.data:  # the files read instead of the world (their digests are in the task version too)
+        record.provenance["data"] = [asdict(d) for d in task.data_sources]
     record.peak_memory_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return record
 

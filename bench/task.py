@@ -1,12 +1,29 @@
-"""The task contract: a versioned spec, examples with ground truth, scoring."""
+"""The task contract: a versioned spec, examples with ground truth, scoring.
+
+**Real data.** A task builds its examples from the procedural world unless it is
+given data files: a task that can read some kinds of :mod:`bench.realdata` files
+declares them in :attr:`Task.data_kinds`, and :meth:`Task.with_data` returns a copy
+that reads those files instead (``bench evaluate --data KIND=PATH``). The copy's
+``spec.version`` is ``<version>+<kind>-<digest8>`` (one suffix per kind, kinds in
+name order), ``digest8`` the first 8 hex digits of :attr:`DataSource.digest`: the
+store and the scorer key on the task version, so results on different files, or
+on the world, are never mixed.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import fnmatch
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from collections import OrderedDict
-from typing import Any, Callable, ClassVar, Hashable, Literal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Hashable, Literal, Mapping, Sequence, Union
 
+from bench.errors import BenchError
 from bench.method import Method
 from bench.model import Model
 
@@ -38,8 +55,13 @@ class TaskSpec:
     splits: tuple[str, ...] = ("fit", "dev", "test")
 
     def metric(self, name: str) -> MetricSpec:
+        """The spec of metric ``name``; a spec whose name holds ``*`` covers every metric matching
+        it as a glob (metrics named after the data, e.g. ``group_*`` for a file's groups)."""
         for m in self.metrics:
             if m.name == name:
+                return m
+        for m in self.metrics:
+            if "*" in m.name and fnmatch.fnmatchcase(name, m.name):
                 return m
         raise KeyError(name)
 
@@ -74,8 +96,131 @@ class ProcessMemo:
         return value
 
 
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One real-data file a task reads instead of the world, as recorded in a run's provenance.
+
+    ``digest`` is the sha256 (hex) of the sha256 digests of the annotation file's bytes and
+    then of every image and mask file its records name (each once, in record order; see
+    :func:`bench.realdata.fingerprint`): any change to the annotations or to an image changes it.
+    """
+
+    kind: str
+    path: str  # absolute
+    digest: str
+    records: int
+    files: int  # image and mask files the records name
+
+    @property
+    def tag(self) -> str:
+        """``<kind>-<digest8>``: what the task version carries."""
+        return f"{self.kind}-{self.digest[:8]}"
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A data file's validated records with its :class:`DataSource` and the sha256 of every file
+    the records name (for per-example hashes that do not depend on where the files lie)."""
+
+    source: DataSource
+    records: tuple[Any, ...]
+    file_digests: Mapping[Path, str]
+
+    def file_digest(self, path: Path) -> str:
+        return self.file_digests[path]
+
+
+# (kind, path, mtime, size) -> loaded: make_task runs several times per cell (plan, key, run), the
+# files are read and hashed once per process. An image replaced in place without touching the
+# annotation file goes unnoticed until the next process.
+_LOADED: dict[tuple[str, str, int, int], LoadedData] = {}
+
+
+def load_data(kind: str, path: PathLike) -> LoadedData:
+    """Load and fingerprint a data file of ``kind`` (one-line BenchErrors from the loaders)."""
+    from bench import realdata
+
+    realdata.kind(kind)  # "did you mean" before any file is touched
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+        key = (kind, str(p), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None  # the loader says what is wrong, in its words
+    if key is not None and key in _LOADED:
+        return _LOADED[key]
+    records = realdata.load(kind, p)
+    digest, per_file = realdata.fingerprint(p, records)
+    loaded = LoadedData(DataSource(kind, str(p), digest, len(records), len(per_file)), tuple(records), per_file)
+    if key is not None:
+        _LOADED[key] = loaded
+    return loaded
+
+
+def input_size(model: Model) -> int:
+    """The side in pixels of the square images ``model`` reads: its ``image_size``, else its image
+    token grid times its patch size (generative models). Real data is resized to it."""
+    size = getattr(model, "image_size", None)
+    if isinstance(size, int):
+        return size
+    layout = model.token_layout()
+    if layout is None:
+        raise BenchError(f"model {model.name!r} declares no image size or image token layout")
+    return layout.grid[0] * layout.patch_size
+
+
+def example_hash(*parts: str) -> str:
+    """16 hex digits naming one example by its parts (file digests, question, object, ...)."""
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 class Task(ABC):
     spec: ClassVar[TaskSpec]
+    # The real-data kinds (bench.realdata) the task can read instead of the world; () = world only.
+    data_kinds: ClassVar[tuple[str, ...]] = ()
+    # Set on the copies :meth:`with_data` returns: what the task reads, by kind.
+    data: Mapping[str, LoadedData] = MappingProxyType({})
+
+    @property
+    def data_sources(self) -> list[DataSource]:
+        """The data files this task reads (empty: the world), kinds in name order."""
+        return [self.data[k].source for k in sorted(self.data)]
+
+    def data_mismatch(self, kinds: Sequence[str]) -> str | None:
+        """Why this task cannot read data of these kinds, or None when it reads them all."""
+        unread = [k for k in kinds if k not in self.data_kinds]
+        if not unread:
+            return None
+        reads = (f"reads {' or '.join(self.data_kinds)} data" if self.data_kinds
+                 else "reads no data files (it builds its examples from the world)")
+        return f"task {self.spec.name!r} {reads}, not {', '.join(unread)}"
+
+    def with_data(self, files: Mapping[str, PathLike]) -> "Task":
+        """A copy of this task that reads ``files`` (kind -> annotation file) instead of the world.
+
+        Every kind must be one of :attr:`data_kinds`; files are loaded and validated now
+        (one-line BenchErrors naming the file), then :meth:`check_data` sees them. The copy's
+        ``spec.version`` carries each file's kind and digest (see the module docstring).
+        """
+        if not files:
+            return self
+        reason = self.data_mismatch(sorted(files))
+        if reason:
+            raise BenchError(reason)
+        new = copy.copy(self)
+        new.data = {k: load_data(k, files[k]) for k in sorted(files)}
+        base = type(self).spec
+        new.spec = dataclasses.replace(  # type: ignore[misc]  # an instance spec shadows the class's
+            base, version=base.version + "".join(f"+{s.tag}" for s in new.data_sources))
+        new.check_data()
+        return new
+
+    def check_data(self) -> None:
+        """Raise a one-line BenchError when the loaded :attr:`data` cannot make this task's
+        examples (e.g. no test split); called by :meth:`with_data`."""
 
     def supports(self, model: Model) -> str | None:
         if model.family not in self.spec.families:

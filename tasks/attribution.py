@@ -43,6 +43,19 @@ Metrics (maps are compared at pixel resolution; patch-level maps are upsampled):
   saliency maps", full model randomisation): Spearman rank correlation between the
   patch-level maps computed on the trained model and on a freshly initialised copy.
   A map that ignores the model (random, oracle) scores 1 by construction.
+
+Real data (``--data masks=instances.json``, object masks as in COCO, Lin et al., 2014;
+fields in :func:`bench.realdata.load_masks`): each row is an example, in file order, up to
+``n_examples`` (``quick_examples`` in the quick profile); the ground truth is the row's mask.
+Images are resized bilinearly to the model's input size and masks by nearest neighbour; a
+row whose mask vanishes at that size is skipped. Contrastive models: the target is the
+log-probability of the caption ``data_prompt`` ("a photo of a {object}") among the captions
+of every distinct object of the file (at least two), as for the world's captions.
+Generative models: the question ``data_question`` ("what colour is the {object}?", the
+world's question with the object's name); the file gives no colour, so the target is the
+model's own answer on the unperturbed image, its most likely word among ``data_answers``
+(the world's colour words), explained as the log-softmax of that word's logit among them.
+Diffusion models are not supported with data (the task explains their own samples).
 """
 
 from __future__ import annotations
@@ -61,7 +74,8 @@ from bench.errors import BenchError
 from bench.imageops import box_blur
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
-from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
+from bench.realdata import stack_images
+from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec, example_hash
 from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 
 
@@ -82,6 +96,10 @@ class AttributionConfig:
     diffusion_draws: int = 2  # (timestep, noise) draws of the diffusion-classifier score
     diffusion_grid: tuple[int, int] = (8, 8)  # patch grid of the deletion/insertion curves
     colour_tolerance: float = 60.0  # RGB distance that segments the generated object
+    # real data (masks): the contrastive caption, the generative question and its candidate answers
+    data_prompt: str = "a photo of a {object}"
+    data_question: str = "what colour is the {object}?"
+    data_answers: tuple[str, ...] = tuple(COLOURS)
 
 
 @dataclass
@@ -188,11 +206,21 @@ class AttributionTask(Task):
         ),
     )
 
+    data_kinds = ("masks",)
+
     def __init__(self, config: AttributionConfig | None = None) -> None:
         self.config = config or AttributionConfig()
 
     def supports(self, model: Model) -> str | None:
         reason = super().supports(model)
+        if not reason and self.data:
+            if isinstance(model, DiffusionModel):
+                return (f"task 'attribution' reads no data files for diffusion models like {model.name!r} "
+                        "(it explains their own samples)")
+            objects = {r.object for r in self.data["masks"].records}
+            if isinstance(model, ContrastiveModel) and len(objects) < 2:
+                return (f"task 'attribution' contrasts each caption with the other objects' captions; "
+                        f"{self.data['masks'].source.path} names only {len(objects)} object")
         if not reason and isinstance(model, DiffusionModel) and model.judge is None:
             return f"task 'attribution' needs a judge (an image classifier) to read {model.name!r}'s samples"
         return reason
@@ -213,6 +241,8 @@ class AttributionTask(Task):
         Scene indices start at ``seed * 1_000_000`` so seeds draw disjoint scenes. For
         generative models the target's caption is replaced by the question about its colour.
         """
+        if self.data:
+            return self.data_examples(model, n)
         if isinstance(model, DiffusionModel):
             # sampling and judging are the same for every method of a (model, seed): once per process
             return _DIFFUSION_EXAMPLES.get((model.name, model.weights_hash, seed, n, split, self.config),
@@ -241,6 +271,42 @@ class AttributionTask(Task):
             hashes.append(hashlib.sha256(scene.image_HWC.tobytes() + cap.encode()).hexdigest()[:16])
         pixels = torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).float() / 255.0
         return AttributionExamples(pixels, torch.from_numpy(np.stack(masks)), caps, torch.tensor(tgt), cands, hashes)
+
+    def data_examples(self, model: Model, n: int) -> AttributionExamples:
+        """The first ``n`` rows of the masks file whose mask survives resizing to the model's input
+        size, with the target of the module docstring's "Real data" paragraph."""
+        cfg, loaded = self.config, self.data["masks"]
+        size = self.image_size(model)
+        rows, masks = [], []
+        for r in loaded.records:
+            if len(rows) >= n:
+                break
+            m = r.mask.tensor(size)
+            if m.any():  # a mask too thin for the model's resolution has no pixel to point at
+                rows.append(r)
+                masks.append(m)
+        if not rows:
+            raise BenchError(f"{loaded.source.path}: no mask keeps a pixel at the model's {size}px input size")
+        pixels = stack_images([r.image for r in rows], size)
+        hashes = [example_hash(loaded.file_digest(r.image.path), r.object,
+                               loaded.file_digest(r.mask.path) if r.mask.path is not None
+                               else repr(r.mask.polygons or r.mask.bbox)) for r in rows]
+        if isinstance(model, GenerativeModel):
+            caps = [cfg.data_question.format(object=r.object) for r in rows]
+            cands = list(cfg.data_answers)
+            ex = AttributionExamples(pixels, torch.stack(masks), caps, torch.zeros(len(rows), dtype=torch.long),
+                                     cands, hashes)
+            # the model's own answer is the target: the answer position does not depend on the answer
+            logits = self._answer_logits(model, ex)
+            with torch.no_grad():
+                ex.target_idx_B = torch.cat([logits(pixels[i : i + model.batch_size],
+                                                    torch.arange(i, min(i + model.batch_size, len(rows))))
+                                             .argmax(-1) for i in range(0, len(rows), model.batch_size)])
+            return ex
+        objects = sorted({r.object for r in loaded.records})
+        cands = [cfg.data_prompt.format(object=o) for o in objects]
+        return AttributionExamples(pixels, torch.stack(masks), [cands[objects.index(r.object)] for r in rows],
+                                   torch.tensor([objects.index(r.object) for r in rows]), cands, hashes)
 
     def diffusion_examples(self, model: DiffusionModel, seed: int, n: int) -> AttributionExamples:
         """Samples of "a <colour> <shape>" in which the judge reads both; the mask is the judge's

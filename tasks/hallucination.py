@@ -29,12 +29,40 @@ Context (the model's own behaviour, identical across methods, not normalised):
 ``chair_i`` (hallucinated mentions / mentions), ``chair_s`` (captions with a
 hallucination / captions), ``pope_accuracy``, ``pope_f1``, ``pope_yes_ratio``
 (pooled over the three negative settings), ``positive_rate``.
+
+Real data (``--data pope=coco_pope_adversarial.json`` and/or ``--data captions=caps.jsonl``;
+fields in :func:`bench.realdata.load_pope` and :func:`bench.realdata.load_captions`):
+
+- ``pope`` (POPE, Li et al., 2023): the model answers each probe question of the file
+  (greedy, ``max_new_tokens=2`` as for the world's probes) and each answer is an item of kind
+  ``pope``. An answer says yes unless the words of its first sentence include "no" or "not"
+  (POPE's own answer parsing); it is a hallucination when it says yes and the label is no (a
+  "no" to a present object is a miss, not a hallucination: labelled 0).
+- ``captions`` (CHAIR, Rohrbach et al., 2018): the model captions each image of the file
+  ("describe the image", greedy, ``max_new_tokens``); the file's ``objects`` are the ground
+  truth and their union over the file is the object vocabulary (CHAIR's object list); every
+  whole-word, case-insensitive occurrence of a vocabulary entry in the model's caption (the
+  longest first) is an item of kind ``caption``, hallucinated when the image's ``objects``
+  (over all its rows) do not list it. The file's own ``caption`` column is not used: the
+  items are the model's own outputs.
+
+The fit split is the rows of the images whose content hash (sha256 of ``data_split_seed`` and
+the image file's sha256) falls in the first ``data_fit_fraction`` (0.3) of the hash range; the
+scored items come from the other images: the two never share an image, and the split depends
+neither on the seed nor on the file's order. The quick profile scores the first
+``quick_fraction`` of the scored rows of each file (file order). Images are resized
+(bilinearly) to the model's input size. Metrics of a kind without a file are absent (with
+only a POPE file, ``auroc`` is ``pope_auroc`` and there is no ``chair_*``). The items are the
+same for every seed; seeds vary what methods and the ``random`` reference draw.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +72,8 @@ from bench.capabilities import HallucinationRequest, ScoredOutputs
 from bench.errors import BenchError
 from bench.method import Method
 from bench.model import GenerativeModel, Model
-from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
+from bench.realdata import CaptionRecord, PopeProbe, stack_images
+from bench.task import CellResult, LoadedData, MetricSpec, ProcessMemo, Task, TaskSpec, example_hash, input_size
 from bench.world import World, WorldConfig
 from bench.world.core import Scene
 from bench.world.hallucination import COOCCURRENCE_PAIRS, object_mentions, pope_metrics, pope_probes
@@ -64,6 +93,9 @@ class HallucinationConfig:
     fit_pope_images: int = 80
     quick_fraction: float = 0.5  # the quick profile scales the test counts by this
     max_new_tokens: int = 24
+    # real data (pope): the share of images whose probes form the fit split, and the hash's seed
+    data_fit_fraction: float = 0.3
+    data_split_seed: int = 0
 
 
 @dataclass
@@ -173,6 +205,106 @@ def build_items(model: GenerativeModel, world: World, train_world: World, split:
     return LabelledOutputs(items, torch.tensor([r[5] for r in rows]), hashes, context)
 
 
+# ------------------------------------------------------------------ real data
+def says_yes(answer: str) -> bool:
+    """POPE's answer parsing (Li et al., 2023): yes unless the first sentence has the word "no" or "not"."""
+    first = re.split(r"[.!?\n]", answer.strip(), maxsplit=1)[0]
+    words = set(re.findall(r"[a-z']+", first.lower()))
+    return bool(first.strip()) and not words & {"no", "not"}
+
+
+def fit_side(image_digest: str, fraction: float, seed: int) -> bool:
+    """Whether an image's records belong to the fit split: its seeded content hash, as a number in
+    [0, 1), falls below ``fraction``."""
+    h = hashlib.sha256(f"{seed}|{image_digest}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2.0**64 < fraction
+
+
+def split_by_image(loaded: LoadedData, fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """``(fit, test)`` records of a pope or captions file, in file order (see the module docstring)."""
+    fit: list[Any] = []
+    test: list[Any] = []
+    for r in loaded.records:
+        (fit if fit_side(loaded.file_digest(r.image.path), fraction, seed) else test).append(r)
+    return fit, test
+
+
+def _image_batch(model: GenerativeModel, records: Sequence[Any]) -> torch.Tensor:
+    """The records' images at the model's input size, one row per record (each file decoded once)."""
+    refs = list({r.image.path: r.image for r in records}.values())
+    where = {ref.path: i for i, ref in enumerate(refs)}
+    return stack_images(refs, input_size(model))[torch.tensor([where[r.image.path] for r in records],
+                                                               dtype=torch.long)]
+
+
+def build_pope_items(model: GenerativeModel, loaded: LoadedData, probes: list[PopeProbe],
+                     batch_size: int) -> LabelledOutputs:
+    """Run the model on a file's probes and label its answers (hallucinated = says yes, label no)."""
+    pixels = _image_batch(model, probes)
+    questions = [r.question for r in probes]
+    answers: list[str] = []
+    for i in range(0, len(probes), batch_size):
+        answers += model.generate(pixels[i : i + batch_size], questions[i : i + batch_size], 2)
+    spans = [a.strip() or "no" for a in answers]
+    yes = [says_yes(a) for a in spans]
+    labels = [int(y and not r.is_yes) for y, r in zip(yes, probes)]
+    pm = pope_metrics(["yes" if y else "no" for y in yes], [r.label for r in probes])
+    context = {"pope_accuracy": pm["accuracy"], "pope_f1": pm["f1"], "pope_yes_ratio": pm["yes_ratio"]}
+    items = ScoredOutputs(pixels, questions, [""] * len(probes), spans, ["pope"] * len(probes))
+    hashes = [example_hash(loaded.file_digest(r.image.path), r.question, span) for r, span in zip(probes, spans)]
+    return LabelledOutputs(items, torch.tensor(labels, dtype=torch.long), hashes, context)
+
+
+def mention_pattern(objects: Iterable[str]) -> re.Pattern[str]:
+    """Whole-word, case-insensitive matches of any of ``objects``, the longest first ("red
+    circle" before "circle")."""
+    words = sorted({o.lower() for o in objects}, key=lambda w: (-len(w), w))
+    return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
+
+
+def build_caption_items(model: GenerativeModel, loaded: LoadedData, records: list[CaptionRecord],
+                        batch_size: int, max_new_tokens: int) -> LabelledOutputs:
+    """Caption each image of ``records`` once and label every mention of a known object
+    (hallucinated = not among the image's objects)."""
+    present: dict[Path, set[str]] = {}
+    for r in records:  # several rows of one image: the union of their objects
+        present.setdefault(r.image.path, set()).update(o.lower() for o in r.objects)
+    firsts = list({r.image.path: r for r in records}.values())
+    pixels = _image_batch(model, firsts)
+    captions: list[str] = []
+    for i in range(0, len(firsts), batch_size):
+        captions += model.generate(pixels[i : i + batch_size], [CAPTION_PROMPT] * len(firsts[i : i + batch_size]),
+                                   max_new_tokens)
+    pattern = mention_pattern(o for r in loaded.records for o in r.objects)
+    rows: list[tuple[int, str, str, int]] = []  # (image row, prefix, span, label)
+    bad_captions = 0
+    for k, (r, cap) in enumerate(zip(firsts, captions)):
+        any_bad = False
+        for m in pattern.finditer(cap):
+            bad = m.group(1).lower() not in present[r.image.path]
+            rows.append((k, cap[: m.start()].strip(), m.group(0), int(bad)))
+            any_bad |= bad
+        bad_captions += any_bad
+    idx = torch.tensor([k for k, *_ in rows], dtype=torch.long)
+    items = ScoredOutputs(pixels[idx], [CAPTION_PROMPT] * len(rows), [p for _, p, _, _ in rows],
+                          [s for _, _, s, _ in rows], ["caption"] * len(rows))
+    labels = [b for *_, b in rows]
+    context = {"chair_i": sum(labels) / max(1, len(labels)), "chair_s": bad_captions / max(1, len(firsts))}
+    hashes = [example_hash(loaded.file_digest(firsts[k].image.path), CAPTION_PROMPT, p, s) for k, p, s, _ in rows]
+    return LabelledOutputs(items, torch.tensor(labels, dtype=torch.long), hashes, context)
+
+
+def concat_outputs(parts: Sequence[LabelledOutputs]) -> LabelledOutputs:
+    """One set of items from several kinds; ``positive_rate`` over all of them."""
+    items = ScoredOutputs(torch.cat([p.items.pixels_BCHW for p in parts]),
+                          [x for p in parts for x in p.items.prompts], [x for p in parts for x in p.items.prefixes],
+                          [x for p in parts for x in p.items.spans], [x for p in parts for x in p.items.kinds])
+    labels = torch.cat([p.labels_B for p in parts])
+    context = {k: v for p in parts for k, v in p.context.items()}
+    context["positive_rate"] = float(labels.double().mean()) if len(labels) else 0.0
+    return LabelledOutputs(items, labels, [h for p in parts for h in p.hashes], context)
+
+
 _OUTPUTS = ProcessMemo(size=2)  # one cell's test and fit splits
 
 
@@ -196,8 +328,23 @@ class HallucinationTask(Task):
                 ("pope_yes_ratio", "model: POPE yes-ratio"), ("positive_rate", "share of hallucinated items")))),
     )
 
+    data_kinds = ("captions", "pope")
+
     def __init__(self, config: HallucinationConfig | None = None) -> None:
         self.config = config or HallucinationConfig()
+
+    def check_data(self) -> None:
+        cfg = self.config
+        for loaded in self.data.values():
+            fit, test = split_by_image(loaded, cfg.data_fit_fraction, cfg.data_split_seed)
+            if not fit or not test:
+                images = len({r.image.path for r in loaded.records})
+                raise BenchError(f"{loaded.source.path}: task 'hallucination' splits the rows by image into a fit "
+                                 f"share of {cfg.data_fit_fraction:g} and a scored rest; the {images} images leave "
+                                 f"the {'fit' if not fit else 'scored'} side empty (more images are needed)")
+        if "captions" in self.data and not any(r.objects for r in self.data["captions"].records):
+            raise BenchError(f"{self.data['captions'].source.path}: no row lists an object, so no caption "
+                             "mention can be found")
 
     def _data(self, model: GenerativeModel, seed: int, quick: bool) -> tuple[LabelledOutputs, LabelledOutputs]:
         return self._split(model, seed, quick, "test"), self._split(model, seed, quick, "fit")
@@ -206,6 +353,9 @@ class HallucinationTask(Task):
         """The model's own labelled outputs on one split, built once per process (the same for every
         method); the fit split only when a method asks for it."""
         cfg = self.config
+        if self.data:
+            return self._data_split(model, quick, split)
+
         def build() -> LabelledOutputs:
             world = World(cfg.world_seed)
             train_world = World(cfg.world_seed, WorldConfig(cooccurrence=COOCCURRENCE_PAIRS))
@@ -218,6 +368,28 @@ class HallucinationTask(Task):
                                cfg.max_new_tokens, model.batch_size)
 
         return _OUTPUTS.get((model.name, model.weights_hash, seed, quick, cfg, split), build)
+
+    def _data_split(self, model: GenerativeModel, quick: bool, split: str) -> LabelledOutputs:
+        """The model's labelled outputs on one side of the data files (the same for every seed):
+        caption mentions first, then probe answers."""
+        cfg = self.config
+
+        def side(loaded: LoadedData) -> list[Any]:
+            fit, test = split_by_image(loaded, cfg.data_fit_fraction, cfg.data_split_seed)
+            if split == "fit":
+                return fit
+            return test[: max(1, int(len(test) * cfg.quick_fraction))] if quick else test
+
+        def build() -> LabelledOutputs:
+            parts = []
+            if "captions" in self.data:
+                parts.append(build_caption_items(model, self.data["captions"], side(self.data["captions"]),
+                                                 model.batch_size, cfg.max_new_tokens))
+            if "pope" in self.data:
+                parts.append(build_pope_items(model, self.data["pope"], side(self.data["pope"]), model.batch_size))
+            return concat_outputs(parts)
+
+        return _OUTPUTS.get((model.name, model.weights_hash, quick, cfg, split, self.spec.version), build)
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
         assert isinstance(model, GenerativeModel)

@@ -21,11 +21,27 @@ Metrics:
 References: ``random`` projects a random unit direction out of the image embedding
 (the cost of an uninformed intervention of the smallest size); ``oracle`` answers
 with the true class (the ceiling, 1.0).
+
+Real data (``--data waterbirds=metadata.csv``, Waterbirds-style groups, Sagawa et al.,
+2020; fields in :func:`bench.realdata.load_waterbirds`): the fit split is the rows of
+split ``train`` and ``val``, the test split the rows of split ``test`` (the quick
+profile keeps the first ``quick_test_per_group`` test rows of each group, in file
+order). The classes are the file's distinct labels (sorted), classified zero-shot with
+the prompts ``class_prompt`` ("a photo of a {label}"); the spurious attribute is the
+place (described to methods as ``place_prompt``, "a photo on {place}"); the groups are
+the (label, place) pairs present in the test split, reported as ``group_<label>_<place>``
+(names lower-cased, other characters than letters and digits turned into ``_``).
+Waterbirds' own numeric codes are named as in its metadata (label 0 landbird, 1
+waterbird; place 0 land, 1 water) when every label and place is 0 or 1. Images are
+resized (bilinearly) to the model's input size. The model needs no ``spurious`` tag:
+the data carries the shortcut. The examples are the same for every seed; seeds vary
+what methods and the ``random`` reference draw.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,7 +51,8 @@ from bench.capabilities import DebiasRequest, Intervention
 from bench.errors import BenchError
 from bench.method import Method
 from bench.model import ContrastiveModel, Model
-from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.realdata import GroupRecord, stack_images
+from bench.task import CellResult, LoadedData, MetricSpec, Task, TaskSpec, example_hash
 from bench.world import World
 from bench.world.spurious import CLASSES, GROUPS, spurious_scene
 
@@ -48,6 +65,9 @@ class SpuriousConfig:
     fit_per_group: int = 64
     test_per_group: int = 256
     quick_test_per_group: int = 64
+    # real data: the zero-shot class prompts and the descriptions of the spurious attribute's values
+    class_prompt: str = "a photo of a {label}"
+    place_prompt: str = "a photo on {place}"
 
 
 @dataclass
@@ -73,19 +93,89 @@ def _scenes(world: World, split: str, per_group: int, offset: int) -> GroupSet:
     return GroupSet(pixels, torch.tensor(lab), torch.tensor(sp), torch.tensor(grp), hashes)
 
 
-def group_accuracies(pred_B: torch.Tensor, labels_B: torch.Tensor, group_B: torch.Tensor) -> torch.Tensor:
-    """Accuracy per group, ``[n_groups]`` in :data:`GROUPS` order."""
-    return torch.stack([(pred_B[group_B == g] == labels_B[group_B == g]).float().mean() for g in range(len(GROUPS))])
+def group_accuracies(pred_B: torch.Tensor, labels_B: torch.Tensor, group_B: torch.Tensor,
+                     n_groups: int = len(GROUPS)) -> torch.Tensor:
+    """Accuracy per group, ``[n_groups]`` in :data:`GROUPS` order (or the data's group order)."""
+    return torch.stack([(pred_B[group_B == g] == labels_B[group_B == g]).float().mean() for g in range(n_groups)])
 
 
 def spurious_metrics(pred_B: torch.Tensor, base_pred_B: torch.Tensor, labels_B: torch.Tensor,
-                     group_B: torch.Tensor, components: int) -> dict[str, float]:
-    acc = group_accuracies(pred_B, labels_B, group_B)
-    base = group_accuracies(base_pred_B, labels_B, group_B)
+                     group_B: torch.Tensor, components: int,
+                     groups: tuple[tuple[str, str], ...] = GROUPS) -> dict[str, float]:
+    acc = group_accuracies(pred_B, labels_B, group_B, len(groups))
+    base = group_accuracies(base_pred_B, labels_B, group_B, len(groups))
     out = {"worst_group_accuracy": float(acc.min()), "average_accuracy": float(acc.mean()),
            "worst_group_gain": float(acc.min() - base.min()), "components_touched": float(components)}
-    out.update({f"group_{c}_{b}": float(a) for (c, b), a in zip(GROUPS, acc.tolist())})
+    out.update({f"group_{_word(c)}_{_word(b)}": float(a) for (c, b), a in zip(groups, acc.tolist())})
     return out
+
+
+def _word(name: str) -> str:
+    """A label or place as a metric-name word: lower case, runs of other characters than
+    letters and digits as ``_`` (the world's names are unchanged)."""
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") or "_"
+
+
+# ------------------------------------------------------------------ real data
+# Waterbirds' metadata.csv codes (Sagawa et al., 2020): y 0/1, place 0/1
+WATERBIRDS_LABELS: dict[str, str] = {"0": "landbird", "1": "waterbird"}
+WATERBIRDS_PLACES: dict[str, str] = {"0": "land", "1": "water"}
+
+
+@dataclass(frozen=True)
+class DataGroups:
+    """A Waterbirds-style file cut into the task's splits: class and place names (sorted), the
+    groups of the test split in (class, place) order, and the fit and test records."""
+
+    classes: tuple[str, ...]
+    places: tuple[str, ...]
+    groups: tuple[tuple[str, str], ...]
+    fit: tuple[GroupRecord, ...]
+    test: tuple[GroupRecord, ...]
+    named: bool  # Waterbirds' numeric codes were named
+
+    def label(self, r: GroupRecord) -> str:
+        return WATERBIRDS_LABELS[r.label] if self.named else r.label
+
+    def place(self, r: GroupRecord) -> str:
+        assert r.place is not None
+        return WATERBIRDS_PLACES[r.place] if self.named else r.place
+
+
+def data_groups(loaded: LoadedData) -> DataGroups:
+    """Split a loaded ``waterbirds`` file (see the module docstring); one-line errors when it
+    cannot make the task (no place, one class, an empty split)."""
+    recs: list[GroupRecord] = list(loaded.records)
+    path = loaded.source.path
+    if any(r.place is None for r in recs):
+        raise BenchError(f"{path}: task 'spurious' needs the spurious attribute of every row "
+                         "(a 'place' column), not only a group")
+    named = {r.label for r in recs} <= set(WATERBIRDS_LABELS) and {r.place for r in recs} <= set(WATERBIRDS_PLACES)
+    names = DataGroups((), (), (), (), (), named)  # for its label/place naming only
+    lab, plc = names.label, names.place
+    classes = tuple(sorted({lab(r) for r in recs}))
+    places = tuple(sorted({plc(r) for r in recs}))
+    if len(classes) < 2:
+        raise BenchError(f"{path}: task 'spurious' needs at least two classes, the file has {len(classes)}")
+    fit = tuple(r for r in recs if r.split in ("train", "val"))
+    test = tuple(r for r in recs if r.split == "test")
+    if not fit or not test:
+        missing = "train/val (the fit split)" if not fit else "test (the scored split)"
+        raise BenchError(f"{path}: task 'spurious' needs rows of split {missing}; the file has none")
+    present = {(lab(r), plc(r)) for r in test}
+    groups = tuple(g for g in ((c, p) for c in classes for p in places) if g in present)
+    return DataGroups(classes, places, groups, fit, test, named)
+
+
+def _data_set(loaded: LoadedData, dg: DataGroups, records: list[GroupRecord], size: int) -> GroupSet:
+    """Decode ``records`` at ``size`` px with their class, place and group indices."""
+    pixels = stack_images([r.image for r in records], size)
+    labels = [dg.classes.index(dg.label(r)) for r in records]
+    places = [dg.places.index(dg.place(r)) for r in records]
+    gidx = {g: i for i, g in enumerate(dg.groups)}
+    groups = [gidx.get((dg.label(r), dg.place(r)), -1) for r in records]  # -1: fit rows of a group not tested
+    hashes = [example_hash(loaded.file_digest(r.image.path), r.label, r.place or "") for r in records]
+    return GroupSet(pixels, torch.tensor(labels), torch.tensor(places), torch.tensor(groups), hashes)
 
 
 @torch.no_grad()
@@ -131,32 +221,61 @@ class SpuriousTask(Task):
             MetricSpec("unmodified_worst_group_accuracy", "none", "the model's own worst-group accuracy (context)",
                        normalise=False),
             *(MetricSpec(f"group_{c}_{b}", "none", f"accuracy on {c}s on {b}", normalise=False) for c, b in GROUPS),
+            MetricSpec("group_*", "none", "accuracy on one (label, place) group of a data file", normalise=False),
         ),
     )
+    data_kinds = ("waterbirds",)
 
     def __init__(self, config: SpuriousConfig | None = None) -> None:
         self.config = config or SpuriousConfig()
+
+    def check_data(self) -> None:
+        data_groups(self.data["waterbirds"])
 
     def supports(self, model: Model) -> str | None:
         reason = super().supports(model)
         if reason:
             return reason
-        if model.tags.get("spurious") != "background":
+        if not self.data and model.tags.get("spurious") != "background":  # data carries its own shortcut
             return (f"task 'spurious' needs a model with a known background shortcut (tag spurious=background); "
                     f"{model.name!r} has none")
         if "vision.proj" not in model.site_specs:
             return f"task 'spurious' needs a 'vision.proj' site; {model.name!r} has none"
         return None
 
+    def _data_splits(self, model: ContrastiveModel, quick: bool
+                     ) -> tuple[GroupSet, GroupSet, list[str], list[str], tuple[tuple[str, str], ...]]:
+        """Fit and test sets, class prompts, place prompts and groups from the waterbirds file."""
+        cfg, loaded = self.config, self.data["waterbirds"]
+        dg = data_groups(loaded)
+        test = list(dg.test)
+        if quick:  # the first rows of each group, in file order
+            seen: dict[tuple[str, str], int] = {}
+            keep = []
+            for r in test:
+                g = (dg.label(r), dg.place(r))
+                seen[g] = seen.get(g, 0) + 1
+                if seen[g] <= cfg.quick_test_per_group:
+                    keep.append(r)
+            test = keep
+        fit_set = _data_set(loaded, dg, list(dg.fit), model.image_size)
+        test_set = _data_set(loaded, dg, test, model.image_size)
+        return (fit_set, test_set, [cfg.class_prompt.format(label=c) for c in dg.classes],
+                [cfg.place_prompt.format(place=p) for p in dg.places], dg.groups)
+
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
         assert isinstance(model, ContrastiveModel)
         cfg = self.config
-        world = World(cfg.world_seed)
-        per_group = cfg.quick_test_per_group if quick else cfg.test_per_group
-        # seeds draw disjoint scenes: the fit split for fitting, the test split for scoring
-        fit = _scenes(world, "fit", cfg.fit_per_group, 10_000 * seed)
-        test = _scenes(world, "test", per_group, 10_000 * seed)
-        prompts = [f"a {c}" for c in CLASSES]
+        if self.data:
+            fit, test, prompts, place_prompts, groups = self._data_splits(model, quick)
+        else:
+            world = World(cfg.world_seed)
+            per_group = cfg.quick_test_per_group if quick else cfg.test_per_group
+            # seeds draw disjoint scenes: the fit split for fitting, the test split for scoring
+            fit = _scenes(world, "fit", cfg.fit_per_group, 10_000 * seed)
+            test = _scenes(world, "test", per_group, 10_000 * seed)
+            prompts = [f"a {c}" for c in CLASSES]
+            place_prompts, groups = [f"a photo on {v}" for v in SPURIOUS_VALUES], GROUPS
         bs = model.batch_size
         base = predict(model, test.pixels_BCHW, prompts, None, bs)
         if method.name == "oracle":
@@ -165,13 +284,14 @@ class SpuriousTask(Task):
             iv = random_intervention(model, seed)
             pred, components = predict(model, test.pixels_BCHW, prompts, iv, bs), iv.components
         else:
-            request = DebiasRequest(fit.pixels_BCHW, fit.labels_B, fit.spurious_B, prompts,
-                                    [f"a photo on {v}" for v in SPURIOUS_VALUES], batch_size=bs)
+            request = DebiasRequest(fit.pixels_BCHW, fit.labels_B, fit.spurious_B, prompts, place_prompts,
+                                    batch_size=bs)
             iv = method.debias(model, request)
             if not isinstance(iv, Intervention):
                 raise BenchError(f"method {method.name!r} returned {type(iv).__name__}, not an Intervention")
             pred, components = predict(model, test.pixels_BCHW, prompts, iv, bs), iv.components
-        metrics = spurious_metrics(pred, base, test.labels_B, test.group_B, components)
-        metrics["unmodified_worst_group_accuracy"] = float(group_accuracies(base, test.labels_B, test.group_B).min())
+        metrics = spurious_metrics(pred, base, test.labels_B, test.group_B, components, groups)
+        metrics["unmodified_worst_group_accuracy"] = float(
+            group_accuracies(base, test.labels_B, test.group_B, len(groups)).min())
         return CellResult(metrics, example_hashes=test.hashes, artifacts={})
 
