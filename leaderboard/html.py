@@ -38,7 +38,7 @@ from typing import Sequence
 
 from bench.errors import BenchError
 from leaderboard.gallery import GalleryConfig, GalleryFigure, build_gallery, mpl_text, new_figure, png_bytes, slug
-from leaderboard.render import (EMPTY_MESSAGE, MISSING, GroupSizes, _fmt, _method_order, _metric_order, group_sizes,
+from leaderboard.render import (EMPTY_MESSAGE, MISSING, GroupSizes, _fmt, cell_layout, group_sizes,
                                 rank_label)
 from leaderboard.scorer import REFERENCE_METHODS, AggregateRow, Row, _task_spec, aggregate, rank_stability
 
@@ -227,16 +227,7 @@ def overview(rows: Sequence[Row]) -> str:
 
 def cell_table(task: str, version: str, model: str, group: Sequence[Row], sizes: GroupSizes) -> tuple[str, list[str]]:
     """One (task, version, model)'s sortable table, and its method order (references first, best next)."""
-    by_method: dict[str, dict[str, Row]] = defaultdict(dict)
-    direction: dict[str, str] = {}
-    main: str | None = None
-    for r in group:
-        by_method[r.method][r.metric] = r
-        direction.setdefault(r.metric, r.direction)
-        if r.is_main:
-            main = r.metric
-    metrics = _metric_order(task, set(direction), main)
-    methods = _method_order(by_method, main)
+    by_method, direction, main, metrics, methods = cell_layout(task, list(group))
     spec = _task_spec(task)
     tips = {m.name: m.description for m in spec.metrics} if spec is not None else {}
 

@@ -149,6 +149,21 @@ def stability_line(leader: str, stability: float, n_methods: int) -> str:
             f"({n_methods} ranked methods).")
 
 
+def cell_layout(task: str, group: list[Row]) -> tuple[dict[str, dict[str, Row]], dict[str, str], str | None,
+                                                     list[str], list[str]]:
+    """One (task, version, model)'s rows as a table: ``(method → metric → row, metric → direction,
+    main metric, metric order, method order)`` (the orders the module docstring defines)."""
+    by_method: dict[str, dict[str, Row]] = defaultdict(dict)
+    direction: dict[str, str] = {}
+    main: str | None = None
+    for r in group:
+        by_method[r.method][r.metric] = r
+        direction.setdefault(r.metric, r.direction)
+        if r.is_main:
+            main = r.metric
+    return by_method, direction, main, _metric_order(task, set(direction), main), _method_order(by_method, main)
+
+
 def _tables(rows: list[Row], latex: bool) -> str:
     sizes = group_sizes(rows)
     leaders = rank_stability(rows)
@@ -159,16 +174,7 @@ def _tables(rows: list[Row], latex: bool) -> str:
     blocks = []
     for (task, version, model) in sorted(groups):
         group = groups[(task, version, model)]
-        by_method: dict[str, dict[str, Row]] = defaultdict(dict)
-        direction: dict[str, str] = {}
-        main: str | None = None
-        for r in group:
-            by_method[r.method][r.metric] = r
-            direction.setdefault(r.metric, r.direction)
-            if r.is_main:
-                main = r.metric
-        metrics = _metric_order(task, set(direction), main)
-        methods = _method_order(by_method, main)
+        by_method, direction, main, metrics, methods = cell_layout(task, group)
 
         headers = ["method", "rank"]
         for m in metrics:

@@ -12,23 +12,14 @@ def _inputs(model):
     return torch.rand(3, 3, 32, 32), ["a red circle", "a blue square and a green cross", "a glyph"]
 
 
-def _reference(model, tower, pixels, texts):
-    """Independent per-site values from the model's own outputs and weights."""
-    clip = model.clip
-    if tower == "vision":
-        sub = clip.vision_model
-        out = sub(pixel_values=(pixels - 0.5) / 0.25, output_hidden_states=True, output_attentions=True)
-    else:
-        sub = clip.text_model
-        ids, am = model.tokenize(texts)
-        out = sub(input_ids=ids, attention_mask=am, output_hidden_states=True, output_attentions=True)
-    hs, att = out.hidden_states, out.attentions
+def _block_reference(tower, layers, hs, att):
+    """Per-block site values of a CLIP-style encoder (pre-norm attention and MLP), recomputed from
+    the hidden states and attention maps the model reports and its weights."""
     ref = {f"{tower}.embed": hs[0]}
-    for i, layer in enumerate(sub.encoder.layers):
+    for i, layer in enumerate(layers):
         pre, post = hs[i], hs[i + 1]
         a = layer.self_attn
-        x = layer.layer_norm1(pre)
-        v = a.v_proj(x).unflatten(-1, (a.num_heads, a.head_dim))  # [B, P, H, dh]
+        v = a.v_proj(layer.layer_norm1(pre)).unflatten(-1, (a.num_heads, a.head_dim))  # [B, P, H, dh]
         z = torch.einsum("bhqk,bkhd->bqhd", att[i], v)
         attn_out = a.out_proj(z.flatten(-2))
         mid = pre + attn_out
@@ -39,8 +30,22 @@ def _reference(model, tower, pixels, texts):
         for h in range(a.num_heads):
             ref[f"{n}.attn.head.{h}"] = z[:, :, h]
         assert torch.allclose(layer.mlp.fc2(neurons), post - mid, atol=1e-5)
+    return ref
+
+
+def _reference(model, tower, pixels, texts):
+    """Independent per-site values from the model's own outputs and weights."""
+    clip = model.clip
+    if tower == "vision":
+        sub = clip.vision_model
+        out = sub(pixel_values=(pixels - 0.5) / 0.25, output_hidden_states=True, output_attentions=True)
+    else:
+        sub = clip.text_model
+        ids, am = model.tokenize(texts)
+        out = sub(input_ids=ids, attention_mask=am, output_hidden_states=True, output_attentions=True)
+    ref = _block_reference(tower, sub.encoder.layers, out.hidden_states, out.attentions)
     final = out.pooler_output
-    ref[f"{tower}.final"] = sub.post_layernorm(hs[-1]) if tower == "vision" else out.last_hidden_state
+    ref[f"{tower}.final"] = sub.post_layernorm(out.hidden_states[-1]) if tower == "vision" else out.last_hidden_state
     proj_in = final
     ref[f"{tower}.proj"] = (clip.visual_projection if tower == "vision" else clip.text_projection)(proj_in)
     return ref
@@ -188,21 +193,7 @@ def _siglip_reference(model, tower, pixels, texts):
     else:
         sub = m.text_model
         out = sub(input_ids=model.tokenize(texts)[0], output_hidden_states=True, output_attentions=True)
-    hs, att = out.hidden_states, out.attentions
-    ref = {f"{tower}.embed": hs[0]}
-    for i, layer in enumerate(sub.encoder.layers):
-        pre, post = hs[i], hs[i + 1]
-        a = layer.self_attn
-        v = a.v_proj(layer.layer_norm1(pre)).unflatten(-1, (a.num_heads, a.head_dim))
-        z = torch.einsum("bhqk,bkhd->bqhd", att[i], v)
-        attn_out = a.out_proj(z.flatten(-2))
-        mid = pre + attn_out
-        neurons = layer.mlp.activation_fn(layer.mlp.fc1(layer.layer_norm2(mid)))
-        n = f"{tower}.blocks.{i}"
-        ref.update({f"{n}.resid_post": post, f"{n}.attn": attn_out, f"{n}.attn.pattern": att[i],
-                    f"{n}.mlp": layer.mlp.fc2(neurons), f"{n}.mlp.neurons": neurons})
-        for h in range(a.num_heads):
-            ref[f"{n}.attn.head.{h}"] = z[:, :, h]
+    ref = _block_reference(tower, sub.encoder.layers, out.hidden_states, out.attentions)
     ref[f"{tower}.final"] = out.last_hidden_state
     ref[f"{tower}.proj"] = out.pooler_output
     return ref
