@@ -191,10 +191,12 @@ class Trace(AbstractContextManager["Trace"]):
         try:
             for (path, hook), entries in by_module.items():
                 module = self.root.get_submodule(path)
+                # prepend: an edit must be what every other hook sees, notably transformers' output
+                # recorders, whose captured hidden states LLaVA feeds to its projector
                 if hook == "input":
-                    h = module.register_forward_pre_hook(self._make_hook(path, entries, pre=True))
+                    h = module.register_forward_pre_hook(self._make_hook(path, entries, pre=True), prepend=True)
                 elif hook == "output":
-                    h = module.register_forward_hook(self._make_hook(path, entries, pre=False))
+                    h = module.register_forward_hook(self._make_hook(path, entries, pre=False), prepend=True)
                 else:
                     raise ValueError(f"unknown hook kind {hook!r}")
                 self._handles.append(h)

@@ -228,3 +228,26 @@ def test_siglip_layout_similarity_and_writes(tiny_siglip):
     assert torch.allclose(abl["vision.blocks.1.resid_post"],
                           clean["vision.blocks.1.resid_post"] - clean["vision.blocks.1.mlp"], atol=1e-5)
     assert not torch.allclose(base, ablated)
+
+
+def _ramp(v: torch.Tensor) -> torch.Tensor:
+    """A perturbation no norm layer undoes (a constant shift is removed by LayerNorm's centring)."""
+    return v + torch.linspace(-1.0, 1.0, v.shape[-1])
+
+
+@pytest.mark.parametrize("which", ["tiny_clip", "tiny_siglip"])
+def test_every_writable_contrastive_site_acts_on_the_embedding(which, request):
+    """Writing each site is bit-identical under the identity and moves the tower's embedding
+    otherwise (the patterns are read-only: transformers returns them after use)."""
+    model = request.getfixturevalue(which)
+    pixels, texts = _inputs(model)
+    with torch.no_grad():
+        base = {"vision": model.encode_image(pixels), "text": model.encode_text(texts)}
+        for site in model.sites():
+            if model.site_specs[site.name].read_only:
+                continue
+            run = (lambda: model.encode_image(pixels)) if site.tower == "vision" else (lambda: model.encode_text(texts))
+            with model.trace(write={site.name: lambda v: v}):
+                assert torch.equal(run(), base[site.tower]), site.name
+            with model.trace(write={site.name: _ramp}):
+                assert not torch.allclose(run(), base[site.tower]), site.name

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from bench.sites import zero_ablate
 from models.hf_llava import LlavaWrapper
 from models.zoo.vlm import CAPTION_PROMPT
 
@@ -108,3 +109,51 @@ def test_generate_batches_prompts_of_different_lengths(tiny_llava):
     together = tiny_llava.generate(pixels, prompts, max_new_tokens=3)
     alone = [tiny_llava.generate(pixels[i : i + 1], prompts[i : i + 1], max_new_tokens=3)[0] for i in range(3)]
     assert together == alone
+
+
+def _ramp(v: torch.Tensor) -> torch.Tensor:
+    """A perturbation no norm layer undoes (a constant shift is removed by LayerNorm's centring)."""
+    return v + torch.linspace(-1.0, 1.0, v.shape[-1])
+
+
+def test_every_writable_llava_site_acts_on_the_output(tiny_llava):
+    """Writing each site is a no-op when the edit is the identity (bit for bit) and moves the
+    logits when it is not; except the vision tower's last block, which LLaVA's features skip
+    (``vision_feature_layer=-2``): writing it must change nothing."""
+    m = tiny_llava
+    torch.manual_seed(0)
+    pixels = torch.rand(2, 3, 32, 32)
+    ids, mask, _ = m.encode(["describe the image", "is there a red circle?"], None)
+    skipped_block = m.llava.config.vision_config.num_hidden_layers - 1
+    with torch.no_grad():
+        base = m.forward_tokens(pixels, ids, mask)
+        for site in m.sites():
+            if m.site_specs[site.name].read_only:
+                continue
+            with m.trace(write={site.name: lambda v: v}):
+                same = m.forward_tokens(pixels, ids, mask)
+            assert torch.equal(same, base), site.name
+            with m.trace(write={site.name: _ramp}):
+                moved = m.forward_tokens(pixels, ids, mask)
+            unused = site.tower == "vision" and site.layer == skipped_block
+            assert torch.equal(moved, base) if unused else not torch.allclose(moved, base), site.name
+
+
+def test_llava_mlp_and_head_writes_do_exactly_what_they_say(tiny_llava):
+    m = tiny_llava
+    torch.manual_seed(0)
+    pixels = torch.rand(2, 3, 32, 32)
+    ids, mask, _ = m.encode(["describe the image", "is there a red circle?"], None)
+    heads = [f"lm.blocks.0.attn.head.{h}" for h in range(4)]
+    with torch.no_grad():
+        with m.trace(read=["lm.blocks.1.resid_post", "lm.blocks.1.mlp", *heads]) as clean:
+            m.forward_tokens(pixels, ids, mask)
+        with m.trace(read=["lm.blocks.1.resid_post"], write={"lm.blocks.1.mlp": zero_ablate()}) as no_mlp:
+            m.forward_tokens(pixels, ids, mask)
+        with m.trace(read=heads, write={heads[2]: zero_ablate()}) as abl:
+            m.forward_tokens(pixels, ids, mask)
+    # removing the MLP's output shifts the residual stream by exactly that output
+    assert torch.allclose(no_mlp["lm.blocks.1.resid_post"],
+                          clean["lm.blocks.1.resid_post"] - clean["lm.blocks.1.mlp"], atol=1e-5)
+    for h, name in enumerate(heads):
+        assert torch.count_nonzero(abl[name]) == 0 if h == 2 else torch.equal(abl[name], clean[name])
