@@ -91,6 +91,20 @@ def _head_write(t: torch.Tensor, head: tuple[int, int] | None, fn: EditFn) -> to
     return torch.stack(parts, dim=-2).flatten(-2)
 
 
+def _register_first(module: nn.Module, hook: Callable, pre: bool) -> Any:
+    """Register a trace hook to run after the hooks of traces opened earlier (so a nested trace
+    sees the outer trace's edits) but before every other hook on the module: an edit must be what
+    other hooks see, notably transformers' output recorders, whose captured hidden states LLaVA
+    feeds to its projector (appended, the edit came after the capture and was lost)."""
+    hook._mmi_trace = True  # type: ignore[attr-defined]
+    handle = module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook)
+    hooks = module._forward_pre_hooks if pre else module._forward_hooks
+    order = sorted(hooks.items(), key=lambda kv: not getattr(kv[1], "_mmi_trace", False))  # stable
+    hooks.clear()
+    hooks.update(order)
+    return handle
+
+
 class Trace(AbstractContextManager["Trace"]):
     """Reads and writes sites during the forward passes run inside the ``with`` block.
 
@@ -191,15 +205,10 @@ class Trace(AbstractContextManager["Trace"]):
         try:
             for (path, hook), entries in by_module.items():
                 module = self.root.get_submodule(path)
-                # prepend: an edit must be what every other hook sees, notably transformers' output
-                # recorders, whose captured hidden states LLaVA feeds to its projector
-                if hook == "input":
-                    h = module.register_forward_pre_hook(self._make_hook(path, entries, pre=True), prepend=True)
-                elif hook == "output":
-                    h = module.register_forward_hook(self._make_hook(path, entries, pre=False), prepend=True)
-                else:
+                if hook not in ("input", "output"):
                     raise ValueError(f"unknown hook kind {hook!r}")
-                self._handles.append(h)
+                self._handles.append(_register_first(module, self._make_hook(path, entries, pre=hook == "input"),
+                                                     pre=hook == "input"))
         except BaseException:
             self._remove()
             raise

@@ -251,3 +251,14 @@ def test_every_writable_contrastive_site_acts_on_the_embedding(which, request):
                 assert torch.equal(run(), base[site.tower]), site.name
             with model.trace(write={site.name: _ramp}):
                 assert not torch.allclose(run(), base[site.tower]), site.name
+
+
+def test_a_nested_trace_sees_the_outer_traces_edit(tiny_clip):
+    """Hooks of a trace opened inside another run after the outer ones (and before any other
+    hook on the module), so an inner read observes the outer write."""
+    pixels, _ = _inputs(tiny_clip)
+    with torch.no_grad():
+        with tiny_clip.trace(write={"vision.blocks.0.mlp": zero_ablate()}):
+            with tiny_clip.trace(read=["vision.blocks.0.mlp"]) as inner:
+                tiny_clip.encode_image(pixels)
+    assert torch.count_nonzero(inner["vision.blocks.0.mlp"]) == 0
