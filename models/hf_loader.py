@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -117,11 +118,12 @@ def load_hf(name: str) -> Model:
     """Load ``hf:<path>`` with the wrapper its config names."""
     path = _path(name)
     kind = checkpoint_type(path)
-    loader: Callable[[str, Path], Model] = {"clip": _load_contrastive, "siglip": _load_contrastive,
-                                            "llava": _load_llava, "stable-diffusion": _load_diffusion}[kind]
+    loader: Callable[[str, Path, str, dict[str, Any]], Model] = {
+        "clip": _load_contrastive, "siglip": _load_contrastive, "llava": _load_llava,
+        "stable-diffusion": _load_diffusion}[kind]
     sidecar = read_sidecar(path)
     with _quiet():
-        model = loader(name, path)
+        model = loader(name, path, kind, sidecar)
     apply_sidecar(model, sidecar, path)
     return model
 
@@ -153,8 +155,6 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     if data.get("judge") not in (None, *JUDGES):
         raise BenchError(f"hf: {f}: unknown judge {data['judge']!r} (known: {', '.join(JUDGES)})")
     sampling = data.get("sampling", {})
-    from dataclasses import fields
-
     from models.hf_diffusion import SamplingConfig
 
     known = [f.name for f in fields(SamplingConfig)]
@@ -249,12 +249,11 @@ def _tokenizer(path: Path, kind: str) -> Any:
 
 
 # ------------------------------------------------------------------------- contrastive
-def _load_contrastive(name: str, path: Path) -> Model:
+def _load_contrastive(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
     from transformers import CLIPModel, SiglipModel
 
     from models.hf_clip import CLIPWrapper, SiglipWrapper
 
-    kind = checkpoint_type(path)
     cls, wrapper = (CLIPModel, CLIPWrapper) if kind == "clip" else (SiglipModel, SiglipWrapper)
     try:
         model = cls.from_pretrained(path, local_files_only=True)
@@ -274,8 +273,8 @@ def _load_contrastive(name: str, path: Path) -> Model:
 
 
 # -------------------------------------------------------------------------- generative
-def _load_llava(name: str, path: Path) -> Model:
-    template = str(read_sidecar(path).get("prompt_template") or LLAVA_TEMPLATE)
+def _load_llava(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
+    template = str(sidecar.get("prompt_template") or LLAVA_TEMPLATE)
     from transformers import LlavaForConditionalGeneration
 
     from models.hf_llava import LlavaWrapper, llava_image_features
@@ -326,7 +325,7 @@ def _load_llava(name: str, path: Path) -> Model:
 
 
 # --------------------------------------------------------------------------- diffusion
-def _load_diffusion(name: str, path: Path) -> Model:
+def _load_diffusion(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -355,5 +354,5 @@ def _load_diffusion(name: str, path: Path) -> Model:
 
     # Stable Diffusion attends to padding (no prompt mask) and samples with guidance 7.5
     sampling = SamplingConfig(**{"steps": 25, "guidance": 7.5, "mask_padding": False,
-                                 **read_sidecar(path).get("sampling", {})})
+                                 **sidecar.get("sampling", {})})
     return DiffusionWrapper(name, unet, text, tokenize, sched, weights_hash(path), vae=vae, sampling=sampling)

@@ -75,7 +75,7 @@ from bench.imageops import box_blur
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
 from bench.realdata import stack_images
-from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec, example_hash
+from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec, example_hash, input_size
 from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 
 
@@ -226,15 +226,6 @@ class AttributionTask(Task):
         return reason
 
     # ------------------------------------------------------------ examples
-    @staticmethod
-    def image_size(model: Model) -> int:
-        if isinstance(model, (ContrastiveModel, DiffusionModel)):
-            return model.image_size
-        layout = model.token_layout()
-        if layout is None:
-            raise BenchError(f"model {model.name!r} declares no image token layout")
-        return layout.grid[0] * layout.patch_size
-
     def examples(self, model: Model, seed: int, n: int, split: str = "test") -> AttributionExamples:
         """``n`` scenes whose target object differs from every distractor in colour and shape.
 
@@ -248,7 +239,7 @@ class AttributionTask(Task):
             return _DIFFUSION_EXAMPLES.get((model.name, model.weights_hash, seed, n, split, self.config),
                                            lambda: self.diffusion_examples(model, seed, n))
         generative = isinstance(model, GenerativeModel)
-        size = self.image_size(model)
+        size = input_size(model)
         world = World(self.config.world_seed, WorldConfig(image_size=size, min_objects=2, max_objects=3))
         rng = np.random.default_rng([seed, 11])
         cands = list(COLOURS) if generative else [f"a {c} {s}" for c in COLOURS for s in SHAPES]
@@ -276,7 +267,7 @@ class AttributionTask(Task):
         """The first ``n`` rows of the masks file whose mask survives resizing to the model's input
         size, with the target of the module docstring's "Real data" paragraph."""
         cfg, loaded = self.config, self.data["masks"]
-        size = self.image_size(model)
+        size = input_size(model)
         rows, masks = [], []
         for r in loaded.records:
             if len(rows) >= n:

@@ -70,7 +70,7 @@ def test_cli_evaluates_a_saved_clip_on_attribution(tiny_clip_dir, tmp_path):
                          "--no-progress"], capture_output=True, text=True, timeout=300, env=ENV)
     assert cp.returncode == 0, cp.stderr
     assert "3 cells ran" in cp.stderr and "0 failed" in cp.stderr
-    assert f"attribution v" in cp.stdout and "saliency" in cp.stdout
+    assert "attribution v" in cp.stdout and "saliency" in cp.stdout
 
 
 # ------------------------------------------------------------------------ every family

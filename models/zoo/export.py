@@ -51,8 +51,7 @@ def word_tokenizer(vocab: Vocab, max_len: int, template: bool) -> Any:
 def _sidecar(model: Model, **extra: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if model.planted:
-        out["planted"] = [{**asdict(r), "entities": list(r.entities), "values": list(r.values),
-                           "renders": [list(x) for x in r.renders]} for r in model.planted]
+        out["planted"] = [asdict(r) for r in model.planted]  # tuples are written as JSON lists
     if model.tags:
         out["tags"] = dict(model.tags)
     out.update(extra)
