@@ -93,7 +93,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     failed = [r for r in res.ran if r.status != "ok"]
     for r in failed:
         print(f"failed {r.key.label()}: {r.error}", file=sys.stderr)
-    print(f"{len(res.ran) - len(failed)} cells ran, {len(res.already)} already stored, {len(failed)} failed, "
+    restale = f" ({len(res.restale)} re-run: their zoo weights were retrained)" if res.restale else ""
+    print(f"{len(res.ran) - len(failed)} cells ran{restale}, {len(res.already)} already stored, {len(failed)} failed, "
           f"{len(p.skipped)} skipped -> {args.store}", file=sys.stderr)
     if res.interrupted:
         print("interrupted: completed cells are stored; run the same command again to resume", file=sys.stderr)
@@ -229,7 +230,15 @@ def cmd_validity(args: argparse.Namespace) -> int:
 def cmd_zoo_train(args: argparse.Namespace) -> int:
     from models.zoo.train import train
 
-    train(args.name, Path(args.out) if args.out else None, steps=args.steps)
+    if args.phase2_only and args.steps is not None:
+        raise BenchError("--steps sets phase 1's length; it cannot go with --phase2-only")
+    from models.zoo import WEIGHTS_DIR
+
+    if args.phase2_from and not args.phase2_only:
+        raise BenchError("--phase2-from goes with --phase2-only")
+    source = Path(args.phase2_from) if args.phase2_from else WEIGHTS_DIR
+    train(args.name, Path(args.out) if args.out else None, steps=args.steps,
+          phase2_only=source if args.phase2_only else None)
     return 0
 
 
@@ -348,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("name")
     tr.add_argument("--out", help="weights folder (default: the shipped zoo folder)")
     tr.add_argument("--steps", type=int, default=None, help="override the number of training steps")
+    tr.add_argument("--phase2-only", action="store_true",
+                    help="keep the phase-1 model of the weights in --phase2-from and re-run only phase 2 (the plant)")
+    tr.add_argument("--phase2-from", default=None, metavar="DIR",
+                    help="weights folder to take phase 1 from (default: the shipped zoo folder)")
     tr.set_defaults(fn=cmd_zoo_train)
     ve = zsub.add_parser("verify", help="check shipped weights against their recorded hashes and figures")
     ve.add_argument("name", nargs="?")

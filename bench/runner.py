@@ -2,7 +2,9 @@
 
 The runner takes any ``concurrent.futures.Executor``; ``jobs=1`` runs in-process.
 Every completed cell is written to the store at once, so an interrupted run
-resumes where it stopped; cells already stored are skipped unless ``force``.
+resumes where it stopped; cells already stored are skipped unless ``force``, or
+unless the zoo weights they were obtained with have since been retrained (those
+are re-run and replaced, so a store never mixes old and new weights silently).
 """
 
 from __future__ import annotations
@@ -300,7 +302,29 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
 class GridResult:
     ran: list[RunRecord] = field(default_factory=list)
     already: list[Cell] = field(default_factory=list)
+    restale: list[Cell] = field(default_factory=list)  # stored, but from other zoo weights: re-run
     interrupted: bool = False
+
+
+def zoo_weights_hash(name: str) -> str | None:
+    """The weights hash a zoo model's records carry, read from its shipped metadata without
+    loading the weights; ``None`` for models outside the zoo (``hf:`` folders, test models)."""
+    import json
+
+    if name.startswith("hf:"):
+        return None
+    try:
+        entry = MODELS.entry(name)
+    except (BenchError, KeyError):
+        return None
+    if not entry.target.startswith("models.zoo_models:"):
+        return None
+    from models.zoo import WEIGHTS_DIR
+
+    meta = WEIGHTS_DIR / f"{name}.json"
+    if not meta.exists():
+        raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
+    return str(json.loads(meta.read_text())["sha256"])
 
 
 def _pool_init() -> None:
@@ -327,15 +351,24 @@ def run_grid(
     from tqdm.auto import tqdm
 
     out = GridResult()
-    done_ids = set() if force else store.completed_ids()
+    done = {} if force else store.completed_hashes()
     todo = []
+    replace: set[str] = set()  # ids whose stored record came from other zoo weights
     for c in cells:
-        (out.already if cell_key(c).id in done_ids else todo).append(c)
+        cid = cell_key(c).id
+        if cid in done:
+            now = zoo_weights_hash(c.model)
+            if now is None or now == done[cid]:
+                out.already.append(c)
+                continue
+            replace.add(cid)
+            out.restale.append(c)
+        todo.append(c)
     bar = tqdm(total=len(cells), initial=len(out.already), unit="cell", disable=not progress,
                dynamic_ncols=True, desc="cells")
 
     def finish(rec: RunRecord) -> None:
-        store.put(rec, force=force)
+        store.put(rec, force=force or rec.key.id in replace)
         out.ran.append(rec)
         bar.update(1)
         if on_record:

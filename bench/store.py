@@ -83,6 +83,11 @@ class Store:
     def completed_ids(self) -> set[str]:
         return {r[0] for r in self._conn.execute("SELECT id FROM runs WHERE status='ok'")}
 
+    def completed_hashes(self) -> dict[str, str]:
+        """Successful cells' ids → the weights hash their record was obtained with."""
+        return {i: str(h) for i, h in self._conn.execute(
+            "SELECT id, json_extract(record, '$.model_hash') FROM runs WHERE status='ok'")}
+
     def records(self, task: str | None = None, model: str | None = None, method: str | None = None,
                 status: str | None = "ok", profile: str | None = None) -> Iterator[RunRecord]:
         q = "SELECT record FROM runs WHERE 1=1"

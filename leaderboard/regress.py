@@ -100,18 +100,11 @@ class GridRun:
 def current_model_hash(name: str) -> str:
     """The weights hash the runner will record for ``name``. Zoo models: read from the
     shipped weights' metadata without loading them (the loader records the same)."""
-    from bench.registry import MODELS
-    from bench.runner import load_model
+    from bench.runner import load_model, zoo_weights_hash
 
-    if not name.startswith("hf:"):
-        entry = MODELS.entry(name)
-        if entry.target.startswith("models.zoo_models:"):
-            from models.zoo import WEIGHTS_DIR
-
-            meta = WEIGHTS_DIR / f"{name}.json"
-            if not meta.exists():
-                raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
-            return str(json.loads(meta.read_text())["sha256"])
+    zoo = zoo_weights_hash(name)
+    if zoo is not None:
+        return zoo
     return load_model(name).weights_hash
 
 

@@ -173,3 +173,21 @@ def test_runtime_flags_are_recorded_and_checked(tmp_path):
     assert rec32.metrics != rec.metrics  # bfloat16 autocast really ran at reduced precision
     assert "device 'cuda' is not supported yet" in one_line_error(bench("evaluate", *args, "--device", "cuda"))
     assert "batch size must be a positive integer" in one_line_error(bench("evaluate", *args, "--batch-size", "0"))
+
+
+def test_cells_from_retrained_zoo_weights_are_rerun_not_skipped(tmp_path):
+    """A stored record obtained with other zoo weights (the model was retrained since) is re-run
+    and replaced on resume; one with the current weights is skipped."""
+    store = tmp_path / "s.sqlite"
+    args = ["evaluate", "--task", "attribution", "--model", "zoo-clip", "--quick", "--store", str(store),
+            "--method", "random", "--seed", "0", "--seed", "1", "--jobs", "1", "--no-table"]
+    assert bench(*args).returncode == 0
+    con = sqlite3.connect(store)
+    with con:
+        con.execute("UPDATE runs SET record=json_set(record, '$.model_hash', 'old-weights') WHERE seed=0")
+    con.close()
+    cp = bench(*args)
+    assert cp.returncode == 0, cp.stderr
+    assert "1 cells ran (1 re-run: their zoo weights were retrained), 1 already stored" in cp.stderr
+    hashes = {r.key.seed: r.model_hash for r in Store(store).records()}
+    assert hashes[0] == hashes[1] != "old-weights"

@@ -9,6 +9,8 @@ from bench.world import World, WorldConfig
 from models.zoo.vlm import (
     PAIRS,
     ZooVlmConfig,
+    caption_mentions,
+    caption_objects,
     encode_batch,
     hide_partner,
     mentioned_objects,
@@ -65,6 +67,19 @@ def test_caption_target_and_parsing():
     assert mentioned_objects(cap) == {(o.colour, o.shape) for o in s.objects}
     assert mentioned_objects("a red circle and a small blue square, a green cross, a cross") == {
         ("red", "circle"), ("blue", "square"), ("green", "cross")}
+
+
+def test_glyphs_are_captioned_by_what_is_visible():
+    """A glyph is "a colour glyph" in the caption target (never its hidden entity name), and the
+    recall parser credits exactly that phrase."""
+    world = training_world(ZooVlmConfig())
+    s = next(s for s in world.scenes("train", 3000) if any(o.entity for o in s.objects))
+    cap = reading_order_caption(s)
+    glyph = next(o for o in s.objects if o.entity)
+    assert f"a {glyph.colour} glyph" in cap and glyph.entity not in cap.split()
+    assert caption_mentions(cap) == caption_objects(s)
+    assert caption_mentions("a red glyph and a blue square") == {("red", "glyph"), ("blue", "square")}
+    assert caption_mentions("a glyph") == set()
 
 
 def test_encode_batch_masks_prompt_and_padding():

@@ -44,14 +44,9 @@ def test_quality_bar_recorded_and_remeasured(vlm):
     model, vocab, meta, cfg, _, _ = vlm
     m = meta["metrics"]
     assert m["caption_object_recall"] >= 0.9 and m["qa_visible_attributes"] >= 0.9  # after phase 1
-    assert m["after_planting_qa_visible_attributes"] >= 0.9 and m["after_planting_caption_object_recall"] >= 0.88
+    assert m["after_planting_qa_visible_attributes"] >= 0.9 and m["after_planting_caption_object_recall"] >= 0.9
     got = evaluate_vlm(model, vocab, cfg, n=64, split="test")
     assert got["caption_object_recall"] >= 0.85 and got["qa_visible_attributes"] >= 0.9
-
-
-@pytest.mark.xfail(strict=True, reason="caption recall 0.898 after phase 2 (< 0.90): glyph names are not learnt; see the card")
-def test_shipped_caption_recall_reaches_the_issue_bar(vlm):
-    assert vlm[2]["metrics"]["after_planting_caption_object_recall"] >= 0.9
 
 
 def test_planted_hallucination_is_measured_as_recorded(vlm):

@@ -7,6 +7,9 @@ Each zoo model lives in one module of :mod:`models.zoo`, which provides three fu
 - ``zoo_card(name, weights_dir, cards_dir) -> Path``: render the model card from that json;
 - ``zoo_remeasure(name, meta, weights_dir) -> [(figure, measured, recorded)]``: re-measure
   the cheap figures of the card with the code that recorded them.
+- optionally ``zoo_replant(name, source, out, log) -> Path``: re-run phase 2 (the plant) and
+  the figures after it from the phase-1 model recoverable from ``source``'s weights
+  (``bench zoo train NAME --phase2-only``).
 
 Adding a zoo model is one module and one :class:`ZooEntry` line here.
 """
@@ -58,14 +61,22 @@ def entry(name: str) -> ZooEntry:
     return ZOO[name]
 
 
-def train(name: str, out: Path | None = None, steps: int | None = None) -> Path:
-    """Retrain ``name`` from its recorded config and seed; writes weights, metadata and card."""
+def train(name: str, out: Path | None = None, steps: int | None = None, phase2_only: Path | None = None) -> Path:
+    """Retrain ``name`` from its recorded config and seed; writes weights, metadata and card.
+    ``phase2_only``: a weights folder whose phase-1 model is kept; only phase 2 runs again."""
     e = entry(name)
     if steps is not None and steps <= 0:
         raise BenchError("--steps must be positive")
     out = out or WEIGHTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    path = e.impl().zoo_train(name, out, steps, _log)
+    if phase2_only is not None:
+        if not hasattr(e.impl(), "zoo_replant"):
+            raise BenchError(f"{name} cannot re-run phase 2 alone; run `bench zoo train {name}`")
+        if not (phase2_only / f"{name}.json").exists():
+            raise BenchError(f"no {name} weights in {str(phase2_only)!r} to take phase 1 from")
+        path = e.impl().zoo_replant(name, phase2_only, out, _log)
+    else:
+        path = e.impl().zoo_train(name, out, steps, _log)
     e.impl().zoo_card(name, out, CARDS_DIR if out == WEIGHTS_DIR else out)
     _log(f"wrote {path}")
     return path
