@@ -7,6 +7,7 @@ overwritten (unless ``force``); a failed one is replaced when the cell is retrie
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -85,8 +86,9 @@ class Store:
 
     def completed_hashes(self) -> dict[str, str]:
         """Successful cells' ids → the weights hash their record was obtained with."""
-        return {i: str(h) for i, h in self._conn.execute(
-            "SELECT id, json_extract(record, '$.model_hash') FROM runs WHERE status='ok'")}
+        # parsed here, not by SQLite's json_extract: records may hold NaN, which Python's json writes
+        return {i: str(json.loads(rec).get("model_hash")) for i, rec in self._conn.execute(
+            "SELECT id, record FROM runs WHERE status='ok'")}
 
     def records(self, task: str | None = None, model: str | None = None, method: str | None = None,
                 status: str | None = "ok", profile: str | None = None) -> Iterator[RunRecord]:

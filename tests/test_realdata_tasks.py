@@ -109,15 +109,16 @@ def pope(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def captions(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CHAIR-style captions of 64 world scenes holding one partner of a co-occurring pair (where
-    zoo-vlm's captions hallucinate the other, in about one caption in eight): objects =
-    "<colour> <shape>" of each object, caption = the world's canonical one (not used by the task)."""
+    """CHAIR-style captions of 192 world scenes holding one partner of a co-occurring pair (where
+    zoo-vlm's captions name the other in about one caption in fifteen: enough scenes for a few
+    hallucinated mentions on the scored side): objects = "<colour> <shape>" of each object,
+    caption = the world's canonical one (not used by the task)."""
     d = tmp_path_factory.mktemp("captions")
     world = World(0)
     pairs = [p for pair in COOCCURRENCE_PAIRS for p in (pair, pair[::-1])]
     rows: list[dict[str, Any]] = []
     i = 0
-    while len(rows) < 64:
+    while len(rows) < 192:
         s = world.scene("test", 20_000 + i)
         i += 1
         present = {(o.colour, o.shape) for o in s.objects}

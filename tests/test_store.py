@@ -81,3 +81,13 @@ def test_process_memo_builds_once_and_drops_the_least_recently_used():
     get = lambda k: memo.get(k, lambda: built.append(k) or f"v{k}")  # noqa: E731
     assert [get(1), get(1), get(2), get(1), get(3), get(1), get(2)] == ["v1", "v1", "v2", "v1", "v3", "v1", "v2"]
     assert built == [1, 2, 3, 2]  # 2 was the least recently used when 3 came in
+
+
+def test_completed_hashes_read_records_holding_nan(tmp_path):
+    """A metric may be NaN (e.g. AUROC with one class): the resume check still reads the record."""
+    s = Store(tmp_path / "r.sqlite")
+    r = _rec(0, value=float("nan"))
+    r.model_hash = "abc"
+    s.put(r)
+    s.put(_rec(1, status="failed"))
+    assert s.completed_hashes() == {r.key.id: "abc"}
