@@ -93,8 +93,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     failed = [r for r in res.ran if r.status != "ok"]
     for r in failed:
         print(f"failed {r.key.label()}: {r.error}", file=sys.stderr)
-    restale = f" ({len(res.restale)} re-run: their zoo weights were retrained)" if res.restale else ""
-    print(f"{len(res.ran) - len(failed)} cells ran{restale}, {len(res.already)} already stored, {len(failed)} failed, "
+    retrained = f" ({len(res.retrained)} re-run: their zoo weights were retrained)" if res.retrained else ""
+    print(f"{len(res.ran) - len(failed)} cells ran{retrained}, {len(res.already)} already stored, {len(failed)} failed, "
           f"{len(p.skipped)} skipped -> {args.store}", file=sys.stderr)
     if res.interrupted:
         print("interrupted: completed cells are stored; run the same command again to resume", file=sys.stderr)
@@ -228,12 +228,11 @@ def cmd_validity(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------ zoo
 def cmd_zoo_train(args: argparse.Namespace) -> int:
+    from models.zoo import WEIGHTS_DIR
     from models.zoo.train import train
 
     if args.phase2_only and args.steps is not None:
         raise BenchError("--steps sets phase 1's length; it cannot go with --phase2-only")
-    from models.zoo import WEIGHTS_DIR
-
     if args.phase2_from and not args.phase2_only:
         raise BenchError("--phase2-from goes with --phase2-only")
     source = Path(args.phase2_from) if args.phase2_from else WEIGHTS_DIR

@@ -9,6 +9,7 @@ are re-run and replaced, so a store never mixes old and new weights silently).
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -302,15 +303,13 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
 class GridResult:
     ran: list[RunRecord] = field(default_factory=list)
     already: list[Cell] = field(default_factory=list)
-    restale: list[Cell] = field(default_factory=list)  # stored, but from other zoo weights: re-run
+    retrained: list[Cell] = field(default_factory=list)  # stored, but from other zoo weights: re-run
     interrupted: bool = False
 
 
 def zoo_weights_hash(name: str) -> str | None:
     """The weights hash a zoo model's records carry, read from its shipped metadata without
     loading the weights; ``None`` for models outside the zoo (``hf:`` folders, test models)."""
-    import json
-
     if name.startswith("hf:"):
         return None
     try:
@@ -354,15 +353,17 @@ def run_grid(
     done = {} if force else store.completed_hashes()
     todo = []
     replace: set[str] = set()  # ids whose stored record came from other zoo weights
+    current: dict[str, str | None] = {}  # model -> its zoo weights hash, read once per model
     for c in cells:
         cid = cell_key(c).id
         if cid in done:
-            now = zoo_weights_hash(c.model)
-            if now is None or now == done[cid]:
+            if c.model not in current:
+                current[c.model] = zoo_weights_hash(c.model)
+            if current[c.model] in (None, done[cid]):
                 out.already.append(c)
                 continue
             replace.add(cid)
-            out.restale.append(c)
+            out.retrained.append(c)
         todo.append(c)
     bar = tqdm(total=len(cells), initial=len(out.already), unit="cell", disable=not progress,
                dynamic_ncols=True, desc="cells")

@@ -26,7 +26,6 @@ and the determinism check of ``bench evaluate --check-determinism``.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing as mp
 import sys

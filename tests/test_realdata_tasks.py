@@ -17,7 +17,7 @@ import csv
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -28,6 +28,7 @@ from bench.cli import main
 from bench.records import RunRecord
 from bench.store import Store
 from bench.world import World, WorldConfig
+from bench.world.core import Scene
 from bench.world.hallucination import COOCCURRENCE_PAIRS
 from bench.world.spurious import GROUPS, spurious_scene
 
@@ -81,23 +82,29 @@ def waterbirds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def pope(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """POPE-style probes on 32 world scenes holding one partner of a pair that co-occurs in
-    zoo-vlm's training world: "is there a <present partner>?" (yes) and "is there a <absent
-    partner>?" (no, the adversarial probe zoo-vlm answers yes to about half the time); 64 rows."""
-    d = tmp_path_factory.mktemp("pope")
+def _one_partner_scenes(start: int, n: int) -> Iterator[tuple[Scene, tuple[tuple[str, str], tuple[str, str]]]]:
+    """The first ``n`` test scenes from index ``start`` that hold one partner of a pair that
+    co-occurs in zoo-vlm's training world and not the other, each with (present, absent)."""
     world = World(0)
     pairs = [p for pair in COOCCURRENCE_PAIRS for p in (pair, pair[::-1])]
-    rows: list[dict[str, Any]] = []
-    i = 0
-    while len(rows) < 64:
-        s = world.scene("test", i)
+    i = found = 0
+    while found < n:
+        s = world.scene("test", start + i)
         i += 1
         present = {(o.colour, o.shape) for o in s.objects}
         pair = next(((a, b) for a, b in pairs if a in present and b not in present), None)
-        if pair is None:
-            continue
+        if pair is not None:
+            found += 1
+            yield s, pair
+
+
+@pytest.fixture(scope="module")
+def pope(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """POPE-style probes on 32 such scenes: "is there a <present partner>?" (yes) and "is there
+    a <absent partner>?" (no, the adversarial probe zoo-vlm often answers yes to); 64 rows."""
+    d = tmp_path_factory.mktemp("pope")
+    rows: list[dict[str, Any]] = []
+    for s, pair in _one_partner_scenes(0, 32):
         name = _png(d / f"scene_{s.index}.png", s.image_HWC)
         for (colour, shape), label in zip(pair, ("yes", "no")):
             rows.append({"image": name, "question": f"is there a {colour} {shape}?", "label": label,
@@ -109,23 +116,13 @@ def pope(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def captions(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """CHAIR-style captions of 192 world scenes holding one partner of a co-occurring pair (where
-    zoo-vlm's captions name the other in about one caption in fifteen: enough scenes for a few
-    hallucinated mentions on the scored side): objects = "<colour> <shape>" of each object,
-    caption = the world's canonical one (not used by the task)."""
+    """CHAIR-style captions of 192 such scenes (zoo-vlm's captions name the absent partner in
+    about one caption in fifteen: enough scenes for a few hallucinated mentions on the scored
+    side): objects = "<colour> <shape>" of each object, caption = the world's canonical one (not
+    used by the task)."""
     d = tmp_path_factory.mktemp("captions")
-    world = World(0)
-    pairs = [p for pair in COOCCURRENCE_PAIRS for p in (pair, pair[::-1])]
-    rows: list[dict[str, Any]] = []
-    i = 0
-    while len(rows) < 192:
-        s = world.scene("test", 20_000 + i)
-        i += 1
-        present = {(o.colour, o.shape) for o in s.objects}
-        if not any(a in present and b not in present for a, b in pairs):
-            continue
-        rows.append({"image": _png(d / f"scene_{s.index}.png", s.image_HWC), "caption": s.captions[0],
-                     "objects": [f"{o.colour} {o.shape}" for o in s.objects]})
+    rows = [{"image": _png(d / f"scene_{s.index}.png", s.image_HWC), "caption": s.captions[0],
+             "objects": [f"{o.colour} {o.shape}" for o in s.objects]} for s, _ in _one_partner_scenes(20_000, 192)]
     path = d / "captions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

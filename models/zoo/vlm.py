@@ -432,6 +432,8 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
 
     from tqdm.auto import tqdm
 
+    from models.zoo.io import warmup_cosine_lr
+
     world = training_world(cfg)
     planted = [e.name for e in world.entities[: cfg.n_planted]]
     n_image = model.config.image_seq_length
@@ -456,8 +458,6 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ZooVlmConfig, log: Callable[[str]
         for step in bar:
             model.train()
             if cfg.phase2_decay:
-                from models.zoo.io import warmup_cosine_lr
-
                 for g in opt.param_groups:
                     g["lr"] = warmup_cosine_lr(step, cfg.phase2_lr, 0, cfg.phase2_steps)
             reverted = bool(done) and step % 2 == 1
