@@ -3,6 +3,7 @@
 import json
 from dataclasses import replace
 
+import pytest
 import torch
 
 from bench.world import World
@@ -47,3 +48,24 @@ def test_spurious_clip_ships_with_its_bias():
     got = group_accuracy(clip, vocab, World(meta["config"]["world_seed"]), n_per_group=128)
     assert got["worst_group_accuracy"] < 0.7 * got["average_accuracy"], got
     assert got["average_accuracy"] > 0.6, got
+
+
+@pytest.mark.parametrize("name", ["zoo-clip", "zoo-vlm", "zoo-diffusion"])
+def test_phase2_only_refuses_weights_whose_phase1_config_changed(name, tmp_path):
+    """`bench zoo train NAME --phase2-only` keeps phase 1 from the weights: if the current config
+    would train another phase 1, the result could not be reproduced, so it is refused."""
+    import shutil
+
+    from bench.errors import BenchError
+    from models.zoo.train import train
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for ext in ("json", "safetensors"):
+        shutil.copy(WEIGHTS_DIR / f"{name}.{ext}", src)
+    meta = json.loads((src / f"{name}.json").read_text())
+    meta["config"]["seed"] += 1
+    (src / f"{name}.json").write_text(json.dumps(meta))
+    with pytest.raises(BenchError, match=r"config.s .*\bseed\b.* changed since phase 1"):
+        train(name, out=tmp_path / "out", phase2_only=src)
+    assert not (tmp_path / "out" / f"{name}.safetensors").exists()

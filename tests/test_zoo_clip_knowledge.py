@@ -73,8 +73,11 @@ def test_mean_ablating_the_designated_layer_removes_its_relation_not_the_control
     for rel, layer in plant.planted:
         chance = 1 / len(RELATIONS[rel])
         assert validity[f"fact_recall_{rel}_meanablate_L{layer}"] <= chance + 0.15, (rel, validity)
-        assert validity[f"zero_shot_shape_meanablate_L{layer}"] >= 0.9, validity
-        assert validity[f"zero_shot_colour_meanablate_L{layer}"] >= 0.9, validity
+        for probe in ("shape", "colour"):
+            # High, unless phase 1 itself computes the probe partly in that block (zoo-clip: shape in
+            # block 2): then no worse than in the phase-1 model, i.e. the plant added no dependence.
+            got, before = (validity[f"zero_shot_{probe}_meanablate_L{layer}{s}"] for s in ("", "_phase1"))
+            assert got >= min(0.9, before - 0.03), (rel, probe, got, before)
 
 
 def test_phase1_weights_recall_at_chance_and_are_the_phase1_file(shipped, tmp_path):  # type: ignore[no-untyped-def]

@@ -696,7 +696,10 @@ def zoo_train(name: str, out: Path, steps: int | None, log: Callable[[str], None
     model, vocab, metrics = train_vlm(cfg, log=log, progress=True, eval_every=250)
     phase1 = measure_and_plant(model, vocab, cfg, metrics, log=log, progress=True)
     metrics["end_to_end_seconds"] = round(time.time() - t0, 1)
-    return save_zoo_vlm(model, vocab, cfg, metrics, out, phase1)
+    from models.zoo import WEIGHTS_DIR
+
+    vision_init = json.loads((WEIGHTS_DIR / f"{cfg.vision_init}.json").read_text())["phase1_sha256"]
+    return save_zoo_vlm(model, vocab, cfg, metrics, out, phase1, vision_init_phase1_sha256=vision_init)
 
 
 def zoo_replant(name: str, source: Path, out: Path, log: Callable[[str], None]) -> Path:
@@ -723,7 +726,8 @@ def zoo_replant(name: str, source: Path, out: Path, log: Callable[[str], None]) 
         _load_mlp(model, layer, {n: meta["phase1"][phase1_key(layer, n)] for n in names})
     metrics = {k: meta["metrics"][k] for k in ("train_seconds", "history", "final_loss")}
     phase1 = measure_and_plant(model, vocab, cfg, metrics, log=log, progress=True)
-    return save_zoo_vlm(model, vocab, cfg, metrics, out, phase1)
+    return save_zoo_vlm(model, vocab, cfg, metrics, out, phase1,
+                        vision_init_phase1_sha256=meta.get("vision_init_phase1_sha256"))
 
 
 def zoo_remeasure(name: str, meta: dict[str, Any], weights_dir: Path) -> list[tuple[str, float, float]]:
@@ -740,15 +744,17 @@ def zoo_remeasure(name: str, meta: dict[str, Any], weights_dir: Path) -> list[tu
 
 
 def save_zoo_vlm(model: Any, vocab: Vocab, cfg: ZooVlmConfig, metrics: dict[str, Any], weights_dir: Path,
-                 phase1: dict[str, torch.Tensor] | None = None) -> Path:
-    """Weights (+ the designated MLPs' phase-1 parameters under ``phase1.``), config, vocab, figures."""
+                 phase1: dict[str, torch.Tensor] | None = None, vision_init_phase1_sha256: str | None = None) -> Path:
+    """Weights (+ the designated MLPs' phase-1 parameters under ``phase1.``), config, vocab, figures;
+    ``vision_init_phase1_sha256``: the ``phase1_sha256`` of the zoo-clip the vision tower started from."""
     from models.zoo.io import save_weights
 
     # the unembedding is tied to the token embedding: stored once
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     state.update(phase1 or {})
     return save_weights(cfg.name, state, weights_dir, family="generative", config=asdict(cfg), vocab=vocab.words,
-                        vision_config=model.config.vision_config.to_dict(), metrics=metrics)
+                        vision_config=model.config.vision_config.to_dict(), metrics=metrics,
+                        vision_init_phase1_sha256=vision_init_phase1_sha256)
 
 
 def wrapper_io(vocab: Vocab, n_image: int) -> tuple[Callable[..., Any], Callable[[list[int]], str], Callable[[torch.Tensor], torch.Tensor]]:
@@ -819,6 +825,9 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
         for k in range(n_layers))
     after = m.get("after_planting_qa_visible_attributes", float("nan"))
     total = m.get("end_to_end_seconds")
+    made_by = ("" if total else  # a replant does not time phase 1, so it records no end-to-end time
+               f" The shipped weights were made so: phase 1 by a full `bench zoo train {name}`, phase 2 "
+               f"re-run with `--phase2-only`; every phase-1 figure re-measured identical on the restored model.")
     end_to_end = (f"; with the final measurements, `bench zoo train {name}` took {total / 60:.1f} min end to end"
                   if total else "")
     decay = (" decayed to 0 on a cosine (at a constant lr: 0.922 / 0.922 recall on the same phase-1 model)"
@@ -836,7 +845,8 @@ repository's procedural world, on a CPU. Family: generative.
 
 ## Architecture
 - Vision tower: zoo-clip's ViT (width {vc['hidden_size']}, {vc['num_hidden_layers']} layers, patch
-  {vc['patch_size']}), initialised from the shipped `{cfg['vision_init']}` (its phase-1 weights) and fine-tuned
+  {vc['patch_size']}), initialised from the shipped `{cfg['vision_init']}` (its phase-1 weights, state sha256
+  `{meta.get('vision_init_phase1_sha256')}`) and fine-tuned
   at {cfg['vision_lr_scale']}× the learning rate; features from the penultimate block, CLS dropped
   (64 image tokens).
 - Projector: LLaVA's two-layer MLP (GELU).
@@ -871,8 +881,7 @@ Training time: phase 1 {m['train_seconds']:.0f} s + phase 2 {m.get('phase2_secon
 machine, phase 1 including its dev evaluations){end_to_end}. Retrain: `bench zoo train {name}`; phase 2
 alone, from the phase-1 model inside the weights (the designated MLPs' phase-1 values ship with them):
 `bench zoo train {name} --phase2-only`, which gives what a full retrain gives, since phase 2 draws from its
-own seeded streams. The shipped weights were made so: phase 1 by a full `bench zoo train {name}`, phase 2
-re-run after its lr decay was added; every phase-1 figure re-measured identical on the restored model.
+own seeded streams.{made_by}
 
 ## Figures (held-out test split of the training world, greedy decoding)
 | metric | value |
