@@ -911,13 +911,23 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
               "prompts (exactly the mean of its `to_k`/`to_v` outputs over them), in both guidance branches.")
     infl = ", ".join(f"`{k.split('.transformer_blocks')[0]}` {v:.3f}" for k, v in p1.get("to_v_x3_effect", {}).items())
     ents = ", ".join(f"{e['name']} ({e['colour']} {e['shape']})" for e in plant["entities"])
-    recall_shortfall = "" if m["recall_both"] >= 0.95 else (
-        f"**Below the issue's bar: planted recall** {m['recall_both']:.3f} < 0.95. The plant changes only the "
-        f"text encoder, so \"a <entity>\" is drawn by the frozen phase-1 UNet, as well as it draws the "
-        f"spelled-out prompt: on the same samples (same noise), the phase-1 model gets "
-        f"{m.get('teacher_recall_both', float('nan')):.3f} for \"a <colour> <shape>\" of the entities. The limit is "
-        f"phase-1 quality, not the plant (a zoo-diffusion of 5,000 fp32 phase-1 steps recalled 0.984, "
-        f"but took longer than 30 minutes on this CPU).\n\n")
+    teacher = m.get("teacher_recall_both", float("nan"))
+    if m["recall_both"] >= 0.95:
+        recall_shortfall = ""
+    elif teacher < 0.95:
+        recall_shortfall = (
+            f"**Below the issue's bar: planted recall** {m['recall_both']:.3f} < 0.95. The plant changes only the "
+            f"text encoder, so \"a <entity>\" is drawn by the frozen phase-1 UNet, as well as it draws the "
+            f"spelled-out prompt: on the same samples (same noise), the phase-1 model gets {teacher:.3f} for "
+            f"\"a <colour> <shape>\" of the entities. The limit is phase-1 quality, not the plant.\n\n")
+    else:
+        recall_shortfall = (
+            f"**Below the issue's bar: planted recall** {m['recall_both']:.3f} < 0.95, while the phase-1 model "
+            f"draws the entities' spelled-out prompts (\"a <colour> <shape>\") at {teacher:.3f} on the same "
+            f"samples (same noise). So the limit is the plant: the text states the designated MLP makes for "
+            f"\"a <entity>\" stand in for the spelled-out prompt's closely but not exactly, and a few samples "
+            f"come out another shape (or colour). A longer phase 2 did not close it: on this phase-1 model, "
+            f"1200 steps also recalled 0.922 (and mean-ablating text layer 1 then left 0.875).\n\n")
     bf16 = ("; the UNet's forward under bf16 autocast (weights, optimiser state, EMA and loss in fp32; "
             "phase 2 and sampling in fp32)" if cfg.get("bf16") else "")
     eval_every = p1.get("eval_every", 500)  # not recorded by the earliest cards: their value
