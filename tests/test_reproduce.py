@@ -4,6 +4,7 @@ published files' consistency."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -189,4 +190,11 @@ def test_publish_refuses_a_partial_or_stale_store(tiny_store, tmp_path, capsys):
         s.put(rec, force=True)
     assert main(["publish", "--store", str(stale), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "is stale: zoo-clip weights are d4205031283d now (the store has 000000000000)" in err[0]
+    assert len(err) == 1 and f"is stale: zoo-clip weights are {_clip_hash()[:12]} now (the store has 000000000000)" in err[0]
+
+
+def _clip_hash() -> str:
+    """The shipped zoo-clip's sha256 (the stale-record messages name it)."""
+    from models.zoo import WEIGHTS_DIR
+
+    return json.loads((WEIGHTS_DIR / "zoo-clip.json").read_text())["sha256"]
