@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -416,6 +417,21 @@ def plant_facts(model: Any, vocab: Vocab, cfg: ClipPlantConfig, world_seed: int 
     return metrics, state
 
 
+@contextmanager
+def _mean_ablated(model: Any, layer: int, pix_BCHW: torch.Tensor) -> Iterator[None]:
+    """Within: block ``layer``'s vision MLP outputs its mean (per token position) over ``pix_BCHW``."""
+    mlp, acts = vision_mlp(model, layer), []
+    h = mlp.register_forward_hook(lambda mod, a, o: acts.append(o.detach()))
+    model.get_image_features(pixel_values=pix_BCHW)
+    h.remove()
+    mean_PD = acts[0].mean(0)
+    h = mlp.register_forward_hook(lambda mod, a, o: mean_PD.expand_as(o))
+    try:
+        yield
+    finally:
+        h.remove()
+
+
 @torch.no_grad()
 def knowledge_validity(model: Any, vocab: Vocab, cfg: ClipPlantConfig, phase1_state: dict[str, torch.Tensor],
                        world_seed: int = 0, n: int = 256, n_control: int = 512) -> dict[str, float]:
@@ -443,47 +459,29 @@ def knowledge_validity(model: Any, vocab: Vocab, cfg: ClipPlantConfig, phase1_st
     out: dict[str, float] = {}
     model.eval()
     for k in range(model.config.vision_config.num_hidden_layers):
-        mlp, prefix = vision_mlp(model, k), mlp_state_prefix(k)
+        prefix = mlp_state_prefix(k)
         saved = _mlp_state(model, k)
         _load_mlp(model, k, {n_: phase1_state.get(prefix + n_, v) for n_, v in saved.items()})
         for r in rels:
             out[f"fact_recall_{r}_revert_L{k}"] = fact_recall(model, vocab, world, names, r, n=n,
                                                               template=cfg.template)
         _load_mlp(model, k, saved)
-        for what, pix in (("fact", glyph_pix), ("control", plain_pix)):
-            acts: list[torch.Tensor] = []
-            h = mlp.register_forward_hook(lambda mod, a, o: acts.append(o.detach()))
-            model.get_image_features(pixel_values=pix)
-            h.remove()
-            mean_PD = acts[0].mean(0)
-            h = mlp.register_forward_hook(lambda mod, a, o: mean_PD.expand_as(o))
-            try:
-                if what == "fact":
-                    for r in rels:
-                        out[f"fact_recall_{r}_meanablate_L{k}"] = fact_recall(model, vocab, world, names, r, n=n,
-                                                                              template=cfg.template)
-                else:
-                    acc = zero_shot_accuracy(model, vocab, world, n=n_control, split="test")
-                    out.update({f"{key}_meanablate_L{k}": v for key, v in acc.items()})
-            finally:
-                h.remove()
+        with _mean_ablated(model, k, glyph_pix):
+            for r in rels:
+                out[f"fact_recall_{r}_meanablate_L{k}"] = fact_recall(model, vocab, world, names, r, n=n,
+                                                                      template=cfg.template)
+        with _mean_ablated(model, k, plain_pix):
+            acc = zero_shot_accuracy(model, vocab, world, n=n_control, split="test")
+            out.update({f"{key}_meanablate_L{k}": v for key, v in acc.items()})
     planted = {l for _, l in cfg.planted}
     shipped = {l: _mlp_state(model, l) for l in planted}
     try:
         for l in planted:
             _load_mlp(model, l, {n_: phase1_state[mlp_state_prefix(l) + n_] for n_ in shipped[l]})
         for k in range(model.config.vision_config.num_hidden_layers):
-            mlp, acts = vision_mlp(model, k), []
-            h = mlp.register_forward_hook(lambda mod, a, o: acts.append(o.detach()))
-            model.get_image_features(pixel_values=plain_pix)
-            h.remove()
-            mean_PD = acts[0].mean(0)
-            h = mlp.register_forward_hook(lambda mod, a, o: mean_PD.expand_as(o))
-            try:
+            with _mean_ablated(model, k, plain_pix):
                 acc = zero_shot_accuracy(model, vocab, world, n=n_control, split="test")
                 out.update({f"{key}_meanablate_L{k}_phase1": v for key, v in acc.items()})
-            finally:
-                h.remove()
     finally:
         for l in planted:
             _load_mlp(model, l, shipped[l])
@@ -563,16 +561,10 @@ def zoo_replant(name: str, source: Path, out: Path, log: Callable[[str], None]) 
     ``source``'s weights (see :func:`plant_shipped`); phase 1 and its figures are kept.
     Refused when the current :class:`ZooClipConfig` differs from the recorded one (a full
     retrain would give another phase 1)."""
-    from dataclasses import fields
-
-    from bench.errors import BenchError
+    from models.zoo.io import require_same_phase1
 
     recorded = json.loads((source / f"{name}.json").read_text())["config"]
-    cfg = ZooClipConfig(name=name)
-    changed = [f.name for f in fields(cfg) if getattr(cfg, f.name) != recorded.get(f.name)]
-    if changed:
-        raise BenchError(f"{name}: the config's {', '.join(changed)} changed since phase 1 was trained; "
-                         f"run `bench zoo train {name}` for a full retrain")
+    require_same_phase1(name, ZooClipConfig(name=name), ZooClipConfig(**recorded))
     return plant_shipped(name, source, out, log=log)
 
 

@@ -817,18 +817,14 @@ def zoo_replant(name: str, source: Path, out: Path, log: Callable[[str], None]) 
     streams. So the result is what a full ``bench zoo train`` with the current configs gives.
     Refused when the current :class:`DiffusionConfig` differs from the recorded one (phase 1
     would differ) or the designated component moved (its phase-1 values are not shipped)."""
-    from dataclasses import fields
-
     from bench.errors import BenchError
     from models.zoo import WEIGHTS_DIR
+    from models.zoo.io import require_same_phase1
     from models.zoo.oracle import load_oracle
 
     model, meta = load_diffusion(name, source)
     cfg, pc = DiffusionConfig(name=name), PlantConfig()
-    changed = [f.name for f in fields(cfg) if getattr(cfg, f.name) != getattr(model.cfg, f.name)]
-    if changed:
-        raise BenchError(f"{name}: the config's {', '.join(changed)} changed since phase 1 was trained; "
-                         f"run `bench zoo train {name}` for a full retrain")
+    require_same_phase1(name, cfg, model.cfg)
     roots = [model.unet, model.ema_unet] if pc.tower == "unet" else [None]
     for root in roots:
         params = plant_params(model, pc, root)

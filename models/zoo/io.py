@@ -63,3 +63,18 @@ def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -
     """Copy ``state`` (from :func:`module_state`) back into the module's parameters, in place."""
     for n, p in module.named_parameters():
         p.copy_(state[n])
+
+
+def require_same_phase1(name: str, current: Any, recorded: Any, phase2_fields: frozenset[str] = frozenset()) -> None:
+    """``bench zoo train NAME --phase2-only`` keeps the recorded phase 1: refuse when the current
+    config (a dataclass) differs from the recorded one outside ``phase2_fields``, since a full
+    retrain would then train another phase 1 and the result could not be reproduced."""
+    from dataclasses import fields
+
+    from bench.errors import BenchError
+
+    changed = [f.name for f in fields(current)
+               if f.name not in phase2_fields and getattr(current, f.name) != getattr(recorded, f.name)]
+    if changed:
+        raise BenchError(f"{name}: the config's {', '.join(changed)} changed since phase 1 was trained; "
+                         f"run `bench zoo train {name}` for a full retrain")

@@ -709,17 +709,12 @@ def zoo_replant(name: str, source: Path, out: Path, log: Callable[[str], None]) 
     draws from its own seeded streams, so the result is what a full ``bench zoo train`` with the
     current config gives (phase 1 is bit-reproducible, see the card). Refused when the current
     config differs from the recorded one in anything phase 1 depends on."""
-    from dataclasses import fields
-
-    from bench.errors import BenchError
+    from models.zoo.io import require_same_phase1
 
     model, vocab, meta = load_zoo_vlm(name, source)
     old, cfg = config_from_meta(meta), ZooVlmConfig(name=name)
-    phase2_only = {"phase2_steps", "phase2_lr", "phase2_decay", "phase2_keep", "phase2_kl_weight", "planted"}
-    changed = [f.name for f in fields(cfg) if f.name not in phase2_only and getattr(cfg, f.name) != getattr(old, f.name)]
-    if changed:
-        raise BenchError(f"{name}: the config's {', '.join(changed)} changed since phase 1 was trained; "
-                         f"run `bench zoo train {name}` for a full retrain")
+    require_same_phase1(name, cfg, old, frozenset({"phase2_steps", "phase2_lr", "phase2_decay", "phase2_keep",
+                                                   "phase2_kl_weight", "planted"}))
     torch.set_num_threads(cfg.threads)
     for _, layer in old.planted:
         names = [n for n, _ in _mlp(model, layer).named_parameters()]
