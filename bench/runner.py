@@ -323,7 +323,9 @@ def zoo_weights_hash(name: str) -> str | None:
     meta = WEIGHTS_DIR / f"{name}.json"
     if not meta.exists():
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
-    return str(json.loads(meta.read_text())["sha256"])
+    from models.zoo.io import records_hash
+
+    return records_hash(json.loads(meta.read_text()))
 
 
 def _pool_init() -> None:

@@ -77,7 +77,7 @@ def wrap_zoo_diffusion(model: Any, name: str, weights_hash: str, sampling: Sampl
     """A :class:`~models.zoo.diffusion.ZooDiffusion` behind the diffusion contract: the EMA
     UNet (the weights the zoo samples with), its text encoder and vocabulary, and its DDIM
     sampler (v-prediction, so :meth:`noise_pred` returns v). The zoo loader passes the
-    sampling settings its card was measured with (classifier-free guidance 2, DDIM 25 steps)."""
+    sampling settings its card was measured with (its classifier-free guidance scale, DDIM 25 steps)."""
     from models.zoo.diffusion import make_sampler
 
     tok = partial(_tokenize, model.vocab, model.cfg.max_text_len)
@@ -87,6 +87,7 @@ def wrap_zoo_diffusion(model: Any, name: str, weights_hash: str, sampling: Sampl
 
 def load_zoo_diffusion_model(name: str = "zoo-diffusion") -> DiffusionWrapper:
     from models.zoo.diffusion import load_diffusion
+    from models.zoo.io import records_hash
 
     if not (WEIGHTS_DIR / f"{name}.safetensors").exists():
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
@@ -94,7 +95,7 @@ def load_zoo_diffusion_model(name: str = "zoo-diffusion") -> DiffusionWrapper:
     sched = meta.get("scheduler", {})
     sampling = SamplingConfig(steps=int(sched.get("sample_steps", SamplingConfig.steps)),
                               guidance=float(sched.get("guidance", SamplingConfig.guidance)))
-    wrapper = wrap_zoo_diffusion(model, name, meta["sha256"], sampling)
+    wrapper = wrap_zoo_diffusion(model, name, records_hash(meta), sampling)
     if "plant" in meta:
         wrapper.planted = diffusion_planted(meta)
     if (WEIGHTS_DIR / "zoo-oracle.safetensors").exists():

@@ -85,8 +85,11 @@ KINDS: tuple[str, ...] = ("caption", "pope")
 @dataclass(frozen=True)
 class HallucinationConfig:
     world_seed: int = 0
-    caption_scenes: int = 128
-    pope_images: int = 60
+    # hallucinations are rare (CHAIR-i 0.03-0.06 on zoo-vlm): at 64 captions and 30 probe images, the
+    # quick profile held ~5 hallucinated mentions and random's AUROC spread 0.53 ± 0.11 over seeds (4.2
+    # widths from the oracle); at 128 and 60, ± 0.05 (9.2 widths)
+    caption_scenes: int = 256
+    pope_images: int = 120
     # the fit split is not scaled down in the quick profile: hallucinations are rare (a few per
     # hundred mentions), and a learned detector needs positives to learn from
     fit_caption_scenes: int = 256
@@ -311,7 +314,7 @@ _OUTPUTS = ProcessMemo(size=2)  # one cell's test and fit splits
 class HallucinationTask(Task):
     spec = TaskSpec(
         name="hallucination",
-        version="1.1",
+        version="1.2",
         families=frozenset({"generative"}),
         capability="detect_hallucination",
         main_score="auroc",

@@ -322,7 +322,7 @@ def test_shipped_diffusion_recorded_figures():
     meta = json.loads((WEIGHTS_DIR / "zoo-diffusion.json").read_text())
     m = meta["metrics"]
     assert m["gen_both"] >= 0.8
-    assert m["recall_both"] >= 0.9
+    assert m["recall_both"] >= 0.95  # the issue's bar, on 256 samples
     chance = m["chance"]["constant_both"]
     rows = m["validity"]
     assert {r["component"] for r in rows if r["intervention"] == "mean-ablate"} == set(
@@ -380,3 +380,23 @@ def test_shipped_plant_validity(shipped):
     rows = meta["metrics"]["validity"]
     assert all(r["recall_both"] >= 0.9 for r in rows if not r["designated"])
     assert all(r["recall_both"] <= chance + 0.1 for r in rows if r["designated"])
+
+
+def test_shipped_sampling_settings_key_the_results(shipped):
+    """The guidance scale selected on dev seeds ships in the json, the loader samples with it, and
+    results are keyed by it: the same weights sampled with another scale give other figures."""
+    from bench.runner import zoo_weights_hash
+    from models.zoo.diffusion import GUIDANCE_GRID
+    from models.zoo.io import records_hash
+    from models.zoo_models import load_zoo_diffusion_model
+
+    model, meta, _ = shipped
+    g = meta["scheduler"]["guidance"]
+    sweep = meta["metrics"]["guidance_sweep"]
+    assert [r["guidance"] for r in sweep] == list(GUIDANCE_GRID)
+    assert g == max(sweep, key=lambda r: r["score"])["guidance"] and model.guidance == g
+    h = zoo_weights_hash("zoo-diffusion")
+    assert h == records_hash(meta) == f"{meta['sha256']}+sampling-{h.rsplit('-', 1)[1]}"
+    assert load_zoo_diffusion_model().weights_hash == h
+    assert records_hash({**meta, "scheduler": {**meta["scheduler"], "guidance": g + 1}}) != h
+    assert records_hash({"sha256": "ab"}) == "ab"  # no sampling settings: the weights' hash alone

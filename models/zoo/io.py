@@ -19,6 +19,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def records_hash(meta: dict[str, Any]) -> str:
+    """What results on a zoo model are keyed by: its weights' sha256, and for a model whose metadata
+    ships sampling settings (``scheduler``: zoo-diffusion's guidance scale and DDIM steps) a digest
+    of those too, ``<sha256>+sampling-<digest8>``: the same weights sampled otherwise give other figures."""
+    sha = str(meta["sha256"])
+    sched = meta.get("scheduler")
+    if not sched:
+        return sha
+    return f"{sha}+sampling-{hashlib.sha256(json.dumps(sched, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
 def save_weights(name: str, state: dict[str, torch.Tensor], weights_dir: Path, **meta: Any) -> Path:
     """Write ``<name>.safetensors`` and ``<name>.json`` (``meta`` + sha256 + torch version)."""
     from safetensors.torch import save_file
