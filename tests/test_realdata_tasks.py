@@ -31,6 +31,7 @@ from bench.world import World, WorldConfig
 from bench.world.core import Scene
 from bench.world.hallucination import COOCCURRENCE_PAIRS
 from bench.world.spurious import GROUPS, spurious_scene
+from tasks.hallucination import HallucinationTask
 
 QUIET = ["--jobs", "1", "--no-progress", "--no-table"]
 
@@ -204,7 +205,7 @@ def test_hallucination_on_pope_file(tmp_path: Path, pope: Path) -> None:
     rows = [json.loads(line) for line in pope.read_text().splitlines()]
     images = list(dict.fromkeys(pope.parent / r["image"] for r in rows))
     for rec in recs.values():
-        check_data_provenance(rec, "pope", "1.1", pope, images)
+        check_data_provenance(rec, "pope", HallucinationTask.spec.version, pope, images)
         m = rec.metrics
         assert 0.0 <= m["auroc"] <= 1.0 and m["auroc"] == m["pope_auroc"]
         assert "caption_auroc" not in m and "chair_i" not in m  # no captions file
@@ -223,7 +224,7 @@ def test_hallucination_on_pope_and_captions_files(tmp_path: Path, pope: Path, ca
         assert rec.status == "ok", rec.error
         assert [d["kind"] for d in rec.provenance["data"]] == ["captions", "pope"]
         tags = [f"{d['kind']}-{d['digest'][:8]}" for d in rec.provenance["data"]]
-        assert rec.key.task_version == "1.1+" + "+".join(tags)
+        assert rec.key.task_version == HallucinationTask.spec.version + "+" + "+".join(tags)
         m = rec.metrics
         assert 0.0 < m["chair_i"] <= m["chair_s"] < 1.0  # zoo-vlm names the absent partner now and then
         assert {"caption_auroc", "pope_auroc"} <= set(m)

@@ -167,7 +167,7 @@ def test_published_manifest_and_baseline_agree():
 
 
 def test_publish_refuses_a_partial_or_stale_store(tiny_store, tmp_path, capsys):
-    import shutil
+    import sqlite3
 
     from bench.store import Store
 
@@ -183,7 +183,14 @@ def test_publish_refuses_a_partial_or_stale_store(tiny_store, tmp_path, capsys):
     assert manifest.load(out / "baseline.json").cells[0].cell.method == "decomposition"
 
     stale = tmp_path / "stale.sqlite"
-    shutil.copy(tiny_store, stale)
+    # SQLite's backup, not a file copy: the store is in WAL mode, and rows still in its -wal file
+    # (not yet checkpointed) would be missing from a copy of the main file
+    src, dst = sqlite3.connect(tiny_store), sqlite3.connect(stale)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
     with Store(stale) as s:
         (rec,) = list(s.records())
         rec.model_hash = "0" * 64

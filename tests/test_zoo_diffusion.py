@@ -167,7 +167,8 @@ def test_sampler_inverts_the_training_parameterisation(trained):
             tt = torch.full((x.shape[0],), int(t))
             return SimpleNamespace(sample=train_sched.get_velocity(x0, eps, tt))
 
-    exact = SimpleNamespace(cfg=model.cfg, ema_unet=ExactV(), encode_prompts=model.encode_prompts)
+    exact = SimpleNamespace(cfg=model.cfg, ema_unet=ExactV(), encode_prompts=model.encode_prompts,
+                            guidance=model.guidance)
     out = sample(exact, ["a red circle"], seed=0, steps=10)  # type: ignore[arg-type]
     assert torch.allclose(out, (target + 1) / 2, atol=1e-4)
 
