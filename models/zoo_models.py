@@ -93,8 +93,8 @@ def load_zoo_diffusion_model(name: str = "zoo-diffusion") -> DiffusionWrapper:
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
     model, meta = load_diffusion(name, WEIGHTS_DIR)
     sched = meta.get("scheduler", {})
-    sampling = SamplingConfig(steps=int(sched.get("sample_steps", SamplingConfig.steps)),
-                              guidance=float(sched.get("guidance", SamplingConfig.guidance)))
+    # load_diffusion already read the recorded guidance scale (model.guidance): one reading of it
+    sampling = SamplingConfig(steps=int(sched.get("sample_steps", SamplingConfig.steps)), guidance=model.guidance)
     wrapper = wrap_zoo_diffusion(model, name, records_hash(meta), sampling)
     if "plant" in meta:
         wrapper.planted = diffusion_planted(meta)
