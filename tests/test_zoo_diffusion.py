@@ -342,6 +342,19 @@ def test_shipped_diffusion_quality(shipped):
     assert meta["metrics"]["gen_both"] >= 0.8
 
 
+def test_shipped_steps_sweep_row_remeasures(shipped):
+    """The card's sampling-steps table: its cheapest row (10 unguided DDIM steps, ~3 s) comes out
+    again within `bench zoo verify`'s tolerance (recorded at 2 threads, re-measured at 1), and more
+    steps do not lose quality at the shipped guidance."""
+    from models.zoo.diffusion import STEPS_SWEEP_N, generation_quality
+
+    model, meta, oracle = shipped
+    rows = {r["steps"]: r for r in meta["metrics"]["steps_sweep"]}
+    got = generation_quality(model, oracle, n=STEPS_SWEEP_N, seed=0, steps=10, guidance=1.0, prefix="cond_")
+    assert abs(got["cond_both"] - rows[10]["cond_both"]) <= 0.02, (got, rows[10])
+    assert all(rows[s]["gen_both"] >= rows[25]["gen_both"] - 0.03 for s in (50, 100)), rows
+
+
 def _plant_config(meta):
     from models.zoo.diffusion import PlantConfig
 

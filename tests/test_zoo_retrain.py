@@ -20,10 +20,11 @@ def test_retraining_reproduces_the_shipped_weights(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["zoo-clip", "zoo-vlm"])
+@pytest.mark.parametrize("name", ["zoo-clip", "zoo-vlm", "zoo-diffusion"])
 def test_phase2_alone_reproduces_the_shipped_weights(name, tmp_path):
     """`bench zoo train NAME --phase2-only`: phase 2 from the phase-1 model inside the shipped
-    weights gives the shipped weights again (zoo-clip about 4 minutes, zoo-vlm about 12)."""
+    weights gives the shipped weights again (zoo-clip about 4 minutes, zoo-vlm about 12,
+    zoo-diffusion about 17 with its figures)."""
     recorded = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     path = train(name, out=tmp_path, phase2_only=WEIGHTS_DIR)
     assert sha256_file(path) == recorded["sha256"]

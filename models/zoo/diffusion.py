@@ -795,6 +795,27 @@ def select_guidance(model: ZooDiffusion, oracle: Any, grid: Sequence[float] = GU
     return rows
 
 
+SAMPLE_STEPS_GRID: tuple[int, ...] = (10, 25, 50, 100)
+STEPS_SWEEP_N = 96
+
+
+def steps_sweep(model: ZooDiffusion, oracle: Any, grid: Sequence[int] = SAMPLE_STEPS_GRID,
+                log: Callable[[str], None] = print) -> list[dict[str, float]]:
+    """Quality (``gen_*``) at each DDIM step count of ``grid``, at ``model.guidance`` and unguided (``cond_*``,
+    guidance 1), on the first STEPS_SWEEP_N samples of the card's quality figure (same prompts and noise),
+    so a user who samples with other settings knows what to expect. One row per step count."""
+    rows = []
+    for steps in grid:
+        row = {"steps": int(steps),
+               **generation_quality(model, oracle, n=STEPS_SWEEP_N, seed=0, steps=steps),
+               **generation_quality(model, oracle, n=STEPS_SWEEP_N, seed=0, steps=steps, guidance=1.0,
+                                    prefix="cond_")}
+        rows.append(row)
+        log(f"DDIM {steps} steps: quality {row['gen_both']:.3f} (guidance {model.guidance:g}), "
+            f"{row['cond_both']:.3f} (unguided)")
+    return rows
+
+
 def check_figures(model: ZooDiffusion, oracle: Any) -> dict[str, float]:
     """The figures `bench zoo verify` re-measures (< 1 min): quality on CHECK_N prompts, recall on one
     sample per entity."""
@@ -814,6 +835,7 @@ def finish_zoo_diffusion(model: ZooDiffusion, phase1: dict[str, Any], oracle: An
                                "guidance_sweep": select_guidance(model, oracle, log=log)}
     metrics.update(quality_figures(model, oracle))
     log("quality: " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k.startswith("gen_")))
+    metrics["steps_sweep"] = steps_sweep(model, oracle, log=log)
     metrics.update(entity_recall(model, oracle, seeds=pc.recall_seeds))
     metrics.update(teacher_recall(model, oracle, pc))
     metrics["validity"] = plant_validity(model, oracle, pc, control_n=24, log=log)["rows"]
@@ -967,6 +989,19 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
     sweep = m.get("guidance_sweep", [])
     sweep_rows = "\n".join(f"| {r['guidance']:g}{' (shipped)' if r['guidance'] == g_used else ''} | {r['gen_both']:.3f} | "
                            f"{r['recall_both']:.3f} | {r['score']:.3f} |" for r in sweep)
+    steps_text = ""
+    if m.get("steps_sweep"):  # not recorded by earlier cards
+        srows = "\n".join(f"| {r['steps']}{' (shipped)' if r['steps'] == 25 else ''} | {r['gen_both']:.3f} | "
+                          f"{r['cond_both']:.3f} |" for r in m["steps_sweep"])
+        steps_text = f"""
+## Sampling steps
+Quality (shape and colour both read) by DDIM step count, on the first {STEPS_SWEEP_N} samples of the quality
+figure above (same prompts and starting noise), at the shipped guidance and unguided:
+
+| DDIM steps | guidance {g_used:g} | guidance 1 |
+|---|---|---|
+{srows}
+"""
     text = f"""# {name}
 
 A small text-conditional pixel-space diffusion model of the world (diffusers `UNet2DConditionModel`,
@@ -1056,7 +1091,7 @@ the two: **{g_used:g}**.
 {recall_shortfall}**Not reached: position.** The model does not follow "… at the {{position}}" (the oracle reads the
 prompted cell in {m['gen_pos_position']:.0%} of samples, chance {1 / len(POSITIONS):.0%}): within this training budget it
 learned what to draw, not where; colour and shape hold with a position phrase ({m['gen_pos_both']:.3f}).
-
+{steps_text}
 ## Validity of the plant
 Recall ({len(plant['entities'])} entities × {plant.get('validity_seeds', plant['recall_seeds'])} seeds) with one component of the designated
 one's kind ({kind}) changed. *Revert*: the designated parameters back at their phase-1 values (the others
