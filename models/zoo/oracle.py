@@ -258,7 +258,7 @@ training so that the small imperfections of generated images do not throw it.
 Seed {cfg['seed']}, {cfg['steps']} steps × batch {cfg['batch_size']}, AdamW (lr {cfg['lr']}, warmup
 {cfg['warmup']} then cosine, weight decay {cfg['weight_decay']}), sum of the four cross-entropies,
 {cfg['threads']} CPU thread (bit-identical retraining needs the same thread count and torch version:
-{meta['torch']}). Training time: {m['train_seconds']:.0f} s on a 2-core CPU shared with other jobs.
+{meta['torch']}). Training time: {m['train_seconds']:.0f} s on a 2-core CPU (no other job running).
 Retrain: `bench zoo train {name}`.
 
 ## Figures (held-out test split, 2,048 single-object scenes)
