@@ -991,7 +991,8 @@ def zoo_card(name: str, weights_dir: Path, cards_dir: Path) -> Path:
                            f"{r['recall_both']:.3f} | {r['score']:.3f} |" for r in sweep)
     steps_text = ""
     if m.get("steps_sweep"):  # not recorded by earlier cards
-        srows = "\n".join(f"| {r['steps']}{' (shipped)' if r['steps'] == 25 else ''} | {r['gen_both']:.3f} | "
+        shipped_steps = meta.get("scheduler", {}).get("sample_steps")
+        srows = "\n".join(f"| {r['steps']}{' (shipped)' if r['steps'] == shipped_steps else ''} | {r['gen_both']:.3f} | "
                           f"{r['cond_both']:.3f} |" for r in m["steps_sweep"])
         steps_text = f"""
 ## Sampling steps
