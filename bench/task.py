@@ -23,9 +23,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Hashable, Literal, Mapping, Sequence, Union
 
+import numpy as np
+
 from bench.errors import BenchError
 from bench.method import Method
 from bench.model import Model
+from bench.samples import Rows, check_rows, ones
 
 Direction = Literal["higher", "lower", "none"]
 
@@ -34,14 +37,25 @@ Direction = Literal["higher", "lower", "none"]
 class MetricSpec:
     """A metric's direction and whether it gets a random/oracle-normalised score.
 
-    ``normalise=False`` for metrics whose reference values are not chance and
-    ceiling (e.g. a sanity check that random maps fail by construction).
+    ``normalise=True`` declares that the task's ``oracle`` reference attains the metric's best
+    possible value *by construction* (it answers from the ground truth: a one-hot site score,
+    the true label, a perfect edit), so ``(m − random) / (oracle − random)`` runs from chance (0)
+    to a ceiling no method can pass (1). Metrics whose oracle is no ceiling (perturbation
+    curves, where the mask is not the optimal deletion order; the model's own context
+    figures) declare ``normalise=False`` and are shown raw. ``best`` is that attainable value
+    (1.0 for a rate or an AUC, 0.0 for a false-positive rate); a test checks the oracle's rows
+    reach it.
     """
 
     name: str
     direction: Direction
     description: str
     normalise: bool = True
+    best: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalise and self.best is None and self.direction != "none":
+            object.__setattr__(self, "best", 1.0 if self.direction == "higher" else 0.0)
 
 
 @dataclass(frozen=True)
@@ -68,11 +82,13 @@ class TaskSpec:
 
 @dataclass
 class CellResult:
-    """What one (task, method, model, seed) cell produced."""
+    """What one (task, method, model, seed) cell produced: its per-example rows
+    (:mod:`bench.samples`) and the metrics :meth:`Task.metrics_from_rows` computes from them."""
 
     metrics: dict[str, float]
     example_hashes: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
+    rows: Rows | None = None
 
 
 class ProcessMemo:
@@ -178,7 +194,13 @@ def example_hash(*parts: str) -> str:
 
 
 class Task(ABC):
+    """A versioned task. Its metrics are one function of its per-example rows
+    (:meth:`metrics_from_rows`), used for the stored record and for every bootstrap resample;
+    :attr:`strata` names the row columns (constant within an example) whose proportions every
+    resample keeps, e.g. the item kind when a metric is a mean over kinds."""
+
     spec: ClassVar[TaskSpec]
+    strata: ClassVar[tuple[str, ...]] = ()
     # The real-data kinds (bench.realdata) the task can read instead of the world; () = world only.
     data_kinds: ClassVar[tuple[str, ...]] = ()
     # Set on the copies :meth:`with_data` returns: what the task reads, by kind.
@@ -227,6 +249,21 @@ class Task(ABC):
             return (f"task {self.spec.name!r} supports {', '.join(sorted(self.spec.families))} models; "
                     f"{model.name!r} is {model.family}")
         return None
+
+    def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+        """Every metric ``[B]`` of the rows under ``B`` weightings ``w_BN`` (row multiplicities; see
+        :mod:`bench.samples`). A function of the rows alone: no model, data file or config."""
+        raise NotImplementedError(f"task {self.spec.name!r} does not compute its metrics from rows")
+
+    def metrics_of(self, rows: Rows) -> dict[str, float]:
+        """The cell's metrics: :meth:`metrics_from_rows` under unit weights (what the record stores)."""
+        check_rows(rows)
+        return {k: float(v[0]) for k, v in self.metrics_from_rows(rows, ones(rows)).items()}
+
+    def result(self, rows: Rows, artifacts: dict[str, Any] | None = None) -> CellResult:
+        """A :class:`CellResult` whose metrics are computed from ``rows`` (example hashes: the
+        distinct ``hash`` values in row order)."""
+        return CellResult(self.metrics_of(rows), list(dict.fromkeys(rows["hash"].tolist())), artifacts or {}, rows)
 
     @abstractmethod
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:

@@ -24,7 +24,11 @@ all captions; on zoo-clip, maps of the raw similarity explain that offset and pu
 large *negative* attribution on the target object — ``target="similarity"``
 keeps that variant available.) Deletion and insertion curves follow the target's
 probability among the same captions (the "class probability" of RISE, Petsiuk et
-al., 2018). All metrics are computed per example and averaged.
+al., 2018). All metrics are computed per example and averaged: each cell returns one row per
+scene (its resampling unit) with the five per-example values, and
+:meth:`AttributionTask.metrics_from_rows` averages them (v1.2: metrics from rows; deletion and
+insertion AUC are no longer normalised, since the mask is no optimal perturbation order and a
+method can beat the oracle there).
 
 Metrics (maps are compared at pixel resolution; patch-level maps are upsampled):
 
@@ -75,6 +79,7 @@ from bench.imageops import box_blur
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
 from bench.realdata import stack_images
+from bench.samples import Rows, make_rows, wmean
 from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec, example_hash, input_size
 from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 
@@ -192,15 +197,18 @@ _DIFFUSION_EXAMPLES = ProcessMemo(size=2)
 class AttributionTask(Task):
     spec = TaskSpec(
         name="attribution",
-        version="1.1",
+        version="1.2",
         families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="attribute",
         main_score="pointing_game",
         metrics=(
             MetricSpec("pointing_game", "higher", "maximum of the map inside the object's mask"),
             MetricSpec("mass_in_mask", "higher", "share of positive attribution inside the mask"),
-            MetricSpec("deletion_auc", "lower", "AUC of target probability as top patches are deleted"),
-            MetricSpec("insertion_auc", "higher", "AUC of target probability as top patches are inserted"),
+            # the mask is no optimal deletion/insertion order (a method can beat the oracle): not normalised
+            MetricSpec("deletion_auc", "lower", "AUC of target probability as top patches are deleted",
+                       normalise=False),
+            MetricSpec("insertion_auc", "higher", "AUC of target probability as top patches are inserted",
+                       normalise=False),
             MetricSpec("randomization_corr", "lower",
                        "rank correlation of maps on trained vs re-initialised model", normalise=False),
         ),
@@ -465,7 +473,6 @@ class AttributionTask(Task):
         torch.manual_seed(seed)
         maps = self.maps_for(method, model, req, ex, seed)
         per_ex = self.score(model, ex, maps, req.grid, seed)
-        metrics = {k: float(v.mean()) for k, v in per_ex.items()}
 
         # Sanity check on a subset: the same method on a re-initialised model.
         k = min(self.config.sanity_examples, n)
@@ -475,6 +482,16 @@ class AttributionTask(Task):
         rand_model.batch_size = model.batch_size
         torch.manual_seed(seed)
         rmaps = self.maps_for(method, rand_model, self.request(rand_model, sub, seed), sub, seed)
-        metrics["randomization_corr"] = float(spearman_per_example(
-            patch_pool(maps[:k], req.grid).flatten(1), patch_pool(rmaps, req.grid).flatten(1)).mean())
-        return CellResult(metrics, ex.hashes, {"maps": maps, "captions": ex.captions})
+        corr = spearman_per_example(patch_pool(maps[:k], req.grid).flatten(1),
+                                    patch_pool(rmaps, req.grid).flatten(1)).double()
+        sanity = torch.full((len(ex.hashes),), float("nan"), dtype=torch.float64)
+        sanity[:k] = corr
+        rows = make_rows(example=[f"{i:04d}:{h}" for i, h in enumerate(ex.hashes)], hash=ex.hashes,
+                         **{name: v for name, v in per_ex.items()}, randomization_corr=sanity)
+        return self.result(rows, {"maps": maps, "captions": ex.captions})
+
+    def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+        """Each metric is the weighted mean of its per-example column (``randomization_corr`` over
+        the ``sanity_examples`` rows that carry it)."""
+        return {name: wmean(rows[name], w_BN) for name in
+                ("pointing_game", "mass_in_mask", "deletion_auc", "insertion_auc", "randomization_corr")}
