@@ -105,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         tasks = sorted({c.task for c in p.cells})
         models = sorted({c.model for c in p.cells})
-        recs = [r for r in store.records() if r.key.task in tasks and r.key.model in models
+        recs = [r for r in store.records(rows=True) if r.key.task in tasks and r.key.model in models
                 and r.key.profile == ("quick" if args.quick else "full")]
         print(render(score(recs), "md"))
     if args.check_determinism:
@@ -125,7 +125,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not Path(args.store).exists():
         raise BenchError(f"results store {args.store!r} does not exist; run `bench evaluate` first")
     store = Store(args.store)
-    recs = [r for r in store.records(profile=args.profile)
+    recs = [r for r in store.records(profile=args.profile, rows=True)
             if (not args.task or r.key.task in args.task) and (not args.model or r.key.model in args.model)
             and (not args.method or r.key.method in args.method)]
     rows = score(recs)
@@ -277,6 +277,47 @@ def cmd_zoo_verify(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------- main
+def _store_for_reading(path: str) -> "Any":
+    from bench.store import Store
+
+    if not Path(path).exists():
+        raise BenchError(f"results store {path!r} does not exist; run `bench evaluate` first")
+    return Store(path)
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from leaderboard.samples import samples_frame, write_samples
+
+    frame = samples_frame(_store_for_reading(args.store), task=args.task, model=args.model, method=args.method,
+                          seed=args.seed, profile=args.profile)
+    text = write_samples(frame, args.out, args.format)
+    if text is not None:
+        sys.stdout.write(text)
+    else:
+        print(f"wrote {len(frame)} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    from leaderboard.samples import power
+    from leaderboard.scorer import score
+
+    store = _store_for_reading(args.store)
+    recs = list(store.records(task=args.task, model=args.model, profile=args.profile, rows=True))
+    if not recs:
+        raise BenchError(f"no {args.profile}-profile results for {args.task}/{args.model} in {args.store!r}"
+                         + ("" if args.profile == "quick" else " (try --profile quick)"))
+    print(power(score(recs), args.task, args.model, args.mde).text())
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from leaderboard.inspect import inspect_cell
+
+    return inspect_cell(_store_for_reading(args.store), task=args.task, model=args.model, method=args.method,
+                        seed=args.seed, profile=args.profile, k=args.k, out=args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bench", description="MMI-Bench: mechanistic interpretability on multimodal models")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -322,6 +363,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="html: skip the heatmap gallery (it runs methods on zoo models, a few seconds each)")
     lb.add_argument("--store", default="bench-results.sqlite")
     lb.set_defaults(fn=cmd_leaderboard)
+
+    sa = sub.add_parser("samples", help="export a cell's per-example rows (csv, jsonl or parquet)")
+    sa.add_argument("--task", required=True)
+    sa.add_argument("--model", required=True)
+    sa.add_argument("--method", help="one method (default: every method of the table)")
+    sa.add_argument("--seed", type=int, help="one seed (default: all)")
+    sa.add_argument("--profile", choices=["full", "quick"], help="one profile (default: both)")
+    sa.add_argument("--format", default="csv", choices=["csv", "jsonl", "parquet"])
+    sa.add_argument("--out", help="write to this file instead of stdout")
+    sa.add_argument("--store", default="bench-results.sqlite")
+    sa.set_defaults(fn=cmd_samples)
+
+    po = sub.add_parser("power", help="the smallest difference a table detects, and the examples a target needs")
+    po.add_argument("--task", required=True)
+    po.add_argument("--model", required=True)
+    po.add_argument("--mde", type=float, default=0.05, help="the difference to detect (default: %(default)s)")
+    po.add_argument("--profile", default="full", choices=["full", "quick"])
+    po.add_argument("--store", default="bench-results.sqlite")
+    po.set_defaults(fn=cmd_power)
+
+    ins = sub.add_parser("inspect", help="a method's worst examples in a cell (a PNG grid for image tasks)")
+    ins.add_argument("--task", required=True)
+    ins.add_argument("--model", required=True)
+    ins.add_argument("--method", required=True)
+    ins.add_argument("--seed", type=int, default=0)
+    ins.add_argument("--profile", default="full", choices=["full", "quick"])
+    ins.add_argument("-k", type=int, default=8, help="how many examples (default: %(default)s)")
+    ins.add_argument("--out", help="PNG file for the grid (image tasks; default: print a table only)")
+    ins.add_argument("--store", default="bench-results.sqlite")
+    ins.set_defaults(fn=cmd_inspect)
 
     ls = sub.add_parser("list", help="list tasks, methods or models with their compatibility")
     ls.add_argument("what", choices=["tasks", "methods", "models"])
@@ -396,7 +467,7 @@ def cmd_export_manifest(args: argparse.Namespace) -> int:
         raise BenchError(f"results store {args.store!r} does not exist; run `bench evaluate` first")
     out = _writable_file(args.out)
     seeds = set(_seed(s) for s in args.seed or [])
-    recs = [r for r in Store(args.store).records(profile=args.profile)
+    recs = [r for r in Store(args.store).records(profile=args.profile, rows=True)
             if (not args.task or r.key.task in args.task) and (not args.model or r.key.model in args.model)
             and (not args.method or r.key.method in args.method) and (not seeds or r.key.seed in seeds)]
     grid = from_records(recs, title=args.title or "", command=args.command or "")

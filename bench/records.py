@@ -7,7 +7,7 @@ import json
 import platform
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -55,15 +55,20 @@ class RunRecord:
     example_hashes: list[str] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
+    # the per-example rows the metrics were computed from (bench.samples); stored beside the
+    # record (the store's samples table), not in its JSON. None: not loaded, or an old record
+    rows: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> str:
-        d = asdict(self)
+        d = asdict(replace(self, rows=None))
+        d.pop("rows")
         return json.dumps(d, sort_keys=True, default=str)
 
     @classmethod
     def from_json(cls, text: str) -> "RunRecord":
         d = json.loads(text)
         d["key"] = CellKey(**d["key"])
+        d.pop("rows", None)
         return cls(**d)
 
 

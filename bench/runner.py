@@ -279,6 +279,7 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
             result = task.run(model, method, cell.seed, quick=cell.quick)
         record.metrics = {k: float(v) for k, v in result.metrics.items()}
         record.example_hashes = list(result.example_hashes)
+        record.rows = result.rows
         record.status = "ok"
         record.timings = {"load_s": round(t_load - t0, 3), "run_s": round(time.perf_counter() - t_load, 3)}
     except Exception as e:  # a failing method must not stop the grid

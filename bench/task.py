@@ -255,6 +255,15 @@ class Task(ABC):
         :mod:`bench.samples`). A function of the rows alone: no model, data file or config."""
         raise NotImplementedError(f"task {self.spec.name!r} does not compute its metrics from rows")
 
+    def example_quality(self, rows: Rows) -> np.ndarray:
+        """Per row, how well the method did on it (higher = better; NaN where a row says nothing
+        about the method, e.g. context rows): what ``bench inspect`` sorts by to show a method's
+        worst examples. The default: the main score's column when the rows carry one."""
+        col = rows.get(self.spec.main_score)
+        if col is None or col.dtype == object:
+            raise BenchError(f"task {self.spec.name!r} does not say how to rank its examples")
+        return np.asarray(col, dtype=np.float64)
+
     def metrics_of(self, rows: Rows) -> dict[str, float]:
         """The cell's metrics: :meth:`metrics_from_rows` under unit weights (what the record stores)."""
         check_rows(rows)

@@ -38,7 +38,7 @@ from typing import Sequence
 
 from bench.errors import BenchError
 from leaderboard.gallery import GalleryConfig, GalleryFigure, build_gallery, mpl_text, new_figure, png_bytes, slug
-from leaderboard.render import (EMPTY_MESSAGE, MISSING, GroupSizes, _fmt, cell_layout, group_sizes,
+from leaderboard.render import (EMPTY_MESSAGE, MISSING, GroupSizes, _fmt, cell_layout, group_sizes, stability_line,
                                 rank_label)
 from leaderboard.scorer import REFERENCE_METHODS, AggregateRow, Row, _task_spec, aggregate, rank_stability
 
@@ -110,13 +110,18 @@ JS = """
 """
 
 DEFINITIONS = (
-    "Means are over seeds with 95% percentile-bootstrap intervals. <b>rank</b>: the statistical rank "
-    "group on the main metric — the leader and every method whose interval overlaps the leader's share "
-    "group 1, then the rule repeats on the rest; <b>1=</b> marks a group with several members (a tie). "
+    "Means are over seeds; the brackets are 95% bootstrap intervals that resample the examples (and "
+    "seeds, where every seed scores the same examples), recomputing the metric on each resample; "
+    "† marks an interval over seeds only (a record without per-example rows). <b>rank</b>: the "
+    "statistical rank group on the main metric — the leader and every method whose paired bootstrap "
+    "test against it (same examples, Holm-corrected, alpha 0.05) does not separate them share group 1, "
+    "then the rule repeats on the rest; <b>1=</b> marks a group with several members (a tie). "
     "The references <i>random</i> (chance) and <i>oracle</i> (ground truth) are not ranked. "
-    "<b>norm.</b>: (m − random) / (oracle − random), 0 = chance, 1 = oracle. <b>Rank stability</b>: the "
-    "share of bootstrap replicates in which the leader stays first. The overview averages normalised "
-    "main scores only over the cells that every compared method has; a missing cell shows —.")
+    "<b>norm.</b>: (m − random) / (oracle − random), 0 = chance, 1 = oracle, only where the oracle is a "
+    "ceiling by construction. <b>Rank stability</b>: the share of the paired replicates in which the "
+    "leader stays first. <b>Power</b>: the smallest difference the table can detect (alpha 0.05, power "
+    "0.8). The overview averages normalised main scores only over the cells that every compared method "
+    "has; a missing cell shows —.")
 
 
 # ------------------------------------------------------------------- helpers
@@ -238,7 +243,8 @@ def cell_table(task: str, version: str, model: str, group: Sequence[Row], sizes:
         head.append(_th(label, "num", _first_for(direction[m]), tips.get(m, "")))
     if main is not None:
         head.append(_th(f"norm. {main}", "num", "descending", "(m − random) / (oracle − random)"))
-    head.append(_th("n", "num", "descending", "seeds"))
+    head.append(_th("seeds", "num", "descending", "seeds"))
+    head.append(_th("examples", "num", "descending", "examples resampled (all seeds)"))
 
     body = []
     for method in methods:
@@ -258,6 +264,8 @@ def cell_table(task: str, version: str, model: str, group: Sequence[Row], sizes:
                 continue
             ci = f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
             text = f'{escape(_fmt(r.mean))} <span class="ci">{escape(ci)}</span>'
+            if r.interval == "seeds":
+                text += ' <span class="ci" title="interval over seeds only">†</span>'
             if r.n != n:
                 text += f' <span class="ci">(n={r.n})</span>'
             tds.append(_td(text, _num(r.mean)))
@@ -266,6 +274,8 @@ def cell_table(task: str, version: str, model: str, group: Sequence[Row], sizes:
             value = r.normalised if r is not None else None
             tds.append(_td(escape(_fmt(value)), _num(value)))
         tds.append(_td(str(n), str(n)))
+        n_ex = max(r.n_examples for r in cells.values())
+        tds.append(_td(str(n_ex) if n_ex else MISSING, str(n_ex)))
         cls = f' class="{" ".join(classes)}"' if classes else ""
         body.append(f'<tr data-method="{escape(method)}"{cls}>{"".join(tds)}</tr>')
     table = (f'<table class="sortable cell-table"><thead><tr>{"".join(head)}</tr></thead>'
@@ -323,8 +333,7 @@ def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_h
         out.append(f'<section id="{_cell_id(*key)}"><h3>{escape(f"{task} v{version} — {model}")}</h3>')
         lead = leaders.get(key)
         if lead is not None:
-            out.append(f'<p class="note">Leader <b>{escape(lead.method)}</b>: first in '
-                       f"{100 * lead.stability:.1f}% of bootstrap replicates ({lead.n_methods} ranked methods).</p>")
+            out.append(f'<p class="note">{escape(stability_line(lead))}</p>')
         chart = charts.get(key)
         alt = f"bar chart of the main metric: {task} v{version} — {model}"
         img = f'<figure><img src="{escape(chart)}" alt="{escape(alt)}"></figure>' if chart else ""

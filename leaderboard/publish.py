@@ -87,7 +87,7 @@ def publish(store_path: str | Path, out_dir: str | Path, allow_partial: bool = F
     if not out.is_dir():
         raise BenchError(f"output folder {str(out)!r} does not exist")
     with Store(store_path) as store:
-        records = list(store.records(profile="quick"))
+        records = list(store.records(profile="quick", rows=True))
     if not records:
         raise BenchError(f"results store {str(store_path)!r} holds no quick-profile results; run `{DEFAULT_COMMAND}`")
 

@@ -187,7 +187,7 @@ def run(grid: RecordedGrid, store_path: str | Path | None = None, jobs: int | No
                 raise KeyboardInterrupt
             out = GridRun(ran=len(res.ran), already=len(res.already))
             failed = {r.key.id: r.error or "failed" for r in res.ran if r.status != "ok"}
-            by_id = {r.key.id: r for r in store.records()}
+            by_id = {r.key.id: r for r in store.records(rows=True)}
             weights = {m: current_model_hash(m) for m in sorted({rc.cell.model for rc in grid.cells})}
             for rc in grid.cells:
                 keys = [runner.cell_key(c) for c in runner_cells(grid, rc.cell)]

@@ -12,13 +12,16 @@
   suffixed ``=`` when it shares the group with other methods, ``—`` for the
   references), every metric as ``mean [ci_low, ci_high]`` (3 decimals) with ↑/↓ for
   its direction (main metric first, then the task spec's order, then by name), then
-  ``norm. <main metric>`` (the normalised main score), then ``n`` (seeds). A cell
+  ``norm. <main metric>`` (the normalised main score, only for metrics whose oracle is a
+  ceiling), then ``seeds`` and ``examples`` (resampling units over all seeds). An interval
+  over seeds only (a record stored without per-example rows) is marked ``†``. A cell
   whose ``n`` differs from the row's ``n`` (NaN values dropped, or a metric some
   seeds lack) is suffixed ``(n=k)``. A missing cell shows ``—``, never a number.
   Markdown puts ``### task vX — model`` above each table; LaTeX, where ``#`` is a
   special character, puts the same text in a ``\\paragraph{...}``. Below a table with
-  at least two ranked methods, one line gives the leader's rank stability (share of
-  bootstrap replicates in which it stays first).
+  at least two ranked methods, one paragraph gives the leader's margin over the runner-up
+  with its paired interval, its rank stability (share of bootstrap replicates in which it
+  stays first), and the table's minimum detectable difference (alpha 0.05, power 0.8).
 - ``html``: see :mod:`leaderboard.html` (a folder, not text: :func:`leaderboard.html.write_html`).
 """
 
@@ -33,13 +36,15 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
-from leaderboard.scorer import REFERENCE_METHODS, Row, _task_spec, rank_stability
+from leaderboard.scorer import REFERENCE_METHODS, LeaderStability, Row, _task_spec, rank_stability
 
 FORMATS = ("md", "csv", "latex", "json")
 COLUMNS = ("task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
-           "direction", "normalised", "is_main", "rank_group", "rank_stability")
+           "direction", "normalised", "is_main", "rank_group", "rank_stability", "n_examples", "interval",
+           "p_value", "runner_up", "margin", "margin_low", "margin_high", "mde")
 EMPTY_MESSAGE = "no results in the store match the filters"
 MISSING = "—"
+SEEDS_ONLY = "†"
 _ARROWS = {"higher": "↑", "lower": "↓"}
 _LATEX_ARROWS = {"↑": r"$\uparrow$", "↓": r"$\downarrow$"}
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -80,7 +85,10 @@ def _records(rows: list[Row]) -> list[dict[str, Any]]:
                     "metric": r.metric, "mean": _num(r.mean), "ci_low": _num(r.ci_low),
                     "ci_high": _num(r.ci_high), "n": int(r.n), "direction": r.direction,
                     "normalised": _num(r.normalised), "is_main": bool(r.is_main),
-                    "rank_group": r.rank_group, "rank_stability": _num(r.rank_stability)})
+                    "rank_group": r.rank_group, "rank_stability": _num(r.rank_stability),
+                    "n_examples": int(r.n_examples), "interval": r.interval, "p_value": _num(r.p_value),
+                    "runner_up": r.runner_up, "margin": _num(r.margin), "margin_low": _num(r.margin_low),
+                    "margin_high": _num(r.margin_high), "mde": _num(r.mde)})
     return out
 
 
@@ -143,10 +151,25 @@ def group_sizes(rows: list[Row]) -> GroupSizes:
     return dict(sizes)
 
 
-def stability_line(leader: str, stability: float, n_methods: int) -> str:
-    """The sentence under a table that reports the leader's rank stability."""
-    return (f"Leader {leader}: first in {100 * stability:.1f}% of bootstrap replicates "
-            f"({n_methods} ranked methods).")
+def stability_line(lead: "LeaderStability") -> str:
+    """The sentences under a table: the leader's margin over the runner-up with its paired
+    interval, its rank stability, and the table's minimum detectable difference."""
+    text = f"Leader {lead.method}"
+    if lead.runner_up is not None and lead.margin is not None:
+        text += (f", ahead of {lead.runner_up} by {_fmt(lead.margin)} [{_fmt(lead.margin_low)}, "
+                 f"{_fmt(lead.margin_high)}] (paired)")
+    text += (f": first in {100 * lead.stability:.1f}% of bootstrap replicates "
+             f"({lead.n_methods} ranked methods).")
+    if lead.mde is not None:
+        ex = f"{lead.n_examples} examples over {lead.seeds} seed{'s' if lead.seeds != 1 else ''}"
+        text += (f" Power: with {ex}, a difference in {lead.metric} smaller than {_fmt(lead.mde)} "
+                 "goes undetected (alpha 0.05, power 0.8).")
+        if lead.mde > 0.05 and lead.n_examples:
+            from leaderboard.scorer import examples_needed
+
+            text += (f" Detecting 0.05 would take about {examples_needed(lead.mde, lead.n_examples, 0.05)} "
+                     "examples (`bench power`).")
+    return text
 
 
 def cell_layout(task: str, group: list[Row]) -> tuple[dict[str, dict[str, Row]], dict[str, str], str | None,
@@ -182,9 +205,10 @@ def _tables(rows: list[Row], latex: bool) -> str:
             headers.append(f"{m} {arrow}" if arrow else m)
         if main is not None:
             headers.append(f"norm. {main}")
-        headers.append("n")
+        headers += ["seeds", "examples"]
 
         body = []
+        seeds_only = False
         for method in methods:
             cells = by_method[method]
             n = max(r.n for r in cells.values())
@@ -195,16 +219,23 @@ def _tables(rows: list[Row], latex: bool) -> str:
                     line.append(MISSING)
                     continue
                 text = f"{_fmt(r.mean)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+                if r.interval == "seeds":
+                    text += SEEDS_ONLY
+                    seeds_only = True
                 line.append(text if r.n == n else f"{text} (n={r.n})")
             if main is not None:
                 r = cells.get(main)
                 line.append(_fmt(r.normalised) if r is not None else MISSING)
-            line.append(str(n))
+            n_ex = max(r.n_examples for r in cells.values())
+            line += [str(n), str(n_ex) if n_ex else MISSING]
             body.append(line)
 
         title = f"{task} v{version} — {model}"
         lead = leaders.get((task, version, model))
-        note = stability_line(lead.method, lead.stability, lead.n_methods) if lead else ""
+        note = stability_line(lead) if lead else ""
+        if seeds_only:
+            note += (f"\n\n{SEEDS_ONLY} interval over seeds only: stored without per-example rows "
+                     "(an older store); re-run with --force for example-level intervals.")
         if latex:
             table = tabulate(body, headers=headers, tablefmt="latex_booktabs", disable_numparse=True)
             for arrow, cmd in _LATEX_ARROWS.items():

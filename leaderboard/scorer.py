@@ -1,72 +1,81 @@
-"""Aggregate run records into leaderboard rows: mean, bootstrap CI, normalised score.
+"""Aggregate run records into leaderboard rows: mean, example-level bootstrap CI, paired ranks, power.
 
-Definitions (one *cell* is a ``(task, task_version, model, method, metric)`` group):
+Definitions (a *table* is one ``(task, task_version, model)``; a *cell* one method's metric in a
+table; records of different task versions are never mixed, the version is part of the key):
 
-- **Grouping.** Only records with ``status == "ok"`` count. Records of different task
-  versions are never mixed: the version is part of the group key, so a v1.0 and a
-  v1.1 result for the same method are two separate rows.
-- **Mean.** The arithmetic mean of the metric over seeds (one value per seed).
-- **Confidence interval.** A 95% percentile bootstrap over seeds (Efron & Tibshirani,
-  1993, *An Introduction to the Bootstrap*, ch. 13): draw ``n`` seed values with
-  replacement ``n_boot`` times, take the mean of each resample, and report the 2.5th
-  and 97.5th percentiles (NumPy's default linear interpolation) of those means. The
-  interval reflects seed-to-seed variation only, and with few seeds the percentile
-  bootstrap is known to be too narrow, so read it as a rough indication. With
-  ``n == 1``, or when every seed gives the same value, the interval is
-  ``[mean, mean]``.
-- **Determinism.** Each cell's resampling uses its own ``numpy.random.Generator``
-  seeded from ``seed`` and ``zlib.crc32`` of the cell key, never Python's salted
-  ``hash``, and the values are ordered by seed first. The same records therefore give
-  bit-identical rows in every process, whatever order the records arrive in.
-- **Missing values.** A record without a metric that other records have contributes
-  nothing to that metric's cell: nothing is filled in. A ``NaN`` (or ``None``) value
-  is likewise dropped, and ``n`` is reduced to count only the seeds with a value.
-  A cell with no values left produces no row at all, so it renders as missing.
-- **Normalised score.** ``(m - random) / (oracle - random)``, where ``m`` is the
-  cell's mean and ``random``/``oracle`` are the means of the methods named
-  ``"random"`` and ``"oracle"`` on the same ``(task, task_version, model, metric)``.
-  0 means chance, 1 means the oracle, whichever way the metric points. It is
-  ``None`` when either reference is missing, when the metric's ``MetricSpec`` has
-  ``normalise=False``, when the metric's direction is ``"none"``, or when
+- **Grouping.** Only records with ``status == "ok"`` count. Mixing profiles (``quick`` and
+  ``full``) raises ``BenchError``; filter by profile first. Records of one method under several
+  configurations (``method_config_hash``) are separate rows, labelled ``method@<hash>``.
+- **Point estimate.** The metric as the record stores it (computed by the task from its
+  per-example rows, :meth:`bench.task.Task.metrics_from_rows`), averaged over seeds. A ``NaN``
+  value is dropped and ``n`` (seeds with a value) counts one fewer.
+- **Confidence interval: a stratified bootstrap over examples (and seeds).** Percentile
+  intervals (Efron & Tibshirani, 1993, *An Introduction to the Bootstrap*, ch. 13) of the
+  statistic recomputed on each resample, never of per-seed means alone. The unit drawn is the
+  task's *example* (rows sharing an ``example`` id move together: a caption with its mentions,
+  an edit with its outcomes), within strata: the task's :attr:`~bench.task.Task.strata` (item
+  kind, spurious group, ...), so every resample keeps each stratum's size. Seeds enter by the
+  design of the table (Davison & Hinkley, 1997, *Bootstrap Methods and their Application*,
+  §3.8, multi-stage data):
+
+  * *nested* (each seed scores its own examples, as the world's seeds do): the seed is one more
+    stratum. Seed-to-seed variation is then example variation, which the resampling already
+    counts; drawing seeds as well would count it twice (a proportion's interval would come out
+    about sqrt(2) too wide with two seeds). What it cannot see is a method's own randomness
+    shared by a seed's examples (one trained SAE per seed); the seed spread of the per-seed
+    values is still shown by the ``seeds`` interval of old records and in the samples.
+  * *crossed* (every seed scores the same examples, as data files do): examples are drawn once
+    per replicate and shared by all seeds, and seeds are drawn with replacement too, so a
+    method's seed-to-seed variation adds to the example variation.
+
+  Each method's metric is recomputed per seed from its rows under the drawn multiplicities, by
+  the same function that produced the record, and averaged over the (drawn) seeds. So AUROC,
+  worst-group accuracy and harmonic means get intervals of the statistic itself. The CI is
+  the ``2.5`` and ``97.5`` percentiles of ``n_boot`` replicates (NaN replicates, e.g. a resample
+  without positives, are dropped). A zero-width interval means every per-example value is
+  identical. Each table's resampling uses
+  its own ``numpy.random.Generator`` seeded from ``seed`` and ``zlib.crc32`` of the table key
+  (never Python's salted ``hash``), examples in stored order: the same records give
+  bit-identical rows in every process.
+- **Paired resampling.** Every method of a table is scored on the *same* replicates (the same
+  seeds and examples drawn), so differences between methods are paired on examples.
+- **Records without per-example rows** (stores written before rows existed, or a task that
+  cannot be imported): the interval falls back to a percentile bootstrap of the seed values
+  (zero-width with one seed); such rows carry ``interval="seeds"`` and the renderers mark
+  them. Their replicates are the seed resamples, so comparisons with them are unpaired.
+- **Normalised score.** ``(m - random) / (oracle - random)``, only for metrics whose
+  ``MetricSpec`` declares ``normalise=True`` (the oracle attains the metric's best value by
+  construction, so 1 is a ceiling); ``None`` otherwise, when a reference is missing, or when
   ``|oracle - random| < 1e-9``.
-- **Direction and main score.** Taken from the registered task's ``TaskSpec``. A
-  task that is not registered, or whose module fails to import, or a metric that
-  is not in the spec, is treated as direction ``"higher"`` with ``normalise=True``.
-  The main score is the ``main_score`` the records carry (the one in force when they
-  ran), falling back to the registered spec's.
-- **Configurations and profiles.** Records of one method under several
-  configurations (``method_config_hash``) are separate rows, labelled
-  ``method@<hash>``; their seeds are not samples of the same quantity. Mixing
-  profiles (``quick`` and ``full``) raises ``BenchError``; filter by profile first.
+- **Direction and main score.** From the registered task's ``TaskSpec``; an unknown task or
+  metric is treated as direction ``"higher"``, not normalised. The main score is the
+  ``main_score`` the records carry, falling back to the registered spec's.
 
-Ranks, ties and stability (per ``(task, task_version, model, metric)``; the references
-``random`` and ``oracle`` bound the scale and are never ranked, their ``rank_group`` is
-``None``, as is every row of a metric whose direction is ``"none"``):
+Ranks, ties, margin, stability and power (per table and metric; the references ``random`` and
+``oracle`` bound the scale and are never ranked, ``rank_group`` is ``None`` for them and for
+metrics whose direction is ``"none"``):
 
-- **Rank groups (ties).** The ranked methods are ordered by mean in the metric's
-  direction (best first; equal means by name). The first is the *leader*; every
-  remaining method whose 95% CI overlaps the leader's (closed intervals:
-  ``lo_a <= hi_b`` and ``lo_b <= hi_a``) is statistically tied with it and shares its
-  group, 1. The leader and its ties are removed and the rule repeats on the rest
-  (next leader and its overlaps: group 2, ...). Overlap is checked against each
-  group's leader only, so a wide interval far down the order can join group 1 while
-  a narrow one between them starts group 2. With one seed an interval is a point,
-  so only exactly equal means tie. Rendered as ``1=`` when a group has several members.
-- **Rank stability.** For the main metric only: the share of bootstrap replicates in
-  which the leader (by full-sample mean, as above) is still first. A replicate
-  resamples every ranked method's seeds together: each method draws ``n`` of its own
-  ``n`` seed values with replacement (the same resampling its CI uses; seeds are
-  drawn per method, so methods need not share seeds), and the replicate's ranking is
-  by those resample means. A replicate in which the leader ties ``k - 1`` others for
-  first counts ``1/k`` (expected value under random tie-breaking). ``n_boot``
-  replicates from one generator per cell, seeded from ``seed`` and ``zlib.crc32`` of
-  the cell key plus ``"rank_stability"``, methods in name order, so it is
-  deterministic. It is stored on the leader's main-metric row (``rank_stability``) and
-  is ``None`` elsewhere and when fewer than two methods are ranked (nothing to be
-  unstable against).
-- **Aggregate.** :func:`aggregate`: per method, the mean normalised main score over
-  the cells (``(task, task_version, model)``) that *every* compared method has; see
-  its docstring for exactly which cells enter.
+- **Rank groups: paired bootstrap tests against the group leader, Holm-corrected.** The
+  ranked methods are ordered by mean (best first; equal means by name); the first is the
+  leader. For every other method ``m`` the paired difference ``d = ±(leader − m)`` (sign: the
+  metric's direction) is computed on each replicate; its two-sided bootstrap p-value is
+  ``min(1, 2 · min(#(d ≤ 0) + 1, #(d ≥ 0) + 1) / (n_boot + 1))`` (Davison & Hinkley, 1997,
+  §4.4; the +1 keeps it from being 0). The family of comparisons with the leader is corrected
+  by Holm's step-down procedure (Holm, 1979) at ``alpha = 0.05``; a method not rejected is tied
+  with the leader and shares its group. The leader and its ties are removed and the rule
+  repeats on the rest. Rendered ``1=`` when a group has several members.
+- **Margin.** On the leader's main row: the leader's lead over the runner-up (second by mean),
+  ``±(leader − runner-up)``, with the percentile interval of the paired replicate differences.
+- **Rank stability.** On the leader's main row: the share of the paired replicates in which the
+  leader is first (a tie for first between ``k`` methods counts ``1/k``). Being computed from
+  the same replicates as the tests, it cannot contradict them.
+- **Minimum detectable difference (power).** On the leader's main row: ``mde = (z₀.₉₇₅ + z₀.₈) ·
+  SE``, the difference a two-sided test at ``alpha = 0.05`` detects with power 0.8 (a normal
+  approximation; Cohen, 1988, ch. 2), where ``SE`` is the median, over the ranked methods, of
+  the bootstrap standard deviation of their paired difference from the leader. ``SE`` scales
+  as ``1/sqrt(examples)``: :func:`examples_needed` turns a target difference into a count.
+- **Aggregate.** :func:`aggregate`: per method, the mean normalised main score over the cells
+  (``(task, task_version, model)``) that *every* compared method has; see its docstring.
 """
 
 from __future__ import annotations
@@ -75,16 +84,20 @@ import math
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from statistics import NormalDist
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from bench.errors import BenchError
 from bench.records import RunRecord
-from bench.task import MetricSpec, TaskSpec
+from bench.task import MetricSpec, Task, TaskSpec
 
 REFERENCE_METHODS = ("random", "oracle")
 CI_LEVEL = 0.95
+ALPHA = 0.05
+POWER = 0.8
+_Z = NormalDist().inv_cdf(1 - ALPHA / 2) + NormalDist().inv_cdf(POWER)  # 2.8016
 _EPS = 1e-9
 
 
@@ -108,6 +121,31 @@ class Row:
     rank_group: int | None = None
     # On the leader's main-metric row only: share of bootstrap replicates in which it stays first.
     rank_stability: float | None = None
+    n_examples: int = 0  # resampling units (examples) over all seeds; 0 without per-example rows
+    interval: str = "examples"  # what the CI resamples: "examples" (and seeds), or "seeds" only
+    # On the leader's main-metric row only: the lead over the runner-up with its paired interval,
+    # and the table's minimum detectable difference (alpha 0.05, power 0.8).
+    runner_up: str | None = None
+    margin: float | None = None
+    margin_low: float | None = None
+    margin_high: float | None = None
+    mde: float | None = None
+    # On every ranked row: the Holm-adjusted p-value of the paired test against its group's leader.
+    p_value: float | None = None
+    crossed: bool = False  # every seed scored the same examples (seeds resampled too)
+
+
+def _task_obj(task: str) -> Task | None:
+    """An instance of the registered task (for :meth:`Task.metrics_from_rows`), or None."""
+    from bench.registry import TASKS
+
+    try:
+        if task not in TASKS:
+            return None
+        obj = TASKS.get(task)()
+    except Exception:  # a plugin that fails to import or build: fall back to seed intervals
+        return None
+    return obj if isinstance(obj, Task) else None
 
 
 def _task_spec(task: str) -> TaskSpec | None:
@@ -129,7 +167,7 @@ def _metric_spec(spec: TaskSpec | None, metric: str) -> MetricSpec:
             return spec.metric(metric)
         except KeyError:
             pass
-    return MetricSpec(metric, "higher", "(not in the task's spec)", normalise=True)
+    return MetricSpec(metric, "higher", "(not in the task's spec)", normalise=False)
 
 
 def _as_float(record: RunRecord, name: str, value: object) -> float:
@@ -142,22 +180,29 @@ def _as_float(record: RunRecord, name: str, value: object) -> float:
                          f"for metric {name!r}") from None
 
 
+def percentile_ci(reps: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float]:
+    """The ``(1 ∓ level) / 2`` percentiles (NumPy's linear interpolation) of the finite replicates."""
+    r = reps[np.isfinite(reps)]
+    if r.size == 0:
+        return math.nan, math.nan
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.percentile(r, [100.0 * alpha, 100.0 * (1.0 - alpha)])
+    return float(lo), float(hi)
+
+
 def bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator,
                  level: float = CI_LEVEL) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (Efron & Tibshirani, 1993).
-
-    Resamples ``values`` with replacement ``n_boot`` times and returns the
-    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resample means.
-    One value, or all values equal, gives ``(mean, mean)``.
-    """
+    """Percentile bootstrap CI of the mean of ``values`` (used for seed values alone, when a
+    record has no per-example rows). One value, or all values equal, gives ``(mean, mean)``."""
     mean = float(np.mean(values))
     if values.size <= 1 or np.all(values == values[0]):
         return mean, mean
+    return percentile_ci(_mean_replicates(values, n_boot, rng), level)
+
+
+def _mean_replicates(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     idx = rng.integers(0, values.size, size=(n_boot, values.size))
-    means = values[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.percentile(means, [100.0 * alpha, 100.0 * (1.0 - alpha)])
-    return float(lo), float(hi)
+    return values[idx].mean(axis=1)
 
 
 def _rng(seed: int, key: tuple[str, ...]) -> np.random.Generator:
@@ -165,10 +210,110 @@ def _rng(seed: int, key: tuple[str, ...]) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, crc]))
 
 
+# ------------------------------------------------------------------ resampling
+@dataclass
+class Design:
+    """A table's resampling units (examples) and strata, and whether its seeds are crossed
+    with its examples (every seed scores the same example ids) or nested (each seed its own)."""
+
+    crossed: bool
+    seeds: list[int]
+    index: dict[tuple[int, str], int] = field(default_factory=dict)  # (seed, example) -> unit
+    stratum: list[tuple[Any, ...]] = field(default_factory=list)  # per unit
+
+
+def design(tables: Mapping[int, Sequence[Mapping[str, np.ndarray]]], strata: Sequence[str]) -> Design:
+    """The units of a table from its rows per seed (all methods' rows; first-seen order)."""
+    seeds = sorted(tables)
+    ids = {s: {e for rows in tables[s] for e in rows["example"].tolist()} for s in seeds}
+    crossed = len(seeds) > 1 and all(ids[s] == ids[seeds[0]] for s in seeds)
+    d = Design(crossed, seeds)
+    shared: dict[str, int] = {}
+    for s in seeds:
+        for rows in tables[s]:
+            cols = [rows.get(c) for c in strata]
+            for i, ex in enumerate(rows["example"].tolist()):
+                if (s, ex) in d.index:
+                    continue
+                if crossed and ex in shared:
+                    d.index[(s, ex)] = shared[ex]
+                    continue
+                unit = len(d.stratum)
+                d.index[(s, ex)] = unit
+                shared[ex] = unit
+                st = tuple(None if c is None else c[i] for c in cols)
+                d.stratum.append(st if crossed else (s, *st))
+    return d
+
+
+def draw_weights(d: Design, n_boot: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Seed multiplicities ``c_BS`` and unit multiplicities ``W_BU`` of ``n_boot`` replicates:
+    within each stratum, as many units as it holds, drawn with replacement; seeds drawn with
+    replacement only when crossed with the examples (see the module docstring)."""
+    S = len(d.seeds)
+    c_BS = (rng.multinomial(S, np.full(S, 1.0 / S), size=n_boot).astype(np.float64) if d.crossed
+            else np.ones((n_boot, S)))
+    W = np.zeros((n_boot, len(d.stratum)))
+    by: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, st in enumerate(d.stratum):
+        by[st].append(i)
+    for st in sorted(by, key=repr):
+        idx = np.array(by[st])
+        W[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1.0 / len(idx)), size=n_boot)
+    return c_BS, W
+
+
+@dataclass
+class _Cell:
+    """One method's records in a table, by seed."""
+
+    method: str
+    records: dict[int, RunRecord] = field(default_factory=dict)
+
+
+def _table_replicates(task: Task | None, cells: Mapping[str, _Cell], n_boot: int,
+                      rng: np.random.Generator) -> tuple[dict[tuple[str, str], np.ndarray], dict[str, int], bool]:
+    """Paired replicates ``{(method, metric): [n_boot]}`` for every method with per-example rows,
+    each such method's example count, and whether the seeds are crossed with the examples."""
+    with_rows = {m: c for m, c in cells.items()
+                 if task is not None and all(r.rows is not None for r in c.records.values())}
+    if not with_rows or task is None:
+        return {}, {}, False
+    seeds = sorted({s for c in with_rows.values() for s in c.records})
+    by_seed = {s: [c.records[s].rows for c in with_rows.values() if s in c.records] for s in seeds}
+    d = design(by_seed, tuple(task.strata))  # type: ignore[arg-type]
+    c_BS, W = draw_weights(d, n_boot, rng)
+    reps: dict[tuple[str, str], np.ndarray] = {}
+    n_ex: dict[str, int] = {}
+    for m in sorted(with_rows):
+        num: dict[str, np.ndarray] = {}
+        den: dict[str, np.ndarray] = {}
+        units: set[int] = set()
+        for s, rec in sorted(with_rows[m].records.items()):
+            rows = rec.rows
+            assert rows is not None
+            idx = np.array([d.index[(s, e)] for e in rows["example"].tolist()], dtype=np.int64)
+            units.update(idx.tolist())
+            vals = task.metrics_from_rows(rows, W[:, idx])
+            c = c_BS[:, d.seeds.index(s)]
+            for metric, v in vals.items():
+                v = np.asarray(v, dtype=np.float64)
+                num[metric] = num.get(metric, np.zeros(n_boot)) + np.where(c > 0, c * v, 0.0)
+                den[metric] = den.get(metric, np.zeros(n_boot)) + c
+        n_ex[m] = len(units)
+        for metric in num:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps[(m, metric)] = np.where(den[metric] > 0, num[metric] / np.where(den[metric] > 0, den[metric], 1),
+                                             np.nan)
+    return reps, n_ex, d.crossed
+
+
+# ------------------------------------------------------------------ scoring
 def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> list[Row]:
     """Leaderboard rows for ``records`` (see the module docstring for definitions).
 
-    Failed records are ignored. Rows come sorted by
+    Records should carry their per-example rows (``Store.records(rows=True)``); those without
+    fall back to seed intervals. Failed records are ignored. Rows come sorted by
     ``(task, task_version, model, metric, method)``.
     """
     if n_boot < 1:
@@ -176,75 +321,89 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
     if seed < 0:
         raise BenchError(f"the bootstrap seed must be non-negative, got {seed}")
 
-    # (task, version, model, method, metric) -> [(seed, value)]
-    values: dict[tuple[str, str, str, str, str], list[tuple[int, float]]] = defaultdict(list)
-    # (task, version, model, method) -> {(profile, config hash)}
-    variants: dict[tuple[str, str, str, str], set[tuple[str, str]]] = defaultdict(set)
-    main_votes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
-
     ok = [r for r in records if r.status == "ok"]
-    configs: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
+    variants: dict[tuple[str, str, str, str], set[tuple[str, str]]] = defaultdict(set)
     for rec in ok:
         k = rec.key
         variants[(k.task, k.task_version, k.model, k.method)].add((k.profile, k.method_config_hash))
-        configs[(k.task, k.task_version, k.model, k.method)].add(k.method_config_hash)
     for (task, version, model, method), vs in sorted(variants.items()):
         if len({p for p, _ in vs}) > 1:
             desc = ", ".join(sorted({p for p, _ in vs}))
             raise BenchError(f"results for {task} v{version} / {model} / {method} mix profiles ({desc}); "
                              f"filter the store by profile")
 
+    tables: dict[tuple[str, str, str], dict[str, _Cell]] = defaultdict(dict)
+    main_votes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for rec in ok:
         k = rec.key
-        # Several configurations of one method are separate rows, labelled by config hash.
-        several = len(configs[(k.task, k.task_version, k.model, k.method)]) > 1
+        several = len({h for _, h in variants[(k.task, k.task_version, k.model, k.method)]}) > 1
         method = f"{k.method}@{k.method_config_hash[:6]}" if several else k.method
+        cell = tables[(k.task, k.task_version, k.model)].setdefault(method, _Cell(method))
+        if k.seed in cell.records:
+            raise BenchError(f"results for {k.task} v{k.task_version} / {k.model} / {method} hold seed "
+                             f"{k.seed} more than once")
+        cell.records[k.seed] = rec
         if rec.main_score:
             main_votes[(k.task, k.task_version)][rec.main_score] += 1
-        for name, raw in rec.metrics.items():
-            v = _as_float(rec, name, raw)
-            if not math.isnan(v):  # NaN: dropped, so this cell's n counts one seed fewer
-                values[(k.task, k.task_version, k.model, method, name)].append((k.seed, v))
 
     specs: dict[str, TaskSpec | None] = {}
-    arrays: dict[tuple[str, str, str, str, str], np.ndarray] = {}
-    means: dict[tuple[str, str, str, str, str], float] = {}
-    stats: dict[tuple[str, str, str, str, str], tuple[float, float, float, int]] = {}
-    for key in sorted(values):
-        pairs = sorted(values[key])
-        seeds = [s for s, _ in pairs]
-        if len(set(seeds)) != len(seeds):
-            raise BenchError(f"results for {key[0]} v{key[1]} / {key[2]} / {key[3]} hold seed "
-                             f"{Counter(seeds).most_common(1)[0][0]} more than once")
-        arr = np.array([v for _, v in pairs], dtype=np.float64)
-        lo, hi = bootstrap_ci(arr, n_boot, _rng(seed, key))
-        mean = float(np.mean(arr))
-        arrays[key] = arr
-        means[key] = mean
-        stats[key] = (mean, lo, hi, int(arr.size))
-
+    task_objs: dict[str, Task | None] = {}
     rows: list[Row] = []
-    for key, (mean, lo, hi, n) in stats.items():
-        task, version, model, method, metric = key
+    replicates: dict[tuple[str, str, str, str, str], np.ndarray] = {}
+    for tkey in sorted(tables):
+        task, version, model = tkey
         if task not in specs:
             specs[task] = _task_spec(task)
+            task_objs[task] = _task_obj(task)
         spec = specs[task]
-        mspec = _metric_spec(spec, metric)
-        votes = main_votes.get((task, version))
-        if votes:
-            main = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        cells = tables[tkey]
+        if any(r.rows is not None for c in cells.values() for r in c.records.values()):
+            reps, n_ex, crossed = _table_replicates(task_objs[task], cells, n_boot, _rng(seed, tkey))
         else:
-            main = spec.main_score if spec is not None else ""
-        rand = means.get((task, version, model, "random", metric))
-        orac = means.get((task, version, model, "oracle", metric))
-        normalised: float | None = None
-        if (mspec.normalise and mspec.direction != "none" and rand is not None and orac is not None
-                and abs(orac - rand) >= _EPS):
-            normalised = (mean - rand) / (orac - rand)
-        rows.append(Row(task=task, task_version=version, model=model, method=method, metric=metric,
-                        mean=mean, ci_low=lo, ci_high=hi, n=n, direction=mspec.direction,
-                        normalised=normalised, is_main=(metric == main)))
-    _rank(rows, arrays, n_boot, seed)
+            reps, n_ex, crossed = {}, {}, False
+        votes = main_votes.get((task, version))
+        main = (sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] if votes
+                else (spec.main_score if spec is not None else ""))
+        means: dict[tuple[str, str], float] = {}
+        table_rows: list[Row] = []
+        for method in sorted(cells):
+            cell = cells[method]
+            metrics = sorted({m for r in cell.records.values() for m in r.metrics})
+            for metric in metrics:
+                pairs = sorted((s, _as_float(r, metric, r.metrics.get(metric))) for s, r in cell.records.items())
+                vals = np.array([v for _, v in pairs if not math.isnan(v)], dtype=np.float64)
+                if vals.size == 0:
+                    continue  # no value left: the cell renders as missing
+                mean = float(np.mean(vals))
+                rep = reps.get((method, metric))
+                if rep is not None:
+                    interval = "examples"
+                    lo, hi = percentile_ci(rep)
+                    if math.isnan(lo):
+                        lo = hi = mean
+                else:
+                    interval = "seeds"
+                    rng = _rng(seed, (*tkey, method, metric))
+                    lo, hi = bootstrap_ci(vals, n_boot, rng)
+                    rep = (_mean_replicates(vals, n_boot, rng) if vals.size > 1
+                           else np.full(n_boot, mean))
+                replicates[(*tkey, method, metric)] = rep
+                means[(method, metric)] = mean
+                mspec = _metric_spec(spec, metric)
+                table_rows.append(Row(task=task, task_version=version, model=model, method=method,
+                                      metric=metric, mean=mean, ci_low=lo, ci_high=hi, n=int(vals.size),
+                                      direction=mspec.direction, normalised=None, is_main=(metric == main),
+                                      n_examples=n_ex.get(method, 0), interval=interval,
+                                      crossed=crossed and interval == "examples"))
+        for r in table_rows:
+            mspec = _metric_spec(spec, r.metric)
+            rand = means.get(("random", r.metric))
+            orac = means.get(("oracle", r.metric))
+            if (mspec.normalise and mspec.direction != "none" and rand is not None and orac is not None
+                    and abs(orac - rand) >= _EPS):
+                r.normalised = (r.mean - rand) / (orac - rand)
+        rows.extend(table_rows)
+    _rank(rows, replicates)
     rows.sort(key=lambda r: (r.task, r.task_version, r.model, r.metric, r.method))
     return rows
 
@@ -255,57 +414,80 @@ def _order_key(direction: str, mean: float, method: str) -> tuple[float, str]:
     return (-mean if direction == "higher" else mean, method)
 
 
-def rank_groups(intervals: Mapping[str, tuple[float, float, float]], direction: str) -> dict[str, int]:
-    """Statistical rank groups of methods from ``{method: (mean, ci_low, ci_high)}``.
+def paired_p(diff: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of a paired difference being zero, from its replicates
+    (see the module docstring); 1.0 when every replicate difference is 0."""
+    d = diff[np.isfinite(diff)]
+    if d.size == 0:
+        return 1.0
+    le, ge = int((d <= 0).sum()), int((d >= 0).sum())
+    return min(1.0, 2.0 * (min(le, ge) + 1) / (d.size + 1))
 
-    Methods are ordered by mean in ``direction`` (``"higher"`` or ``"lower"``; equal means
-    by name); the leader and every method whose interval overlaps the leader's form
-    group 1, then the rule repeats on the rest (see the module docstring). Pass
-    ranked methods only (no references).
-    """
+
+def holm(pvalues: Mapping[str, float], alpha: float = ALPHA) -> tuple[set[str], dict[str, float]]:
+    """Holm's step-down procedure (Holm, 1979): the rejected hypotheses and the adjusted p-values."""
+    order = sorted(pvalues, key=lambda k: (pvalues[k], k))
+    k = len(order)
+    rejected: set[str] = set()
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    stop = False
+    for i, name in enumerate(order):
+        running = max(running, min(1.0, (k - i) * pvalues[name]))
+        adjusted[name] = running
+        if not stop and pvalues[name] <= alpha / (k - i):
+            rejected.add(name)
+        else:
+            stop = True
+    return rejected, adjusted
+
+
+def rank_groups(replicates: Mapping[str, np.ndarray], means: Mapping[str, float], direction: str,
+                alpha: float = ALPHA) -> tuple[dict[str, int], dict[str, float]]:
+    """Statistical rank groups ``{method: group}`` and Holm-adjusted p-values against each group's
+    leader, from paired replicates ``{method: [n_boot]}`` and point means (see the module
+    docstring). Pass ranked methods only (no references)."""
     if direction not in ("higher", "lower"):
         raise BenchError(f"cannot rank a metric whose direction is {direction!r}")
-    remaining = sorted(intervals, key=lambda m: _order_key(direction, intervals[m][0], m))
+    sign = 1.0 if direction == "higher" else -1.0
+    remaining = sorted(means, key=lambda m: _order_key(direction, means[m], m))
     groups: dict[str, int] = {}
+    pvals: dict[str, float] = {}
     group = 0
     while remaining:
         group += 1
-        _, lo, hi = intervals[remaining[0]]
-        # the leader overlaps itself, so it is always a member
-        members = [m for m in remaining if intervals[m][1] <= hi and lo <= intervals[m][2]]
-        for m in members:
-            groups[m] = group
-        remaining = [m for m in remaining if m not in groups]
-    return groups
+        leader, rest = remaining[0], remaining[1:]
+        raw = {m: paired_p(sign * (replicates[leader] - replicates[m])) for m in rest}
+        rejected, adjusted = holm(raw, alpha) if raw else (set(), {})
+        groups[leader] = group
+        for m in rest:
+            if m not in rejected:
+                groups[m] = group
+                pvals[m] = adjusted[m]
+        for m in rejected:
+            pvals[m] = adjusted[m]
+        remaining = [m for m in rest if m in rejected]
+    return groups, pvals
 
 
-def leader_stability(values: Mapping[str, np.ndarray], leader: str, direction: str, n_boot: int,
-                     rng: np.random.Generator) -> float:
-    """Share of ``n_boot`` joint bootstrap replicates in which ``leader`` is still first.
-
-    Each replicate resamples every method's seed values with replacement (its own ``n``
-    draws from its own values), in name order, and ranks the resample means in
-    ``direction``; a tie for first between ``k`` methods counts ``1/k``.
-    """
+def leader_stability(replicates: Mapping[str, np.ndarray], leader: str, direction: str) -> float:
+    """Share of the paired replicates in which ``leader`` is first (a tie for first between ``k``
+    methods counts ``1/k``; a NaN replicate value counts as last)."""
     if direction not in ("higher", "lower"):
         raise BenchError(f"cannot rank a metric whose direction is {direction!r}")
-    names = sorted(values)
-    if leader not in values:
+    names = sorted(replicates)
+    if leader not in replicates:
         raise BenchError(f"leader {leader!r} is not among the ranked methods")
-    rows = []
-    for m in names:  # one generator, methods in name order: deterministic
-        v = np.asarray(values[m], dtype=np.float64)
-        rows.append(v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1))
-    means = np.stack(rows)  # [methods, n_boot]
-    signed = means if direction == "higher" else -means
+    vals = np.stack([np.asarray(replicates[m], dtype=np.float64) for m in names])
+    signed = vals if direction == "higher" else -vals
+    signed = np.where(np.isnan(signed), -np.inf, signed)
     top = signed == signed.max(axis=0, keepdims=True)
     lead = top[names.index(leader)]
     return float(np.where(lead, 1.0 / top.sum(axis=0), 0.0).mean())
 
 
-def _rank(rows: list[Row], arrays: Mapping[tuple[str, str, str, str, str], np.ndarray], n_boot: int,
-          seed: int) -> None:
-    """Fill ``rank_group`` (and ``rank_stability`` on the leaders' main rows) in place."""
+def _rank(rows: list[Row], replicates: Mapping[tuple[str, str, str, str, str], np.ndarray]) -> None:
+    """Fill rank groups, p-values, and on the leaders' main rows stability, margin and power."""
     cells: dict[tuple[str, str, str, str], list[Row]] = defaultdict(list)
     for r in rows:
         if r.method not in REFERENCE_METHODS and r.direction in ("higher", "lower"):
@@ -313,25 +495,53 @@ def _rank(rows: list[Row], arrays: Mapping[tuple[str, str, str, str, str], np.nd
     for cell in sorted(cells):
         ranked = cells[cell]
         direction = ranked[0].direction
-        groups = rank_groups({r.method: (r.mean, r.ci_low, r.ci_high) for r in ranked}, direction)
+        reps = {r.method: replicates[(*cell[:3], r.method, cell[3])] for r in ranked}
+        groups, pvals = rank_groups(reps, {r.method: r.mean for r in ranked}, direction)
         for r in ranked:
             r.rank_group = groups[r.method]
-        leader = min(ranked, key=lambda r: _order_key(direction, r.mean, r.method))
+            r.p_value = pvals.get(r.method)
+        order = sorted(ranked, key=lambda r: _order_key(direction, r.mean, r.method))
+        leader = order[0]
         if leader.is_main and len(ranked) > 1:
-            task, version, model, metric = cell
-            values = {r.method: arrays[(task, version, model, r.method, metric)] for r in ranked}
-            leader.rank_stability = leader_stability(values, leader.method, direction, n_boot,
-                                                     _rng(seed, (*cell, "rank_stability")))
+            sign = 1.0 if direction == "higher" else -1.0
+            leader.rank_stability = leader_stability(reps, leader.method, direction)
+            runner = order[1]
+            d = sign * (reps[leader.method] - reps[runner.method])
+            leader.runner_up = runner.method
+            leader.margin = sign * (leader.mean - runner.mean)
+            leader.margin_low, leader.margin_high = percentile_ci(d)
+            ses = [float(np.nanstd(sign * (reps[leader.method] - reps[r.method]), ddof=1)) for r in order[1:]]
+            ses = [x for x in ses if math.isfinite(x)]
+            leader.mde = _Z * float(np.median(ses)) if ses else None
+
+
+def examples_needed(mde_now: float, n_now: int, target: float) -> int:
+    """Examples (resampling units, over all seeds) at which the minimum detectable difference
+    falls to ``target``, from ``mde_now`` at ``n_now`` (``SE ∝ 1/sqrt(n)``)."""
+    if target <= 0:
+        raise BenchError(f"the target difference must be positive, got {target}")
+    if mde_now <= 0:
+        return n_now
+    return max(n_now, int(math.ceil(n_now * (mde_now / target) ** 2)))
 
 
 @dataclass(frozen=True)
 class LeaderStability:
-    """The leader of a (task, version, model)'s main metric and its rank stability."""
+    """The leader of a (task, version, model)'s main metric: its rank stability, its margin over
+    the runner-up (paired interval) and the table's minimum detectable difference."""
 
     method: str
     metric: str
     stability: float
     n_methods: int  # methods ranked on the main metric (references excluded)
+    runner_up: str | None = None
+    margin: float | None = None
+    margin_low: float | None = None
+    margin_high: float | None = None
+    mde: float | None = None
+    n_examples: int = 0  # the leader's examples (resampling units, all seeds)
+    seeds: int = 0
+    crossed: bool = False
 
 
 def rank_stability(rows: Sequence[Row]) -> dict[tuple[str, str, str], LeaderStability]:
@@ -346,7 +556,8 @@ def rank_stability(rows: Sequence[Row]) -> dict[tuple[str, str, str], LeaderStab
     for r in rows:
         if r.is_main and r.rank_stability is not None:
             key = (r.task, r.task_version, r.model)
-            out[key] = LeaderStability(r.method, r.metric, r.rank_stability, counts[key])
+            out[key] = LeaderStability(r.method, r.metric, r.rank_stability, counts[key], r.runner_up, r.margin,
+                                       r.margin_low, r.margin_high, r.mde, r.n_examples, r.n, r.crossed)
     return dict(sorted(out.items()))
 
 

@@ -27,6 +27,7 @@ Metrics (an answer is the model's preferred value among the relation's values, r
   accuracy within a batch of held-out scenes; diffusion: the judge reads the prompted
   colour and shape in samples of "a <colour> <shape>"); ``quality_before``: the unedited
   model.
+- ``batch_*``: the same for the batch setting (means over cases).
 
 For diffusion, efficacy is read on samples of "a <entity>", generalization on samples of
 "a <entity> at the <position>" (a paraphrase the edit never saw) and specificity on
@@ -38,10 +39,31 @@ prompts draw the new shape / not the erased one; ``concept_generalization``: the
 for the concept in the three other colours at named places; ``concept_specificity``:
 prompts of the other shapes draw what they drew before; ``concept_score``: their
 harmonic mean (random: uniform shapes; oracle: a perfect edit).
-- ``batch_*``: the same for the batch setting.
 
 References: ``random`` answers every scored question with a uniformly random value of its
-relation (chance); ``oracle`` answers as a perfect editor would (the ceiling).
+relation (chance); ``oracle`` answers as a perfect editor would (the ceiling of efficacy,
+generalization, specificity and their scores; its ``quality`` is ``quality_before``, no
+ceiling, so the two quality figures are shown raw).
+
+Per-example rows (v1.3). The resampling unit is the **edit request** (a case, id: 16 hex digits
+of ``entity|relation|old->new``): everything measured about a rewrite follows from that one
+request and its probes are its own (a benchmark of edits samples requests). A case has one row per setting
+(``setting`` = ``single``, ``batch``), holding its shares of correct answers on the three probes
+(``efficacy``, ``generalization``, ``specificity``), the ``quality`` measured after the edit
+that row reflects (its own edit; in the batch setting its relation's batch edit, so the cases of
+a group carry the same value; random and oracle: ``quality_before``) and ``quality_before`` (a
+constant column). A diffusion concept edit is a unit of its own, with one ``concept`` row
+(``quality`` NaN). Every metric is computed from the rows by
+:meth:`EditingTask.metrics_from_rows`: per setting, the weighted mean of each share and of
+``quality``, and the harmonic mean of the three mean shares. Strata: ``kind`` (``fact`` for
+rewrites, ``concept`` for concept edits) and ``relation`` (cases cycle over the relations, one
+batch edit per relation): a resample keeps both parts and the per-relation balance the design
+fixes (the cases of a batch still share one edit; the bootstrap treats them as exchangeable
+within their relation). Up to v1.2 the batch figures were the mean over relations of
+per-relation means; they are now the mean over cases, the same figure whenever every relation
+has as many cases as the others (on the shipped zoo models in both profiles: cases cycle over
+the relations and ``k`` is a multiple of their number).
+
 The model's parameters are snapshotted before any edit and restored after every
 setting; the cell fails if they are not bit-identical afterwards.
 """
@@ -61,6 +83,8 @@ from bench.method import Method
 from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation
 from bench.readout import pixels_of, value_logits
+from bench import samples
+from bench.samples import Rows, make_rows, wmean
 from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
 from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 from bench.world.facts import drawings, glyph_scene
@@ -198,7 +222,8 @@ def top_answers(model: GenerativeModel, pixels_BCHW: torch.Tensor, prompts: list
 
 
 def harmonic_mean(*xs: float) -> float:
-    return 0.0 if min(xs) <= 0 else len(xs) / sum(1.0 / x for x in xs)
+    """The harmonic mean of scalar figures (:func:`bench.samples.harmonic_mean`, 0 where any is 0)."""
+    return float(samples.harmonic_mean(*(np.array([x], dtype=np.float64) for x in xs))[0])
 
 
 @dataclass
@@ -269,7 +294,7 @@ def build_cases(model: Model, k: int, cfg: EditingConfig, seed: int) -> list[Edi
 class EditingTask(Task):
     spec = TaskSpec(
         name="editing",
-        version="1.2",
+        version="1.3",
         families=frozenset({"generative", "contrastive", "diffusion"}),
         capability="edit",
         main_score="score",
@@ -279,8 +304,11 @@ class EditingTask(Task):
              for m, d in (("efficacy", "new answer on the renders shown to the editor"),
                           ("generalization", "new answer on fresh renders of the entity"),
                           ("specificity", "neighbouring facts keep their answer"),
-                          ("score", "harmonic mean of efficacy, generalization, specificity"),
-                          ("quality", "retained task quality on held-out scenes after the edit"))]
+                          ("score", "harmonic mean of efficacy, generalization, specificity"))]
+            # the oracle's quality is the unedited model's (quality_before), no ceiling: shown raw
+            + [MetricSpec(f"{p}quality", "higher",
+                          f"retained task quality on held-out scenes after the edit ({s} setting)", normalise=False)
+               for p, s in (("", "single"), ("batch_", "batch"))]
             + [MetricSpec("quality_before", "none", "retained-quality measure before any edit",
                           normalise=False)]
             + [MetricSpec(f"concept_{m}", "higher", f"diffusion concept replacement/erasure: {d}")
@@ -289,6 +317,10 @@ class EditingTask(Task):
                             ("specificity", "prompts of other shapes draw what they drew before"),
                             ("score", "harmonic mean of the three"))]),
     )
+
+    # the part a row belongs to (fact rewrites, concept edits) and the rewrite's relation: cases
+    # cycle over the relations and concept edits are a fixed count, so resamples keep both
+    strata = ("kind", "relation")
 
     def __init__(self, config: EditingConfig | None = None) -> None:
         self.config = config or EditingConfig()
@@ -322,23 +354,27 @@ class EditingTask(Task):
             return float(np.mean([a == t for a, t in zip(pred, p.targets)]))
 
         def score_cases(group: list[EditCase], edited: bool,
-                        applied: Intervention | None = None) -> tuple[float, float, float, float]:
+                        applied: Intervention | None = None) -> list[tuple[float, float, float, float]]:
             with applied_edit(model, applied):
                 return _score_cases(group, edited)
 
-        def _score_cases(group: list[EditCase], edited: bool) -> tuple[float, float, float, float]:
-            e, g, s = [], [], []
+        def _score_cases(group: list[EditCase], edited: bool) -> list[tuple[float, float, float, float]]:
+            """Per case: its share of correct answers on each probe, and the quality measured once
+            after the group's edit (random and oracle: ``quality_before``)."""
+            per_case = []
             for c in group:
-                for probe, bucket in ((c.shown, e), (c.fresh, g), (c.neighbours, s)):
+                shares = []
+                for probe in (c.shown, c.fresh, c.neighbours):
                     if method.name == "random":
                         pred = [r.values[int(rng.integers(len(r.values)))] for r in probe.relations]
                     elif method.name == "oracle":
                         pred = list(probe.targets)
                     else:
                         pred = fact_answers(model, probe, bs)
-                    bucket.append(acc(probe, pred))
+                    shares.append(acc(probe, pred))
+                per_case.append(shares)
             q = quality(model, qprobe, bs) if edited and method.name not in ("random", "oracle") else quality_before
-            return float(np.mean(e)), float(np.mean(g)), float(np.mean(s)), q
+            return [(e, g, s, q) for e, g, s in per_case]
 
         snapshot = ParameterSnapshot(model.module)
         restore = snapshot.restore
@@ -351,44 +387,70 @@ class EditingTask(Task):
                                site=(group[0].relation.site if cfg.site == "planted" and len({c.relation.site for c in group}) == 1
                                      else None), batch_size=bs, values=[c.relation.values for c in group])
 
-        metrics: dict[str, float] = {"quality_before": quality_before}
+        # one row per (case, setting): (case, setting, efficacy, generalization, specificity, quality)
+        scored: list[tuple[EditCase, str, tuple[float, float, float, float]]] = []
+        concept: list[ConceptOutcome] = []
         try:
-            single = []
             for c in cases:
                 applied = method.edit(model, request([c])) if method.name not in ("random", "oracle") else None
-                single.append(score_cases([c], edited=True, applied=applied))
+                scored += [(c, "single", r) for r in score_cases([c], edited=True, applied=applied)]
                 restore()
-            batch: list[tuple[float, float, float, float]] = []
             if method.name not in ("random", "oracle"):
                 for rel in model.planted:  # one batch per relation: each has one planted site
                     group = [c for c in cases if c.relation.relation == rel.relation]
                     if group:
                         applied = method.edit(model, request(group))
-                        batch.append(score_cases(group, edited=True, applied=applied))
+                        scored += [(c, "batch", r) for c, r in zip(group, score_cases(group, edited=True,
+                                                                                      applied=applied))]
                         restore()
             else:
-                batch.append(score_cases(cases, edited=True))
+                scored += [(c, "batch", r) for c, r in zip(cases, score_cases(cases, edited=True))]
             if isinstance(model, DiffusionModel):
-                metrics.update(self.concept_edits(model, method, seed, quick, restore, once))
+                concept = self.concept_edits(model, method, seed, quick, restore, once)
         finally:
             restore()
         snapshot.check_restored("editing")
-        for prefix, rows in (("", single), ("batch_", batch)):
-            e, g, s, q = (float(np.mean([r[i] for r in rows])) for i in range(4))
-            metrics.update({f"{prefix}efficacy": e, f"{prefix}generalization": g, f"{prefix}specificity": s,
-                            f"{prefix}score": harmonic_mean(e, g, s), f"{prefix}quality": q})
-        hashes = [hashlib.sha256(f"{c.entity}|{c.relation.relation}|{c.old}->{c.new}".encode()).hexdigest()[:16]
-                  for c in cases]
-        return CellResult(metrics, example_hashes=hashes)
+        ids = [case_hash(c) for c, _, _ in scored] + [o.hash for o in concept]
+        rows = make_rows(
+            example=ids, hash=ids,
+            kind=["fact"] * len(scored) + ["concept"] * len(concept),
+            relation=[c.relation.relation for c, _, _ in scored] + [""] * len(concept),
+            setting=[setting for _, setting, _ in scored] + ["concept"] * len(concept),
+            efficacy=[r[0] for _, _, r in scored] + [o.efficacy for o in concept],
+            generalization=[r[1] for _, _, r in scored] + [o.generalization for o in concept],
+            specificity=[r[2] for _, _, r in scored] + [o.specificity for o in concept],
+            quality=[r[3] for _, _, r in scored] + [float("nan")] * len(concept),
+            quality_before=[quality_before] * (len(scored) + len(concept)))
+        return self.result(rows)
+
+    def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+        """Per setting (``single``, ``batch``; ``concept`` when the rows hold concept edits): the
+        weighted means over that setting's rows of efficacy, generalization, specificity and
+        (not for concept edits) quality, and ``score``, the harmonic mean of the three means;
+        ``quality_before`` is the weighted mean of its constant column."""
+        setting = rows["setting"]
+        out: dict[str, np.ndarray] = {"quality_before": wmean(rows["quality_before"], w_BN)}
+        parts = [("", "single"), ("batch_", "batch")]
+        if (setting == "concept").any():
+            parts.append(("concept_", "concept"))
+        for prefix, name in parts:
+            on = setting == name
+            e, g, s = (wmean(np.where(on, rows[m], np.nan), w_BN)
+                       for m in ("efficacy", "generalization", "specificity"))
+            out.update({f"{prefix}efficacy": e, f"{prefix}generalization": g, f"{prefix}specificity": s,
+                        f"{prefix}score": samples.harmonic_mean(e, g, s)})
+            if name != "concept":
+                out[f"{prefix}quality"] = wmean(np.where(on, rows["quality"], np.nan), w_BN)
+        return out
 
     def concept_edits(self, model: DiffusionModel, method: Method, seed: int, quick: bool,
-                      restore: Callable[[], None], once: "Once | None" = None) -> dict[str, float]:
+                      restore: Callable[[], None], once: "Once | None" = None) -> list["ConceptOutcome"]:
         """Concept replacement and erasure (the settings of TIME, Orgad et al., 2023, and UCE,
-        Gandikota et al., 2024), one edit at a time, read by the judge."""
+        Gandikota et al., 2024), one edit at a time, read by the judge: one outcome per edit."""
         cases = build_concept_cases(World(model.planted[0].world_seed), self.config, seed,
                                     2 if quick else self.config.concept_edits)
         rng = np.random.default_rng([seed, 109])
-        e, g, s = [], [], []
+        out = []
         once = once or _unedited_memo(model, seed, quick, self.config)
         for j, c in enumerate(cases):
             before = once(("concept", j), lambda: _judged(model, c.others, c.seed + 2)["shape"])
@@ -408,14 +470,29 @@ class EditingTask(Task):
                     return _judged(model, prompts, seed_)["shape"]
 
             took = (lambda x: x == c.new) if c.new else (lambda x: x != c.concept)
-            e.append(float(np.mean([took(x) for x in read(c.shown, c.seed)])))
-            g.append(float(np.mean([took(x) for x in read(c.fresh, c.seed + 1)])))
+            e = float(np.mean([took(x) for x in read(c.shown, c.seed)]))
+            g = float(np.mean([took(x) for x in read(c.fresh, c.seed + 1)]))
             after = before if method.name == "oracle" else read(c.others, c.seed + 2)
-            s.append(float(np.mean([a == b for a, b in zip(after, before)])))
+            s = float(np.mean([a == b for a, b in zip(after, before)]))
+            out.append(ConceptOutcome(c.hash, e, g, s))
             restore()
-        ce, cg, cs = float(np.mean(e)), float(np.mean(g)), float(np.mean(s))
-        return {"concept_efficacy": ce, "concept_generalization": cg, "concept_specificity": cs,
-                "concept_score": harmonic_mean(ce, cg, cs)}
+        return out
+
+
+def case_hash(c: EditCase) -> str:
+    """The edit request's id (16 hex digits of ``entity|relation|old->new``): its rows' resampling unit."""
+    return hashlib.sha256(f"{c.entity}|{c.relation.relation}|{c.old}->{c.new}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ConceptOutcome:
+    """One concept edit's shares: the edited prompts draw the new concept (efficacy), so do its
+    other colours and places (generalization), other shapes draw what they drew (specificity)."""
+
+    hash: str
+    efficacy: float
+    generalization: float
+    specificity: float
 
 
 @dataclass
@@ -431,6 +508,13 @@ class ConceptCase:
     fresh: list[str]  # generalization: the concept in other colours and at named places
     others: list[str]  # specificity: prompts of the other shapes
     seed: int
+
+    @property
+    def hash(self) -> str:
+        """The concept edit's id (16 hex digits; ``seed`` is distinct per edit of a cell): its row's
+        resampling unit."""
+        return hashlib.sha256(f"concept|{self.concept}->{self.new or '(erased)'}|{self.seed}".encode()
+                              ).hexdigest()[:16]
 
 
 def build_concept_cases(world: World, cfg: EditingConfig, seed: int, k: int) -> list[ConceptCase]:

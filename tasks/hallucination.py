@@ -17,18 +17,44 @@ A method scores every item (higher = more likely hallucinated), seeing the image
 the prompt and the model's output up to and including the item; a labelled fit
 split (disjoint scenes) is available to methods that learn a detector.
 
-Metrics (positive class = hallucinated), each the mean over the two kinds:
+Metrics (positive class = hallucinated), each the mean over the kinds (caption, POPE) whose
+items hold both classes:
 
-- ``auroc`` ↑ (main): area under the ROC curve.
-- ``auprc`` ↑: average precision (area under the precision–recall curve); chance is
-  the positive rate.
-- ``fpr_at_95tpr`` ↓: false-positive rate at the first threshold reaching 95% recall.
-- ``caption_auroc``, ``pope_auroc`` ↑: per kind.
+- ``auroc`` ↑ (main): area under the ROC curve (ties count one half).
+- ``auprc`` ↑: average precision (the step-wise area under the precision–recall curve, no
+  interpolation); chance is the positive rate.
+- ``fpr_at_95tpr`` ↓: false-positive rate at the first threshold, scanning every distinct
+  score from the highest down, whose recall reaches 95%.
+- ``caption_auroc``, ``pope_auroc`` ↑: per kind (absent when a kind's items hold one class only;
+  an error when no kind holds both).
 
 Context (the model's own behaviour, identical across methods, not normalised):
-``chair_i`` (hallucinated mentions / mentions), ``chair_s`` (captions with a
-hallucination / captions), ``pope_accuracy``, ``pope_f1``, ``pope_yes_ratio``
-(pooled over the three negative settings), ``positive_rate``.
+``chair_i`` (hallucinated mentions / mentions; 0 without a mention), ``chair_s`` (captions
+with a hallucinated mention / all captions, those without any mention included),
+``pope_accuracy``, ``pope_f1`` (positive = "yes"; precision and recall 0 when nothing is
+predicted or present), ``pope_yes_ratio`` (pooled over the three negative settings),
+``positive_rate`` (hallucinated items / items, both kinds).
+
+Rows (v1.3: metrics from rows, see :mod:`bench.samples`): one row per scored item, with its
+``kind`` (``caption`` or ``pope``), ``label`` (1 = hallucinated) and the method's ``score``;
+POPE rows also carry ``says_yes`` and ``present`` (the answer says yes, the probed object is
+in the image; 0/1) for the POPE figures; and one row of kind ``caption_scene`` per captioned
+scene, with ``any_hallucinated`` (0/1) for CHAIR-s, which counts captions without a mention
+too (the detection metrics ignore these rows; a column that does not apply holds NaN). The
+resampling unit (``example``) is the image an item comes from: the mentions of one caption and
+its ``caption_scene`` row form one unit (the mentions of one caption are correlated: one
+confused caption names several absent objects), and the POPE answers on one image form one
+unit (the same image is probed up to six times per negative setting). Units are per kind
+(``caption:<scene>``, ``pope:<image>``), so a scene both captioned and probed is two units;
+the column ``source`` (``caption`` for caption and caption-scene rows, ``pope``) is the
+stratum (:attr:`HallucinationTask.strata`): a resample keeps each kind's number of units, as
+the metrics average over kinds. (``kind`` cannot be the stratum: a caption's unit holds both
+``caption`` and ``caption_scene`` rows.) In a resample where a kind's items lose one class,
+that kind's AUROC is NaN and the means run over the other kind. Before v1.3, FPR@95%TPR was
+read off scikit-learn's ``roc_curve`` with ``drop_intermediate=True``, whose pruned points
+can skip the first threshold reaching 95% recall when tied scores make a run of equal
+diagonal ROC steps (e.g. the oracle on a kind whose positives hold less than... never; the
+figure moves only with such ties); it now scans every distinct score.
 
 Real data (``--data pope=coco_pope_adversarial.json`` and/or ``--data captions=caps.jsonl``;
 fields in :func:`bench.realdata.load_pope` and :func:`bench.realdata.load_captions`):
@@ -60,26 +86,28 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from bench.capabilities import HallucinationRequest, ScoredOutputs
 from bench.errors import BenchError
 from bench.method import Method
 from bench.model import GenerativeModel, Model
 from bench.realdata import CaptionRecord, PopeProbe, stack_images
+from bench.samples import Rows, make_rows, waverage_precision, wauroc, wfpr_at_tpr, wmean
 from bench.task import CellResult, LoadedData, MetricSpec, ProcessMemo, Task, TaskSpec, example_hash, input_size
 from bench.world import World, WorldConfig
 from bench.world.core import Scene
-from bench.world.hallucination import COOCCURRENCE_PAIRS, object_mentions, pope_metrics, pope_probes
+from bench.world.hallucination import COOCCURRENCE_PAIRS, object_mentions, pope_probes
 
 CAPTION_PROMPT = "describe the image"
 KINDS: tuple[str, ...] = ("caption", "pope")
+# the stratum of each row kind: a caption's scene row goes with its mentions
+SOURCE: dict[str, str] = {"caption": "caption", "caption_scene": "caption", "pope": "pope"}
 
 
 @dataclass(frozen=True)
@@ -103,40 +131,97 @@ class HallucinationConfig:
 
 @dataclass
 class LabelledOutputs:
+    """The model's own outputs on one split cut into labelled items, and what their rows need.
+
+    Per item (a caption mention or a POPE answer): its label, hash and resampling unit, and for
+    POPE answers whether the answer says yes and whether the probed object is present (0/1;
+    NaN on mentions). Per captioned scene: ``(unit, hash, 1 if any of its mentions is
+    hallucinated)``, for CHAIR-s, which counts the captions without a mention too.
+    """
+
     items: ScoredOutputs
     labels_B: torch.Tensor  # 1 = hallucinated
     hashes: list[str]
-    context: dict[str, float]
+    units: list[str]
+    says_yes: list[float]
+    present: list[float]
+    captions: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def rows(self, scores_B: torch.Tensor) -> Rows:
+        """The items' rows (in item order, with ``scores_B``), then one ``caption_scene`` row per caption."""
+        n, c = len(self.hashes), len(self.captions)
+        nan_c = [float("nan")] * c
+        kinds = list(self.items.kinds) + ["caption_scene"] * c
+        return make_rows(
+            example=self.units + [u for u, _, _ in self.captions],
+            hash=self.hashes + [h for _, h, _ in self.captions],
+            kind=kinds, source=[SOURCE[k] for k in kinds],
+            label=[float(x) for x in self.labels_B.tolist()] + nan_c,
+            score=scores_B.detach().double().tolist() + nan_c,
+            says_yes=self.says_yes + nan_c, present=self.present + nan_c,
+            any_hallucinated=[float("nan")] * n + [float(b) for _, _, b in self.captions])
 
 
 # ------------------------------------------------------------------ metrics
-def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr: float = 0.95) -> float:
-    """False-positive rate at the first ROC point whose true-positive rate reaches ``tpr``."""
-    fpr_k, tpr_k, _ = roc_curve(labels, scores)
-    return float(fpr_k[np.searchsorted(tpr_k, tpr - 1e-12)])
+def _nanmean(vals: list[np.ndarray]) -> np.ndarray:
+    """Mean ``[B]`` over the non-NaN entries of the per-kind values; NaN where every one is NaN."""
+    x = np.stack(vals)
+    ok = ~np.isnan(x)
+    k = ok.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(k > 0, np.where(ok, x, 0.0).sum(0) / np.where(k > 0, k, 1), np.nan)
 
 
-def detection_metrics(labels_B: torch.Tensor, scores_B: torch.Tensor, kinds: list[str]) -> dict[str, float]:
-    """AUROC, AUPRC and FPR@95%TPR per kind, and their means over kinds with both classes."""
-    y, s = labels_B.numpy().astype(int), scores_B.detach().double().numpy()
-    if not np.isfinite(s).all():
-        raise BenchError("hallucination scores contain NaN or infinity")
-    k = np.array(kinds)
-    out: dict[str, float] = {}
-    per: dict[str, list[float]] = {"auroc": [], "auprc": [], "fpr_at_95tpr": []}
-    for kind in KINDS:
-        sel = k == kind
-        if sel.sum() == 0 or len(set(y[sel].tolist())) < 2:
+def _share(x_N: np.ndarray, sel_N: np.ndarray, w_BN: np.ndarray) -> np.ndarray:
+    """Weighted share ``[B]`` of ``x`` (0/1) over the selected rows; 0 where they have no weight."""
+    w = w_BN[:, sel_N]
+    den = w.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (w @ x_N[sel_N]) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def detection_metrics(rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+    """AUROC, AUPRC and FPR@95%TPR ``[B]`` per kind, and their means over the kinds whose rows hold
+    both classes (NaN for a kind where a weighting leaves one class without weight)."""
+    kind, y, s = rows["kind"], rows["label"], rows["score"]
+    out: dict[str, np.ndarray] = {}
+    per: dict[str, list[np.ndarray]] = {"auroc": [], "auprc": [], "fpr_at_95tpr": []}
+    for k in KINDS:
+        sel = np.asarray(kind == k, dtype=bool)
+        if not sel.any() or len(set(y[sel].tolist())) < 2:
             continue  # no hallucination (or nothing but) of this kind: not scoreable
-        vals = {"auroc": float(roc_auc_score(y[sel], s[sel])),
-                "auprc": float(average_precision_score(y[sel], s[sel])),
-                "fpr_at_95tpr": fpr_at_tpr(y[sel], s[sel])}
-        out[f"{kind}_auroc"] = vals["auroc"]
-        for m, v in vals.items():
-            per[m].append(v)
+        yk, sk, wk = y[sel], s[sel], w_BN[:, sel]
+        out[f"{k}_auroc"] = wauroc(yk, sk, wk)
+        per["auroc"].append(out[f"{k}_auroc"])
+        per["auprc"].append(waverage_precision(yk, sk, wk))
+        per["fpr_at_95tpr"].append(wfpr_at_tpr(yk, sk, wk, 0.95))
     if not per["auroc"]:
         raise BenchError("the model made no hallucination (or nothing else) on these items: nothing to detect")
-    out.update({m: float(np.mean(v)) for m, v in per.items()})
+    out.update({m: _nanmean(v) for m, v in per.items()})
+    return out
+
+
+def context_metrics(rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's own figures ``[B]`` (see the module docstring): CHAIR where there are captions,
+    POPE's where there are probes, the positive rate over every item."""
+    kind = rows["kind"]
+    out: dict[str, np.ndarray] = {}
+    scenes = np.asarray(kind == "caption_scene", dtype=bool)
+    if scenes.any():
+        out["chair_i"] = _share(rows["label"], np.asarray(kind == "caption", dtype=bool), w_BN)
+        out["chair_s"] = _share(rows["any_hallucinated"], scenes, w_BN)
+    pope = np.asarray(kind == "pope", dtype=bool)
+    if pope.any():  # as bench.world.hallucination.pope_metrics, positive = "yes"
+        pred, gold, w = rows["says_yes"][pope], rows["present"][pope], w_BN[:, pope]
+        n, tp, n_pred, n_gold = w.sum(1), w @ (pred * gold), w @ pred, w @ gold
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(n_pred > 0, tp / np.where(n_pred > 0, n_pred, 1.0), 0.0)
+            recall = np.where(n_gold > 0, tp / np.where(n_gold > 0, n_gold, 1.0), 0.0)
+            out["pope_accuracy"] = (w @ (pred == gold).astype(np.float64)) / n
+            out["pope_f1"] = 2 * precision * recall / np.maximum(1e-12, precision + recall)
+            out["pope_yes_ratio"] = n_pred / n
+    items = np.asarray((kind == "caption") | (kind == "pope"), dtype=bool)
+    out["positive_rate"] = wmean(np.where(items, rows["label"], np.nan), w_BN)
     return out
 
 
@@ -175,17 +260,22 @@ def build_items(model: GenerativeModel, world: World, train_world: World, split:
                                    max_new_tokens)
     rows: list[tuple[int, str, str, str, str, int]] = []  # (scene index, prompt, prefix, span, kind, label)
     all_scenes: list[Scene] = list(scenes)
-    n_mentions = n_bad = bad_captions = 0
+    yes: list[float] = []  # POPE: the answer says yes, the object is present (NaN on mentions)
+    gold_yes: list[float] = []
+    caption_rows: list[tuple[str, str, int]] = []  # (unit, hash, any mention hallucinated)
     for si, (s, cap) in enumerate(zip(scenes, captions)):
         present = {(o.colour, o.shape) for o in s.objects}
         any_bad = False
         for offset, phrase, key in object_mentions(cap):
             bad = key not in present
             rows.append((si, CAPTION_PROMPT, cap[:offset].strip(), phrase, "caption", int(bad)))
-            n_mentions += 1
-            n_bad += bad
+            yes.append(float("nan"))
+            gold_yes.append(float("nan"))
             any_bad |= bad
-        bad_captions += any_bad
+        # the whole caption as a prefix with an empty span: no mention's hash (spans are never empty)
+        caption_rows.append((f"caption:{s.split}/{s.index}",
+                             hashlib.sha256(f"{s.split}/{s.index}|{CAPTION_PROMPT}|{cap}|".encode()).hexdigest()[:16],
+                             int(any_bad)))
     probes = pope_probes(world, train_world, n_images=n_pope, split=split, start=start)
     flat = [(s, q, a) for items in probes.values() for s, q, a in items]
     pope_pix = _pixels([s for s, _, _ in flat])
@@ -196,16 +286,16 @@ def build_items(model: GenerativeModel, world: World, train_world: World, split:
         all_scenes.append(s)
         span = ans.strip() or "no"
         rows.append((len(all_scenes) - 1, q, "", span, "pope", int(span != gold)))
-    pm = pope_metrics([r[3] for r in rows if r[4] == "pope"], [g for _, _, g in flat])
-    context = {"chair_i": n_bad / max(1, n_mentions), "chair_s": bad_captions / max(1, len(scenes)),
-               "pope_accuracy": pm["accuracy"], "pope_f1": pm["f1"], "pope_yes_ratio": pm["yes_ratio"],
-               "positive_rate": float(np.mean([r[5] for r in rows])) if rows else 0.0}
+        yes.append(float(span == "yes"))  # as pope_metrics parses the world's answers
+        gold_yes.append(float(gold == "yes"))
     pixels = torch.cat([pix, pope_pix])[torch.tensor([r[0] for r in rows], dtype=torch.long)]
     items = ScoredOutputs(pixels, [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows],
                           [r[4] for r in rows])
     hashes = [hashlib.sha256(f"{all_scenes[r[0]].split}/{all_scenes[r[0]].index}|{r[1]}|{r[2]}|{r[3]}".encode())
               .hexdigest()[:16] for r in rows]
-    return LabelledOutputs(items, torch.tensor([r[5] for r in rows]), hashes, context)
+    # the resampling unit: the captioned scene, or the probed image
+    units = [f"{r[4]}:{all_scenes[r[0]].split}/{all_scenes[r[0]].index}" for r in rows]
+    return LabelledOutputs(items, torch.tensor([r[5] for r in rows]), hashes, units, yes, gold_yes, caption_rows)
 
 
 # ------------------------------------------------------------------ real data
@@ -251,11 +341,11 @@ def build_pope_items(model: GenerativeModel, loaded: LoadedData, probes: list[Po
     spans = [a.strip() or "no" for a in answers]
     yes = [says_yes(a) for a in spans]
     labels = [int(y and not r.is_yes) for y, r in zip(yes, probes)]
-    pm = pope_metrics(["yes" if y else "no" for y in yes], [r.label for r in probes])
-    context = {"pope_accuracy": pm["accuracy"], "pope_f1": pm["f1"], "pope_yes_ratio": pm["yes_ratio"]}
     items = ScoredOutputs(pixels, questions, [""] * len(probes), spans, ["pope"] * len(probes))
     hashes = [example_hash(loaded.file_digest(r.image.path), r.question, span) for r, span in zip(probes, spans)]
-    return LabelledOutputs(items, torch.tensor(labels, dtype=torch.long), hashes, context)
+    units = [f"pope:{loaded.file_digest(r.image.path)}" for r in probes]  # the probed image
+    return LabelledOutputs(items, torch.tensor(labels, dtype=torch.long), hashes, units,
+                           [float(y) for y in yes], [float(r.label == "yes") for r in probes])
 
 
 def mention_pattern(objects: Iterable[str]) -> re.Pattern[str]:
@@ -280,32 +370,33 @@ def build_caption_items(model: GenerativeModel, loaded: LoadedData, records: lis
                                    max_new_tokens)
     pattern = mention_pattern(o for r in loaded.records for o in r.objects)
     rows: list[tuple[int, str, str, int]] = []  # (image row, prefix, span, label)
-    bad_captions = 0
+    caption_rows: list[tuple[str, str, int]] = []  # (unit, hash, any mention hallucinated)
     for k, (r, cap) in enumerate(zip(firsts, captions)):
         any_bad = False
         for m in pattern.finditer(cap):
             bad = m.group(1).lower() not in present[r.image.path]
             rows.append((k, cap[: m.start()].strip(), m.group(0), int(bad)))
             any_bad |= bad
-        bad_captions += any_bad
+        digest = loaded.file_digest(r.image.path)
+        caption_rows.append((f"caption:{digest}", example_hash(digest, CAPTION_PROMPT, cap, ""), int(any_bad)))
     idx = torch.tensor([k for k, *_ in rows], dtype=torch.long)
     items = ScoredOutputs(pixels[idx], [CAPTION_PROMPT] * len(rows), [p for _, p, _, _ in rows],
                           [s for _, _, s, _ in rows], ["caption"] * len(rows))
     labels = [b for *_, b in rows]
-    context = {"chair_i": sum(labels) / max(1, len(labels)), "chair_s": bad_captions / max(1, len(firsts))}
     hashes = [example_hash(loaded.file_digest(firsts[k].image.path), CAPTION_PROMPT, p, s) for k, p, s, _ in rows]
-    return LabelledOutputs(items, torch.tensor(labels, dtype=torch.long), hashes, context)
+    units = [caption_rows[k][0] for k, *_ in rows]
+    nan = [float("nan")] * len(rows)
+    return LabelledOutputs(items, torch.tensor(labels, dtype=torch.long), hashes, units, nan, list(nan), caption_rows)
 
 
 def concat_outputs(parts: Sequence[LabelledOutputs]) -> LabelledOutputs:
-    """One set of items from several kinds; ``positive_rate`` over all of them."""
+    """One set of items from several kinds, in order."""
     items = ScoredOutputs(torch.cat([p.items.pixels_BCHW for p in parts]),
                           [x for p in parts for x in p.items.prompts], [x for p in parts for x in p.items.prefixes],
                           [x for p in parts for x in p.items.spans], [x for p in parts for x in p.items.kinds])
-    labels = torch.cat([p.labels_B for p in parts])
-    context = {k: v for p in parts for k, v in p.context.items()}
-    context["positive_rate"] = float(labels.double().mean()) if len(labels) else 0.0
-    return LabelledOutputs(items, labels, [h for p in parts for h in p.hashes], context)
+    return LabelledOutputs(items, torch.cat([p.labels_B for p in parts]), [h for p in parts for h in p.hashes],
+                           [u for p in parts for u in p.units], [x for p in parts for x in p.says_yes],
+                           [x for p in parts for x in p.present], [c for p in parts for c in p.captions])
 
 
 _OUTPUTS = ProcessMemo(size=2)  # one cell's test and fit splits
@@ -314,7 +405,7 @@ _OUTPUTS = ProcessMemo(size=2)  # one cell's test and fit splits
 class HallucinationTask(Task):
     spec = TaskSpec(
         name="hallucination",
-        version="1.2",
+        version="1.3",
         families=frozenset({"generative"}),
         capability="detect_hallucination",
         main_score="auroc",
@@ -332,6 +423,7 @@ class HallucinationTask(Task):
     )
 
     data_kinds = ("captions", "pope")
+    strata = ("source",)
 
     def __init__(self, config: HallucinationConfig | None = None) -> None:
         self.config = config or HallucinationConfig()
@@ -408,6 +500,12 @@ class HallucinationTask(Task):
             scores = method.detect_hallucination(model, request)
             if not isinstance(scores, torch.Tensor) or scores.shape != labels.shape:
                 raise BenchError(f"method {method.name!r} must return one score per item, shape {tuple(labels.shape)}")
-        metrics = detection_metrics(labels, scores, test.items.kinds)
-        metrics.update(test.context)
-        return CellResult(metrics, example_hashes=test.hashes)
+        scores = scores.detach().double()
+        if not torch.isfinite(scores).all():
+            raise BenchError("hallucination scores contain NaN or infinity")
+        return self.result(test.rows(scores))
+
+    def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+        """The detection metrics over the ``caption`` and ``pope`` rows, and the context figures
+        (CHAIR-s over the ``caption_scene`` rows); see the module docstring."""
+        return {**detection_metrics(rows, w_BN), **context_metrics(rows, w_BN)}

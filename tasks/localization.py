@@ -36,7 +36,28 @@ on the renders used for the edit), generalization (on fresh renders) and specifi
   finding that where a fact is localized does not predict where it is best edited.
 
 References: ``random`` scores sites uniformly at random; ``oracle`` scores the planted
-site 1 and the others 0.
+site 1 and the others 0 (top-1, MRR and AUROC 1 by construction; its edit figures are those
+of the planted site, no ceiling).
+
+Per-example rows (v1.1). Two kinds of rows, each its own resampling unit:
+
+- ``kind="fact"``: one per fact example (unit: the example, id ``<index>:<hash>``; each is
+  drawn on its own and scored alone), with ``top1``, ``rr`` (reciprocal rank) and ``auroc`` as
+  :func:`rank_rows` computes them (ties at expectation) and its ``relation``.
+- ``kind="edit"``: one per fact rewrite of a relation (unit: the rewrite, id ``edit:<hash>`` of
+  ``entity|relation|old->new``; each rewrite is edited and scored alone, the model restored in
+  between), with ``edit_top`` and ``edit_planted``: that rewrite's edit success (the harmonic
+  mean above) at the method's top site for the relation and at the planted site.
+
+Columns that do not apply to a kind are NaN there. :meth:`LocalizationTask.metrics_from_rows`
+computes every metric from the rows: ``top1``, ``mrr``, ``auroc`` are weighted means over the
+fact rows; ``edit_at_top`` / ``edit_at_planted`` the mean over relations of each relation's
+weighted mean over its rewrites (the v1.0 definition, figures unchanged); ``edit_ratio`` their
+ratio. Strata: ``kind`` (a resample keeps both parts) and ``relation`` (examples and rewrites
+come per relation by design, and the edit figures average over relations, so every resample
+has each relation). The top site is chosen from all examples' scores, so the edit rows carry
+that choice as fixed: intervals on the edit figures do not include the uncertainty of the
+choice itself.
 """
 
 from __future__ import annotations
@@ -53,6 +74,7 @@ from bench.errors import BenchError
 from bench.readout import Subject, diffusion_subject, edit_loss, pixels_of, value_logits
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
+from bench.samples import Rows, make_rows, wmean
 from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
 from bench.world import World, WorldConfig
 from bench.world.core import stable_hash
@@ -74,8 +96,8 @@ class LocalizationConfig:
     diffusion_draws: int = 2  # (timestep, noise) draws per diffusion example
 
 
-def rank_metrics(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, float]:
-    """top-1, reciprocal rank and AUROC of the planted site per example, averaged; ties at expectation."""
+def rank_rows(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per example ``[N]``: top-1, reciprocal rank and AUROC of the planted site; ties at expectation."""
     s = scores_NS.double()
     p = s.gather(1, planted_N[:, None])  # [N, 1]
     S = s.shape[1]
@@ -87,7 +109,13 @@ def rank_metrics(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, 
                       for a, t in zip(above.tolist(), ties.tolist())])
     below = (S - 1) - above - ties
     auroc = (below + 0.5 * ties) / max(1, S - 1)
-    return {"top1": float(top1.mean()), "mrr": float(rr.mean()), "auroc": float(auroc.mean())}
+    return {"top1": top1, "rr": rr, "auroc": auroc}
+
+
+def rank_metrics(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, float]:
+    """top-1, reciprocal rank and AUROC of the planted site per example (:func:`rank_rows`), averaged."""
+    per = rank_rows(scores_NS, planted_N)
+    return {"top1": float(per["top1"].mean()), "mrr": float(per["rr"].mean()), "auroc": float(per["auroc"].mean())}
 
 
 @dataclass
@@ -188,6 +216,14 @@ class Rewrite:
     shown: Subject
     fresh: Subject
     neighbours: Subject
+    entity: str = ""
+    old: str = ""
+
+    @property
+    def hash(self) -> str:
+        """The rewrite's id (16 hex digits of ``entity|relation|old->new``): its row's resampling unit."""
+        new = self.relation.values[self.new_index]
+        return hashlib.sha256(f"{self.entity}|{self.relation.relation}|{self.old}->{new}".encode()).hexdigest()[:16]
 
 
 def build_rewrites(model: Model, rel: PlantedRelation, k: int, cfg: LocalizationConfig, seed: int) -> list[Rewrite]:
@@ -208,12 +244,12 @@ def build_rewrites(model: Model, rel: PlantedRelation, k: int, cfg: Localization
             views = [_pixels([glyph_scene(world, e, r, split).image_HWC for e in names])
                      for names, split in (([name] * cfg.edit_renders, "fit"), ([name] * cfg.edit_fresh, "test"),
                                           (others, "test"))]
-        out.append(Rewrite(rel, rel.values.index(new), *views))
+        out.append(Rewrite(rel, rel.values.index(new), *views, entity=name, old=old))
     return out
 
 
-def edit_success(model: Model, site: str, rewrites: Sequence[Rewrite], cfg: LocalizationConfig) -> float:
-    """Mean over rewrites of the harmonic mean of efficacy, generalization and specificity after a
+def edit_success(model: Model, site: str, rewrites: Sequence[Rewrite], cfg: LocalizationConfig) -> list[float]:
+    """Per rewrite, the harmonic mean of efficacy, generalization and specificity after a
     constrained fine-tune of ``site``'s module; the model is restored after each rewrite."""
     from bench.editing import ParameterSnapshot, constrained_finetune
 
@@ -236,7 +272,7 @@ def edit_success(model: Model, site: str, rewrites: Sequence[Rewrite], cfg: Loca
     finally:
         snapshot.restore()
     snapshot.check_restored("the localization edits")
-    return float(np.mean(scores))
+    return scores
 
 
 def top_site_per_relation(scores_NS: torch.Tensor, relations: Sequence[str], cands: Sequence[str]) -> dict[str, str]:
@@ -326,7 +362,7 @@ _EDIT_MEMO = ProcessMemo(size=256)
 class LocalizationTask(Task):
     spec = TaskSpec(
         name="localization",
-        version="1.0",
+        version="1.1",
         families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="localize",
         main_score="top1",
@@ -341,6 +377,10 @@ class LocalizationTask(Task):
                        normalise=False),
         ),
     )
+
+    # fact examples vs rewrites (a resample keeps both parts), and the relation (examples and
+    # rewrites cycle over the relations by design; the edit figures are means over relations)
+    strata = ("kind", "relation")
 
     def __init__(self, config: LocalizationConfig | None = None) -> None:
         self.config = config or LocalizationConfig()
@@ -379,9 +419,19 @@ class LocalizationTask(Task):
                 raise BenchError(f"method {method.name!r} must return scores of shape {(n, len(cands))}")
             if not torch.isfinite(scores).all():
                 raise BenchError(f"method {method.name!r} returned NaN or infinite scores")
-        metrics = rank_metrics(scores, planted_N)
-        metrics.update(self.informs_editing(model, scores, ex.relations, cands, seed, quick))
-        return CellResult(metrics, example_hashes=ex.hashes)
+        ranks = rank_rows(scores, planted_N)
+        edits = self.informs_editing(model, scores, ex.relations, cands, seed, quick)
+        n_e = len(edits)
+        nan = [float("nan")]
+        rows = make_rows(
+            example=[f"{i:04d}:{h}" for i, h in enumerate(ex.hashes)] + [f"edit:{h}" for _, h, _, _ in edits],
+            hash=list(ex.hashes) + [h for _, h, _, _ in edits],
+            kind=["fact"] * n + ["edit"] * n_e,
+            relation=list(ex.relations) + [r for r, _, _, _ in edits],
+            top1=ranks["top1"].tolist() + nan * n_e, rr=ranks["rr"].tolist() + nan * n_e,
+            auroc=ranks["auroc"].tolist() + nan * n_e,
+            edit_top=nan * n + [t for _, _, t, _ in edits], edit_planted=nan * n + [p for _, _, _, p in edits])
+        return self.result(rows)
 
     def examples(self, model: Model, n: int, seed: int, split: str) -> "FactExamples | DiffusionFactExamples":
         if isinstance(model, DiffusionModel):
@@ -414,19 +464,39 @@ class LocalizationTask(Task):
                                values=[values[r] for r in ex.relations], positions_N=positions)
 
     def informs_editing(self, model: Model, scores_NS: torch.Tensor, relations: list[str], cands: list[str],
-                        seed: int, quick: bool) -> dict[str, float]:
-        """Edit success at the method's top site vs at the planted site, per relation, averaged."""
+                        seed: int, quick: bool) -> list[tuple[str, str, float, float]]:
+        """Per rewrite of every relation: (relation, rewrite hash, edit success at the method's top
+        site for that relation, edit success at the planted site)."""
         cfg = self.config
         k = cfg.quick_edit_requests if quick else cfg.edit_requests
         top = top_site_per_relation(scores_NS, relations, cands)
-        at_top, at_planted = [], []
+        out = []
         for rel in model.planted:
-            def success(site: str) -> float:
-                # the same edit is asked by every method whose top site it is: computed once per process
-                return _EDIT_MEMO.get((model.name, model.weights_hash, rel, site, seed, k, cfg),
-                                      lambda: edit_success(model, site, build_rewrites(model, rel, k, cfg, seed), cfg))
+            def success(site: str) -> list[tuple[str, float]]:
+                def measure() -> list[tuple[str, float]]:
+                    rewrites = build_rewrites(model, rel, k, cfg, seed)
+                    return list(zip([rw.hash for rw in rewrites], edit_success(model, site, rewrites, cfg)))
 
-            at_planted.append(success(rel.site))
-            at_top.append(success(top[rel.relation]))
-        t, p = float(np.mean(at_top)), float(np.mean(at_planted))
-        return {"edit_at_top": t, "edit_at_planted": p, "edit_ratio": t / p if p > 0 else float("nan")}
+                # the same edit is asked by every method whose top site it is: computed once per process
+                return _EDIT_MEMO.get((model.name, model.weights_hash, rel, site, seed, k, cfg), measure)
+
+            at_planted, at_top = success(rel.site), success(top[rel.relation])
+            if [h for h, _ in at_top] != [h for h, _ in at_planted]:  # build_rewrites is deterministic
+                raise BenchError(f"the rewrites of {rel.relation!r} differ between the top and the planted site")
+            out += [(rel.relation, h, t, p) for (h, t), (_, p) in zip(at_top, at_planted)]
+        return out
+
+    def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+        """``top1``, ``mrr``, ``auroc``: weighted means over the fact rows. ``edit_at_top`` /
+        ``edit_at_planted``: per relation, the weighted mean success over its rewrite rows, then
+        the mean over relations; ``edit_ratio``: their ratio (NaN where ``edit_at_planted`` is 0)."""
+        out = {"top1": wmean(rows["top1"], w_BN), "mrr": wmean(rows["rr"], w_BN), "auroc": wmean(rows["auroc"], w_BN)}
+        edit = rows["kind"] == "edit"
+        rels = sorted(set(rows["relation"][edit].tolist()))
+        for name, col in (("edit_at_top", "edit_top"), ("edit_at_planted", "edit_planted")):
+            per_rel = [wmean(np.where(edit & (rows["relation"] == r), rows[col], np.nan), w_BN) for r in rels]
+            out[name] = np.mean(np.stack(per_rel, axis=1), axis=1) if rels else np.full(len(w_BN), np.nan)
+        t, p = out["edit_at_top"], out["edit_at_planted"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["edit_ratio"] = np.where(p > 0, t / np.where(p > 0, p, 1.0), np.nan)
+        return out

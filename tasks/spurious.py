@@ -12,11 +12,25 @@ measures zero-shot accuracy on a group-balanced test split, one group per
 Metrics:
 
 - ``worst_group_accuracy`` ↑ (main; Sagawa et al., 2020): the lowest per-group accuracy.
-- ``average_accuracy`` ↑: mean of the per-group accuracies (groups are equal-sized).
+- ``average_accuracy`` ↑: mean of the per-group accuracies (each group counts once, whatever
+  its size; the world's groups are equal-sized).
 - ``worst_group_gain`` ↑: worst-group accuracy minus the unmodified model's, on the
-  same test scenes.
+  same test scenes (the oracle's, 1 minus the unmodified worst-group accuracy, is the
+  largest possible gain).
 - ``components_touched`` ↓ (not normalised): the intervention's size, as reported
   by the method (heads, neurons, directions, retrained layers).
+- Context (not normalised): ``unmodified_worst_group_accuracy``, the model's own, and
+  ``group_<class>_<background>``, the accuracy on each group after the intervention.
+
+Rows (v1.1: metrics from rows, see :mod:`bench.samples`): one row per test image, with its
+``group`` (``<class>_<background>``, as in the ``group_*`` metric names), ``correct`` (1 when
+the intervened model classifies it right), ``base_correct`` (the same for the unmodified model)
+and ``components`` (the intervention's size, the same on every row). The resampling unit is
+the image: the test images are drawn independently (one scene, or one file row, each). The
+stratum is ``group`` (:attr:`SpuriousTask.strata`): a resample keeps each group's size, so
+every group has an accuracy in every resample. Every figure is computed in double precision
+from the rows (before v1.1, the group accuracies were float32 means: figures moved by less
+than 1e-7, where a group's size is not a power of two).
 
 References: ``random`` projects a random unit direction out of the image embedding
 (the cost of an uninformed intervention of the smallest size); ``oracle`` answers
@@ -52,6 +66,7 @@ from bench.errors import BenchError
 from bench.method import Method
 from bench.model import ContrastiveModel, Model
 from bench.realdata import GroupRecord, stack_images
+from bench.samples import Rows, make_rows, wmean, wmin_group_mean
 from bench.task import CellResult, LoadedData, MetricSpec, Task, TaskSpec, example_hash
 from bench.world import World
 from bench.world.spurious import CLASSES, GROUPS, spurious_scene
@@ -99,14 +114,24 @@ def group_accuracies(pred_B: torch.Tensor, labels_B: torch.Tensor, group_B: torc
     return torch.stack([(pred_B[group_B == g] == labels_B[group_B == g]).float().mean() for g in range(n_groups)])
 
 
-def spurious_metrics(pred_B: torch.Tensor, base_pred_B: torch.Tensor, labels_B: torch.Tensor,
-                     group_B: torch.Tensor, components: int,
-                     groups: tuple[tuple[str, str], ...] = GROUPS) -> dict[str, float]:
-    acc = group_accuracies(pred_B, labels_B, group_B, len(groups))
-    base = group_accuracies(base_pred_B, labels_B, group_B, len(groups))
-    out = {"worst_group_accuracy": float(acc.min()), "average_accuracy": float(acc.mean()),
-           "worst_group_gain": float(acc.min() - base.min()), "components_touched": float(components)}
-    out.update({f"group_{_word(c)}_{_word(b)}": float(a) for (c, b), a in zip(groups, acc.tolist())})
+def spurious_rows(pred_B: torch.Tensor, base_pred_B: torch.Tensor, labels_B: torch.Tensor, group_B: torch.Tensor,
+                  components: int, hashes: list[str], groups: tuple[tuple[str, str], ...] = GROUPS) -> Rows:
+    """One row per test image (see the module docstring); the unit is the image (its position and hash)."""
+    names = [f"{_word(c)}_{_word(b)}" for c, b in groups]
+    return make_rows(example=[f"{i:05d}:{h}" for i, h in enumerate(hashes)], hash=hashes,
+                     group=[names[g] for g in group_B.tolist()],
+                     correct=(pred_B == labels_B).double(), base_correct=(base_pred_B == labels_B).double(),
+                     components=[float(components)] * len(hashes))
+
+
+def spurious_metrics(rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric ``[B]`` from the rows: per-group weighted accuracies, their minimum and mean."""
+    acc, names = wmin_group_mean(rows["correct"], rows["group"], w_BN)
+    base, _ = wmin_group_mean(rows["base_correct"], rows["group"], w_BN)
+    worst, base_worst = acc.min(1), base.min(1)
+    out = {"worst_group_accuracy": worst, "average_accuracy": acc.mean(1), "worst_group_gain": worst - base_worst,
+           "components_touched": wmean(rows["components"], w_BN), "unmodified_worst_group_accuracy": base_worst}
+    out.update({f"group_{g}": acc[:, i] for i, g in enumerate(names)})
     return out
 
 
@@ -209,7 +234,7 @@ def random_intervention(model: ContrastiveModel, seed: int) -> Intervention:
 class SpuriousTask(Task):
     spec = TaskSpec(
         name="spurious",
-        version="1.0",
+        version="1.1",
         families=frozenset({"contrastive"}),
         capability="debias",
         main_score="worst_group_accuracy",
@@ -225,6 +250,7 @@ class SpuriousTask(Task):
         ),
     )
     data_kinds = ("waterbirds",)
+    strata = ("group",)
 
     def __init__(self, config: SpuriousConfig | None = None) -> None:
         self.config = config or SpuriousConfig()
@@ -290,8 +316,8 @@ class SpuriousTask(Task):
             if not isinstance(iv, Intervention):
                 raise BenchError(f"method {method.name!r} returned {type(iv).__name__}, not an Intervention")
             pred, components = predict(model, test.pixels_BCHW, prompts, iv, bs), iv.components
-        metrics = spurious_metrics(pred, base, test.labels_B, test.group_B, components, groups)
-        metrics["unmodified_worst_group_accuracy"] = float(
-            group_accuracies(base, test.labels_B, test.group_B, len(groups)).min())
-        return CellResult(metrics, example_hashes=test.hashes, artifacts={})
+        return self.result(spurious_rows(pred, base, test.labels_B, test.group_B, components, test.hashes, groups))
+
+    def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+        return spurious_metrics(rows, w_BN)
 

@@ -18,7 +18,7 @@ from leaderboard import scorer
 from leaderboard.render import EMPTY_MESSAGE, render
 from leaderboard.scorer import AggregateRow, Row, aggregate, bootstrap_ci, rank_groups, rank_stability, score
 
-TASK = "toy"  # not registered: directions default to "higher", normalise=True
+TASK = "toy"  # not registered; the autouse fixture gives it a spec (acc and err normalised)
 
 
 def rec(method: str, seed: int, metrics: dict[str, float], *, task: str = TASK, version: str = "1.0",
@@ -43,7 +43,7 @@ def find(rows: list[Row], **kw) -> Row:
     return hits[0]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def fake_spec(monkeypatch):
     """Register a spec for TASK without touching the global registry."""
     spec = TaskSpec(name=TASK, version="1.0", families=frozenset({"contrastive"}), capability="attribute",
@@ -51,8 +51,9 @@ def fake_spec(monkeypatch):
                     metrics=(MetricSpec("acc", "higher", "accuracy"),
                              MetricSpec("err", "lower", "error"),
                              MetricSpec("sanity", "lower", "sanity check", normalise=False)))
-    monkeypatch.setattr(scorer, "_task_spec", lambda task: spec if task == TASK else None)
-    monkeypatch.setattr(render_mod, "_task_spec", lambda task: spec if task == TASK else None)
+    # every task name of these tests (toy, t1, t2, ...) reads this spec
+    monkeypatch.setattr(scorer, "_task_spec", lambda task: spec)
+    monkeypatch.setattr(render_mod, "_task_spec", lambda task: spec)
     return spec
 
 
@@ -175,11 +176,12 @@ def test_missing_metric_renders_dash(fake_spec):
     cells = [c.strip() for c in line.strip("|").split("|")]
     header = next(l for l in md.splitlines() if l.startswith("| method"))
     names = [c.strip() for c in header.strip("|").split("|")]
-    assert names == ["method", "rank", "acc ↑", "err ↓", "norm. acc", "n"]
+    assert names == ["method", "rank", "acc ↑", "err ↓", "norm. acc", "seeds", "examples"]
     assert cells[names.index("rank")] == "1"
     assert cells[names.index("err ↓")] == "—"
     assert cells[names.index("norm. acc")] == "0.500"
-    assert cells[names.index("acc ↑")] == "0.625 [0.625, 0.625]"
+    assert cells[names.index("acc ↑")] == "0.625 [0.625, 0.625]†"  # a record without rows: seeds only
+    assert "† interval over seeds only" in md
     latex = render(rows, "latex")
     assert r"\begin{tabular}" in latex and r"$\downarrow$" in latex and "—" in latex
 
@@ -203,7 +205,8 @@ def test_json_and_csv_columns(tmp_path):
     rows = score(store.records())
     data = json.loads(render(rows, "json"))
     keys = ["task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
-            "direction", "normalised", "is_main", "rank_group", "rank_stability"]
+            "direction", "normalised", "is_main", "rank_group", "rank_stability", "n_examples", "interval",
+            "p_value", "runner_up", "margin", "margin_low", "margin_high", "mde"]
     assert [list(d) for d in data] == [keys]
     assert data[0]["mean"] == 0.4 and data[0]["normalised"] is None and data[0]["is_main"] is True
     assert data[0]["rank_group"] == 1 and data[0]["rank_stability"] is None  # one method: nothing to rank against
@@ -232,20 +235,20 @@ def md_column(md: str, title: str, column: str) -> dict[str, str]:
 
 
 def test_rank_groups_golden_direct():
-    iv = {"a": (0.9, 0.8, 1.0), "b": (0.85, 0.7, 0.82), "c": (0.5, 0.4, 0.6), "d": (0.45, 0.3, 0.55),
-          "e": (0.1, 0.1, 0.1)}
-    # higher: a leads; b overlaps a ([0.7, 0.82] meets [0.8, 1.0]); c leads the rest, d overlaps c; e alone
-    assert rank_groups(iv, "higher") == {"a": 1, "b": 1, "c": 2, "d": 2, "e": 3}
-    # lower: e leads alone (a point below everyone); d leads the rest with c; then b with a
-    assert rank_groups(iv, "lower") == {"e": 1, "d": 2, "c": 2, "b": 3, "a": 3}
-    # overlap is checked against the group's leader only: the wide z joins group 1, y (between) does not
-    assert rank_groups({"x": (0.9, 0.8, 1.0), "y": (0.7, 0.65, 0.75), "z": (0.6, 0.1, 0.85)}, "higher") == \
-        {"x": 1, "z": 1, "y": 2}
-    # equal means: the leader is the first by name; touching intervals overlap (closed)
-    assert rank_groups({"q": (0.5, 0.5, 0.5), "p": (0.5, 0.5, 0.5), "r": (0.3, 0.2, 0.5)}, "higher") == \
-        {"p": 1, "q": 1, "r": 1}
+    """Paired replicates built by hand: a and b differ by a constant 0 (identical: a tie), c trails a
+    by 0.1 on every replicate (separated), d and e are identical and trail c (group 2 together)."""
+    base = np.linspace(0.4, 0.9, 2000)
+    reps = {"a": base, "b": base.copy(), "c": base - 0.1, "d": base - 0.3, "e": base - 0.3}
+    means = {m: float(v.mean()) for m, v in reps.items()}
+    groups, pvals = rank_groups(reps, means, "higher")
+    assert groups == {"a": 1, "b": 1, "c": 2, "d": 3, "e": 3}
+    assert pvals["b"] == 1.0 and pvals["e"] == 1.0
+    # Holm over the four comparisons with a: c, d, e have the smallest raw p, 2/2001, times 4
+    assert pvals["c"] == pytest.approx(4 * 2 / 2001)
+    lower, _ = rank_groups(reps, means, "lower")
+    assert lower == {"d": 1, "e": 1, "c": 2, "a": 3, "b": 3}
     with pytest.raises(BenchError, match="direction"):
-        rank_groups({"a": (0.1, 0.1, 0.1)}, "none")
+        rank_groups(reps, means, "none")
 
 
 def test_rank_groups_from_scores_and_ties_marked_in_md():
@@ -293,7 +296,8 @@ def test_rank_stability_golden():
                                                                       enumerate([0.1, 0.2, 0.3])])
     assert find(clear, method="A").rank_stability == 1.0
     md = render(clear, "md")
-    assert "Leader A: first in 100.0% of bootstrap replicates (2 ranked methods)." in md
+    assert "first in 100.0% of bootstrap replicates (2 ranked methods)." in md
+    assert "Leader A, ahead of B by 0.700 [0.600, 0.800] (paired)" in md
     # one ranked method (references do not count): nothing to be unstable against
     alone = score([rec("A", 0, {"acc": 0.5}), rec("random", 0, {"acc": 0.1}), rec("oracle", 0, {"acc": 1.0})])
     assert find(alone, method="A").rank_stability is None and rank_stability(alone) == {}

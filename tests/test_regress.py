@@ -17,6 +17,7 @@ from bench.errors import BenchError
 from leaderboard import manifest, publish
 from leaderboard.manifest import Figure, Tolerance, ToleranceTable, load_tolerance_file
 from leaderboard.regress import provenance_changes
+from tasks.localization import LocalizationTask
 
 ROOT = Path(__file__).resolve().parent.parent
 CELL = ["--task", "localization", "--model", "zoo-clip", "--method", "decomposition", "--no-references",
@@ -134,7 +135,7 @@ def test_stale_baseline_is_a_one_line_error(tiny_baseline, tmp_path, capsys):
     assert regress(b) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: baseline")
-    assert "task localization is v1.0 now (recorded v0.9)" in err[0]
+    assert f"task localization is v{LocalizationTask.spec.version} now (recorded v0.9)" in err[0]
     assert f"zoo-clip weights are {_clip_hash()[:12]} now (recorded 000000000000)" in err[0]
     assert "--update" in err[0]
 

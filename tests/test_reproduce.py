@@ -16,6 +16,9 @@ from bench.cli import main
 from bench.errors import BenchError
 from leaderboard import manifest
 from leaderboard.manifest import Figure, GridCell, RecordedCell, RecordedGrid, Tolerance, ToleranceTable
+from tasks.localization import LocalizationTask
+
+V = LocalizationTask.spec.version
 
 ROOT = Path(__file__).resolve().parent.parent
 CELL = ["--task", "localization", "--model", "zoo-clip", "--method", "decomposition", "--no-references",
@@ -89,7 +92,7 @@ def reproduce(path: Path, *extra: str) -> int:
 def test_exported_manifest_lists_grid_versions_and_figures(tiny_manifest):
     d = tomllib.loads(tiny_manifest.read_text())
     assert d["grid"] == {"profile": "quick", "seeds": [0]}
-    assert d["versions"]["tasks"] == {"localization": "1.0"} and set(d["versions"]["models"]) == {"zoo-clip"}
+    assert d["versions"]["tasks"] == {"localization": V} and set(d["versions"]["models"]) == {"zoo-clip"}
     assert d["versions"]["packages"]["torch"] and d["source"]["command"].startswith("bench evaluate")
     assert d["tolerance"] == {"abs": 1e-3, "rel": 1e-3, "ci_k": 0.25}
     (cell,) = d["cells"]
@@ -124,7 +127,7 @@ def test_reproduce_fails_on_a_mismatch_naming_the_figure(tiny_manifest, tmp_path
     (lambda t: t.replace('task = "localization"', 'task = "localisation"'), "has no version in [versions.tasks]"),
     (lambda t: t.replace("[versions.tasks]\nlocalization", "[versions.tasks]\nlocalisation")
      .replace('task = "localization"', 'task = "localisation"'), "did you mean 'localization'"),
-    (lambda t: t.replace('localization = "1.0"', 'localization = "0.1"'), "task localization is v1.0 now (recorded v0.1)"),
+    (lambda t: t.replace(f'localization = "{V}"', 'localization = "0.1"'), f"task localization is v{V} now (recorded v0.1)"),
     (lambda t: re.sub(r"\[\[cells\]\][\s\S]*", "", t), "missing 'cells'"),
     (lambda t: t.replace("expected.top1 = {", "expected.top1 = { spread = 1,"), "unknown key 'spread'"),
 ])
