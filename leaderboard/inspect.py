@@ -105,7 +105,9 @@ def table_text(rows: Rows, quality: np.ndarray, picked: np.ndarray) -> str:
     headers = ["rank", "example", "hash", "quality", *others]
     body = [[rank, rows["example"][i], rows["hash"][i], float(quality[i]),
              *(_cell(rows[c][i]) for c in others)] for rank, i in enumerate(picked, 1)]
-    return tabulate(body, headers=headers, floatfmt=".4g", disable_numparse=True)
+    # text columns stay text (a hex hash such as "12e4..." would otherwise be read as a number)
+    text = [j for j, c in enumerate(headers) if c in ("example", "hash") or (c in rows and rows[c].dtype == object)]
+    return tabulate(body, headers=headers, floatfmt=".4g", disable_numparse=text)
 
 
 def summary_line(task: Task, rec: RunRecord, quality: np.ndarray, picked: np.ndarray) -> str:

@@ -147,10 +147,36 @@ def readme(records: Sequence[RunRecord], tables: str, source: dict, task_version
 
 Every task × every compatible method (and the `random` / `oracle` references) × the zoo models,
 seeds 0 and 1, quick profile: `{DEFAULT_COMMAND}`, {n_cells} runs of {n_groups} (task, model,
-method) cells. Each figure is the mean over the two seeds with a 95% bootstrap CI over seeds
-(read it as rough with two seeds); `norm.` is the main score normalised between `random` (0)
-and `oracle` (1). This folder is generated: do not edit it by hand.
+method) cells. This folder is generated: do not edit it by hand.
 {partial}
+## How to read a table
+
+- **A figure** is the mean over the two seeds of the metric as the task computes it from its
+  per-example rows; the brackets are its **95% bootstrap interval over examples**: the scored
+  examples are resampled (within each seed, and within the strata a metric is defined over, such as
+  caption/POPE kinds or spurious groups) and the metric is recomputed on every resample, so AUROC,
+  worst-group accuracy and harmonic means get intervals of the statistic itself. An interval of a
+  proportion over n examples has about the binomial width (±0.12 at 0.6 over 64 examples). A
+  zero-width interval means every example gave the same value. `†` marks an interval over seeds
+  only (a record stored without per-example rows).
+- **`rank`** groups methods that the data cannot separate: every method is compared with the
+  group's leader *on the same examples* (a paired bootstrap test of their difference, Holm-corrected
+  over the comparisons, alpha 0.05); `1=` marks a group of several. Two methods in different groups
+  differ beyond chance even when their intervals overlap (pairing removes the examples' shared
+  difficulty); two methods in one group may still differ, by less than the table can detect.
+- **The line under a table** gives the leader's margin over the runner-up with its paired interval,
+  how often the leader stays first over the paired resamples, and the table's **minimum detectable
+  difference** (alpha 0.05, power 0.8): a smaller difference between two methods would most likely go
+  unnoticed at this number of examples (`bench power --task T --model M --profile quick --mde 0.05`
+  says how many examples a target needs).
+- **`norm.`** is `(m − random) / (oracle − random)`, shown only for metrics whose oracle is a ceiling
+  by construction (it answers from the ground truth), so it runs from chance (0) to a bound no method
+  can pass (1). Deletion and insertion AUCs, retained quality and the models' own context figures
+  are shown raw.
+- **Per-example rows** of every cell are in the store: `bench samples --task T --model M --method X
+  --store {STORE_NAME}` exports them (CSV, JSON lines, Parquet), `bench inspect` shows a method's worst
+  examples.
+
 ## Regenerate everything
 
 One command (about 20 min with 2 workers on a 2-core CPU) rewrites every file here:
@@ -178,9 +204,9 @@ bench regress --baseline leaderboard/baseline.json --update   # after an intende
 ```
 
 A figure passes when `|obtained - expected| <= max(abs, rel * |expected|, ci_k * h)`, `h` the
-recorded CI half-width (defaults abs = 1e-3, rel = 1e-3, ci_k = 0.25; why in
-`leaderboard/manifest.py`; per-metric overrides with `--tolerance-file`), and when it comes
-from as many seeds. The baseline's cells (chosen to re-run in about a minute; no zoo-vlm, whose
+recorded CI half-width (defaults abs = 1e-3, rel = 1e-3, ci_k = 0: the check is about numerical
+drift, and the example-level intervals do not widen it; why in `leaderboard/manifest.py`;
+per-metric overrides with `--tolerance-file`), and when it comes from as many seeds. The baseline's cells (chosen to re-run in about a minute; no zoo-vlm, whose
 greedy generation is not float-tolerant, and no zoo-diffusion, minutes per cell):
 
 {base_list}

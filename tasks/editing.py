@@ -47,22 +47,23 @@ ceiling, so the two quality figures are shown raw).
 
 Per-example rows (v1.3). The resampling unit is the **edit request** (a case, id: 16 hex digits
 of ``entity|relation|old->new``): everything measured about a rewrite follows from that one
-request and its probes are its own (a benchmark of edits samples requests). A case has one row per setting
-(``setting`` = ``single``, ``batch``), holding its shares of correct answers on the three probes
-(``efficacy``, ``generalization``, ``specificity``), the ``quality`` measured after the edit
+request, and its probes are its own. A case has one row per setting (``setting`` = ``single``,
+``batch``), holding its shares of correct answers on the three probes (``efficacy``,
+``generalization``, ``specificity``), ``quality_after``, the quality measured after the edit
 that row reflects (its own edit; in the batch setting its relation's batch edit, so the cases of
-a group carry the same value; random and oracle: ``quality_before``) and ``quality_before`` (a
+a group carry the same value; random and oracle: ``quality_before``), and ``quality_before`` (a
 constant column). A diffusion concept edit is a unit of its own, with one ``concept`` row
-(``quality`` NaN). Every metric is computed from the rows by
+(``quality_after`` NaN). Every metric is computed from the rows by
 :meth:`EditingTask.metrics_from_rows`: per setting, the weighted mean of each share and of
-``quality``, and the harmonic mean of the three mean shares. Strata: ``kind`` (``fact`` for
-rewrites, ``concept`` for concept edits) and ``relation`` (cases cycle over the relations, one
-batch edit per relation): a resample keeps both parts and the per-relation balance the design
-fixes (the cases of a batch still share one edit; the bootstrap treats them as exchangeable
-within their relation). Up to v1.2 the batch figures were the mean over relations of
-per-relation means; they are now the mean over cases, the same figure whenever every relation
-has as many cases as the others (on the shipped zoo models in both profiles: cases cycle over
-the relations and ``k`` is a multiple of their number).
+``quality_after`` (the metrics ``quality``, ``batch_quality``), and the harmonic mean of the
+three mean shares. Strata: ``kind`` (``fact`` for rewrites, ``concept`` for concept edits) and
+``relation`` (cases cycle over the relations, one batch edit per relation): a resample keeps
+both parts and the per-relation balance the design fixes (the cases of a batch still share one
+edit; the bootstrap treats them as exchangeable within their relation). Up to v1.2 the batch
+figures were the mean over relations of per-relation means; they are now the mean over cases,
+the same figure whenever every relation has as many cases as the others (on the shipped zoo
+models in both profiles: cases cycle over the relations and ``k`` is a multiple of their
+number).
 
 The model's parameters are snapshotted before any edit and restored after every
 setting; the cell fails if they are not bit-identical afterwards.
@@ -387,7 +388,7 @@ class EditingTask(Task):
                                site=(group[0].relation.site if cfg.site == "planted" and len({c.relation.site for c in group}) == 1
                                      else None), batch_size=bs, values=[c.relation.values for c in group])
 
-        # one row per (case, setting): (case, setting, efficacy, generalization, specificity, quality)
+        # one row per (case, setting): (case, setting, (efficacy, generalization, specificity, quality after))
         scored: list[tuple[EditCase, str, tuple[float, float, float, float]]] = []
         concept: list[ConceptOutcome] = []
         try:
@@ -419,14 +420,14 @@ class EditingTask(Task):
             efficacy=[r[0] for _, _, r in scored] + [o.efficacy for o in concept],
             generalization=[r[1] for _, _, r in scored] + [o.generalization for o in concept],
             specificity=[r[2] for _, _, r in scored] + [o.specificity for o in concept],
-            quality=[r[3] for _, _, r in scored] + [float("nan")] * len(concept),
+            quality_after=[r[3] for _, _, r in scored] + [float("nan")] * len(concept),
             quality_before=[quality_before] * (len(scored) + len(concept)))
         return self.result(rows)
 
     def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
         """Per setting (``single``, ``batch``; ``concept`` when the rows hold concept edits): the
         weighted means over that setting's rows of efficacy, generalization, specificity and
-        (not for concept edits) quality, and ``score``, the harmonic mean of the three means;
+        (not for concept edits) ``quality_after``, and ``score``, the harmonic mean of the three means;
         ``quality_before`` is the weighted mean of its constant column."""
         setting = rows["setting"]
         out: dict[str, np.ndarray] = {"quality_before": wmean(rows["quality_before"], w_BN)}
@@ -440,8 +441,12 @@ class EditingTask(Task):
             out.update({f"{prefix}efficacy": e, f"{prefix}generalization": g, f"{prefix}specificity": s,
                         f"{prefix}score": samples.harmonic_mean(e, g, s)})
             if name != "concept":
-                out[f"{prefix}quality"] = wmean(np.where(on, rows["quality"], np.nan), w_BN)
+                out[f"{prefix}quality"] = wmean(np.where(on, rows["quality_after"], np.nan), w_BN)
         return out
+
+    def example_quality(self, rows: Rows) -> np.ndarray:
+        """Per row, the case's edit score in that row's setting: the harmonic mean of its three shares."""
+        return samples.harmonic_mean(rows["efficacy"], rows["generalization"], rows["specificity"])
 
     def concept_edits(self, model: DiffusionModel, method: Method, seed: int, quick: bool,
                       restore: Callable[[], None], once: "Once | None" = None) -> list["ConceptOutcome"]:

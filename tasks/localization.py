@@ -486,6 +486,10 @@ class LocalizationTask(Task):
             out += [(rel.relation, h, t, p) for (h, t), (_, p) in zip(at_top, at_planted)]
         return out
 
+    def example_quality(self, rows: Rows) -> np.ndarray:
+        """Per fact row, the planted site's reciprocal rank (finer than top-1); NaN on rewrite rows."""
+        return np.asarray(rows["rr"], dtype=np.float64)
+
     def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
         """``top1``, ``mrr``, ``auroc``: weighted means over the fact rows. ``edit_at_top`` /
         ``edit_at_planted``: per relation, the weighted mean success over its rewrite rows, then

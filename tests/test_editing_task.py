@@ -99,8 +99,13 @@ def test_diffusion_rewrites_are_judged_and_undone(tiny_planted_diffusion):
     before = {n: p.detach().clone() for n, p in model.module.named_parameters()}
     task = EditingTask(EditingConfig(quick_requests=1, renders=2, fresh_renders=2, diffusion_neighbours=2,
                                      diffusion_quality=4))
-    m = task.run(model, METHODS.get("finetune")(steps=2), seed=0, quick=True).metrics
+    res = task.run(model, METHODS.get("finetune")(steps=2), seed=0, quick=True)
+    m = res.metrics
     assert all(torch.equal(p, before[n]) for n, p in model.module.named_parameters())
+    # concept edits are rows of their own (a unit each, kind "concept"), and the metrics are the rows'
+    concept = res.rows["setting"] == "concept"
+    assert concept.sum() == 2 and (res.rows["kind"][concept] == "concept").all()
+    assert task.metrics_of(res.rows) == m
     for key in ("efficacy", "generalization", "specificity", "score", "quality", "quality_before",
                 "concept_efficacy", "concept_generalization", "concept_specificity", "concept_score"):
         assert 0.0 <= m[key] <= 1.0

@@ -31,7 +31,9 @@ from bench.world import World, WorldConfig
 from bench.world.core import Scene
 from bench.world.hallucination import COOCCURRENCE_PAIRS
 from bench.world.spurious import GROUPS, spurious_scene
+from tasks.attribution import AttributionTask
 from tasks.hallucination import HallucinationTask
+from tasks.spurious import SpuriousTask
 
 QUIET = ["--jobs", "1", "--no-progress", "--no-table"]
 
@@ -185,7 +187,7 @@ def test_spurious_on_waterbirds_file(tmp_path: Path, waterbirds: Path) -> None:
     assert set(recs) == {"leace", "random", "oracle"}
     images = [waterbirds.parent / row["img_filename"] for row in csv.DictReader(open(waterbirds))]
     for rec in recs.values():
-        check_data_provenance(rec, "waterbirds", "1.0", waterbirds, images)
+        check_data_provenance(rec, "waterbirds", SpuriousTask.spec.version, waterbirds, images)
     rnd, orc = recs["random"].metrics, recs["oracle"].metrics
     # group names come from the data: the four (label, place) pairs of the test split
     assert {k for k in orc if k.startswith("group_")} == {f"group_{c}_{p}" for c, p in GROUPS}
@@ -242,7 +244,7 @@ def test_attribution_on_masks_file(tmp_path: Path, masks: Path, model: str) -> N
     rows = [json.loads(line) for line in masks.read_text().splitlines()]
     files = [masks.parent / r[k] for r in rows for k in ("image", "mask")]
     for rec in recs.values():
-        check_data_provenance(rec, "masks", "1.1", masks, files)
+        check_data_provenance(rec, "masks", AttributionTask.spec.version, masks, files)
         assert len(rec.example_hashes) == 32
     orc, rnd = recs["oracle"].metrics, recs["random"].metrics
     assert orc["pointing_game"] == 1.0 and orc["mass_in_mask"] == 1.0

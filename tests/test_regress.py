@@ -67,7 +67,7 @@ def test_tolerance_lookup_and_file_overlay(tmp_path):
     f = tmp_path / "tol.toml"
     f.write_text('rel = 0.5\n[metrics]\n"localization.top1" = { abs = 0.2 }\nmrr = { ci_k = 1.0 }\n')
     t = load_tolerance_file(f, base)
-    assert t.default == Tolerance(abs=1e-3, rel=0.5, ci_k=0.25)  # abs and ci_k kept from the base
+    assert t.default == Tolerance(abs=1e-3, rel=0.5, ci_k=0.0)  # abs and ci_k kept from the base
     assert t.lookup("localization", "top1").abs == 0.2  # task.metric beats metric
     assert t.lookup("editing", "top1").abs == 0.1  # the base's per-metric entry is kept
     assert t.lookup("editing", "mrr") == Tolerance(abs=1e-3, rel=0.5, ci_k=1.0)

@@ -41,6 +41,9 @@ def _check_rows(task, result) -> None:
         seen: dict[str, object] = {}
         for ex, v in zip(rows["example"].tolist(), rows[col].tolist()):
             assert seen.setdefault(ex, v) == v, (col, ex)
+    # bench inspect's per-row quality: one value per row, in [0, 1] where defined
+    q = np.asarray(task.example_quality(rows), dtype=np.float64)
+    assert q.shape == (n,) and (~np.isnan(q)).any() and ((q[~np.isnan(q)] >= 0) & (q[~np.isnan(q)] <= 1)).all()
     # what the store keeps gives the same figures
     again = task.metrics_of(decode(encode(rows)))
     assert again.keys() == result.metrics.keys()
@@ -70,6 +73,7 @@ def test_editing_rows_give_the_stored_metrics_and_the_oracle_reaches_best(zoo_cl
     # the last one is the oracle: every case's shares are 1 on every probe, in both settings
     for col in ("efficacy", "generalization", "specificity"):
         assert (rows[col] == 1.0).all()
+    assert (task.example_quality(rows) == 1.0).all()
     _oracle_reaches_best(task, res)
     assert not task.spec.metric("quality").normalise and not task.spec.metric("batch_quality").normalise
 
@@ -81,7 +85,7 @@ def test_editing_rows_of_a_real_editor(zoo_clip):
     batch = rows["setting"] == "batch"
     # the batch quality is measured once per relation's batch edit: constant within each relation
     for rel in set(rows["relation"].tolist()):
-        assert len(set(rows["quality"][batch & (rows["relation"] == rel)].tolist())) == 1
+        assert len(set(rows["quality_after"][batch & (rows["relation"] == rel)].tolist())) == 1
 
 
 def test_editing_metrics_from_rows_by_hand():
@@ -92,7 +96,7 @@ def test_editing_metrics_from_rows_by_hand():
         setting=["single"] * 3 + ["batch"] * 3 + ["concept"] * 2,
         efficacy=[1, 0, 1, 0, 1, 1, 1, 0], generalization=[0.5, 1, 1, 1, 1, 0, 0.5, 0.5],
         specificity=[1, 0.5, 0.25, 0.5, 0.5, 1, 1, 1],
-        quality=[0.9, 0.7, 0.8, 0.6, 0.6, 0.5, np.nan, np.nan], quality_before=[0.9] * 8)
+        quality_after=[0.9, 0.7, 0.8, 0.6, 0.6, 0.5, np.nan, np.nan], quality_before=[0.9] * 8)
     # a unit's rows share its weight: a drawn twice, b never, c once; concept d three times, e once
     w = np.array([[2, 0, 1, 2, 0, 1, 3, 1], [1, 1, 1, 1, 1, 1, 1, 1]], dtype=float)
     m = {k: v.tolist() for k, v in task.metrics_from_rows(rows, w).items()}
@@ -133,6 +137,8 @@ def test_localization_rows_give_the_stored_metrics_and_the_oracle_reaches_best(z
     # the oracle is one-hot on the planted site: every fact row is a hit, and its top site is the planted one
     assert (rows["top1"][fact] == 1).all() and (rows["rr"][fact] == 1).all() and (rows["auroc"][fact] == 1).all()
     assert (rows["edit_top"][edit] == rows["edit_planted"][edit]).all()
+    q = task.example_quality(rows)
+    assert (q[fact] == 1).all() and np.isnan(q[edit]).all()
     _oracle_reaches_best(task, res)
     assert {m.name for m in task.spec.metrics if not m.normalise} == {"edit_at_top", "edit_at_planted", "edit_ratio"}
 

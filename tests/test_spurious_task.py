@@ -1,11 +1,12 @@
 """The spurious task: metrics by hand, references (validity), LEACE on zoo-clip-spurious."""
 
+import numpy as np
 import pytest
 import torch
 
 from bench.registry import METHODS, MODELS, TASKS
 from methods.leace import leace_fit
-from tasks.spurious import GROUPS, spurious_metrics
+from tasks.spurious import GROUPS, spurious_metrics, spurious_rows
 
 
 def test_metrics_hand_computed():
@@ -13,10 +14,17 @@ def test_metrics_hand_computed():
     group = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     pred = torch.tensor([0, 0, 0, 1, 1, 1, 0, 1])  # group accs 1, .5, 1, .5
     base = torch.tensor([0, 0, 1, 1, 1, 1, 1, 1])  # group accs 1, 0, 1, 1
-    m = spurious_metrics(pred, base, labels, group, components=3)
+    rows = spurious_rows(pred, base, labels, group, 3, [f"h{i}" for i in range(8)])
+    m = TASKS.get("spurious")().metrics_of(rows)
     assert m["worst_group_accuracy"] == 0.5 and m["average_accuracy"] == 0.75
     assert m["worst_group_gain"] == 0.5 and m["components_touched"] == 3.0
+    assert m["unmodified_worst_group_accuracy"] == 0.0
     assert m[f"group_{GROUPS[1][0]}_{GROUPS[1][1]}"] == 0.5
+    # a resample: the second weighting drops group 1's miss and group 3's hit (each group keeps its size)
+    w = np.array([[1.0] * 8, [1, 1, 2, 0, 1, 1, 2, 0]])
+    v = spurious_metrics(rows, w)
+    assert v["worst_group_accuracy"].tolist() == [0.5, 0.0] and v["worst_group_gain"].tolist() == [0.5, 0.0]
+    assert v["average_accuracy"].tolist() == [0.75, 0.75]
 
 
 def test_leace_erases_linear_information():
