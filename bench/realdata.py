@@ -39,6 +39,14 @@ an :class:`ImageRef` that decodes lazily, ``ref.tensor(size)`` giving a float
 tensor in [0, 1], shape 3 × H × W (RGB), resized bilinearly when ``size`` is
 given. :func:`check` (``bench data check``) decodes every image and mask too.
 
+**Before anything is loaded** the file's size is checked against a limit per kind
+(:data:`MAX_MB`: 512 MB for annotation files, 1024 MB for ``masks``, whose COCO instances
+files run to hundreds of MB; ``MMI_BENCH_MAX_DATA_MB`` overrides it for every kind) and its
+first bytes are sniffed: UTF-8 text, no binary bytes, and starting as the file type says
+(``{`` or ``[`` for JSON and JSON Lines, a header line for CSV/TSV). Only then is it read.
+Every temporary cache folder (``mmi-bench-data-<pid>-*``) is removed on every exit path; one
+left by a process that was killed outright is removed by the next load.
+
 **Errors.** A malformed file raises :class:`~bench.errors.BenchError` with one
 line that starts with the annotation file's path and names the problem and, for
 a bad value, the row (1-based, header excluded, with the line when it differs):
@@ -54,8 +62,11 @@ import io
 import itertools
 import json
 import math
+import os
 import re
+import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,8 +383,81 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def _read_table(path: PathLike) -> _Table:
-    """Read an annotation file through ``datasets`` (temporary cache), rows in file order."""
+MAX_MB: dict[str, int] = {"masks": 1024}  # a kind's annotation-file size limit, in MB (2**20 bytes)
+DEFAULT_MAX_MB = 512  # every other kind's
+MAX_MB_ENV = "MMI_BENCH_MAX_DATA_MB"  # overrides the limit of every kind
+_SNIFF_BYTES = 64 * 1024
+_TMP_PREFIX = "mmi-bench-data-"
+
+
+def max_mb(kind_name: str | None) -> float:
+    """The size limit, in MB, of an annotation file of ``kind_name`` (``MMI_BENCH_MAX_DATA_MB`` first)."""
+    env = os.environ.get(MAX_MB_ENV, "").strip()
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            value = float("nan")
+        if not value > 0:
+            raise BenchError(f"{MAX_MB_ENV} must be a positive number of MB, got {env!r}")
+        return value
+    return float(MAX_MB.get(kind_name or "", DEFAULT_MAX_MB))
+
+
+def _check_size(p: Path, kind_name: str | None) -> None:
+    """Refuse a file over its kind's size limit, from its size alone (nothing is read)."""
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise BenchError(f"{p}: cannot read: {e.strerror or _first_line(e)}") from None
+    limit = max_mb(kind_name)
+    if size > limit * 2**20:
+        what = f"{kind_name} annotation files" if kind_name else "annotation files"
+        mb = size / 2**20
+        shown = f"{mb:,.0f}" if mb >= 10 else f"{mb:.3g}"
+        raise BenchError(f"{p}: file is {shown} MB, over the {limit:,g} MB limit for {what}; "
+                         f"set {MAX_MB_ENV} to raise it")
+
+
+def _sniff(p: Path, fmt: str) -> None:
+    """Refuse a file whose first bytes are not text of the expected format (nothing else is read)."""
+    import codecs
+
+    try:
+        with open(p, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise BenchError(f"{p}: cannot read: {e.strerror or _first_line(e)}") from None
+    if head.startswith(codecs.BOM_UTF8):
+        head = head[len(codecs.BOM_UTF8):]
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise BenchError(f"{p}: UTF-16 text; save it as UTF-8")
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise BenchError(f"{p}: not a text file (a NUL byte at byte {nul}); expected {_EXPECTED[fmt]}")
+    try:  # final=False: a character cut by the sniff's end is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        raise BenchError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    stripped = text.lstrip()
+    if not stripped:
+        return  # blank so far: the full read says whether it is empty
+    control = sum(1 for c in text if ord(c) < 32 and c not in "\t\n\r\f\v")
+    if control > max(8, len(text) // 100):
+        raise BenchError(f"{p}: not a text file ({control} control characters in its first "
+                         f"{len(head):,} bytes); expected {_EXPECTED[fmt]}")
+    if fmt == "json" and stripped[0] not in "{[":
+        raise BenchError(f"{p}: does not look like JSON or JSON Lines: it starts with {_short(stripped[:20])}; "
+                         f"expected {_EXPECTED[fmt]}")
+
+
+_EXPECTED = {"json": "JSON Lines (one object per line) or a JSON array/object",
+             "csv": "CSV/TSV with a header row"}
+
+
+def _read_table(path: PathLike, kind_name: str | None = None) -> _Table:
+    """Read an annotation file through ``datasets`` (temporary cache), rows in file order,
+    after checking its size (the limit of ``kind_name``) and sniffing its first bytes."""
     p = Path(path).expanduser()
     if not p.exists():
         raise BenchError(f"{p}: file not found")
@@ -382,6 +466,8 @@ def _read_table(path: PathLike) -> _Table:
     fmt = FORMATS.get(p.suffix.lower())
     if fmt is None:
         raise BenchError(f"{p}: unsupported file type {p.suffix or '(none)'!r}; use .jsonl, .json, .csv or .tsv")
+    _check_size(p, kind_name)
+    _sniff(p, fmt)
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -433,12 +519,39 @@ def _load_with_datasets(p: Path, fmt: str, kwargs: dict[str, Any]) -> list[dict[
     import datasets
 
     # a fresh cache folder per read: nothing next to the user's data, no stale cache
-    # after the file changes, nothing left behind
-    with _quiet_datasets(), tempfile.TemporaryDirectory(prefix="mmi-bench-data-") as cache:
-        ds = datasets.load_dataset(fmt, data_files=str(p.resolve()), split="train", cache_dir=cache, **kwargs)
-        rows = ds.to_list()
-        del ds  # release the memory-mapped arrow file before its folder goes
+    # after the file changes, nothing left behind (removed in `finally`, whatever ends the read:
+    # an error, Ctrl-C, SystemExit; a process killed outright leaves one that the next read sweeps)
+    _sweep_stale_caches()
+    cache = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
+    try:
+        with _quiet_datasets():
+            ds = datasets.load_dataset(fmt, data_files=str(p.resolve()), split="train", cache_dir=cache, **kwargs)
+            rows = ds.to_list()
+            del ds  # release the memory-mapped arrow file before its folder goes
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     return rows
+
+
+def _sweep_stale_caches(min_age_s: float = 60.0) -> None:
+    """Remove cache folders left by processes that no longer exist (killed outright)."""
+    try:
+        entries = list(Path(tempfile.gettempdir()).glob(f"{_TMP_PREFIX}*"))
+    except OSError:
+        return
+    now = time.time()
+    for d in entries:
+        pid_text = d.name[len(_TMP_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            if not d.is_dir() or now - d.stat().st_mtime < min_age_s:
+                continue
+            os.kill(int(pid_text), 0)  # alive (or not ours to judge): keep it
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def _json_type(v: Any) -> str:
@@ -654,7 +767,7 @@ def load_pope(path: PathLike, *, image_root: PathLike | None = None) -> list[Pop
     that one), optional ``object`` (else parsed from "Is there a <object> in the image?"),
     optional ``id`` (or ``question_id``). POPE's own files load as they are.
     """
-    t = _read_table(path)
+    t = _read_table(path, "pope")
     r = _Rows(t, POPE_FIELDS, image_root)
     stem = t.path.stem.lower()
     file_cat = next((c for c in POPE_CATEGORIES if c in stem), None)
@@ -698,7 +811,7 @@ def load_captions(path: PathLike, *, image_root: PathLike | None = None) -> list
     ``gt_objects``, ``objects_present``: the objects truly present, a list — in CSV a JSON
     array or ``;``-separated; may be empty), optional ``id`` (or ``image_id``).
     """
-    t = _read_table(path)
+    t = _read_table(path, "captions")
     r = _Rows(t, CAPTION_FIELDS, image_root)
     out: list[CaptionRecord] = []
     for i in range(len(t.rows)):
@@ -741,7 +854,7 @@ def load_waterbirds(path: PathLike, *, image_root: PathLike | None = None) -> li
     default ``test``: a file without splits is an evaluation set), optional ``id`` (or
     ``img_id``). Waterbirds' ``metadata.csv`` loads as it is (labels/places stay "0"/"1").
     """
-    t = _read_table(path)
+    t = _read_table(path, "waterbirds")
     r = _Rows(t, WATERBIRDS_FIELDS, image_root)
     if not (r.has("place") or r.has("group")):
         raise t.error(f"needs a 'place' (or 'background') or a 'group' column; columns are: {', '.join(t.columns)}")
@@ -816,7 +929,7 @@ def load_counterfact(path: PathLike, *, image_root: PathLike | None = None) -> l
     optional ``image`` (path) and ``id`` (or ``case_id``). CounterFact's own JSON, with
     ``requested_rewrite`` nesting and ``{"str": ...}`` targets, loads as it is.
     """
-    t = _read_table(path)
+    t = _read_table(path, "counterfact")
     if "requested_rewrite" in t.columns:
         _flatten_counterfact(t)
     r = _Rows(t, COUNTERFACT_FIELDS, image_root)
@@ -865,7 +978,7 @@ def load_concept_edit(path: PathLike, *, image_root: PathLike | None = None) -> 
     ``negatives`` (or ``negative_prompts``: prompts that should not), optional ``id``.
     No images: ``image_root`` is accepted for a uniform signature and unused.
     """
-    t = _read_table(path)
+    t = _read_table(path, "concept_edit")
     r = _Rows(t, CONCEPT_FIELDS, image_root)
     out: list[ConceptEdit] = []
     for i in range(len(t.rows)):
@@ -937,7 +1050,7 @@ def load_masks(path: PathLike, *, image_root: PathLike | None = None) -> list[Ma
     ``annotations``, ``categories``) also loads, one record per polygon annotation; RLE
     (crowd) annotations are skipped — this loader reads no RLE.
     """
-    t = _read_table(path)
+    t = _read_table(path, "masks")
     if t.document:
         _coco_rows(t)
     r = _Rows(t, MASK_FIELDS, image_root)

@@ -65,11 +65,46 @@ class RunRecord:
         return json.dumps(d, sort_keys=True, default=str)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunRecord":
-        d = json.loads(text)
-        d["key"] = CellKey(**d["key"])
-        d.pop("rows", None)
-        return cls(**d)
+    def from_json(cls, text: str, record_id: str | None = None) -> "RunRecord":
+        """A record from :meth:`to_json`'s text. Keys this version does not know are ignored
+        (a record written by a newer version still loads); text that is not a JSON object, or
+        lacks a required key, is a one-line :class:`~bench.errors.BenchError` naming the record
+        (``record_id``, e.g. the store's row id, else the key's id when it can be read)."""
+        from dataclasses import MISSING, fields
+
+        from bench.errors import BenchError
+
+        def bad(problem: str, ident: Any = None) -> BenchError:
+            return BenchError(f"record {record_id or ident or '?'!r} {problem}")
+
+        try:
+            d = json.loads(text)
+        except (TypeError, ValueError) as e:
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+            raise bad(f"is cut short or not valid JSON ({msg}); remove it, or re-run its cell with --force") from None
+        if not isinstance(d, dict) or not isinstance(d.get("key"), dict):
+            raise bad("is not a stored run record (no 'key' object)")
+
+        def known(dc: type, doc: dict[str, Any], what: str, ident: Any = None) -> dict[str, Any]:
+            names = {f.name: f for f in fields(dc)}
+            missing = [n for n, f in names.items() if n not in doc and n != "rows" and f.default is MISSING
+                       and f.default_factory is MISSING]
+            if missing:
+                ident = ident or "|".join(str(doc.get(n, "?")) for n in names)
+                raise bad(f"lacks the required {what} {', '.join(repr(m) for m in missing)}", ident)
+            return {k: v for k, v in doc.items() if k in names and k != "rows"}
+
+        kd = known(CellKey, d["key"], "key field")
+        try:
+            key = CellKey(**kd)
+        except TypeError as e:
+            raise bad(f"has an unreadable key ({e})") from None
+        rd = known(cls, d, "field", key.id)
+        rd["key"] = key
+        try:
+            return cls(**rd)
+        except TypeError as e:
+            raise bad(f"cannot be read ({e})", key.id) from None
 
 
 _PACKAGES = ("mmi-bench", "torch", "numpy", "transformers", "diffusers", "captum", "scikit-learn", "datasets")

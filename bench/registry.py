@@ -3,12 +3,20 @@
 Built-ins register as ``"module:attr"`` strings, so nothing heavy is imported until
 a name is used. Third-party packages register through entry points in the groups
 ``mmi_bench.tasks``, ``mmi_bench.methods`` and ``mmi_bench.models``.
-Registering a name twice is an error; an unknown name gets a "did you mean".
+
+A built-in registered twice in code is an error (:class:`DuplicateName`). A plugin cannot
+break the house: an entry point whose name is already taken (by a built-in or an earlier
+plugin), or whose value is not ``module:attr``, is refused for that name alone, with one
+:class:`PluginConflict` warning naming the distribution; every other name keeps working.
+Entry points are read once per process and registry. A plugin's entry records its
+distribution's name and version (:func:`plugin_provenance`), so records can carry them.
+An unknown name gets a "did you mean".
 """
 
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Generic, Iterator, TypeVar
@@ -22,13 +30,23 @@ class DuplicateName(BenchError):
     pass
 
 
+class PluginConflict(UserWarning):
+    """A plugin's entry point was refused (its name is taken, or its value is malformed)."""
+
+
 @dataclass
 class Entry:
     name: str
     target: str  # "module:attr"
     meta: dict[str, Any] = field(default_factory=dict)
     source: str = "builtin"
+    dist: str | None = None  # the plugin's distribution (None: built-in)
+    dist_version: str | None = None
     _loaded: Any = None
+
+    @property
+    def is_plugin(self) -> bool:
+        return self.dist is not None
 
     def load(self) -> Any:
         if self._loaded is None:
@@ -63,7 +81,22 @@ class Registry(Generic[T]):
             return
         self._eps_loaded = True
         for ep in entry_points(group=self.group):
-            self.register(ep.name, ep.value, source=f"entry point {ep.dist.name if ep.dist else '?'}")
+            dist = getattr(ep, "dist", None)
+            dist_name = str(dist.name) if dist is not None and dist.name else "?"
+            dist_version = str(dist.version) if dist is not None and dist.version else "?"
+            where = f"distribution {dist_name} {dist_version}"
+            if ep.name in self._entries:
+                taken = self._entries[ep.name]
+                warnings.warn(f"plugin {self.kind} {ep.name!r} from {where} refused: the name is already "
+                              f"registered ({taken.source}); the other names keep working",
+                              PluginConflict, stacklevel=3)
+                continue
+            if ":" not in ep.value:
+                warnings.warn(f"plugin {self.kind} {ep.name!r} from {where} refused: its entry point "
+                              f"{ep.value!r} is not 'module:attr'", PluginConflict, stacklevel=3)
+                continue
+            self._entries[ep.name] = Entry(ep.name, ep.value, {}, f"entry point {dist_name}",
+                                           dist=dist_name, dist_version=dist_version)
 
     def names(self) -> list[str]:
         self._load_entry_points()
@@ -89,6 +122,20 @@ class Registry(Generic[T]):
 TASKS: Registry[Any] = Registry("task", "mmi_bench.tasks")
 METHODS: Registry[Any] = Registry("method", "mmi_bench.methods")
 MODELS: Registry[Any] = Registry("model", "mmi_bench.models")
+_BY_KIND: dict[str, Registry[Any]] = {"task": TASKS, "method": METHODS, "model": MODELS}
+
+
+def plugin_provenance(kind: str, name: str) -> dict[str, str] | None:
+    """``{"distribution": ..., "version": ...}`` of the plugin that registered ``name`` as a
+    ``kind`` (``task``, ``method`` or ``model``; plurals accepted); None for a built-in."""
+    reg = _BY_KIND.get(kind[:-1] if kind.endswith("s") else kind)
+    if reg is None:
+        raise UnknownName("registry kind", kind, _BY_KIND)
+    e = reg.entry(name)
+    if e.dist is None:
+        return None
+    return {"distribution": e.dist, "version": e.dist_version or "?"}
+
 
 # ---------------------------------------------------------------- built-ins
 TASKS.register("attribution", "tasks.attribution:AttributionTask")

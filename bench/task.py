@@ -250,6 +250,12 @@ class Task(ABC):
                     f"{model.name!r} is {model.family}")
         return None
 
+    def strata_of(self, rows: Rows) -> list[tuple[Any, ...]]:
+        """Each row's stratum (constant within an example): the values of :attr:`strata`'s columns.
+        A task whose strata depend on the row kind overrides it."""
+        cols = [rows[c] if c in rows else None for c in self.strata]
+        return [tuple(None if c is None else c[i] for c in cols) for i in range(len(rows["example"]))]
+
     def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
         """Every metric ``[B]`` of the rows under ``B`` weightings ``w_BN`` (row multiplicities; see
         :mod:`bench.samples`). A function of the rows alone: no model, data file or config."""

@@ -222,8 +222,9 @@ class Design:
     stratum: list[tuple[Any, ...]] = field(default_factory=list)  # per unit
 
 
-def design(tables: Mapping[int, Sequence[Mapping[str, np.ndarray]]], strata: Sequence[str]) -> Design:
-    """The units of a table from its rows per seed (all methods' rows; first-seen order)."""
+def design(tables: Mapping[int, Sequence[Mapping[str, np.ndarray]]], task: Task) -> Design:
+    """The units of a table from its rows per seed (all methods' rows; first-seen order), with the
+    strata :meth:`Task.strata_of` gives."""
     seeds = sorted(tables)
     ids = {s: {e for rows in tables[s] for e in rows["example"].tolist()} for s in seeds}
     crossed = len(seeds) > 1 and all(ids[s] == ids[seeds[0]] for s in seeds)
@@ -231,7 +232,7 @@ def design(tables: Mapping[int, Sequence[Mapping[str, np.ndarray]]], strata: Seq
     shared: dict[str, int] = {}
     for s in seeds:
         for rows in tables[s]:
-            cols = [rows.get(c) for c in strata]
+            strata = task.strata_of(rows)  # type: ignore[arg-type]
             for i, ex in enumerate(rows["example"].tolist()):
                 if (s, ex) in d.index:
                     continue
@@ -241,8 +242,7 @@ def design(tables: Mapping[int, Sequence[Mapping[str, np.ndarray]]], strata: Seq
                 unit = len(d.stratum)
                 d.index[(s, ex)] = unit
                 shared[ex] = unit
-                st = tuple(None if c is None else c[i] for c in cols)
-                d.stratum.append(st if crossed else (s, *st))
+                d.stratum.append(strata[i] if crossed else (s, *strata[i]))
     return d
 
 
@@ -281,7 +281,7 @@ def _table_replicates(task: Task | None, cells: Mapping[str, _Cell], n_boot: int
         return {}, {}, False
     seeds = sorted({s for c in with_rows.values() for s in c.records})
     by_seed = {s: [c.records[s].rows for c in with_rows.values() if s in c.records] for s in seeds}
-    d = design(by_seed, tuple(task.strata))  # type: ignore[arg-type]
+    d = design(by_seed, task)  # type: ignore[arg-type]
     c_BS, W = draw_weights(d, n_boot, rng)
     reps: dict[tuple[str, str], np.ndarray] = {}
     n_ex: dict[str, int] = {}

@@ -56,10 +56,11 @@ constant column). A diffusion concept edit is a unit of its own, with one ``conc
 (``quality_after`` NaN). Every metric is computed from the rows by
 :meth:`EditingTask.metrics_from_rows`: per setting, the weighted mean of each share and of
 ``quality_after`` (the metrics ``quality``, ``batch_quality``), and the harmonic mean of the
-three mean shares. Strata: ``kind`` (``fact`` for rewrites, ``concept`` for concept edits) and
-``relation`` (cases cycle over the relations, one batch edit per relation): a resample keeps
-both parts and the per-relation balance the design fixes (the cases of a batch still share one
-edit; the bootstrap treats them as exchangeable within their relation). Up to v1.2 the batch
+three mean shares. Stratum: ``kind`` (``fact`` for rewrites, ``concept`` for concept edits): a
+resample keeps both parts' counts; the metrics are means over cases, not over relations, so the
+relation is no stratum (the cases of a batch share one edit; the bootstrap treats them as
+exchangeable, and ``batch_quality``, one measurement per batch edit, gets only the spread between
+the batches as its interval). Up to v1.2 the batch
 figures were the mean over relations of per-relation means; they are now the mean over cases,
 the same figure whenever every relation has as many cases as the others (on the shipped zoo
 models in both profiles: cases cycle over the relations and ``k`` is a multiple of their
@@ -319,9 +320,9 @@ class EditingTask(Task):
                             ("score", "harmonic mean of the three"))]),
     )
 
-    # the part a row belongs to (fact rewrites, concept edits) and the rewrite's relation: cases
-    # cycle over the relations and concept edits are a fixed count, so resamples keep both
-    strata = ("kind", "relation")
+    # the part a row belongs to (fact rewrites, concept edits): each part's metrics are means over its
+    # own cases, so a resample keeps both counts; not the relation, which no metric is defined over
+    strata = ("kind",)
 
     def __init__(self, config: EditingConfig | None = None) -> None:
         self.config = config or EditingConfig()

@@ -53,9 +53,9 @@ Columns that do not apply to a kind are NaN there. :meth:`LocalizationTask.metri
 computes every metric from the rows: ``top1``, ``mrr``, ``auroc`` are weighted means over the
 fact rows; ``edit_at_top`` / ``edit_at_planted`` the mean over relations of each relation's
 weighted mean over its rewrites (the v1.0 definition, figures unchanged); ``edit_ratio`` their
-ratio. Strata: ``kind`` (a resample keeps both parts) and ``relation`` (examples and rewrites
-come per relation by design, and the edit figures average over relations, so every resample
-has each relation). The top site is chosen from all examples' scores, so the edit rows carry
+ratio. Strata (:meth:`LocalizationTask.strata_of`): the fact examples form one stratum (top-1,
+MRR and AUROC are means over examples), the rewrites one per relation (the edit figures average
+over relations, so every resample has each relation's rewrites). The top site is chosen from all examples' scores, so the edit rows carry
 that choice as fixed: intervals on the edit figures do not include the uncertainty of the
 choice itself.
 """
@@ -378,9 +378,15 @@ class LocalizationTask(Task):
         ),
     )
 
-    # fact examples vs rewrites (a resample keeps both parts), and the relation (examples and
-    # rewrites cycle over the relations by design; the edit figures are means over relations)
+    # fact examples vs rewrites (a resample keeps both parts); rewrites also by relation, since the
+    # edit figures are means over relations (every resample must hold each relation's rewrites)
     strata = ("kind", "relation")
+
+    def strata_of(self, rows: Rows) -> list[tuple[Any, ...]]:
+        """``("fact",)`` for a fact example (top-1, MRR and AUROC are means over examples, not over
+        relations), ``("edit", relation)`` for a rewrite."""
+        return [("edit", r) if k == "edit" else ("fact",) for k, r in zip(rows["kind"].tolist(),
+                                                                          rows["relation"].tolist())]
 
     def __init__(self, config: LocalizationConfig | None = None) -> None:
         self.config = config or LocalizationConfig()

@@ -75,3 +75,20 @@ def tiny_planted_llava(make_tiny_llava):
     model.planted = [PlantedRelation(r, f"lm.blocks.{k}.mlp", names, 0, 64, f"what is the {r} of the glyph?",
                                      RELATIONS[r]) for r, k in (("home", 0), ("season", 1))]
     return model
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    """Name the install command of a test skipped for a missing system package (the browser test
+    without Chromium, outside CI) even under plain ``pytest -q``, which lists no skip reasons."""
+    if "s" in getattr(terminalreporter, "reportchars", ""):
+        return  # -rs already prints every reason
+    notes = []
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(rep, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+        if "apt-get install" in reason:
+            notes.append(f"SKIPPED {rep.nodeid}: {reason.removeprefix('Skipped: ')}")
+    if notes:
+        terminalreporter.write_sep("-", "skipped for a missing system package")
+        for line in notes:
+            terminalreporter.write_line(line)

@@ -490,3 +490,126 @@ def test_cli_malformed_file_is_one_line_without_traceback(tmp_path: Path) -> Non
     lines = cp.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: missing required column 'objects'"), cp.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["caps.csv"]  # no cache next to the data
+
+
+# ------------------------------------------------- size and format before loading
+def sparse(path: Path, mb: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(mb * 2**20)  # a hole: no disk used, nothing to read but zeros
+    return path
+
+
+class ReachedDatasets(BaseException):
+    """Raised where ``datasets`` would start reading (a BaseException: no loader turns it into an error)."""
+
+
+def no_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ReachedDatasets("the file reached datasets")
+
+    monkeypatch.setattr(rd, "_load_with_datasets", refuse)
+
+
+def test_huge_file_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    no_datasets(monkeypatch)
+    monkeypatch.delenv(rd.MAX_MB_ENV, raising=False)
+    big = sparse(tmp_path / "pope.jsonl", 600)
+    t0 = time.perf_counter()
+    msg = assert_error(lambda: rd.load("pope", big), big, "file is 600 MB", "over the 512 MB limit",
+                       rd.MAX_MB_ENV)
+    assert main(["data", "check", "pope", str(big)]) == 2
+    assert time.perf_counter() - t0 < 1.0, msg
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "over the 512 MB limit for pope annotation files" in err
+    # masks (COCO instances files are big) have a higher limit; then the sniff refuses the zeros
+    assert_error(lambda: rd.load("masks", big.rename(tmp_path / "masks.json")), tmp_path / "masks.json",
+                 "not a text file")
+    # the environment variable moves the limit, both ways
+    monkeypatch.setenv(rd.MAX_MB_ENV, "1000")
+    t0 = time.perf_counter()
+    assert_error(lambda: rd.load("pope", tmp_path / "masks.json"), tmp_path / "masks.json", "not a text file")
+    assert time.perf_counter() - t0 < 1.0
+    small = jsonl(tmp_path / "small.jsonl", pope_rows())
+    monkeypatch.setenv(rd.MAX_MB_ENV, "0.0001")
+    assert_error(lambda: rd.load("pope", small), small, "over the 0.0001 MB limit")
+    monkeypatch.setenv(rd.MAX_MB_ENV, "lots")
+    assert "must be a positive number" in error_of(lambda: rd.load("pope", small))
+
+
+@pytest.mark.parametrize("case", ["garbage", "garbage_csv", "latin1", "not_json", "bom_ok"])
+def test_format_is_sniffed_before_datasets_sees_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         case: str) -> None:
+    no_datasets(monkeypatch)
+    rng = np.random.default_rng(0)
+    if case == "garbage":
+        p = tmp_path / "pope.jsonl"
+        p.write_bytes(rng.bytes(200_000))
+        msg = assert_error(lambda: rd.load("pope", p), p)
+        assert "not a text file" in msg or "not UTF-8 text" in msg, msg
+    elif case == "garbage_csv":
+        p = tmp_path / "meta.csv"
+        p.write_bytes(b"img_filename,y,place\n" + bytes(range(1, 32)) * 3000)
+        assert_error(lambda: rd.load("waterbirds", p), p, "not a text file", "control characters")
+    elif case == "latin1":
+        p = tmp_path / "caps.csv"
+        raw = "image,caption,objects\nx.png,caf\u00e9,dog\n".encode("latin-1")
+        p.write_bytes(raw)
+        assert_error(lambda: rd.load("captions", p), p, f"not UTF-8 text (byte {raw.index(0xE9)})")
+    elif case == "not_json":
+        p = tmp_path / "pope.json"
+        p.write_text("image,label\nx.png,yes\n")
+        assert_error(lambda: rd.load("pope", p), p, "does not look like JSON", "'image,label")
+    else:  # a byte-order mark and leading blank lines are fine: the file goes on to datasets
+        p = tmp_path / "pope.jsonl"
+        p.write_bytes(b"\xef\xbb\xbf\n\n" + json.dumps(pope_rows()[0]).encode() + b"\n")
+        with pytest.raises(ReachedDatasets):
+            rd.load("pope", p)
+
+
+def test_temporary_cache_folders_are_removed_on_every_exit(imgs: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    import datasets
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+    def left() -> list[str]:
+        return sorted(p.name for p in tmp.iterdir() if p.name.startswith("mmi-bench-data-"))
+
+    good = jsonl(imgs / "pope.jsonl", pope_rows())
+    assert len(rd.load("pope", good)) == 3 and left() == []
+    mixed = imgs / "mixed.jsonl"  # datasets itself fails on it
+    mixed.write_text(json.dumps(pope_rows()[0]) + "\n\n" + json.dumps({**pope_rows()[2], "label": 1}) + "\n")
+    error_of(lambda: rd.load("pope", mixed))
+    assert left() == []
+    real = datasets.load_dataset
+    seen: list[str] = []
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        seen.append(kwargs["cache_dir"])
+        assert Path(kwargs["cache_dir"]).is_dir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets, "load_dataset", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rd.load("pope", good)
+    assert seen and not Path(seen[0]).exists() and left() == []
+    monkeypatch.setattr(datasets, "load_dataset", real)
+
+    # a folder left by a process killed outright (its pid is gone) is swept by the next load;
+    # one of a live process, or a fresh one, is not
+    dead = tmp / "mmi-bench-data-999999999-abc"  # above Linux's pid_max: never alive
+    live = tmp / f"mmi-bench-data-{os.getppid()}-def"
+    fresh = tmp / "mmi-bench-data-999999998-ghi"
+    for d in (dead, live, fresh):
+        (d / "sub").mkdir(parents=True)
+    for d in (dead, live):
+        os.utime(d, (1e9, 1e9))
+    assert len(rd.load("pope", good)) == 3
+    assert left() == sorted([live.name, fresh.name])

@@ -214,3 +214,33 @@ def test_normalised_only_where_the_oracle_is_a_ceiling():
         if r["normalised"] is not None:
             assert m.normalise and r["normalised"] <= 1 + 1e-6, (r["task"], r["model"], r["method"], r["metric"])
     assert checked > 0
+
+
+# ------------------------------------------------------------------ exported samples
+def test_metrics_recomputed_from_exported_csv_with_pandas_alone(tmp_path, capsys, monkeypatch):
+    """`bench samples` exports a cell's rows; pandas alone recomputes the stored figures from the CSV."""
+    import io
+
+    import pandas as pd
+
+    from bench.cli import main
+    from bench.store import Store
+
+    monkeypatch.undo()  # the real registry's tasks, not the toy one
+    store = tmp_path / "s.sqlite"
+    assert main(["evaluate", "--task", "spurious", "--model", "zoo-clip-spurious", "--method", "random",
+                 "--no-references", "--seed", "0", "--seed", "1", "--quick", "--jobs", "1", "--no-progress",
+                 "--no-table", "--store", str(store)]) == 0
+    capsys.readouterr()
+    assert main(["samples", "--task", "spurious", "--model", "zoo-clip-spurious", "--store", str(store)]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    recs = {r.key.seed: r for r in Store(store).records()}
+    assert sorted(df.seed.unique()) == [0, 1] and len(df) == sum(len(r.rows or {"example": []}["example"])
+                                                                 for r in Store(store).records(rows=True))
+    for seed, part in df.groupby("seed"):
+        groups = part.groupby("group").correct.mean()
+        base = part.groupby("group").base_correct.mean()
+        m = recs[int(seed)].metrics
+        assert groups.min() == pytest.approx(m["worst_group_accuracy"], abs=1e-12)
+        assert groups.mean() == pytest.approx(m["average_accuracy"], abs=1e-12)
+        assert groups.min() - base.min() == pytest.approx(m["worst_group_gain"], abs=1e-12)
