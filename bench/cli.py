@@ -93,7 +93,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     failed = [r for r in res.ran if r.status != "ok"]
     for r in failed:
         print(f"failed {r.key.label()}: {r.error}", file=sys.stderr)
-    retrained = f" ({len(res.retrained)} re-run: their zoo weights were retrained)" if res.retrained else ""
+    for line in res.rerun_lines():  # why stored cells were re-run, one line per reason and cell group
+        print(f"re-run {line}", file=sys.stderr)
+    if res.rerun and len(res.retrained) == len(res.rerun):
+        retrained = f" ({len(res.retrained)} re-run: their zoo weights were retrained)"
+    else:
+        retrained = f" ({len(res.rerun)} re-run: stale, reasons above)" if res.rerun else ""
     print(f"{len(res.ran) - len(failed)} cells ran{retrained}, {len(res.already)} already stored, {len(failed)} failed, "
           f"{len(p.skipped)} skipped -> {args.store}", file=sys.stderr)
     if res.interrupted:

@@ -3,8 +3,12 @@
 The runner takes any ``concurrent.futures.Executor``; ``jobs=1`` runs in-process.
 Every completed cell is written to the store at once, so an interrupted run
 resumes where it stopped; cells already stored are skipped unless ``force``, or
-unless the zoo weights they were obtained with have since been retrained (those
-are re-run and replaced, so a store never mixes old and new weights silently).
+unless what they depend on changed since: the zoo weights they were obtained with were
+retrained, or the record's fingerprint (:mod:`bench.identity`: the task's, method's and model's
+code, the model's weights by content, the numeric packages' versions) differs from the current
+one. Those are re-run and replaced, and :attr:`GridResult.rerun` says why, so a store never
+mixes old and new code or weights silently. ``hf:`` folders are named by their absolute path
+in cells and keys, so two folders named ``clip`` never share results.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from bench.errors import BenchError
+from bench.identity import canonical_model
 from bench.method import Method
 from bench.model import Model
 from bench.records import CellKey, RunRecord, config_hash, environment
@@ -79,8 +84,8 @@ class Cell:
     data: tuple[tuple[str, str], ...] = ()
 
     def key(self, task_version: str, method_config: dict[str, Any]) -> CellKey:
-        return CellKey(self.task, task_version, self.method, config_hash(method_config), self.model, self.seed,
-                       "quick" if self.quick else "full")
+        return CellKey(self.task, task_version, self.method, config_hash(method_config), canonical_model(self.model),
+                       self.seed, "quick" if self.quick else "full")
 
     @property
     def label(self) -> str:
@@ -98,14 +103,27 @@ class Plan:
 
 # ------------------------------------------------------------------ loading
 _MODEL_CACHE: dict[str, Model] = {}
+_HF_DIGEST: dict[str, str] = {}  # hf: model -> the folder digest its cached model was loaded from
 _DEFAULT_BATCH: dict[str, int] = {}
 
 
 def load_model(name: str) -> Model:
-    """Load (once per process) a registered model."""
-    if name not in _MODEL_CACHE:
-        from models.hf_loader import is_hf, load_hf
+    """Load (once per process) a registered model; an ``hf:`` folder re-saved since it was loaded
+    is loaded again."""
+    from models.hf_loader import is_hf, load_hf
 
+    if is_hf(name):
+        from bench.identity import hf_folder_digest
+
+        try:
+            digest = hf_folder_digest(Path(canonical_model(name)[3:]))
+        except OSError:
+            digest = ""
+        if _HF_DIGEST.get(name, digest) != digest:
+            _MODEL_CACHE.pop(name, None)
+            _DEFAULT_BATCH.pop(name, None)
+        _HF_DIGEST[name] = digest
+    if name not in _MODEL_CACHE:
         if is_hf(name):
             model = load_hf(name)
         else:
@@ -152,8 +170,8 @@ def _expand(values: Sequence[str] | None, known: list[str], kind: str) -> list[s
         return list(known)
     out = []
     for v in values:
-        if kind == "model" and v.startswith("hf:"):  # a checkpoint folder, not a registered name
-            out.append(v)
+        if kind == "model" and v.startswith("hf:"):  # a checkpoint folder, by its absolute path
+            out.append(canonical_model(v))
             continue
         if v not in known:
             # raises UnknownName with "did you mean"
@@ -255,8 +273,16 @@ def cell_key(cell: Cell) -> CellKey:
     return cell.key(task.spec.version, method.config_dict())
 
 
-def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
-    """Run one cell in this process and return its record (failures become failed records)."""
+def cell_fingerprint(cell: Cell) -> dict[str, str]:
+    """The cell's current fingerprint (:func:`bench.identity.fingerprint`)."""
+    from bench.identity import fingerprint
+
+    return fingerprint(cell.task, cell.method, canonical_model(cell.model))
+
+
+def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = None) -> RunRecord:
+    """Run one cell in this process and return its record (failures become failed records).
+    ``fingerprint``: the cell's, when the caller computed it already (else computed here)."""
     torch.set_num_threads(threads)  # fixed per cell so results do not depend on --jobs
     t0 = time.perf_counter()
     task = make_task(cell.task, cell.data)
@@ -265,6 +291,7 @@ def run_cell(cell: Cell, threads: int = 1) -> RunRecord:
     record = RunRecord(key=key, status="failed", main_score=task.spec.main_score,
                        method_config=method.config_dict(), provenance=dict(environment()))
     try:
+        record.provenance["fingerprint"] = dict(fingerprint or cell_fingerprint(cell))
         model = load_model(cell.model)
         t_load = time.perf_counter()
         record.model_hash = model.weights_hash
@@ -305,7 +332,16 @@ class GridResult:
     ran: list[RunRecord] = field(default_factory=list)
     already: list[Cell] = field(default_factory=list)
     retrained: list[Cell] = field(default_factory=list)  # stored, but from other zoo weights: re-run
+    # stored cells re-run and replaced because what they depend on changed: label -> reasons
+    # (the retrained ones included), e.g. ["method code changed since the stored record"]
+    rerun: dict[str, list[str]] = field(default_factory=dict)
     interrupted: bool = False
+
+    def rerun_lines(self) -> list[str]:
+        """The reasons of :attr:`rerun`, one line per (reason, task/model/method) group with a count."""
+        from bench.identity import summary_lines
+
+        return summary_lines(self.rerun)
 
 
 def zoo_weights_hash(name: str) -> str | None:
@@ -327,6 +363,16 @@ def zoo_weights_hash(name: str) -> str | None:
     from models.zoo.io import records_hash
 
     return records_hash(json.loads(meta.read_text()))
+
+
+def _stored_identities(store: Store) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """Successful stored cells' ids -> (the weights hash, the fingerprint) their record holds
+    (fingerprint None for a record made before fingerprints were stored)."""
+    out: dict[str, tuple[str, dict[str, Any] | None]] = {}
+    for rec in store.records(status="ok"):
+        fp = rec.provenance.get("fingerprint") if isinstance(rec.provenance, dict) else None
+        out[rec.key.id] = (str(rec.model_hash), fp if isinstance(fp, dict) else None)
+    return out
 
 
 def _pool_init() -> None:
@@ -353,20 +399,34 @@ def run_grid(
     from tqdm.auto import tqdm
 
     out = GridResult()
-    done = {} if force else store.completed_hashes()
+    stored = {} if force else _stored_identities(store)
     todo = []
-    replace: set[str] = set()  # ids whose stored record came from other zoo weights
+    replace: set[str] = set()  # ids whose stored record is stale: replaced by the re-run
     current: dict[str, str | None] = {}  # model -> its zoo weights hash, read once per model
+    from bench.identity import fingerprints
+
+    # (task, method, model) -> its fingerprint, each ingredient computed once per grid
+    fps = fingerprints(dict.fromkeys((c.task, c.method, canonical_model(c.model)) for c in cells))
+    fp_of = {c: fps[(c.task, c.method, canonical_model(c.model))] for c in cells}
     for c in cells:
         cid = cell_key(c).id
-        if cid in done:
+        if cid in stored:
+            model_hash, old_fp = stored[cid]
             if c.model not in current:
                 current[c.model] = zoo_weights_hash(c.model)
-            if current[c.model] in (None, done[cid]):
+            reasons = []
+            if current[c.model] not in (None, model_hash):
+                out.retrained.append(c)
+                reasons.append("zoo weights were retrained since the stored record")
+            if old_fp:  # (none: a record from before fingerprints; the weights check alone, as before)
+                from bench.identity import differences
+
+                reasons += differences(old_fp, fp_of[c], skip=("model_weights",) if reasons else ())
+            if not reasons:
                 out.already.append(c)
                 continue
             replace.add(cid)
-            out.retrained.append(c)
+            out.rerun[c.label] = reasons
         todo.append(c)
     bar = tqdm(total=len(cells), initial=len(out.already), unit="cell", disable=not progress,
                dynamic_ncols=True, desc="cells")
@@ -382,9 +442,9 @@ def run_grid(
         if executor is None:
             for c in todo:
                 bar.set_postfix_str(c.label)
-                finish(run_cell(c))
+                finish(run_cell(c, fingerprint=fp_of[c]))
         else:
-            futures: dict[Future[RunRecord], Cell] = {executor.submit(run_cell, c): c for c in todo}
+            futures: dict[Future[RunRecord], Cell] = {executor.submit(run_cell, c, 1, fp_of[c]): c for c in todo}
             for fut in as_completed(futures):
                 bar.set_postfix_str(futures[fut].label)
                 finish(fut.result())

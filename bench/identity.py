@@ -1,0 +1,583 @@
+"""A cell's identity beyond its key: the **fingerprint** of everything its figures depend on.
+
+The cell key (:class:`bench.records.CellKey`) names *what* was measured: task and task version
+(which carries the digest of any real-data file), method and config hash, model name, seed,
+profile. The fingerprint, stored with each record (``record.provenance["fingerprint"]``), says
+*with what*: a dict of short strings, one per ingredient, computed without loading a model.
+:func:`bench.runner.run_grid` re-runs a stored cell whose fingerprint differs from the current
+one, and says why (:data:`REASONS`).
+
+Ingredients (each a 16-hex-digit sha256 prefix unless said otherwise):
+
+- ``task_code``: the task class's module and, transitively, every project module (``bench.*``,
+  ``tasks.*``, ``methods.*``, ``models.*``) it imports, at any depth of the file (module level
+  and inside functions: lazy imports are dependencies too), with the ``__init__`` of each parent
+  package. Read with :mod:`ast`; nothing is imported to compute it.
+- ``method_code``: the same closure for the method class's module. A method outside the
+  project's packages (a plugin) also covers the modules of its own top-level package it imports.
+- ``method_package`` (plugins only): ``dist==version`` of the distribution the method comes from
+  (the entry point's distribution, else the one that installs its top-level package;
+  ``unpackaged`` for a module found on ``sys.path`` only).
+- ``model_weights``: a zoo model's shipped weights hash (:func:`bench.runner.zoo_weights_hash`,
+  the hash its records carry); an ``hf:`` folder's files by content: every ``*.safetensors``,
+  ``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt`` (weights), ``*.json`` (``config.json``,
+  ``model_index.json``, preprocessor, scheduler and tokenizer configs, the ``mmi_bench.json``
+  sidecar) and ``*.txt`` / ``*.model`` (tokenizer vocabularies), recursively (diffusers pipelines
+  keep each component in a subfolder), relative path and bytes, hidden files excluded. Absent for
+  other registered models (their weights are whatever their factory builds: see ``model_code``).
+- ``model_code``: the closure of the model factory's module (``hf:``: :mod:`models.hf_loader`, which
+  reaches every wrapper; zoo: :mod:`models.zoo_models`).
+- ``packages``: ``torch==… transformers==… diffusers==…``, the packages whose versions move numbers.
+
+Not ingredients: the data files' digests and the profile, which are in the key already.
+
+Source files are hashed **normalised**: comments, docstrings, blank lines and trailing blanks are
+removed first (positions from :mod:`tokenize` and :mod:`ast`, which every supported Python reads
+alike), so editing documentation re-runs nothing while any change to code, a constant included,
+does. Costs: parsing a file takes ~20 ms, so each file's analysis is kept on disk under the sha256
+of its bytes (``$MMI_BENCH_CACHE/source-digests``, ``~/.cache/mmi-bench`` by default; content-
+addressed, so never stale; ``MMI_BENCH_CACHE=off`` recomputes), and per process by the file's
+(path, size, mtime), so a file edited while the process runs is read again. A fingerprint then
+costs a few stat calls.
+
+**The task-code guard.** ``tasks/CODE_HASHES.json`` records, for each built-in task, its version and
+its *guard hash*: the normalised task module with the ``tasks.*`` and ``bench.world.*`` modules it
+reaches (where a task's meaning lives: its examples and its scoring). A test fails when a guard hash
+moved while the version did not: bump the task's version (published figures are keyed by it), then
+``python -m bench.identity --update`` rewrites the table. Shared infrastructure (``bench.task``,
+``bench.model``, ...) is left out of the guard, not out of ``task_code``: its edits re-run the cells
+they touch but do not demand five version bumps and a new published baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import io
+import json
+import os
+import sys
+import tokenize
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = ("bench", "tasks", "methods", "models")
+TABLE = PROJECT_ROOT / "tasks" / "CODE_HASHES.json"
+NUMERIC_PACKAGES = ("torch", "transformers", "diffusers")
+HF_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
+GUARD_SCOPE = ("tasks", "bench.world")  # what the task-code guard covers besides the task's module
+UNKNOWN = "unknown"
+
+REASONS = {
+    "task_code": "task code changed since the stored record",
+    "method_code": "method code changed since the stored record",
+    "method_package": "the method's package changed since the stored record",
+    "model_weights": "model weights changed since the stored record",
+    "model_code": "model code changed since the stored record",
+    "packages": "package versions changed since the stored record",
+}
+
+
+def _short(h: "hashlib._Hash") -> str:
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ sources
+def _stat_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def _offsets(text: str) -> list[int]:
+    starts, pos = [0], 0
+    for line in text.split("\n"):
+        pos += len(line) + 1
+        starts.append(pos)
+    return starts
+
+
+def normalised_source(text: str) -> str:
+    """``text`` without comments, docstrings, blank lines and trailing blanks (``text`` itself,
+    line endings unified, when it does not parse)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    try:
+        tree = ast.parse(text)
+        comments = [(t.start, t.end) for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                    if t.type == tokenize.COMMENT]
+    except (SyntaxError, tokenize.TokenError, ValueError):
+        return text
+    lines = text.split("\n")
+    starts = _offsets(text)
+
+    def char_col(row: int, byte_col: int) -> int:  # ast columns count UTF-8 bytes
+        return len(lines[row - 1].encode()[:byte_col].decode("utf-8", errors="ignore"))
+
+    spans = [(starts[a[0] - 1] + a[1], starts[b[0] - 1] + b[1]) for a, b in comments]
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                    and isinstance(first.value.value, str) and first.end_lineno is not None
+                    and first.end_col_offset is not None):
+                spans.append((starts[first.lineno - 1] + char_col(first.lineno, first.col_offset),
+                              starts[first.end_lineno - 1] + char_col(first.end_lineno, first.end_col_offset)))
+    out, pos = [], 0
+    for a, b in sorted(spans):
+        if a >= pos:
+            out.append(text[pos:a])
+            pos = b
+    out.append(text[pos:])
+    kept = (line.rstrip() for line in "".join(out).split("\n"))
+    return "\n".join(line for line in kept if line)
+
+
+# ((path, size, mtime), module name) -> (digest, imported names)
+_SOURCE_CACHE: dict[tuple[tuple[str, int, int], str], tuple[str, frozenset[str]]] = {}
+_ANALYSIS = "1"  # the version of normalised_source / _imports: part of every disk-cache key
+
+
+def _disk_cache() -> Path | None:
+    """Where analyses of source files are kept between processes (``$MMI_BENCH_CACHE`` or
+    ``~/.cache/mmi-bench``, as :func:`bench.fitting.cache_dir`; ``off`` disables it)."""
+    where = os.environ.get("MMI_BENCH_CACHE")
+    if where == "off":
+        return None
+    return Path(where or Path.home() / ".cache" / "mmi-bench") / "source-digests"
+
+
+def _analyse(raw: bytes, module: str, is_package: bool) -> tuple[str, frozenset[str]]:
+    """(normalised-source digest, imported names) of a file's bytes. Parsing and tokenizing cost
+    about 20 ms per file, so results are kept on disk under the hash of the bytes themselves
+    (content-addressed: an edited file is a new key, never a stale hit)."""
+    key = hashlib.sha256(f"{_ANALYSIS}|{module}|{is_package}|".encode() + raw).hexdigest()
+    root = _disk_cache()
+    f = root / key[:2] / f"{key}.json" if root is not None else None
+    if f is not None:
+        try:
+            v = json.loads(f.read_text())
+            return str(v["digest"]), frozenset(v["imports"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    text = raw.decode("utf-8", errors="replace")
+    digest = hashlib.sha256(normalised_source(text).encode()).hexdigest()
+    imports = _imports(text, module, is_package)
+    if f is not None:
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"digest": digest, "imports": sorted(imports)}))
+            os.replace(tmp, f)
+        except OSError:  # a read-only home: computed again next time
+            pass
+    return digest, imports
+
+
+def _read(path: Path, module: str) -> tuple[str, frozenset[str]]:
+    """(normalised-source digest, names the file imports) of a module file, cached by stat."""
+    key = _stat_key(path)
+    if key is None:
+        return UNKNOWN, frozenset()
+    if (key, module) not in _SOURCE_CACHE:
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return UNKNOWN, frozenset()
+        _SOURCE_CACHE[(key, module)] = _analyse(raw, module, path.name == "__init__.py")
+    return _SOURCE_CACHE[(key, module)]
+
+
+def source_digest(path: Path) -> str:
+    """sha256 of the file's normalised source."""
+    return _read(Path(path), "")[0]
+
+
+def _imports(text: str, module: str, is_package: bool) -> frozenset[str]:
+    """Every dotted name the file imports, anywhere in it (``from a import b`` gives ``a`` and
+    ``a.b``: ``b`` may be a submodule); relative imports resolved against ``module``."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return frozenset()
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join([*parts, base] if base else parts)
+            if base:
+                out.add(base)
+            out.update(f"{base}.{a.name}" if base else a.name for a in node.names if a.name != "*")
+    return frozenset(out)
+
+
+def _file_of(module: str, roots: dict[str, Path]) -> Path | None:
+    root = roots.get(module.split(".")[0])
+    if root is None:
+        return None
+    p = root.joinpath(*module.split("."))
+    for f in (p / "__init__.py", p.with_suffix(".py")):
+        if f.is_file():
+            return f
+    return None
+
+
+Stats = tuple[tuple[Path, Any], ...]
+_CLOSURE_CACHE: dict[tuple[Any, ...], tuple[Stats, dict[str, Path]]] = {}
+_DIGEST_CACHE: dict[tuple[Any, ...], tuple[Stats, str]] = {}
+
+
+def _full_roots(roots: dict[str, Path] | None) -> dict[str, Path]:
+    out = dict(roots or {})
+    for top in PROJECT_PACKAGES:
+        out.setdefault(top, PROJECT_ROOT)
+    return out
+
+
+def _fresh(stats: Stats) -> bool:
+    return all(_stat_key(p) == st for p, st in stats)
+
+
+def closure(module: str, roots: dict[str, Path] | None = None) -> dict[str, Path]:
+    """The project modules (and those under ``roots``' other top-level names) that ``module``
+    reaches through its imports, with their parent packages: ``{module name: file}``. Cached
+    while none of its files changed (a new import means an edited file)."""
+    roots = _full_roots(roots)
+    ck = (module, tuple(sorted((k, str(v)) for k, v in roots.items())))
+    hit = _CLOSURE_CACHE.get(ck)
+    if hit is not None and _fresh(hit[0]):
+        return dict(hit[1])
+    seen: dict[str, Path] = {}
+    stack = [module]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        f = _file_of(name, roots)
+        if f is None:
+            continue
+        seen[name] = f
+        parts = name.split(".")
+        stack.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        stack.extend(n for n in _read(f, name)[1] if n.split(".")[0] in roots)
+    _CLOSURE_CACHE[ck] = (tuple((p, _stat_key(p)) for p in seen.values()), dict(seen))
+    return seen
+
+
+def code_digest(module: str, roots: dict[str, Path] | None = None, scope: Sequence[str] | None = None) -> str:
+    """One digest over ``module``'s closure (only the modules under ``scope``, besides ``module``
+    itself, when given): name and normalised-source digest of each, in name order."""
+    roots = _full_roots(roots)
+    ck = (module, tuple(sorted((k, str(v)) for k, v in roots.items())), tuple(scope or ()) if scope else None)
+    hit = _DIGEST_CACHE.get(ck)
+    if hit is not None and _fresh(hit[0]):
+        return hit[1]
+    mods = closure(module, roots)
+    if module not in mods:
+        return UNKNOWN
+    h = hashlib.sha256()
+    for name, f in sorted(mods.items()):
+        if scope is not None and name != module and not any(name == s or name.startswith(s + ".") for s in scope):
+            continue
+        h.update(f"{name}:{_read(f, name)[0]}\n".encode())
+    _DIGEST_CACHE[ck] = (_CLOSURE_CACHE[ck[:2]][0], _short(h))
+    return _DIGEST_CACHE[ck][1]
+
+
+def _module_roots(obj: Any) -> tuple[str, dict[str, Path]] | None:
+    """(module name, roots) of a class: its module and, outside the project, the folder that
+    holds its top-level package (so the closure follows that package too)."""
+    mod = getattr(obj, "__module__", None)
+    m = sys.modules.get(mod or "")
+    file = getattr(m, "__file__", None)
+    if not mod or not file:
+        return None
+    top = mod.split(".")[0]
+    if top in PROJECT_PACKAGES:
+        return mod, {}
+    path = Path(file).resolve()
+    depth = mod.count(".") + (1 if path.name == "__init__.py" else 0)
+    return mod, {top: path.parents[depth]}
+
+
+# -------------------------------------------------------------- ingredients
+def task_code(task: str) -> str:
+    """Digest of the task class's module and the project modules it reaches."""
+    from bench.registry import TASKS
+
+    where = _module_roots(TASKS.get(task))
+    return code_digest(*where) if where else UNKNOWN
+
+
+def task_guard_code(task: str) -> str:
+    """The task-code guard's hash: the task's module with the ``tasks.*`` / ``bench.world.*``
+    modules it reaches (see the module docstring)."""
+    from bench.registry import TASKS
+
+    where = _module_roots(TASKS.get(task))
+    return code_digest(where[0], where[1], scope=GUARD_SCOPE) if where else UNKNOWN
+
+
+def method_code(method: str) -> str:
+    """Digest of the method class's module and the modules it reaches (project, own package)."""
+    from bench.registry import METHODS
+
+    where = _module_roots(METHODS.get(method))
+    return code_digest(*where) if where else UNKNOWN
+
+
+@lru_cache(maxsize=None)
+def _distribution_of(top: str) -> str | None:
+    dists = metadata.packages_distributions().get(top) or []
+    return dists[0] if dists else None
+
+
+def method_package(method: str) -> str | None:
+    """``dist==version`` for a method from outside the project (None for a built-in one)."""
+    from bench.registry import METHODS
+
+    entry = METHODS.entry(method)
+    mod = getattr(entry.load(), "__module__", "") or entry.target.partition(":")[0]
+    if mod.split(".")[0] in PROJECT_PACKAGES:
+        return None
+    dist = entry.source[len("entry point "):] if entry.source.startswith("entry point ") else None
+    dist = dist if dist and dist != "?" else _distribution_of(mod.split(".")[0])
+    if dist is None:
+        return "unpackaged"
+    try:
+        return f"{dist}=={metadata.version(dist)}"
+    except metadata.PackageNotFoundError:
+        return f"{dist}==?"
+
+
+_HF_CACHE: dict[tuple[Any, ...], str] = {}
+
+
+def hf_folder_digest(folder: Path) -> str:
+    """sha256 over an ``hf:`` folder's weight, config and tokenizer files (see the module
+    docstring): relative path and bytes, in path order; cached by every file's (size, mtime)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix in HF_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    stats = tuple((str(p.relative_to(folder)), _stat_key(p)) for p in files)
+    key = (str(folder.resolve()), stats)
+    if key not in _HF_CACHE:
+        h = hashlib.sha256()
+        for rel, p in zip((s[0] for s in stats), files):
+            h.update(f"{rel}\n".encode())
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        _HF_CACHE[key] = _short(h)
+    return _HF_CACHE[key]
+
+
+def canonical_model(name: str) -> str:
+    """``hf:<path>`` with the path resolved to an absolute one (two folders named ``clip`` are two
+    models); any other name unchanged."""
+    if name.startswith("hf:"):
+        return "hf:" + str(Path(name[3:]).expanduser().resolve())
+    return name
+
+
+def model_weights(model: str) -> str | None:
+    """A zoo model's shipped weights hash, an ``hf:`` folder's content digest; None otherwise."""
+    if model.startswith("hf:"):
+        return hf_folder_digest(Path(canonical_model(model)[3:]))
+    from bench.runner import zoo_weights_hash
+
+    return zoo_weights_hash(model)
+
+
+def model_code(model: str) -> str:
+    """Digest of the model factory's module closure (``models.hf_loader`` for ``hf:``)."""
+    if model.startswith("hf:"):
+        return code_digest("models.hf_loader")
+    from bench.errors import BenchError
+    from bench.registry import MODELS
+
+    try:
+        entry = MODELS.entry(model)
+    except BenchError:  # not registered: the cell fails when it runs, with the reason
+        return UNKNOWN
+    mod = entry.target.partition(":")[0]
+    if mod.split(".")[0] in PROJECT_PACKAGES:
+        return code_digest(mod)
+    where = _module_roots(entry.load())
+    return code_digest(*where) if where else UNKNOWN
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> str:
+    """``torch==… transformers==… diffusers==…`` (``-`` for one not installed)."""
+    out = []
+    for p in NUMERIC_PACKAGES:
+        try:
+            out.append(f"{p}=={metadata.version(p)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{p}==-")
+    return " ".join(out)
+
+
+def fingerprints(cells: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The current fingerprints of (task, method, model) cells, each ingredient computed once
+    per distinct task, method or model; the seed, profile, data and method config are in the key."""
+    tasks: dict[str, str] = {}
+    methods: dict[str, tuple[str, str | None]] = {}
+    models: dict[str, tuple[str | None, str]] = {}
+    packages = package_versions()
+    out = {}
+    for task, method, model in cells:
+        if task not in tasks:
+            tasks[task] = task_code(task)
+        if method not in methods:
+            methods[method] = (method_code(method), method_package(method))
+        if model not in models:
+            models[model] = (model_weights(model), model_code(model))
+        fp = {"task_code": tasks[task], "method_code": methods[method][0]}
+        if methods[method][1] is not None:
+            fp["method_package"] = methods[method][1]
+        if models[model][0] is not None:
+            fp["model_weights"] = models[model][0]
+        fp["model_code"] = models[model][1]
+        fp["packages"] = packages
+        out[(task, method, model)] = fp
+    return out
+
+
+def fingerprint(task: str, method: str, model: str) -> dict[str, str]:
+    """The current fingerprint of one (task, method, model) cell (see :func:`fingerprints`)."""
+    return fingerprints([(task, method, model)])[(task, method, model)]
+
+
+def differences(stored: dict[str, Any], current: dict[str, str], skip: Iterable[str] = ()) -> list[str]:
+    """Why a record with fingerprint ``stored`` is stale now, one reason per changed ingredient.
+    Only the ingredients the stored record has are compared (an older record, made before an
+    ingredient existed, is not re-run for lacking it)."""
+    out = []
+    for k, old in stored.items():
+        if k in skip or current.get(k) == old:
+            continue
+        reason = REASONS.get(k, f"{k} changed since the stored record")
+        new = current.get(k)
+        if k == "packages":
+            o = dict(p.split("==", 1) for p in str(old).split() if "==" in p)
+            n = dict(p.split("==", 1) for p in str(new or "").split() if "==" in p)
+            moved = [f"{p} {o.get(p, '-')} -> {n.get(p, '-')}" for p in sorted(set(o) | set(n)) if o.get(p) != n.get(p)]
+            reason += f" ({', '.join(moved)})" if moved else ""
+        elif k == "method_package":
+            reason += f" ({old} -> {new or 'built-in'})"
+        out.append(reason)
+    return out
+
+
+def summary_lines(rerun: dict[str, list[str]], max_groups: int = 4) -> list[str]:
+    """``rerun`` (cell label -> reasons) as one line per (reason, task/model/method) group with a
+    count; a reason spread over more than ``max_groups`` groups is one line with the total."""
+    groups: dict[str, dict[str, int]] = {}
+    for label, reasons in rerun.items():
+        group = label.rsplit("/seed=", 1)[0]
+        for r in reasons:
+            g = groups.setdefault(r, {})
+            g[group] = g.get(group, 0) + 1
+    lines = []
+    for reason, by in groups.items():
+        def cells(n: int) -> str:
+            return f"{n} cell{'s' if n != 1 else ''}"
+        if len(by) <= max_groups:
+            lines += [f"{g} ({cells(n)}): {reason}" for g, n in by.items()]
+        else:
+            shown = ", ".join(list(by)[:3])
+            lines.append(f"{cells(sum(by.values()))} in {len(by)} task/model/method groups ({shown}, ...): {reason}")
+    return lines
+
+
+# ---------------------------------------------------------------- the guard
+def builtin_tasks() -> list[str]:
+    """The tasks the project itself registers (plugins' tasks are not guarded here)."""
+    from bench.registry import TASKS
+
+    return [n for n in TASKS.names() if TASKS.entry(n).source == "builtin"
+            and TASKS.entry(n).target.split(".")[0] in PROJECT_PACKAGES]
+
+
+def current_table() -> dict[str, dict[str, str]]:
+    """``{task: {"version": v, "code": guard hash}}`` for the built-in tasks, now."""
+    from bench.registry import TASKS
+
+    return {t: {"version": TASKS.get(t).spec.version, "code": task_guard_code(t)} for t in sorted(builtin_tasks())}
+
+
+def read_table(path: Path | None = None) -> dict[str, dict[str, str]]:
+    """The committed table (``{}`` when there is none)."""
+    path = Path(path or TABLE)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def table_problems(committed: dict[str, dict[str, str]], now: dict[str, dict[str, str]]) -> list[str]:
+    """What is wrong with the committed table, one line per task (empty when it is current)."""
+    fix = "python -m bench.identity --update"
+    out = []
+    for t, cur in now.items():
+        old = committed.get(t)
+        if old is None:
+            out.append(f"task {t!r} is not in {TABLE.name}: run `{fix}`")
+        elif old.get("code") != cur["code"] and old.get("version") == cur["version"]:
+            out.append(f"task {t!r}: its code changed but its version is still {cur['version']}: bump the task's "
+                       f"version (published figures are keyed by it), then run `{fix}` to rewrite the table")
+        elif old != cur:
+            out.append(f"task {t!r}: {TABLE.name} holds version {old.get('version')}, the task is at "
+                       f"{cur['version']}: run `{fix}`")
+    out += [f"task {t!r} in {TABLE.name} is no longer registered: run `{fix}`" for t in committed if t not in now]
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.identity",
+                                 description=f"Check (default) or rewrite the task-code guard table ({_shown(TABLE)}).")
+    ap.add_argument("--update", action="store_true", help="rewrite the table from the current tasks")
+    ap.add_argument("--force", action="store_true",
+                    help="with --update: also record a task whose code changed while its version did not "
+                         "(a change that cannot move any figure, e.g. a rename)")
+    args = ap.parse_args(argv)
+    now = current_table()
+    committed = read_table()
+    problems = table_problems(committed, now)
+    if not args.update:
+        for p in problems:
+            print(p, file=sys.stderr)
+        print(f"{_shown(TABLE)}: {'current' if not problems else f'{len(problems)} problem(s)'}",
+              file=sys.stderr)
+        return 1 if problems else 0
+    unbumped = [t for t, cur in now.items() if t in committed and committed[t].get("version") == cur["version"]
+                and committed[t].get("code") != cur["code"]]
+    if unbumped and not args.force:
+        print(f"refusing to update: the code of {', '.join(unbumped)} changed but the version did not; bump the "
+              "version first (or pass --force for a change that cannot move any figure)", file=sys.stderr)
+        return 1
+    tmp = TABLE.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(now, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, TABLE)
+    print(f"wrote {_shown(TABLE)} ({len(now)} tasks)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
