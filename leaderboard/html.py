@@ -39,6 +39,7 @@ from typing import Sequence
 from bench.errors import BenchError
 from leaderboard.gallery import GalleryConfig, GalleryFigure, build_gallery, mpl_text, new_figure, png_bytes, slug
 from leaderboard.render import (EMPTY_MESSAGE, MISSING, GroupSizes, _fmt, cell_layout, group_sizes, stability_line,
+                                table_title,
                                 rank_label)
 from leaderboard.scorer import REFERENCE_METHODS, AggregateRow, Row, _task_spec, aggregate, rank_stability
 
@@ -319,7 +320,7 @@ def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_h
     methods = sorted({r.method for r in rows})
     out.append(f'<p class="note">{len(groups)} (task, version, model) cells, {len(methods)} methods '
                f"(references included), {len({r.metric for r in rows})} metrics. {DEFINITIONS}</p>")
-    nav = [f'<li><a href="#{_cell_id(*k)}">{escape(f"{k[0]} v{k[1]} — {k[2]}")}</a></li>' for k in sorted(groups)]
+    nav = [f'<li><a href="#{_cell_id(*k)}">{escape(table_title(*k, groups[k]))}</a></li>' for k in sorted(groups)]
     out.append('<nav><ul><li><a href="#overview">Overview</a></li>' + "".join(nav)
                + ('<li><a href="#gallery">Gallery</a></li>' if gallery_html else "") + "</ul></nav>")
     out.append(overview(rows))
@@ -330,7 +331,7 @@ def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_h
     for key in sorted(groups):
         task, version, model = key
         table, _ = cell_table(task, version, model, groups[key], sizes)
-        out.append(f'<section id="{_cell_id(*key)}"><h3>{escape(f"{task} v{version} — {model}")}</h3>')
+        out.append(f'<section id="{_cell_id(*key)}"><h3>{escape(table_title(task, version, model, groups[key]))}</h3>')
         lead = leaders.get(key)
         if lead is not None:
             out.append(f'<p class="note">{escape(stability_line(lead))}</p>')

@@ -81,16 +81,18 @@ class Tolerance:
 class ToleranceTable:
     """A default :class:`Tolerance` and per-metric ones.
 
-    Keys of ``metrics`` are ``"task.metric"`` or ``"metric"``; the first that matches a
-    figure wins, in that order, else ``default``. A per-metric entry names only the
+    Keys of ``metrics`` are ``"task/method.metric"``, ``"task/method"`` (every metric of that
+    cell), ``"task.metric"`` or ``"metric"``; the first that matches a figure wins, in that
+    order, else ``default``. A per-metric entry names only the
     fields it changes; the others come from ``default``.
     """
 
     default: Tolerance = field(default_factory=Tolerance)
     metrics: Mapping[str, Tolerance] = field(default_factory=dict)
 
-    def lookup(self, task: str, metric: str) -> Tolerance:
-        return self.metrics.get(f"{task}.{metric}") or self.metrics.get(metric) or self.default
+    def lookup(self, task: str, metric: str, method: str = "") -> Tolerance:
+        return (self.metrics.get(f"{task}/{method}.{metric}") or self.metrics.get(f"{task}/{method}")
+                or self.metrics.get(f"{task}.{metric}") or self.metrics.get(metric) or self.default)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = self.default.to_dict()
@@ -121,6 +123,20 @@ class ToleranceTable:
 # - Greedy generation (zoo-vlm) can turn a last-bit difference into another token, a jump no
 #   float tolerance should absorb; the shipped baseline therefore holds no zoo-vlm cells.
 DEFAULT_TOLERANCES = ToleranceTable()
+
+# Cells whose figures another CPU legitimately moves by a discrete step. Measured (issue 19): the
+# published baseline re-run with ATEN_CPU_CAPABILITY=default (scalar kernels instead of AVX2) and a
+# cold fitted-state cache: 184 of 208 figures identical, 19 moved by < 1e-6, and 5 moved by one
+# discrete outcome, all in SAE cells, whose training turns ~1e-8 differences in the activations
+# into another dictionary: editing/zoo-clip/sae specificity +1/68 (one neighbour probe), batch
+# quality -1/64 (one quality scene), and spurious/zoo-clip-spurious/sae components_touched 10 -> 12
+# (two features ablated). These cells get room for two such steps; every other cell keeps the
+# defaults, and a real change to SAE code still moves them by more (tests/test_regress.py).
+CROSS_CPU_TOLERANCES: dict[str, Tolerance] = {
+    "editing/sae": Tolerance(abs=0.035),
+    "spurious/sae": Tolerance(abs=0.035, rel=0.25),
+}
+BASELINE_TOLERANCES = ToleranceTable(metrics=CROSS_CPU_TOLERANCES)
 
 
 def tolerance_table(d: Any, where: str, base: ToleranceTable | None = None) -> ToleranceTable:

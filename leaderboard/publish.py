@@ -76,7 +76,7 @@ def stale(records: Sequence[RunRecord]) -> list[str]:
 def publish(store_path: str | Path, out_dir: str | Path, allow_partial: bool = False) -> list[Path]:
     """Write the published files (see the module docstring); returns their paths."""
     from bench.store import Store
-    from leaderboard.manifest import dumps_toml, dumps_json, from_records
+    from leaderboard.manifest import BASELINE_TOLERANCES, dumps_toml, dumps_json, from_records
     from leaderboard.render import render
     from leaderboard.scorer import score
 
@@ -112,7 +112,7 @@ def publish(store_path: str | Path, out_dir: str | Path, allow_partial: bool = F
         raise BenchError("the store holds none of the baseline's cells")
     baseline = from_records(baseline_records, title="MMI-Bench regression baseline (a cheap subset of the "
                             "default leaderboard)", command=f"bench publish --store {STORE_NAME} --out leaderboard",
-                            tolerance=None)
+                            tolerance=BASELINE_TOLERANCES)
 
     rows = score(records)
     files = {
@@ -179,7 +179,7 @@ method) cells. This folder is generated: do not edit it by hand.
 
 ## Regenerate everything
 
-One command (about 20 min with 2 workers on a 2-core CPU) rewrites every file here:
+One command (about 20–35 min with 2 workers on a 2-core CPU) rewrites every file here:
 
 ```bash
 {REGENERATE}
@@ -198,7 +198,7 @@ it refuses a store whose task versions or zoo weights differ from the current co
 ## Check it
 
 ```bash
-bench reproduce leaderboard/manifests/default.toml   # re-runs all {n_cells} runs, expected vs obtained (~20 min)
+bench reproduce leaderboard/manifests/default.toml   # re-runs all {n_cells} runs, expected vs obtained (~20-35 min)
 bench regress --baseline leaderboard/baseline.json   # re-runs the baseline's cells (~1-2 min); CI runs this
 bench regress --baseline leaderboard/baseline.json --update   # after an intended change: rewrite it, print the diff
 ```

@@ -219,7 +219,7 @@ def compare(grid: RecordedGrid, result: GridRun, tolerances: ToleranceTable) -> 
                 why = result.failures.get(rc.cell) or "the cell no longer reports this metric"
                 checks.append(Check(rc.cell, metric, exp, None, None, MISSING, why))
                 continue
-            bound = tolerances.lookup(rc.cell.task, metric).bound(exp)
+            bound = tolerances.lookup(rc.cell.task, metric, rc.cell.method).bound(exp)
             delta = obt.mean - exp.mean
             if obt.n != exp.n:
                 verdict, note = FAIL, f"from {obt.n} seeds, recorded from {exp.n}"

@@ -17,7 +17,7 @@
   over seeds only (a record stored without per-example rows) is marked ``†``. A cell
   whose ``n`` differs from the row's ``n`` (NaN values dropped, or a metric some
   seeds lack) is suffixed ``(n=k)``. A missing cell shows ``—``, never a number.
-  Markdown puts ``### task vX — model`` above each table; LaTeX, where ``#`` is a
+  Markdown puts ``### task vX — model (quick profile)`` above each table (the profile of its rows); LaTeX, where ``#`` is a
   special character, puts the same text in a ``\\paragraph{...}``. Below a table with
   at least two ranked methods, one paragraph gives the leader's margin over the runner-up
   with its paired interval, its rank stability (share of bootstrap replicates in which it
@@ -128,6 +128,12 @@ def _method_order(by_method: dict[str, dict[str, Row]], main: str | None) -> lis
     return refs + sorted(others, key=key)
 
 
+def table_title(task: str, version: str, model: str, group: list[Row]) -> str:
+    """``task vX — model (quick profile)``: a table's heading, naming the profile of its rows."""
+    profile = next((r.profile for r in group if r.profile), "")
+    return f"{task} v{version} — {model}" + (f" ({profile} profile)" if profile else "")
+
+
 GroupSizes = dict[tuple[str, str, str, str, int], int]
 
 
@@ -230,7 +236,7 @@ def _tables(rows: list[Row], latex: bool) -> str:
             line += [str(n), str(n_ex) if n_ex else MISSING]
             body.append(line)
 
-        title = f"{task} v{version} — {model}"
+        title = table_title(task, version, model, group)
         lead = leaders.get((task, version, model))
         note = stability_line(lead) if lead else ""
         if seeds_only:

@@ -5,7 +5,10 @@ table; records of different task versions are never mixed, the version is part o
 
 - **Grouping.** Only records with ``status == "ok"`` count. Mixing profiles (``quick`` and
   ``full``) raises ``BenchError``; filter by profile first. Records of one method under several
-  configurations (``method_config_hash``) are separate rows, labelled ``method@<hash>``.
+  configurations (``method_config_hash``) are separate rows, labelled by what differs from the
+  method's current defaults (:func:`variant_label`): ``smoothgrad[n_samples=4]``; the variant
+  with the default configuration keeps the plain name; ``method@<hash>`` (6 hex digits) when the
+  method is not registered, or two variants would read alike.
 - **Point estimate.** The metric as the record stores it (computed by the task from its
   per-example rows, :meth:`bench.task.Task.metrics_from_rows`), averaged over seeds. A ``NaN``
   value is dropped and ``n`` (seeds with a value) counts one fewer.
@@ -133,6 +136,7 @@ class Row:
     # On every ranked row: the Holm-adjusted p-value of the paired test against its group's leader.
     p_value: float | None = None
     crossed: bool = False  # every seed scored the same examples (seeds resampled too)
+    profile: str = ""  # the records' profile ("quick" or "full"; one per row, never mixed)
 
 
 def _task_obj(task: str) -> Task | None:
@@ -308,6 +312,75 @@ def _table_replicates(task: Task | None, cells: Mapping[str, _Cell], n_boot: int
     return reps, n_ex, d.crossed
 
 
+# ------------------------------------------------------------ variant labels
+def _plain(value: Any) -> Any:
+    """A config value as JSON would hold it (tuples as lists), for comparison with a stored one."""
+    import json
+
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, list):
+        return "(" + ",".join(_shown(v) for v in value) + ")"
+    return str(value)
+
+
+def method_defaults(method: str) -> dict[str, Any] | None:
+    """The registered method's current default config (as JSON holds it); None when it is not
+    registered or cannot be built."""
+    try:
+        from bench.registry import METHODS
+
+        if method not in METHODS:
+            return None
+        from bench.runner import make_method
+
+        return _plain(make_method(method).config_dict())
+    except Exception:  # a plugin that fails to import: fall back to the hash
+        return None
+
+
+def variant_label(method: str, config: Mapping[str, Any], config_hash: str,
+                  defaults: Mapping[str, Any] | None = None) -> str:
+    """``method[key=value, ...]``: the options of ``config`` that differ from ``defaults`` (the
+    method's current defaults when not given); the plain name when none differs; ``method@<hash>``
+    when the method is not registered or the config is not a mapping."""
+    if defaults is None:
+        defaults = method_defaults(method)
+    if defaults is None or not isinstance(config, Mapping):
+        return f"{method}@{config_hash[:6]}"
+    cfg = _plain(dict(config))
+    diff = [(k, v) for k, v in sorted(cfg.items()) if k not in defaults or defaults[k] != v]
+    if not diff:
+        return method
+    return f"{method}[{', '.join(f'{k}={_shown(v)}' for k, v in diff)}]"
+
+
+def _variant_labels(records: Sequence[RunRecord], variants: Mapping[tuple[str, str, str, str], set[tuple[str, str]]]
+                    ) -> dict[tuple[str, str], str]:
+    """``{(method, config hash): label}`` for the methods stored under several configurations in
+    one table (the others keep their name): :func:`variant_label`, or ``method@<hash>`` for
+    every variant of a method whose labels would collide."""
+    several = {method for (_, _, _, method), vs in variants.items() if len({h for _, h in vs}) > 1}
+    configs: dict[str, dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    for rec in records:
+        if rec.key.method in several:
+            configs[rec.key.method].setdefault(rec.key.method_config_hash, rec.method_config)
+    out: dict[tuple[str, str], str] = {}
+    for method in sorted(configs):
+        defaults = method_defaults(method)
+        labels = {h: variant_label(method, cfg, h, defaults) for h, cfg in configs[method].items()}
+        if len(set(labels.values())) < len(labels):
+            labels = {h: f"{method}@{h[:6]}" for h in labels}
+        out.update({(method, h): label for h, label in labels.items()})
+    return out
+
+
 # ------------------------------------------------------------------ scoring
 def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> list[Row]:
     """Leaderboard rows for ``records`` (see the module docstring for definitions).
@@ -334,10 +407,12 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
 
     tables: dict[tuple[str, str, str], dict[str, _Cell]] = defaultdict(dict)
     main_votes: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    labels = _variant_labels(ok, variants)
+    profiles: dict[tuple[str, str, str], str] = {}
     for rec in ok:
         k = rec.key
-        several = len({h for _, h in variants[(k.task, k.task_version, k.model, k.method)]}) > 1
-        method = f"{k.method}@{k.method_config_hash[:6]}" if several else k.method
+        method = labels.get((k.method, k.method_config_hash), k.method)
+        profiles[(k.task, k.task_version, k.model)] = k.profile
         cell = tables[(k.task, k.task_version, k.model)].setdefault(method, _Cell(method))
         if k.seed in cell.records:
             raise BenchError(f"results for {k.task} v{k.task_version} / {k.model} / {method} hold seed "
@@ -394,7 +469,7 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
                                       metric=metric, mean=mean, ci_low=lo, ci_high=hi, n=int(vals.size),
                                       direction=mspec.direction, normalised=None, is_main=(metric == main),
                                       n_examples=n_ex.get(method, 0), interval=interval,
-                                      crossed=crossed and interval == "examples"))
+                                      crossed=crossed and interval == "examples", profile=profiles[tkey]))
         for r in table_rows:
             mspec = _metric_spec(spec, r.metric)
             rand = means.get(("random", r.metric))

@@ -235,8 +235,8 @@ def test_metrics_recomputed_from_exported_csv_with_pandas_alone(tmp_path, capsys
     assert main(["samples", "--task", "spurious", "--model", "zoo-clip-spurious", "--store", str(store)]) == 0
     df = pd.read_csv(io.StringIO(capsys.readouterr().out))
     recs = {r.key.seed: r for r in Store(store).records()}
-    assert sorted(df.seed.unique()) == [0, 1] and len(df) == sum(len(r.rows or {"example": []}["example"])
-                                                                 for r in Store(store).records(rows=True))
+    stored = list(Store(store).records(rows=True))
+    assert sorted(df.seed.unique()) == [0, 1] and len(df) == sum(len(r.rows["example"]) for r in stored)
     for seed, part in df.groupby("seed"):
         groups = part.groupby("group").correct.mean()
         base = part.groupby("group").base_correct.mean()
