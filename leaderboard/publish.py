@@ -106,7 +106,7 @@ def publish(store_path: str | Path, out_dir: str | Path, allow_partial: bool = F
     if not records:
         raise BenchError(f"results store {str(store_path)!r} holds none of the default grid's cells")
     whole = from_records(records, title="MMI-Bench default leaderboard (quick profile, seeds 0 and 1)",
-                         command=DEFAULT_COMMAND)
+                         command=DEFAULT_COMMAND, tolerance=BASELINE_TOLERANCES)
     baseline_records = [r for r in records if in_baseline(r)]
     if not baseline_records:
         raise BenchError("the store holds none of the baseline's cells")

@@ -61,7 +61,7 @@ def toy_specs(monkeypatch):
     from leaderboard import scorer
 
     specs = {t: TaskSpec(t, "1.0", frozenset({"contrastive"}), "attribute", main,
-                         (MetricSpec("acc", "higher", "accuracy"), MetricSpec("err", "lower", "error"),
+                         (MetricSpec("acc", "higher", "accuracy"), MetricSpec("err", "higher", "error score"),
                           MetricSpec("f1", "higher", "F1")))
              for t, main in (("toy", "acc"), ("other", "f1"))}
     for mod in (scorer, render_mod, html_mod):
