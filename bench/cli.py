@@ -15,6 +15,7 @@ from bench.errors import BenchError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+_REFERENCES = ("random", "oracle")
 
 
 def _writable_file(path: str) -> Path:
@@ -29,22 +30,54 @@ def _writable_file(path: str) -> Path:
     return p
 
 
-def _parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _config_value(v: str) -> Any:
+    val: Any = v
+    for conv in (int, float):
+        try:
+            val = conv(v)
+            break
+        except ValueError:
+            continue
+    if v in ("true", "false"):
+        val = v == "true"
+    if v in ("none", "None"):
+        val = None
+    return val
+
+
+def _parse_overrides(items: Sequence[str] | None) -> list[tuple[str | None, str, Any, str]]:
+    """``--config [METHOD.]KEY=VALUE`` values as ``(method or None, key, value, the text)``, in order."""
+    out: list[tuple[str | None, str, Any, str]] = []
     for item in items or []:
         if "=" not in item:
-            raise BenchError(f"--config expects KEY=VALUE, got {item!r}")
+            raise BenchError(f"--config expects KEY=VALUE or METHOD.KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        val: Any = v
-        for conv in (int, float):
-            try:
-                val = conv(v)
-                break
-            except ValueError:
-                continue
-        if v in ("true", "false"):
-            val = v == "true"
-        out[k.strip()] = val
+        scope, dot, key = k.strip().rpartition(".")
+        if not key or (dot and not scope):
+            raise BenchError(f"--config expects KEY=VALUE or METHOD.KEY=VALUE, got {item!r}")
+        out.append((scope or None, key, _config_value(v), f"{key}={v}"))
+    return out
+
+
+def scoped_overrides(items: Sequence[str] | None, named: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """``--config`` values as ``{method: {key: value}}``. ``METHOD.KEY=VALUE`` goes to METHOD; an
+    unscoped ``KEY=VALUE`` goes to the one non-reference method named with ``--method``, and is
+    refused (naming the methods) when several, or all, are named."""
+    parsed = _parse_overrides(items)
+    out: dict[str, dict[str, Any]] = {}
+    methods = [m for m in dict.fromkeys(named or []) if m not in _REFERENCES]
+    for scope, key, value, text in parsed:
+        if scope is None:
+            if not named or "all" in (named or []):
+                raise BenchError(f"--config {text} names no method and the grid runs every method: "
+                                 f"scope it to one, e.g. --config integrated_gradients.{text}")
+            if len(methods) != 1:
+                which = ", ".join(methods) if methods else "only the references"
+                raise BenchError(f"--config {text} names no method and the grid has "
+                                 f"{len(methods) or 'no'} methods ({which}): write METHOD.{text}"
+                                 + (f", e.g. --config {methods[-1]}.{text}" if methods else ""))
+            scope = methods[0]
+        out.setdefault(scope, {})[key] = value
     return out
 
 
@@ -60,18 +93,38 @@ def _parse_data(items: Sequence[str] | None) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------ evaluate
+def check_jobs(jobs: int | None) -> int:
+    """``--jobs`` checked: a positive integer (one line otherwise), at most the cores (a one-line
+    warning when capped); the default is :func:`bench.runner.cpu_jobs`."""
+    from bench.runner import cpu_jobs
+
+    if jobs is None:
+        return cpu_jobs()
+    if jobs < 1:
+        raise BenchError(f"--jobs must be a positive integer (worker processes), got {jobs}")
+    cores = os.cpu_count() or 1
+    if jobs > cores:
+        print(f"warning: --jobs {jobs} is more than the {cores} cores of this machine; using {cores}",
+              file=sys.stderr)
+        return cores
+    return jobs
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench import runner
     from bench.store import Store
 
-    store = Store(args.store)
+    # created at the first stored cell: a command refused below leaves no file behind
+    store = Store(args.store, lazy=True)
+    jobs = check_jobs(args.jobs)
     methods = list(args.method or [])
+    overrides = scoped_overrides(args.config, methods)
     if methods and "all" not in methods and not args.no_references:
         # the normalised score needs both references; they are cheap and stored once per cell
-        methods += [r for r in ("random", "oracle") if r not in methods]
+        methods += [r for r in _REFERENCES if r not in methods]
     rt = runner.Runtime(device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
-                    method_overrides=_parse_overrides(args.config), runtime=rt, data=_parse_data(args.data))
+                    runtime=rt, data=_parse_data(args.data), overrides_by_method=overrides)
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
     for label, reason in p.skipped:
         if args.show_skipped or label not in p.lacking_capability:
@@ -82,15 +135,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not p.cells:
         reasons = "; ".join(sorted({r for _, r in p.skipped})) or "nothing matched"
         raise BenchError(f"no compatible cells to run: {reasons}")
-    jobs = args.jobs if args.jobs is not None else runner.cpu_jobs()
-    jobs = max(1, min(jobs, len(p.cells)))
-    executor = runner.default_executor(jobs)
-    try:
-        res = runner.run_grid(p.cells, store, executor=executor, force=args.force, progress=not args.no_progress)
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+    res = runner.run_grid(p.cells, store, jobs=jobs, force=args.force, progress=not args.no_progress)
     failed = [r for r in res.ran if r.status != "ok"]
+    if res.interrupted:  # one line: what is kept, and how to go on
+        print(f"{runner.signal_word(res.interrupted)}: {len(res.ran) - len(failed)} cells ran and are stored, "
+              f"{len(res.already)} were already, {len(p.cells) - len(res.ran) - len(res.already)} not run -> "
+              f"{args.store}; run the same command again to resume", file=sys.stderr)
+        return 128 + res.interrupted
     for r in failed:
         print(f"failed {r.key.label()}: {r.error}", file=sys.stderr)
     for line in res.rerun_lines():  # why stored cells were re-run, one line per reason and cell group
@@ -101,18 +152,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         retrained = f" ({len(res.rerun)} re-run: stale, reasons above)" if res.rerun else ""
     print(f"{len(res.ran) - len(failed)} cells ran{retrained}, {len(res.already)} already stored, {len(failed)} failed, "
           f"{len(p.skipped)} skipped -> {args.store}", file=sys.stderr)
-    if res.interrupted:
-        print("interrupted: completed cells are stored; run the same command again to resume", file=sys.stderr)
-        return 130
     if not args.no_table:
-        from leaderboard.render import render
-        from leaderboard.scorer import score
-
         tasks = sorted({c.task for c in p.cells})
         models = sorted({c.model for c in p.cells})
-        recs = [r for r in store.records(rows=True) if r.key.task in tasks and r.key.model in models
-                and r.key.profile == ("quick" if args.quick else "full")]
-        print(render(score(recs), "md"))
+        print(_leaderboard_text(store, "md", "quick" if args.quick else "full", tasks, models)[0])
     if args.check_determinism:
         from leaderboard.regress import determinism_report
 
@@ -122,27 +165,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- leaderboard
+def _select(store: Any, profile: str | None, tasks: Sequence[str] | None = None, models: Sequence[str] | None = None,
+            methods: Sequence[str] | None = None, rows: bool = False) -> list[Any]:
+    return [r for r in store.records(profile=profile, rows=rows)
+            if (not tasks or r.key.task in tasks) and (not models or r.key.model in models)
+            and (not methods or r.key.method in methods)]
+
+
+def _leaderboard_text(store: Any, fmt: str, profile: str, tasks: Sequence[str] | None = None,
+                      models: Sequence[str] | None = None, methods: Sequence[str] | None = None) -> tuple[str, bool]:
+    """The leaderboard of the matching records as text in ``fmt`` (md, csv, latex, json), and
+    whether any record matched. The text is kept (:mod:`bench.answers`) under a digest of the
+    matching records, so asking again (or asking ``bench leaderboard`` for the grid ``bench
+    evaluate`` just printed) neither imports the scorer nor bootstraps again."""
+    import hashlib
+
+    from bench import answers
+    from bench.runner import _plugin
+
+    recs = _select(store, profile, tasks, models, methods)
+    h = hashlib.sha256()
+    for r in sorted(recs, key=lambda r: r.key.id):
+        h.update(f"{r.key.id}\n{r.to_json()}\n".encode())
+    keep = not any(_plugin("task", r.key.task) or _plugin("method", r.key.method) for r in recs)
+
+    def compute() -> str:
+        from leaderboard.render import render
+        from leaderboard.scorer import score
+
+        return render(score(_select(store, profile, tasks, models, methods, rows=True)), fmt)
+
+    return answers.remember("leaderboard", [fmt, h.hexdigest()], compute, keep=keep), bool(recs)
+
+
+def _other_profile_hint(store: Any, args: argparse.Namespace) -> str | None:
+    """When nothing matched in ``args.profile`` but the other profile has matching results: say so."""
+    other = "quick" if args.profile == "full" else "full"
+    if not _select(store, other, args.task, args.model, args.method):
+        return None
+    return (f"no {args.profile}-profile results match; the store holds {other}-profile results: "
+            f"add --profile {other}")
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench.store import Store
-    from leaderboard.render import render
-    from leaderboard.scorer import score
 
-    if not Path(args.store).exists():
-        raise BenchError(f"results store {args.store!r} does not exist; run `bench evaluate` first")
-    store = Store(args.store)
-    recs = [r for r in store.records(profile=args.profile, rows=True)
-            if (not args.task or r.key.task in args.task) and (not args.model or r.key.model in args.model)
-            and (not args.method or r.key.method in args.method)]
-    rows = score(recs)
+    store = Store(args.store, readonly=True)  # reading never writes (nor needs a writable file)
     if args.format == "html":  # a folder (page + figures), not text
         from leaderboard.html import write_html
+        from leaderboard.scorer import score
 
         if not args.out:
             raise BenchError("--format html writes a folder: give it with --out DIR")
+        rows = score(_select(store, args.profile, args.task, args.model, args.method, rows=True))
+        if not rows and (hint := _other_profile_hint(store, args)):
+            print(hint, file=sys.stderr)
         index = write_html(rows, args.out, gallery=not args.no_gallery)
         print(f"wrote {index}", file=sys.stderr)
         return 0
-    text = render(rows, args.format)
+    text, matched = _leaderboard_text(store, args.format, args.profile, args.task, args.model, args.method)
+    hint = None if matched else _other_profile_hint(store, args)
+    if hint and args.format in ("md", "latex") and not args.out:
+        text = hint  # the table's place says it
+    elif hint:
+        print(hint, file=sys.stderr)  # machine formats stay parseable
     if args.out:
         _writable_file(args.out).write_text(text + "\n")
         print(f"wrote {args.out}", file=sys.stderr)
@@ -152,29 +238,100 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------- list
+def task_meta(name: str) -> dict[str, Any]:
+    """A task's version, families, capability, main score and data kinds without importing it
+    (it imports torch): the registry's metadata for a built-in, its version read from its
+    module's source (:func:`_source_version`); the class's spec for a plugin or when the source
+    does not say."""
+    from bench.registry import TASKS
+
+    entry = TASKS.entry(name)
+    meta = dict(entry.meta)
+    if not entry.is_plugin and {"families", "capability", "main_score"} <= set(meta):
+        version = _source_version(entry.target)
+        if version is not None:
+            return {**meta, "version": version}
+    cls = TASKS.get(name)
+    s = cls.spec
+    return {"version": s.version, "families": tuple(s.families), "capability": s.capability,
+            "main_score": s.main_score, "data_kinds": tuple(getattr(cls, "data_kinds", ()))}
+
+
+def _source_version(target: str) -> str | None:
+    """The ``version="..."`` of the ``spec = TaskSpec(...)`` in the class body of ``module:Class``,
+    read with :mod:`ast` from the project's source (None when it is not written that way)."""
+    import ast
+
+    module, _, cls_name = target.partition(":")
+    if module.split(".")[0] not in ("bench", "tasks", "methods", "models"):
+        return None
+    path = Path(__file__).resolve().parent.parent.joinpath(*module.split(".")).with_suffix(".py")
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls_name:
+            for stmt in node.body:
+                if (isinstance(stmt, ast.Assign) and any(getattr(t, "id", None) == "spec" for t in stmt.targets)
+                        and isinstance(stmt.value, ast.Call)):
+                    for kw in stmt.value.keywords:
+                        if kw.arg == "version" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+                            return kw.value.value
+    return None
+
+
+def method_meta(name: str) -> dict[str, Any]:
+    """A method's capabilities, families and whether it is a reference (registry metadata for a
+    built-in, the class for a plugin)."""
+    from bench.registry import METHODS
+
+    entry = METHODS.entry(name)
+    if not entry.is_plugin and {"capabilities", "families", "reference"} <= set(entry.meta):
+        return dict(entry.meta)
+    c = entry.load()
+    return {"capabilities": tuple(c.capabilities), "families": tuple(c.families),
+            "reference": bool(getattr(c, "reference", False))}
+
+
+def hf_families() -> dict[str, str]:
+    """``models.hf_loader.FAMILIES`` (checkpoint kind -> family), read from the module's source
+    without importing it (it imports torch)."""
+    import ast
+
+    src = Path(__file__).resolve().parent.parent / "models" / "hf_loader.py"
+    try:
+        for node in ast.parse(src.read_text()).body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FAMILIES" for t in node.targets):
+                return dict(ast.literal_eval(node.value))
+    except (OSError, SyntaxError, ValueError):
+        pass
+    from models.hf_loader import FAMILIES
+
+    return dict(FAMILIES)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from bench.registry import METHODS, MODELS, TASKS
 
     if args.what == "tasks":
         for n in TASKS.names():
-            s = TASKS.get(n).spec
-            print(f"{n:<22} v{s.version:<5} families: {','.join(sorted(s.families)):<34} "
-                  f"capability: {s.capability:<20} main: {s.main_score}")
+            s = task_meta(n)
+            print(f"{n:<22} v{s['version']:<5} families: {','.join(sorted(s['families'])):<34} "
+                  f"capability: {s['capability']:<20} main: {s['main_score']}")
     elif args.what == "methods" and args.grid:
         _print_method_grid()
     elif args.what == "methods":
         for n in METHODS.names():
-            c = METHODS.get(n)
-            kind = "reference" if c.reference else "method"
-            print(f"{n:<22} {kind:<9} capabilities: {','.join(sorted(c.capabilities)):<52} "
-                  f"families: {','.join(sorted(c.families))}")
+            c = method_meta(n)
+            kind = "reference" if c["reference"] else "method"
+            print(f"{n:<22} {kind:<9} capabilities: {','.join(sorted(c['capabilities'])):<52} "
+                  f"families: {','.join(sorted(c['families']))}")
     else:
         for n in MODELS.names():
             e = MODELS.entry(n)
             print(f"{n:<22} family: {e.meta.get('family', '?'):<12} source: {e.source}")
-        from models.hf_loader import FAMILIES
-
-        for kind, family in FAMILIES.items():
+        for kind, family in hf_families().items():
             where = "model_index.json" if family == "diffusion" else f"config.json model_type {kind}"
             print(f"{'hf:<folder>':<22} family: {family:<12} source: a local {kind} checkpoint ({where}; "
                   "the wrapper is picked from it)")
@@ -196,6 +353,102 @@ def _print_method_grid() -> None:
     count = ["real methods"] + [str(sum(1 for m in METHODS.names() if m not in ("random", "oracle")
                                         and (m, t, mo) in have)) for t, mo in cols]
     print(tabulate(rows + [count], headers=["method"] + [f"{t}\n{mo}" for t, mo in cols], tablefmt="simple"))
+
+
+# ------------------------------------------------------------------- describe
+def _first_paragraph(doc: str | None) -> str:
+    import inspect
+
+    text = inspect.cleandoc(doc or "").strip()
+    return " ".join(text.split("\n\n")[0].split()) if text else ""
+
+
+def _options(config_cls: Any) -> list[str]:
+    """One line per field of a config dataclass: name, type and default."""
+    import dataclasses
+
+    lines = []
+    for f in dataclasses.fields(config_cls):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = repr(f.default_factory())  # type: ignore[misc]
+        else:
+            default = "(required)"
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        lines.append(f"  {f.name:<24} {kind:<22} default {default}")
+    return lines
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    import dataclasses
+    import sys as _sys
+
+    from bench.registry import METHODS, MODELS, TASKS
+
+    name = args.name
+    if args.what == "method":
+        entry = METHODS.entry(name)
+        cls = entry.load()
+        kind = "reference" if getattr(cls, "reference", False) else "method"
+        print(f"{name}: {kind} ({entry.source}, {entry.target})")
+        print(f"capabilities: {', '.join(sorted(cls.capabilities))}")
+        print(f"families: {', '.join(sorted(cls.families))}")
+        doc = _first_paragraph(cls.__doc__) or _first_paragraph(getattr(_sys.modules.get(cls.__module__), "__doc__", ""))
+        if doc:
+            print(f"\n{doc}")
+        config = getattr(cls, "Config", None)
+        opts = _options(config) if config is not None and dataclasses.is_dataclass(config) else []
+        if opts:
+            print(f"\noptions (override with --config {name}.OPTION=VALUE):")
+            print("\n".join(opts))
+        else:
+            print("\noptions: none")
+    elif args.what == "task":
+        entry = TASKS.entry(name)
+        cls = entry.load()
+        spec = cls.spec
+        print(f"{name}: task v{spec.version} ({entry.source}, {entry.target})")
+        print(f"families: {', '.join(sorted(spec.families))}; capability: {spec.capability}; main score: "
+              f"{spec.main_score}")
+        kinds = getattr(cls, "data_kinds", ())
+        if kinds:
+            print(f"data files it can read instead of the world: {', '.join(kinds)} (--data KIND=PATH)")
+        doc = _first_paragraph(cls.__doc__) or _first_paragraph(getattr(_sys.modules.get(cls.__module__), "__doc__", ""))
+        if doc:
+            print(f"\n{doc}")
+        print("\nmetrics:")
+        for m in spec.metrics:
+            arrow = {"higher": "higher is better", "lower": "lower is better"}.get(m.direction, "not ranked")
+            norm = ", normalised" if m.normalise else ""
+            print(f"  {m.name:<24} {arrow}{norm}: {m.description}")
+        config = getattr(cls(), "config", None)
+        if config is not None and dataclasses.is_dataclass(config):
+            print(f"\noptions (fixed by the task's version; {type(config).__name__}):")
+            print("\n".join(_options(type(config))))
+    else:
+        if name.startswith("hf:"):
+            from models.hf_loader import family_of
+
+            print(f"{name}: a local Hugging Face checkpoint; family: {family_of(name)} (from its config.json)")
+            return 0
+        entry = MODELS.entry(name)
+        print(f"{name}: model ({entry.source}, {entry.target})")
+        family = entry.meta.get("family") or getattr(_load_model_quietly(name), "family", "?")
+        print(f"family: {family}")
+        from models.zoo import CARDS_DIR
+
+        card = CARDS_DIR / f"{name}.md"
+        if card.exists():
+            body = card.read_text().split("\n\n", 1)[-1]  # below the title
+            print(f"\n{_first_paragraph(body)}\n\n(the full card: bench zoo card {name})")
+    return 0
+
+
+def _load_model_quietly(name: str) -> Any:
+    from bench.runner import load_model
+
+    return load_model(name)
 
 
 # ---------------------------------------------------------------------- world
@@ -283,11 +536,10 @@ def cmd_zoo_verify(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------- main
 def _store_for_reading(path: str) -> "Any":
+    """The store opened read-only: reading never writes to it (a read-only file or folder works)."""
     from bench.store import Store
 
-    if not Path(path).exists():
-        raise BenchError(f"results store {path!r} does not exist; run `bench evaluate` first")
-    return Store(path)
+    return Store(path, readonly=True)
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
@@ -334,10 +586,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-references", action="store_true", help="do not add random and oracle to named methods")
     ev.add_argument("--model", action="append", help="model name, repeatable, or 'all' (default: all)")
     ev.add_argument("--seed", action="append", help="seed, repeatable (default: 0)")
-    ev.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")
+    ev.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core; "
+                    "at most the cores, and never more than the cells left to run)")
     ev.add_argument("--force", action="store_true", help="re-run cells already in the store")
     ev.add_argument("--quick", action="store_true", help="the quick profile (fewer examples), stored separately")
-    ev.add_argument("--config", action="append", metavar="KEY=VALUE", help="override a method config option")
+    ev.add_argument("--config", action="append", metavar="[METHOD.]KEY=VALUE",
+                    help="override a method's config option, repeatable: METHOD.KEY=VALUE for one method, KEY=VALUE "
+                    "when one method is named (`bench describe method NAME` lists the options)")
     ev.add_argument("--store", default="bench-results.sqlite", help="results file (default: %(default)s)")
     ev.add_argument("--data", action="append", metavar="KIND=PATH",
                     help="run the tasks that read this kind of data file on it instead of the world, "
@@ -405,6 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="methods: a method × (task, model) table of where each runs (loads the models)")
     ls.set_defaults(fn=cmd_list)
 
+    de = sub.add_parser("describe", help="a method's, task's or model's options (types, defaults) and definition")
+    de.add_argument("what", choices=["method", "task", "model"])
+    de.add_argument("name")
+    de.set_defaults(fn=cmd_describe)
+
     va = sub.add_parser("validity", help="reseed noise of random and oracle per task and model, and their separation")
     va.add_argument("--task", action="append", help="task name, repeatable (default: all)")
     va.add_argument("--model", action="append", help="model name, repeatable (default: all compatible)")
@@ -454,25 +714,26 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_regress(args: argparse.Namespace) -> int:
     from leaderboard.regress import regress
 
-    return regress(args.baseline, args.tolerance_file, update=args.update, store=args.store, jobs=args.jobs,
+    jobs = check_jobs(args.jobs) if args.jobs is not None else None
+    return regress(args.baseline, args.tolerance_file, update=args.update, store=args.store, jobs=jobs,
                    progress=not args.no_progress)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from leaderboard.regress import reproduce
 
-    return reproduce(args.manifest, store=args.store, jobs=args.jobs, progress=not args.no_progress)
+    jobs = check_jobs(args.jobs) if args.jobs is not None else None
+    return reproduce(args.manifest, store=args.store, jobs=jobs, progress=not args.no_progress)
 
 
 def cmd_export_manifest(args: argparse.Namespace) -> int:
     from leaderboard.manifest import from_records, save
     from bench.store import Store
 
-    if not Path(args.store).exists():
-        raise BenchError(f"results store {args.store!r} does not exist; run `bench evaluate` first")
+    store = Store(args.store, readonly=True)
     out = _writable_file(args.out)
     seeds = set(_seed(s) for s in args.seed or [])
-    recs = [r for r in Store(args.store).records(profile=args.profile, rows=True)
+    recs = [r for r in store.records(profile=args.profile, rows=True)
             if (not args.task or r.key.task in args.task) and (not args.model or r.key.model in args.model)
             and (not args.method or r.key.method in args.method) and (not seeds or r.key.seed in seeds)]
     grid = from_records(recs, title=args.title or "", command=args.command or "")
@@ -553,18 +814,40 @@ def _add_data_commands(sub: Any) -> None:
     dsub.add_parser("kinds", help="list the data kinds and the fields each reads").set_defaults(fn=cmd_data_kinds)
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    from bench.runner import _LAST_SIGNAL, Interrupted
+
+    _LAST_SIGNAL.append(signum)
+    raise Interrupted(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+    import threading
+
+    # SIGTERM stops a command as Ctrl-C does (with a message, exit 143); a grid run handles both
+    # itself (bench.runner.run_grid: workers stopped, completed cells kept)
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args.fn(args) or 0)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None) or _last_signal() or signal.SIGINT
+        print("terminated" if signum == signal.SIGTERM else "interrupted", file=sys.stderr)
+        return 128 + int(signum)
     except BrokenPipeError:
         return 0
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _last_signal() -> int | None:
+    runner = sys.modules.get("bench.runner")
+    return runner.last_signal() if runner is not None else None  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

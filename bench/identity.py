@@ -310,12 +310,21 @@ def _module_roots(obj: Any) -> tuple[str, dict[str, Path]] | None:
     return mod, {top: path.parents[depth]}
 
 
+def _entry_roots(entry: Any) -> tuple[str, dict[str, Path]] | None:
+    """:func:`_module_roots` of a registry entry's class; a built-in registered from a project
+    module is read from its target without importing it (tasks and methods import torch)."""
+    mod = entry.target.partition(":")[0]
+    if getattr(entry, "dist", None) is None and mod.split(".")[0] in PROJECT_PACKAGES:
+        return mod, {}
+    return _module_roots(entry.load())
+
+
 # -------------------------------------------------------------- ingredients
 def task_code(task: str) -> str:
     """Digest of the task class's module and the project modules it reaches."""
     from bench.registry import TASKS
 
-    where = _module_roots(TASKS.get(task))
+    where = _entry_roots(TASKS.entry(task))
     return code_digest(*where) if where else UNKNOWN
 
 
@@ -324,7 +333,7 @@ def task_guard_code(task: str) -> str:
     modules it reaches (see the module docstring)."""
     from bench.registry import TASKS
 
-    where = _module_roots(TASKS.get(task))
+    where = _entry_roots(TASKS.entry(task))
     return code_digest(where[0], where[1], scope=GUARD_SCOPE) if where else UNKNOWN
 
 
@@ -332,7 +341,7 @@ def method_code(method: str) -> str:
     """Digest of the method class's module and the modules it reaches (project, own package)."""
     from bench.registry import METHODS
 
-    where = _module_roots(METHODS.get(method))
+    where = _entry_roots(METHODS.entry(method))
     return code_digest(*where) if where else UNKNOWN
 
 
@@ -347,6 +356,8 @@ def method_package(method: str) -> str | None:
     from bench.registry import METHODS
 
     entry = METHODS.entry(method)
+    if entry.dist is None and entry.target.partition(":")[0].split(".")[0] in PROJECT_PACKAGES:
+        return None  # a built-in (nothing imported)
     mod = getattr(entry.load(), "__module__", "") or entry.target.partition(":")[0]
     if mod.split(".")[0] in PROJECT_PACKAGES:
         return None

@@ -1,7 +1,9 @@
 """One generic, lazy registry for tasks, methods and models.
 
 Built-ins register as ``"module:attr"`` strings, so nothing heavy is imported until
-a name is used. Third-party packages register through entry points in the groups
+a name is used; their metadata (a task's spec fields, a method's capabilities and families, a
+model's family) is declared beside each registration, so listing and planning read it without
+importing anything. Third-party packages register through entry points in the groups
 ``mmi_bench.tasks``, ``mmi_bench.methods`` and ``mmi_bench.models``.
 
 A built-in registered twice in code is an error (:class:`DuplicateName`). A plugin cannot
@@ -138,44 +140,68 @@ def plugin_provenance(kind: str, name: str) -> dict[str, str] | None:
 
 
 # ---------------------------------------------------------------- built-ins
-TASKS.register("attribution", "tasks.attribution:AttributionTask")
-TASKS.register("spurious", "tasks.spurious:SpuriousTask")
-TASKS.register("hallucination", "tasks.hallucination:HallucinationTask")
-TASKS.register("localization", "tasks.localization:LocalizationTask")
-TASKS.register("editing", "tasks.editing:EditingTask")
+# Each built-in carries, as metadata, what listing and planning read about it, so neither imports
+# its module (tasks and methods import torch): a task's families, capability, main score and
+# data kinds; a method's capabilities, families and whether it is a reference; a
+# model's family. tests/test_cli_traps.py checks the metadata against the classes.
+ALL_FAMILIES = ("contrastive", "diffusion", "generative")
+ALL_CAPABILITIES = ("attribute", "debias", "detect_hallucination", "edit", "localize")
 
-METHODS.register("random", "bench.method:RandomReference")
-METHODS.register("oracle", "bench.method:OracleReference")
-METHODS.register("saliency", "methods.saliency:Saliency")
-METHODS.register("input_x_gradient", "methods.input_x_gradient:InputXGradient")
-METHODS.register("integrated_gradients", "methods.integrated_gradients:IntegratedGradients")
-METHODS.register("occlusion", "methods.occlusion:Occlusion")
-METHODS.register("attention_rollout", "methods.attention_rollout:AttentionRollout")
-METHODS.register("gradcam", "methods.gradcam:GradCAM")
-METHODS.register("leace", "methods.leace:Leace")
-METHODS.register("entropy", "methods.entropy:OutputEntropy")
-METHODS.register("causal_tracing", "methods.causal_tracing:CausalTracing")
-METHODS.register("grad_x_activation", "methods.grad_x_activation:GradXActivation")
-METHODS.register("activation_patching", "methods.activation_patching:ActivationPatching")
-METHODS.register("finetune", "methods.finetune:ConstrainedFinetune")
-METHODS.register("knowledge_neurons", "methods.knowledge_neurons:KnowledgeNeurons")
-METHODS.register("probing", "methods.probing:Probing")
-METHODS.register("logit_lens", "methods.logit_lens:LogitLens")
-METHODS.register("decomposition", "methods.decomposition:Decomposition")
-METHODS.register("attention_knockout", "methods.attention_knockout:AttentionKnockout")
-METHODS.register("sae", "methods.sae:SAEMethod")
-METHODS.register("attention_lens", "methods.attention_lens:AttentionLens")
-METHODS.register("contextual_lens", "methods.contextual_lens:ContextualLens")
-METHODS.register("rome", "methods.rome:ROME")
-METHODS.register("memit", "methods.memit:MEMIT")
-METHODS.register("uce", "methods.uce:UCE")
-METHODS.register("steering", "methods.steering:Steering")
-METHODS.register("textspan", "methods.textspan:TextSpan")
-METHODS.register("head_ablation", "methods.head_ablation:HeadAblation")
-METHODS.register("dfr", "methods.dfr:DFR")
-METHODS.register("relevance", "methods.relevance:Relevance")
-METHODS.register("rise", "methods.rise:RISE")
-METHODS.register("cross_attention", "methods.cross_attention:CrossAttention")
+
+def _task(name: str, target: str, families: tuple[str, ...], capability: str, main_score: str,
+          data_kinds: tuple[str, ...] = ()) -> None:
+    # (the version is not repeated here: it changes with the task, and is read from the module's
+    # source by bench.cli.task_meta)
+    TASKS.register(name, target, families=families, capability=capability, main_score=main_score,
+                   data_kinds=data_kinds)
+
+
+def _method(name: str, target: str, capabilities: tuple[str, ...], families: tuple[str, ...] = ALL_FAMILIES,
+            reference: bool = False) -> None:
+    METHODS.register(name, target, capabilities=capabilities, families=families, reference=reference)
+
+
+_task("attribution", "tasks.attribution:AttributionTask", ALL_FAMILIES, "attribute", "pointing_game",
+      ("masks",))
+_task("spurious", "tasks.spurious:SpuriousTask", ("contrastive",), "debias", "worst_group_accuracy",
+      ("waterbirds",))
+_task("hallucination", "tasks.hallucination:HallucinationTask", ("generative",), "detect_hallucination",
+      "auroc", ("captions", "pope"))
+_task("localization", "tasks.localization:LocalizationTask", ALL_FAMILIES, "localize", "top1")
+_task("editing", "tasks.editing:EditingTask", ALL_FAMILIES, "edit", "score")
+
+_method("random", "bench.method:RandomReference", ALL_CAPABILITIES, reference=True)
+_method("oracle", "bench.method:OracleReference", ALL_CAPABILITIES, reference=True)
+_method("saliency", "methods.saliency:Saliency", ("attribute",))
+_method("input_x_gradient", "methods.input_x_gradient:InputXGradient", ("attribute",))
+_method("integrated_gradients", "methods.integrated_gradients:IntegratedGradients", ("attribute",))
+_method("occlusion", "methods.occlusion:Occlusion", ("attribute",))
+_method("attention_rollout", "methods.attention_rollout:AttentionRollout", ("attribute",), ("contrastive", "generative"))
+_method("gradcam", "methods.gradcam:GradCAM", ("attribute",), ("contrastive", "generative"))
+_method("leace", "methods.leace:Leace", ("debias",), ("contrastive",))
+_method("entropy", "methods.entropy:OutputEntropy", ("detect_hallucination",), ("generative",))
+_method("causal_tracing", "methods.causal_tracing:CausalTracing", ("localize",))
+_method("grad_x_activation", "methods.grad_x_activation:GradXActivation", ("localize",))
+_method("activation_patching", "methods.activation_patching:ActivationPatching", ("localize",))
+_method("finetune", "methods.finetune:ConstrainedFinetune", ("edit",))
+_method("knowledge_neurons", "methods.knowledge_neurons:KnowledgeNeurons", ("localize",))
+_method("probing", "methods.probing:Probing", ("detect_hallucination", "localize"))
+_method("logit_lens", "methods.logit_lens:LogitLens", ("detect_hallucination", "localize"), ("generative",))
+_method("decomposition", "methods.decomposition:Decomposition", ("localize",))
+_method("attention_knockout", "methods.attention_knockout:AttentionKnockout", ("localize",))
+_method("sae", "methods.sae:SAEMethod", ("debias", "detect_hallucination", "edit", "localize"))
+_method("attention_lens", "methods.attention_lens:AttentionLens", ("detect_hallucination",), ("generative",))
+_method("contextual_lens", "methods.contextual_lens:ContextualLens", ("detect_hallucination",), ("generative",))
+_method("rome", "methods.rome:ROME", ("edit",))
+_method("memit", "methods.memit:MEMIT", ("edit",))
+_method("uce", "methods.uce:UCE", ("edit",), ("diffusion",))
+_method("steering", "methods.steering:Steering", ("debias", "detect_hallucination", "edit"))
+_method("textspan", "methods.textspan:TextSpan", ("debias",), ("contrastive",))
+_method("head_ablation", "methods.head_ablation:HeadAblation", ("debias",), ("contrastive",))
+_method("dfr", "methods.dfr:DFR", ("debias",), ("contrastive",))
+_method("relevance", "methods.relevance:Relevance", ("attribute",), ("contrastive", "generative"))
+_method("rise", "methods.rise:RISE", ("attribute",))
+_method("cross_attention", "methods.cross_attention:CrossAttention", ("attribute",), ("diffusion",))
 
 MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive")
 MODELS.register("zoo-clip-spurious", "models.zoo_models:load_zoo_clip_model", family="contrastive")

@@ -9,6 +9,14 @@ code, the model's weights by content, the numeric packages' versions) differs fr
 one. Those are re-run and replaced, and :attr:`GridResult.rerun` says why, so a store never
 mixes old and new code or weights silently. ``hf:`` folders are named by their absolute path
 in cells and keys, so two folders named ``clip`` never share results.
+
+Planning reads families and capabilities first and asks a loaded model whether a task or method
+supports it only once: the answers (and tasks' versions, methods' configs, zoo weights hashes)
+are kept on disk by :mod:`bench.answers`, keyed by the project's code, so planning known names
+imports no task or method module (nor torch) and loads no model, and a grid that is entirely
+stored starts no worker. Workers (``jobs``) never outnumber the cells left to run; they ignore
+Ctrl-C (the parent stops them), die with their parent, and are terminated when the grid is
+interrupted (:func:`run_grid`).
 """
 
 from __future__ import annotations
@@ -16,28 +24,38 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
+import sys
+import threading
 import time
 import traceback
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-import torch
-
+from bench import answers
 from bench.errors import BenchError
 from bench.identity import canonical_model
-from bench.method import Method
-from bench.model import Model
 from bench.records import CellKey, RunRecord, config_hash, environment
 from bench.registry import METHODS, MODELS, TASKS
 from bench.store import Store
-from bench.task import Task
+
+if TYPE_CHECKING:  # torch and the contracts import torch (~2 s): only where a cell runs or a model loads
+    from bench.method import Method
+    from bench.model import Model
+    from bench.task import Task
 
 ALL = "all"
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+def __getattr__(name: str) -> Any:
+    if name == "DTYPES":  # {"float32": torch.float32, ...}, built when asked (it imports torch)
+        import torch
+
+        return {n: getattr(torch, n) for n in DTYPE_NAMES}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -58,8 +76,8 @@ class Runtime:
 
 def check_runtime(rt: Runtime) -> Runtime:
     """One-line errors for settings this build cannot honour."""
-    if rt.dtype not in DTYPES:
-        raise BenchError(f"unknown dtype {rt.dtype!r} (known: {', '.join(DTYPES)})")
+    if rt.dtype not in DTYPE_NAMES:
+        raise BenchError(f"unknown dtype {rt.dtype!r} (known: {', '.join(DTYPE_NAMES)})")
     if rt.batch_size is not None and rt.batch_size < 1:
         raise BenchError(f"the batch size must be a positive integer, got {rt.batch_size}")
     if rt.device != "cpu":
@@ -102,12 +120,12 @@ class Plan:
 
 
 # ------------------------------------------------------------------ loading
-_MODEL_CACHE: dict[str, Model] = {}
+_MODEL_CACHE: dict[str, "Model"] = {}
 _HF_DIGEST: dict[str, str] = {}  # hf: model -> the folder digest its cached model was loaded from
 _DEFAULT_BATCH: dict[str, int] = {}
 
 
-def load_model(name: str) -> Model:
+def load_model(name: str) -> "Model":
     """Load (once per process) a registered model; an ``hf:`` folder re-saved since it was loaded
     is loaded again."""
     from models.hf_loader import is_hf, load_hf
@@ -142,7 +160,7 @@ def _takes_name(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def make_task(name: str, data: Sequence[tuple[str, str]] = ()) -> Task:
+def make_task(name: str, data: Sequence[tuple[str, str]] = ()) -> "Task":
     """The registered task ``name``, reading the ``(kind, path)`` data files instead of the world."""
     task = TASKS.get(name)()
     return task.with_data(dict(data)) if data else task
@@ -161,7 +179,7 @@ def check_data(data: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out.items()))
 
 
-def make_method(name: str, overrides: Sequence[tuple[str, Any]] = ()) -> Method:
+def make_method(name: str, overrides: Sequence[tuple[str, Any]] = ()) -> "Method":
     return METHODS.get(name)(**dict(overrides))
 
 
@@ -193,6 +211,130 @@ def validate_seeds(seeds: Iterable[Any]) -> list[int]:
     return list(dict.fromkeys(out))
 
 
+def _per_method_overrides(method_names: Sequence[str], common: Mapping[str, Any] | None,
+                          scoped: Mapping[str, Mapping[str, Any]] | None) -> dict[str, tuple[tuple[str, Any], ...]]:
+    """``{method: sorted (option, value) pairs}`` for the grid's methods (references get none)."""
+    real = [m for m in method_names if not _is_reference(m)]
+    for name, opts in (scoped or {}).items():
+        METHODS.entry(name)  # an unknown name: "did you mean"
+        first = next(iter(opts), "KEY")
+        if _is_reference(name):
+            raise BenchError(f"--config {name}.{first}=...: the reference {name!r} has no config options")
+        if name not in method_names:
+            shown = ", ".join(real[:8]) + (f", ... ({len(real)} in all)" if len(real) > 8 else "")
+            raise BenchError(f"--config {name}.{first}=... names method {name!r}, which is not in the grid "
+                             f"(methods: {shown or 'only the references'}); add --method {name}")
+    out = {}
+    for me in real:
+        merged = {**dict(common or {}), **dict((scoped or {}).get(me, {}))}
+        if merged:
+            out[me] = tuple(sorted(merged.items()))
+    return out
+
+
+def _is_reference(method: str) -> bool:
+    return bool(method_facts(method)["reference"])
+
+
+# ------------------------------------------------------------------- facts
+# What planning and keys read about a task, method or model, computed once and kept on disk
+# (:mod:`bench.answers`, keyed by the project's code and zoo weights), so a plan of known names
+# imports no task or method module and loads no model. A plugin's facts are computed each time.
+def _plugin(kind: str, name: str) -> bool:
+    """Whether ``name`` comes from a plugin (or is unknown): its answers are not kept."""
+    if kind == "model" and name.startswith("hf:"):
+        return False  # models.hf_loader's code is the project's; the folder's digest is in the key
+    try:
+        return {"task": TASKS, "method": METHODS, "model": MODELS}[kind].entry(name).is_plugin
+    except BenchError:
+        return True
+
+
+def _model_id(model: str) -> list[str]:
+    """A model's name and what the answers' stamp cannot see about it (an ``hf:`` folder's digest)."""
+    if model.startswith("hf:"):
+        from bench.identity import hf_folder_digest
+
+        try:
+            return [model, hf_folder_digest(Path(model[3:]))]
+        except OSError:
+            return [model, "?"]
+    return [model]
+
+
+def task_facts(name: str) -> dict[str, Any]:
+    """The registered task's ``version``, ``families``, ``capability`` and ``data_kinds`` (from
+    its class, kept on disk)."""
+    def compute() -> dict[str, Any]:
+        cls = TASKS.get(name)
+        spec = cls.spec
+        return {"version": spec.version, "families": sorted(spec.families), "capability": spec.capability,
+                "main_score": spec.main_score, "data_kinds": list(getattr(cls, "data_kinds", ()))}
+
+    return answers.remember("task-facts", name, compute, keep=not _plugin("task", name))
+
+
+def method_facts(name: str) -> dict[str, Any]:
+    """The registered method's ``capabilities``, ``families`` and ``reference`` (from its class)."""
+    def compute() -> dict[str, Any]:
+        cls = METHODS.get(name)
+        return {"capabilities": sorted(cls.capabilities), "families": sorted(cls.families),
+                "reference": bool(getattr(cls, "reference", False))}
+
+    return answers.remember("method-facts", name, compute, keep=not _plugin("method", name))
+
+
+def method_config(name: str, overrides: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """The method's config under ``overrides`` (``config_dict()``; a bad option raises, and is
+    never kept)."""
+    return answers.remember("method-config", [name, [list(o) for o in overrides]],
+                            lambda: make_method(name, overrides).config_dict(), keep=not _plugin("method", name))
+
+
+def model_family(name: str) -> str | None:
+    """A registered model's family (registry metadata; None when it declares none), an ``hf:``
+    folder's from its config.json (nothing loaded)."""
+    if name.startswith("hf:"):
+        def compute() -> str:
+            from models.hf_loader import family_of
+
+            return family_of(name)
+
+        return answers.remember("hf-family", _model_id(name), compute)
+    return MODELS.entry(name).meta.get("family")
+
+
+def _load_reason(model: str) -> str | None:
+    try:
+        load_model(model)
+    except BenchError as e:
+        return str(e)
+    return None
+
+
+def task_supports(task: str, model: str, data: Sequence[tuple[str, str]] = (), task_obj: "Task | None" = None
+                  ) -> str | None:
+    """Why ``task`` (reading ``data``; ``task_obj``: that task, built already) cannot run on
+    ``model`` (a load error included), or None. Loads the model unless the answer is kept (never
+    kept with data files: they are not stamped)."""
+    def compute() -> str | None:
+        obj = task_obj if task_obj is not None else make_task(task, data)
+        return _load_reason(model) or obj.supports(load_model(model))
+
+    keep = not data and not _plugin("task", task) and not _plugin("model", model)
+    return answers.remember("task-supports", [task, *_model_id(model)], compute, keep=keep)
+
+
+def method_supports(method: str, overrides: Sequence[tuple[str, Any]], model: str) -> str | None:
+    """Why ``method`` (under ``overrides``) cannot run on ``model``, or None."""
+    def compute() -> str | None:
+        return _load_reason(model) or make_method(method, overrides).supports(load_model(model))
+
+    keep = not _plugin("method", method) and not _plugin("model", model)
+    return answers.remember("method-supports", [method, [list(o) for o in overrides], *_model_id(model)],
+                            compute, keep=keep)
+
+
 def plan(
     tasks: Sequence[str] | None,
     methods: Sequence[str] | None,
@@ -202,11 +344,19 @@ def plan(
     method_overrides: dict[str, Any] | None = None,
     runtime: Runtime = Runtime(),
     data: Sequence[tuple[str, str]] = (),
+    overrides_by_method: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Plan:
     """Expand the grid and keep the compatible cells; the rest are listed with the reason.
 
+    ``method_overrides``: config options for every non-reference method of the grid;
+    ``overrides_by_method``: ``{method: {option: value}}``, options for one method each (they win
+    over ``method_overrides``; a method not in the grid, or a reference, is an error).
     ``data``: ``(kind, path)`` files read instead of the world; each task gets the kinds it reads
     (:attr:`Task.data_kinds`) and a task that reads none of them is skipped, never run on the world.
+
+    Families and capabilities come first (nothing loaded); whether a task or method supports a
+    model is asked of the loaded model once and then kept (:func:`task_supports`), so planning
+    known names loads no model and imports no task or method module.
     """
     check_runtime(runtime)
     data = check_data(data)
@@ -214,52 +364,42 @@ def plan(
     method_names = _expand(methods, METHODS.names(), "method")
     model_names = _expand(models, MODELS.names(), "model")
     seed_list = validate_seeds(seeds)
-    overrides = tuple(sorted((method_overrides or {}).items()))
+    per_method = _per_method_overrides(method_names, method_overrides, overrides_by_method)
     p = Plan()
     read: set[str] = set()
     for t in task_names:
-        task = make_task(t)
-        task_data = tuple((k, path) for k, path in data if k in task.data_kinds)
+        facts = task_facts(t)
+        task_data = tuple((k, path) for k, path in data if k in facts["data_kinds"])
         read.update(k for k, _ in task_data)
         if data and not task_data:
-            p.skipped.append((f"{t}/*/*", task.data_mismatch([k for k, _ in data]) or ""))
+            p.skipped.append((f"{t}/*/*", make_task(t).data_mismatch([k for k, _ in data]) or ""))
             continue
-        if task_data:
-            task = task.with_data(dict(task_data))
+        # with data files, the task is built (its files loaded and checked: one line if bad) once
+        task_obj = make_task(t, task_data) if task_data else None
+        capability = facts["capability"]
         for mo in model_names:
-            if mo.startswith("hf:"):
-                from models.hf_loader import family_of
-
-                family = family_of(mo)
-            else:
-                family = MODELS.entry(mo).meta.get("family")
-            if family is not None and family not in task.spec.families:
+            family = model_family(mo)
+            if family is not None and family not in facts["families"]:
                 p.skipped.append((f"{t}/{mo}/*", f"task {t!r} does not support {family} models like {mo!r}"))
                 continue
-            try:
-                model = load_model(mo)
-            except BenchError as e:
-                p.skipped.append((f"{t}/{mo}/*", str(e)))
-                continue
-            reason = task.supports(model)
+            reason = task_supports(t, mo, task_data, task_obj)
             if reason:
                 p.skipped.append((f"{t}/{mo}/*", reason))
                 continue
             for me in method_names:
-                cls = METHODS.get(me)
-                if task.spec.capability not in cls.capabilities:
-                    p.skipped.append((f"{t}/{mo}/{me}", f"method {me!r} has no {task.spec.capability!r} capability "
+                if capability not in method_facts(me)["capabilities"]:
+                    p.skipped.append((f"{t}/{mo}/{me}", f"method {me!r} has no {capability!r} capability "
                                       f"(needed by task {t!r})"))
                     p.lacking_capability.add(f"{t}/{mo}/{me}")
                     continue
-                method = make_method(me, overrides if me not in ("random", "oracle") else ())
-                reason = method.supports(model)
+                overrides = per_method.get(me, ())
+                method_config(me, overrides)  # a bad option: one line now
+                reason = method_supports(me, overrides, mo)
                 if reason:
                     p.skipped.append((f"{t}/{mo}/{me}", reason))
                     continue
                 for s in seed_list:
-                    p.cells.append(Cell(t, me, mo, s, quick, overrides if not cls.reference else (), runtime,
-                                        task_data))
+                    p.cells.append(Cell(t, me, mo, s, quick, overrides, runtime, task_data))
     for k, path in data:
         if k not in read:  # a file nothing reads is most likely a mistake: say so
             p.skipped.append((f"--data {k}={path}", f"no task of the grid reads {k} data"))
@@ -268,21 +408,34 @@ def plan(
 
 # ---------------------------------------------------------------- one cell
 def cell_key(cell: Cell) -> CellKey:
-    task = make_task(cell.task, cell.data)
-    method = make_method(cell.method, cell.method_overrides)
-    return cell.key(task.spec.version, method.config_dict())
+    """The cell's key, from kept facts (no import) unless the task reads data files."""
+    version = make_task(cell.task, cell.data).spec.version if cell.data else task_facts(cell.task)["version"]
+    return cell.key(version, method_config(cell.method, cell.method_overrides))
 
 
 def cell_fingerprint(cell: Cell) -> dict[str, str]:
     """The cell's current fingerprint (:func:`bench.identity.fingerprint`)."""
-    from bench.identity import fingerprint
+    return _fingerprints([cell])[_triple(cell)]
 
-    return fingerprint(cell.task, cell.method, canonical_model(cell.model))
+
+def _triple(cell: Cell) -> tuple[str, str, str]:
+    return (cell.task, cell.method, canonical_model(cell.model))
+
+
+def _fingerprints(cells: Iterable[Cell]) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The current fingerprints of the cells' (task, method, model) triples
+    (:func:`bench.identity.fingerprints`: source digests kept on disk by content, nothing imported
+    for a built-in)."""
+    from bench.identity import fingerprints
+
+    return fingerprints(dict.fromkeys(_triple(c) for c in cells))
 
 
 def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = None) -> RunRecord:
     """Run one cell in this process and return its record (failures become failed records).
     ``fingerprint``: the cell's, when the caller computed it already (else computed here)."""
+    import torch
+
     torch.set_num_threads(threads)  # fixed per cell so results do not depend on --jobs
     t0 = time.perf_counter()
     task = make_task(cell.task, cell.data)
@@ -302,7 +455,7 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
         model.dtype, model.device = rt.dtype, rt.device
         record.batch_size, record.dtype, record.device = model.batch_size, rt.dtype, rt.device
         torch.manual_seed(cell.seed)
-        with torch.autocast(rt.device, dtype=DTYPES[rt.dtype], enabled=rt.dtype != "float32"):
+        with torch.autocast(rt.device, dtype=getattr(torch, rt.dtype), enabled=rt.dtype != "float32"):
             result = task.run(model, method, cell.seed, quick=cell.quick)
         record.metrics = {k: float(v) for k, v in result.metrics.items()}
         record.example_hashes = list(result.example_hashes)
@@ -335,7 +488,7 @@ class GridResult:
     # stored cells re-run and replaced because what they depend on changed: label -> reasons
     # (the retrained ones included), e.g. ["method code changed since the stored record"]
     rerun: dict[str, list[str]] = field(default_factory=dict)
-    interrupted: bool = False
+    interrupted: int = 0  # the signal that stopped the grid (SIGINT 2, SIGTERM 15); 0: it ran to the end
 
     def rerun_lines(self) -> list[str]:
         """The reasons of :attr:`rerun`, one line per (reason, task/model/method) group with a count."""
@@ -346,7 +499,8 @@ class GridResult:
 
 def zoo_weights_hash(name: str) -> str | None:
     """The weights hash a zoo model's records carry, read from its shipped metadata without
-    loading the weights; ``None`` for models outside the zoo (``hf:`` folders, test models)."""
+    loading the weights (kept on disk: :mod:`bench.answers` stamps the metadata files); ``None``
+    for models outside the zoo (``hf:`` folders, test models)."""
     if name.startswith("hf:"):
         return None
     try:
@@ -360,9 +514,14 @@ def zoo_weights_hash(name: str) -> str | None:
     meta = WEIGHTS_DIR / f"{name}.json"
     if not meta.exists():
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
-    from models.zoo.io import records_hash
 
-    return records_hash(json.loads(meta.read_text()))
+    def compute() -> str:
+        from models.zoo.io import records_hash  # (imports torch)
+
+        return records_hash(json.loads(meta.read_text()))
+
+    return answers.remember("zoo-weights", [name, str(WEIGHTS_DIR)], compute, keep=WEIGHTS_DIR.parent.parent.parent
+                            == answers.PROJECT_ROOT)
 
 
 def _stored_identities(store: Store) -> dict[str, tuple[str, dict[str, Any] | None]]:
@@ -375,16 +534,158 @@ def _stored_identities(store: Store) -> dict[str, tuple[str, dict[str, Any] | No
     return out
 
 
-def _pool_init() -> None:
+# ------------------------------------------------------------- interrupts
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM asked a grid to stop (a KeyboardInterrupt, so code that stops on Ctrl-C
+    stops on either); ``exit_code`` is the shell's ``128 + signal``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_word(signum: int) -> str:
+    return "terminated" if signum == signal.SIGTERM else "interrupted"
+
+
+_LAST_SIGNAL: list[int] = []  # the last SIGINT/SIGTERM a grid received (for the exit code)
+
+
+def last_signal() -> int | None:
+    return _LAST_SIGNAL[-1] if _LAST_SIGNAL else None
+
+
+class _Signals:
+    """While a grid runs in the main thread: the first SIGINT or SIGTERM raises :class:`Interrupted`
+    (held back while a record is being written, so a stored cell is whole); the second stops
+    the process at once: the workers are killed and it exits ``128 + signal`` without cleanup."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.pending: int | None = None
+        self.critical = 0
+        self.workers: list[Any] = []  # processes to kill on the second signal
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.getsignal(s)
+                signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            _kill(self.workers)
+            try:
+                sys.stderr.write(f"\n{signal_word(signum)} again: stopping now; completed cells are stored\n")
+                sys.stderr.flush()
+            finally:
+                os._exit(128 + signum)
+        self.received = signum
+        _LAST_SIGNAL.append(signum)
+        if self.critical:
+            self.pending = signum
+            return
+        raise Interrupted(signum)
+
+    def write(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` with the first signal held back until it returns."""
+        self.critical += 1
+        try:
+            return fn()
+        finally:
+            self.critical -= 1
+            if not self.critical and self.pending is not None:
+                signum, self.pending = self.pending, None
+                raise Interrupted(signum)
+
+
+def _kill(procs: Iterable[Any]) -> None:
+    for p in procs:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except (OSError, AttributeError, TypeError):
+            pass
+
+
+def _workers(executor: Executor | None) -> list[Any]:
+    """The worker processes of a ProcessPoolExecutor (its ``_processes``; empty otherwise)."""
+    procs = getattr(executor, "_processes", None) or {}
+    return [p for p in list(procs.values()) if p is not None]
+
+
+def stop_workers(executor: Executor, grace: float = 3.0) -> None:
+    """Cancel what is queued, terminate the running workers (SIGTERM, then SIGKILL after
+    ``grace`` seconds) and shut the executor down without waiting for its cells."""
+    procs = _workers(executor)
+    for p in procs:
+        try:
+            p.terminate()
+        except (OSError, AttributeError):
+            pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(1.0)
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+# ------------------------------------------------------------------ workers
+def _die_with_parent(parent: int) -> None:
+    """End this worker when its parent dies: ``PR_SET_PDEATHSIG`` on Linux (the kernel sends
+    SIGKILL), and everywhere a daemon thread that polls :func:`os.getppid` twice a second (an
+    orphan is adopted by another process)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="mmi-bench-parent-watch", daemon=True).start()
+
+
+def _pool_init(parent: int | None = None) -> None:
+    # the parent handles Ctrl-C (sent to the whole process group) and stops the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None:
+        _die_with_parent(parent)
+    import torch
+
     torch.set_num_threads(1)
 
 
 def default_executor(jobs: int) -> Executor | None:
+    """A pool of ``jobs`` worker processes (None for one: cells run in this process). Workers
+    ignore SIGINT (the parent stops them) and end when the parent dies."""
     if jobs <= 1:
         return None
     import multiprocessing as mp
 
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_pool_init,
+                               initargs=(os.getpid(),))
 
 
 def run_grid(
@@ -394,22 +695,30 @@ def run_grid(
     force: bool = False,
     progress: bool = True,
     on_record: Callable[[RunRecord], None] | None = None,
+    jobs: int | None = None,
 ) -> GridResult:
-    """Run the cells not yet stored; write each record as soon as its cell completes."""
-    from tqdm.auto import tqdm
+    """Run the cells not yet stored; write each record as soon as its cell completes.
 
+    ``executor``: where cells run (None: in this process), or ``jobs``: worker processes started
+    here for the cells left to run (never more than those cells; none when every cell is stored)
+    and stopped before returning. Cells go to the workers one at a time as workers free up, and
+    a cell another process stored meanwhile is not run again.
+
+    Interrupts (main thread only): the first SIGINT or SIGTERM stops the grid: queued cells are
+    cancelled, running workers terminated, every completed cell stays stored, and the result
+    says :attr:`GridResult.interrupted` (the signal). A second one exits the process at once.
+    """
     out = GridResult()
     stored = {} if force else _stored_identities(store)
     todo = []
     replace: set[str] = set()  # ids whose stored record is stale: replaced by the re-run
     current: dict[str, str | None] = {}  # model -> its zoo weights hash, read once per model
-    from bench.identity import fingerprints
-
-    # (task, method, model) -> its fingerprint, each ingredient computed once per grid
-    fps = fingerprints(dict.fromkeys((c.task, c.method, canonical_model(c.model)) for c in cells))
-    fp_of = {c: fps[(c.task, c.method, canonical_model(c.model))] for c in cells}
+    # (task, method, model) -> its fingerprint, each computed once (and kept: bench.answers)
+    fps = _fingerprints(cells)
+    fp_of = {c: fps[_triple(c)] for c in cells}
+    keys = {c: cell_key(c) for c in cells}
     for c in cells:
-        cid = cell_key(c).id
+        cid = keys[c].id
         if cid in stored:
             model_hash, old_fp = stored[cid]
             if c.model not in current:
@@ -428,33 +737,80 @@ def run_grid(
             replace.add(cid)
             out.rerun[c.label] = reasons
         todo.append(c)
+    if not todo:
+        return out
+    from tqdm.auto import tqdm
+
     bar = tqdm(total=len(cells), initial=len(out.already), unit="cell", disable=not progress,
                dynamic_ncols=True, desc="cells")
+    sig = _Signals()
+
+    def stored_meanwhile(c: Cell) -> bool:
+        """Another process stored this cell since the grid started: count it as stored."""
+        if force or keys[c].id in replace or not store.has_ok(keys[c]):
+            return False
+        out.already.append(c)
+        bar.update(1)
+        return True
 
     def finish(rec: RunRecord) -> None:
-        store.put(rec, force=force or rec.key.id in replace)
+        sig.write(lambda: store.put(rec, force=force or rec.key.id in replace))
         out.ran.append(rec)
         bar.update(1)
         if on_record:
             on_record(rec)
 
-    try:
-        if executor is None:
-            for c in todo:
-                bar.set_postfix_str(c.label)
-                finish(run_cell(c, fingerprint=fp_of[c]))
-        else:
-            futures: dict[Future[RunRecord], Cell] = {executor.submit(run_cell, c, 1, fp_of[c]): c for c in todo}
-            for fut in as_completed(futures):
-                bar.set_postfix_str(futures[fut].label)
-                finish(fut.result())
-    except KeyboardInterrupt:
-        out.interrupted = True
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
-    finally:
-        bar.close()
+    own = executor is None and jobs is not None and min(jobs, len(todo)) > 1
+    done = False
+    with sig:  # (also while workers are stopped: a second signal then exits at once)
+        try:
+            if own:
+                executor = default_executor(min(jobs or 1, len(todo)))
+            if executor is None:
+                for c in todo:
+                    if stored_meanwhile(c):
+                        continue
+                    bar.set_postfix_str(c.label)
+                    finish(run_cell(c, fingerprint=fp_of[c]))
+            else:
+                _run_pool(executor, todo, fp_of, stored_meanwhile, finish, bar, sig)
+            done = True
+        except Interrupted as e:
+            out.interrupted = e.signum
+        except KeyboardInterrupt:  # raised before the handlers were in place, or outside the main thread
+            out.interrupted = int(signal.SIGINT)
+        finally:
+            if executor is not None and (own or not done):
+                if done:
+                    executor.shutdown(wait=True, cancel_futures=True)
+                else:  # interrupted, or an error on the way: running cells are not waited for
+                    stop_workers(executor)
+            bar.close()
     return out
+
+
+def _run_pool(executor: Executor, todo: list[Cell], fp_of: dict[Cell, dict[str, str]],
+              stored_meanwhile: Callable[[Cell], bool], finish: Callable[[RunRecord], None], bar: Any,
+              sig: _Signals) -> None:
+    """Feed ``todo`` to ``executor``, as many cells in flight as it has workers."""
+    width = max(1, int(getattr(executor, "_max_workers", 1) or 1))
+    queue = list(reversed(todo))
+    running: dict[Future[RunRecord], Cell] = {}
+
+    def top_up() -> None:
+        while queue and len(running) < width:
+            c = queue.pop()
+            if not stored_meanwhile(c):
+                running[executor.submit(run_cell, c, 1, fp_of[c])] = c
+        sig.workers = _workers(executor)
+
+    top_up()
+    while running:
+        fut = next(as_completed(running))
+        c = running.pop(fut)
+        bar.set_postfix_str(c.label)
+        finish(fut.result())
+        top_up()
 
 
 def cpu_jobs() -> int:

@@ -41,7 +41,7 @@ import sqlite3
 import struct
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 from bench.errors import BenchError
@@ -138,20 +138,27 @@ class Store:
             conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
         except sqlite3.Error as e:
             raise self._unreadable(e) from None
-        try:
-            conn.execute("PRAGMA busy_timeout=60000")
+        def prepare() -> None:
             self._check_schema(conn)  # before anything is written
             conn.execute("PRAGMA journal_mode=WAL")
             if not self._stamped:  # new, or older than this code: bring it up to date
                 conn.executescript(_SCHEMA)
                 self._check_schema(conn)
+
+        self._prepared(conn, prepare)
+        self._db = conn
+
+    def _prepared(self, conn: sqlite3.Connection, prepare: Callable[[], None]) -> None:
+        """Set the busy timeout and run ``prepare``; on any failure close ``conn`` and raise one line."""
+        try:
+            conn.execute("PRAGMA busy_timeout=60000")
+            prepare()
         except BenchError:
             conn.close()
             raise
         except sqlite3.DatabaseError as e:
             conn.close()
             raise self._unreadable(e) from None
-        self._db = conn
 
     def _open_reader(self) -> None:
         problem = _header_problem(self.path)
@@ -168,15 +175,7 @@ class Store:
             conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise self._unreadable(e) from None
-        try:
-            conn.execute("PRAGMA busy_timeout=60000")
-            self._check_schema(conn)
-        except BenchError:
-            conn.close()
-            raise
-        except sqlite3.DatabaseError as e:
-            conn.close()
-            raise self._unreadable(e) from None
+        self._prepared(conn, lambda: self._check_schema(conn))
         self._db, self._immutable, self._opened = conn, immutable, opened
 
     def _unchanged(self) -> bool:

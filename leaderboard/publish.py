@@ -86,7 +86,7 @@ def publish(store_path: str | Path, out_dir: str | Path, allow_partial: bool = F
                          f"{store_path}` first")
     if not out.is_dir():
         raise BenchError(f"output folder {str(out)!r} does not exist")
-    with Store(store_path) as store:
+    with Store(store_path, readonly=True) as store:
         records = list(store.records(profile="quick", rows=True))
     if not records:
         raise BenchError(f"results store {str(store_path)!r} holds no quick-profile results; run `{DEFAULT_COMMAND}`")

@@ -9,8 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from rows_checks import check_rows
+
 from bench.registry import METHODS
-from bench.samples import REQUIRED, decode, encode, make_rows
+from bench.samples import make_rows
 from tasks.editing import EditingTask
 from tasks.localization import LocalizationTask, rank_rows
 
@@ -25,32 +27,6 @@ def _run(task_name: str, method: str, model, seed: int = 0):
     return task, task.run(model, METHODS.get(method)(), seed=seed, quick=True)
 
 
-def _check_rows(task, result) -> None:
-    rows = result.rows
-    assert rows is not None
-    for col in REQUIRED + task.strata:
-        assert col in rows, col
-    n = len(rows["example"])
-    assert n > 0 and all(len(v) == n for v in rows.values())
-    # the stored figures are the rows' figures, exactly
-    assert task.metrics_of(rows) == result.metrics
-    assert set(result.metrics) <= {m.name for m in task.spec.metrics}
-    assert result.example_hashes == list(dict.fromkeys(rows["hash"].tolist()))
-    # strata are constant within a resampling unit
-    for col in task.strata:
-        seen: dict[str, object] = {}
-        for ex, v in zip(rows["example"].tolist(), rows[col].tolist()):
-            assert seen.setdefault(ex, v) == v, (col, ex)
-    # bench inspect's per-row quality: one value per row, in [0, 1] where defined
-    q = np.asarray(task.example_quality(rows), dtype=np.float64)
-    assert q.shape == (n,) and (~np.isnan(q)).any() and ((q[~np.isnan(q)] >= 0) & (q[~np.isnan(q)] <= 1)).all()
-    # what the store keeps gives the same figures
-    again = task.metrics_of(decode(encode(rows)))
-    assert again.keys() == result.metrics.keys()
-    assert all(again[k] == result.metrics[k] or (math.isnan(again[k]) and math.isnan(result.metrics[k]))
-               for k in again)
-
-
 def _oracle_reaches_best(task, result) -> None:
     normalised = [m for m in task.spec.metrics if m.normalise and m.name in result.metrics]
     assert normalised
@@ -62,7 +38,7 @@ def _oracle_reaches_best(task, result) -> None:
 def test_editing_rows_give_the_stored_metrics_and_the_oracle_reaches_best(zoo_clip):
     for method in ("random", "oracle"):
         task, res = _run("editing", method, zoo_clip)
-        _check_rows(task, res)
+        check_rows(task, res)
         rows = res.rows
         # one row per (case, setting): every case has a single and a batch row, no concept rows
         assert sorted(set(rows["setting"].tolist())) == ["batch", "single"]
@@ -80,7 +56,7 @@ def test_editing_rows_give_the_stored_metrics_and_the_oracle_reaches_best(zoo_cl
 
 def test_editing_rows_of_a_real_editor(zoo_clip):
     task, res = _run("editing", "rome", zoo_clip)
-    _check_rows(task, res)
+    check_rows(task, res)
     rows = res.rows
     batch = rows["setting"] == "batch"
     # the batch quality is measured once per relation's batch edit: constant within each relation
@@ -127,7 +103,7 @@ def test_editing_metrics_from_rows_by_hand():
 def test_localization_rows_give_the_stored_metrics_and_the_oracle_reaches_best(zoo_clip):
     for method in ("random", "oracle"):
         task, res = _run("localization", method, zoo_clip)
-        _check_rows(task, res)
+        check_rows(task, res)
         rows = res.rows
         fact, edit = rows["kind"] == "fact", rows["kind"] == "edit"
         assert fact.sum() == task.config.quick_examples
@@ -145,7 +121,7 @@ def test_localization_rows_give_the_stored_metrics_and_the_oracle_reaches_best(z
 
 def test_localization_rows_of_a_real_method(zoo_clip):
     task, res = _run("localization", "causal_tracing", zoo_clip)
-    _check_rows(task, res)
+    check_rows(task, res)
 
 
 def test_localization_metrics_from_rows_by_hand():

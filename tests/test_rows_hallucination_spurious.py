@@ -13,8 +13,10 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from rows_checks import check_rows
+
 from bench.registry import METHODS, MODELS
-from bench.samples import REQUIRED, decode, encode, select
+from bench.samples import select
 from bench.world.hallucination import pope_metrics
 from bench.world.spurious import GROUPS
 from tasks.hallucination import KINDS, HallucinationTask
@@ -39,34 +41,6 @@ def spurious():
     model = MODELS.get("zoo-clip-spurious")("zoo-clip-spurious")
     task = SpuriousTask()
     return task, {m: _run(task, model, m) for m in ("random", "oracle", "leace")}
-
-
-def _same(a: dict[str, float], b: dict[str, float]) -> bool:
-    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
-
-
-def _check_rows(task, result) -> None:
-    rows = result.rows
-    assert rows is not None
-    for col in REQUIRED + task.strata:
-        assert col in rows, col
-    n = len(rows["example"])
-    assert n > 0 and all(len(v) == n for v in rows.values())
-    # the stored figures are the rows' figures, exactly, and every one is in the spec
-    assert task.metrics_of(rows) == result.metrics
-    for name in result.metrics:
-        task.spec.metric(name)
-    assert result.example_hashes == list(dict.fromkeys(rows["hash"].tolist()))
-    # strata are constant within a resampling unit
-    for col in task.strata:
-        seen: dict[str, object] = {}
-        for ex, v in zip(rows["example"].tolist(), rows[col].tolist()):
-            assert seen.setdefault(ex, v) == v, (col, ex)
-    # what the store keeps gives the same figures
-    assert _same(task.metrics_of(decode(encode(rows))), result.metrics)
-    # bench inspect's per-row quality: one value per row, in [0, 1] where defined
-    q = np.asarray(task.example_quality(rows), dtype=np.float64)
-    assert q.shape == (n,) and (~np.isnan(q)).any() and ((q[~np.isnan(q)] >= 0) & (q[~np.isnan(q)] <= 1)).all()
 
 
 def _resample_matches_duplicated_rows(task, rows, n_boot: int = 4, seed: int = 0) -> None:
@@ -97,7 +71,7 @@ def _resample_matches_duplicated_rows(task, rows, n_boot: int = 4, seed: int = 0
 def test_hallucination_rows_give_the_stored_metrics_and_the_oracle_reaches_best(hallucination):
     task, res = hallucination
     for r in res.values():
-        _check_rows(task, r)
+        check_rows(task, r)
     rows = res["oracle"].rows
     kind = rows["kind"]
     # one caption-scene row per captioned scene (quick profile), in the unit of its mentions
@@ -163,7 +137,7 @@ def test_hallucination_resamples_are_the_metrics_of_the_resampled_rows(hallucina
 def test_spurious_rows_give_the_stored_metrics_and_the_oracle_reaches_best(spurious):
     task, res = spurious
     for r in res.values():
-        _check_rows(task, r)
+        check_rows(task, r)
         assert len(r.rows["example"]) == len(GROUPS) * task.config.quick_test_per_group
         assert {k for k in r.metrics if k.startswith("group_")} == {f"group_{c}_{b}" for c, b in GROUPS}
     orc = res["oracle"]
