@@ -36,7 +36,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
-from leaderboard.scorer import REFERENCE_METHODS, LeaderStability, Row, _task_spec, rank_stability
+from leaderboard.scorer import (REFERENCE_METHODS, LeaderStability, Row, _task_spec, examples_needed,
+                                rank_stability)
 
 FORMATS = ("md", "csv", "latex", "json")
 COLUMNS = ("task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
@@ -171,8 +172,6 @@ def stability_line(lead: "LeaderStability") -> str:
         text += (f" Power: with {ex}, a difference in {lead.metric} smaller than {_fmt(lead.mde)} "
                  "goes undetected (alpha 0.05, power 0.8).")
         if lead.mde > 0.05 and lead.n_examples:
-            from leaderboard.scorer import examples_needed
-
             text += (f" Detecting 0.05 would take about {examples_needed(lead.mde, lead.n_examples, 0.05)} "
                      "examples (`bench power`).")
     return text

@@ -458,10 +458,11 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
                         lo = hi = mean
                 else:
                     interval = "seeds"
-                    rng = _rng(seed, (*tkey, method, metric))
-                    lo, hi = bootstrap_ci(vals, n_boot, rng)
-                    rep = (_mean_replicates(vals, n_boot, rng) if vals.size > 1
-                           else np.full(n_boot, mean))
+                    # one set of seed resamples gives both the interval and the ranking's draws
+                    constant = vals.size <= 1 or bool(np.all(vals == vals[0]))
+                    rep = (np.full(n_boot, mean) if constant
+                           else _mean_replicates(vals, n_boot, _rng(seed, (*tkey, method, metric))))
+                    lo, hi = (mean, mean) if constant else percentile_ci(rep)
                 replicates[(*tkey, method, metric)] = rep
                 means[(method, metric)] = mean
                 mspec = _metric_spec(spec, metric)
