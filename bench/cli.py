@@ -527,6 +527,19 @@ def cmd_zoo_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from models.zoo.audit import markdown
+    from models.zoo.train import audit_zoo, entry
+
+    found = audit_zoo(entry(args.name).name, n=args.n, write=args.write)
+    print(json.dumps(found, indent=2) if args.json else markdown(args.name, found))
+    if args.write:
+        print(f"recorded in the {args.name} sidecar and card", file=sys.stderr)
+    return 0
+
+
 def cmd_zoo_verify(args: argparse.Namespace) -> int:
     from models.zoo.train import verify
 
@@ -701,6 +714,14 @@ def build_parser() -> argparse.ArgumentParser:
     ve.add_argument("name", nargs="?")
     ve.add_argument("--hash-only", action="store_true")
     ve.set_defaults(fn=cmd_zoo_verify)
+    au = zsub.add_parser("audit", help="re-measure a zoo model's planted facts: storage (revert test), mediation "
+                                       "(interchange test), unplanted entities, ablations, on fresh world streams")
+    au.add_argument("name")
+    au.add_argument("--n", type=int, default=128, help="renders per figure (default 128)")
+    au.add_argument("--write", action="store_true",
+                    help="record the result in the shipped sidecar (audit) and the model card")
+    au.add_argument("--json", action="store_true", help="print the result as JSON instead of the card's tables")
+    au.set_defaults(fn=cmd_zoo_audit)
     ex = zsub.add_parser("export", help="write a zoo model as a Hugging Face checkpoint folder (for --model hf:DIR)")
     ex.add_argument("name")
     ex.add_argument("--out", required=True, help="a new (or empty) folder")

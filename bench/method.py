@@ -42,6 +42,10 @@ class Method:
     # learns from the request's fit split first (probes, SAEs, directions) and records what it
     # fitted with bench.fitting.record_fit; a test checks fitted state never depends on test items
     fits: ClassVar[bool] = False
+    # per capability, the question its scores answer, in a few words, e.g. {"localize": "mediation
+    # (necessity)"}: a localization method may find where a fact's answer depends on (mediation),
+    # what is decodable, or a direct effect, rather than where it is stored; records and tables show it
+    answers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         if config is None:

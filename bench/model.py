@@ -48,6 +48,13 @@ class PlantedRelation:
     # Diffusion: what each value makes the model draw (value → shape word); the prompt is
     # ``question`` with ``{entity}`` filled in ("a {entity}").
     renders: tuple[tuple[str, str], ...] = ()
+    # The mediation profile (``bench zoo audit``): per candidate site (every site of ``site``'s
+    # kind in its tower), how often swapping that site's output from a render of another planted
+    # entity into a run on this one makes the answer that entity's (interchange intervention,
+    # Geiger et al., 2021). ``site`` says where the fact is *stored* (the only weights phase 2
+    # changed; the revert test); this says what its answer *depends on* (Hase et al., 2023).
+    # Empty where the model was never audited.
+    mediation: tuple[tuple[str, float], ...] = ()
 
 
 class Model(ABC):
@@ -69,6 +76,9 @@ class Model(ABC):
         # known properties of the weights that tasks may select on, e.g. {"spurious": "background"}
         self.tags: dict[str, str] = {}
         self.planted: list[PlantedRelation] = []  # planted knowledge (zoo models), for tasks only
+        # parameters as they were before the facts were planted (zoo models: the designated
+        # modules' phase-1 values), ``self.module`` parameter name → tensor: the revert test's reference
+        self.reference_weights: dict[str, torch.Tensor] = {}
 
     # --------------------------------------------------------------- sites
     def sites(self, tower: str | None = None, kind: str | None = None) -> list[Site]:

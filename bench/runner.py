@@ -467,6 +467,9 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
         record.provenance["traceback"] = traceback.format_exc(limit=8)
         record.timings = {"run_s": round(time.perf_counter() - t0, 3)}
     record.provenance["threads"] = threads
+    answers = getattr(method, "answers", {}).get(task.spec.capability)
+    if answers:  # the question the method's scores answer (e.g. mediation rather than storage)
+        record.provenance["answers"] = answers
     if method.diagnostics:  # what the method measured about itself (e.g. SAE reconstruction)
         record.provenance["method_diagnostics"] = dict(method.diagnostics)
     if getattr(method, "fitted", None):

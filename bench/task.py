@@ -67,6 +67,9 @@ class TaskSpec:
     main_score: str
     metrics: tuple[MetricSpec, ...]
     splits: tuple[str, ...] = ("fit", "dev", "test")
+    # metrics ranked in their own right beside the main score, when a task measures against two
+    # ground truths (localization: storage and mediation): tables show their rank groups and leaders too
+    also_ranked: tuple[str, ...] = ()
 
     def metric(self, name: str) -> MetricSpec:
         """The spec of metric ``name``; a spec whose name holds ``*`` covers every metric matching

@@ -38,9 +38,8 @@ from typing import Sequence
 
 from bench.errors import BenchError
 from leaderboard.gallery import GalleryConfig, GalleryFigure, build_gallery, mpl_text, new_figure, png_bytes, slug
-from leaderboard.render import (EMPTY_MESSAGE, MISSING, GroupSizes, _fmt, cell_layout, group_sizes, stability_line,
-                                table_title,
-                                rank_label)
+from leaderboard.render import (EMPTY_MESSAGE, MISSING, GroupSizes, _fmt, answers_of, cell_layout, group_sizes,
+                                headline_extra, rank_label, stability_line, table_title)
 from leaderboard.scorer import REFERENCE_METHODS, AggregateRow, Row, _task_spec, aggregate, rank_stability
 
 INDEX = "index.html"
@@ -237,7 +236,14 @@ def cell_table(task: str, version: str, model: str, group: Sequence[Row], sizes:
     spec = _task_spec(task)
     tips = {m.name: m.description for m in spec.metrics} if spec is not None else {}
 
-    head = [_th("method", "text"), _th("rank", "num", "ascending", "statistical rank group on the main metric")]
+    extra = headline_extra(list(group))
+    answers = answers_of(by_method)
+    head = [_th("method", "text")]
+    if answers:
+        head.append(_th("answers", "text", "ascending", "the question the method's scores answer"))
+    head.append(_th("rank", "num", "ascending", "statistical rank group on the main metric"))
+    for m in extra:
+        head.append(_th(f"rank ({m})", "num", "ascending", f"statistical rank group on {m} (a second ground truth)"))
     for m in metrics:
         arrow = _ARROWS.get(direction[m])
         label = f"{m} {arrow}" if arrow else m
@@ -255,9 +261,12 @@ def cell_table(task: str, version: str, model: str, group: Sequence[Row], sizes:
         classes = ["ref"] if method in REFERENCE_METHODS else []
         if main_row is not None and main_row.rank_group is not None:
             classes.append(f"g{main_row.rank_group}")
-        tds = [_td(escape(method), method),
-               _td(escape(rank_label(main_row, sizes)),
-                   "" if main_row is None or main_row.rank_group is None else str(main_row.rank_group))]
+        tds = [_td(escape(method), method)]
+        if answers:
+            tds.append(_td(escape(answers.get(method) or MISSING), answers.get(method, "")))
+        for row in (main_row, *(cells.get(m) for m in extra)):
+            tds.append(_td(escape(rank_label(row, sizes)),
+                           "" if row is None or row.rank_group is None else str(row.rank_group)))
         for m in metrics:
             r = cells.get(m)
             if r is None:
@@ -327,6 +336,7 @@ def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_h
 
     sizes = group_sizes(list(rows))
     leaders = rank_stability(rows)
+    others = rank_stability(rows, main=False)
     out.append('<h2 id="results">Results per task and model</h2>')
     for key in sorted(groups):
         task, version, model = key
@@ -335,6 +345,11 @@ def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_h
         lead = leaders.get(key)
         if lead is not None:
             out.append(f'<p class="note">{escape(stability_line(lead))}</p>')
+        for m in headline_extra(list(groups[key])):
+            more = others.get((task, version, model, m))
+            if more is not None:
+                out.append(f'<p class="note">On {escape(m)} (ranked in its own right): '
+                           f'{escape(stability_line(more))}</p>')
         chart = charts.get(key)
         alt = f"bar chart of the main metric: {task} v{version} — {model}"
         img = f'<figure><img src="{escape(chart)}" alt="{escape(alt)}"></figure>' if chart else ""

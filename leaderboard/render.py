@@ -8,9 +8,11 @@
 - ``md`` / ``latex``: one table per ``(task, task_version, model)``. Rows are methods:
   the references ``random`` and ``oracle`` first, then the others by main score in
   its direction, best first (ties and missing main scores by name, missing last).
-  Columns: the method, its ``rank`` (the main metric's statistical rank group,
-  suffixed ``=`` when it shares the group with other methods, ``—`` for the
-  references), every metric as ``mean [ci_low, ci_high]`` (3 decimals) with ↑/↓ for
+  Columns: the method, what its scores answer (``answers``, only in tables where a method's
+  records say: e.g. localization's mediation or decodability), its ``rank`` (the main metric's
+  statistical rank group, suffixed ``=`` when it shares the group with other methods, ``—`` for the
+  references), ``rank (<metric>)`` for each other headline metric (a task's ``also_ranked``: a
+  second ground truth, ranked in its own right), every metric as ``mean [ci_low, ci_high]`` (3 decimals) with ↑/↓ for
   its direction (main metric first, then the task spec's order, then by name), then
   ``norm. <main metric>`` (the normalised main score, only for metrics whose oracle is a
   ceiling), then ``seeds`` and ``examples`` (resampling units over all seeds). An interval
@@ -21,7 +23,8 @@
   special character, puts the same text in a ``\\paragraph{...}``. Below a table with
   at least two ranked methods, one paragraph gives the leader's margin over the runner-up
   with its paired interval, its rank stability (share of bootstrap replicates in which it
-  stays first), and the table's minimum detectable difference (alpha 0.05, power 0.8).
+  stays first), and the table's minimum detectable difference (alpha 0.05, power 0.8); one more
+  paragraph, naming its metric, for each other headline metric.
 - ``html``: see :mod:`leaderboard.html` (a folder, not text: :func:`leaderboard.html.write_html`).
 """
 
@@ -32,7 +35,6 @@ import math
 from collections import defaultdict
 from typing import Any
 
-import pandas as pd
 from tabulate import tabulate
 
 from bench.errors import BenchError
@@ -42,7 +44,7 @@ from leaderboard.scorer import (REFERENCE_METHODS, LeaderStability, Row, _task_s
 FORMATS = ("md", "csv", "latex", "json")
 COLUMNS = ("task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
            "direction", "normalised", "is_main", "rank_group", "rank_stability", "n_examples", "interval",
-           "p_value", "runner_up", "margin", "margin_low", "margin_high", "mde")
+           "p_value", "runner_up", "margin", "margin_low", "margin_high", "mde", "headline", "answers")
 EMPTY_MESSAGE = "no results in the store match the filters"
 MISSING = "—"
 SEEDS_ONLY = "†"
@@ -65,6 +67,8 @@ def render(rows: list[Row], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(_records(rows), indent=2, ensure_ascii=False, allow_nan=False)
     if fmt == "csv":
+        import pandas as pd  # only here: importing it costs most of a second
+
         frame = pd.DataFrame(_records(rows), columns=list(COLUMNS))
         frame["rank_group"] = frame["rank_group"].astype("Int64")  # not 1.0 / NaN: an integer or empty
         return frame.to_csv(index=False, lineterminator="\n").rstrip("\n")
@@ -89,7 +93,8 @@ def _records(rows: list[Row]) -> list[dict[str, Any]]:
                     "rank_group": r.rank_group, "rank_stability": _num(r.rank_stability),
                     "n_examples": int(r.n_examples), "interval": r.interval, "p_value": _num(r.p_value),
                     "runner_up": r.runner_up, "margin": _num(r.margin), "margin_low": _num(r.margin_low),
-                    "margin_high": _num(r.margin_high), "mde": _num(r.mde)})
+                    "margin_high": _num(r.margin_high), "mde": _num(r.mde), "headline": bool(r.headline),
+                    "answers": r.answers})
     return out
 
 
@@ -192,9 +197,21 @@ def cell_layout(task: str, group: list[Row]) -> tuple[dict[str, dict[str, Row]],
     return by_method, direction, main, _metric_order(task, set(direction), main), _method_order(by_method, main)
 
 
+def headline_extra(group: list[Row]) -> list[str]:
+    """The headline metrics of one table other than the main one (ranked in their own right)."""
+    return sorted({r.metric for r in group if r.headline and not r.is_main})
+
+
+def answers_of(by_method: dict[str, dict[str, Row]]) -> dict[str, str]:
+    """Per method, the question its scores answer (empty when no method of the table says)."""
+    out = {m: next((r.answers for r in cells.values() if r.answers), "") for m, cells in by_method.items()}
+    return out if any(out.values()) else {}
+
+
 def _tables(rows: list[Row], latex: bool) -> str:
     sizes = group_sizes(rows)
     leaders = rank_stability(rows)
+    others = rank_stability(rows, main=False)
     groups: dict[tuple[str, str, str], list[Row]] = defaultdict(list)
     for r in rows:
         groups[(r.task, r.task_version, r.model)].append(r)
@@ -203,8 +220,10 @@ def _tables(rows: list[Row], latex: bool) -> str:
     for (task, version, model) in sorted(groups):
         group = groups[(task, version, model)]
         by_method, direction, main, metrics, methods = cell_layout(task, group)
+        extra = headline_extra(group)
+        answers = answers_of(by_method)
 
-        headers = ["method", "rank"]
+        headers = ["method", *(["answers"] if answers else []), "rank", *(f"rank ({m})" for m in extra)]
         for m in metrics:
             arrow = _ARROWS.get(direction[m])
             headers.append(f"{m} {arrow}" if arrow else m)
@@ -217,7 +236,9 @@ def _tables(rows: list[Row], latex: bool) -> str:
         for method in methods:
             cells = by_method[method]
             n = max(r.n for r in cells.values())
-            line = [method, rank_label(cells.get(main) if main else None, sizes)]
+            line = [method, *([answers.get(method) or MISSING] if answers else []),
+                    rank_label(cells.get(main) if main else None, sizes),
+                    *(rank_label(cells.get(m), sizes) for m in extra)]
             for m in metrics:
                 r = cells.get(m)
                 if r is None:
@@ -238,6 +259,10 @@ def _tables(rows: list[Row], latex: bool) -> str:
         title = table_title(task, version, model, group)
         lead = leaders.get((task, version, model))
         note = stability_line(lead) if lead else ""
+        for m in extra:
+            more = others.get((task, version, model, m))
+            if more:
+                note += ("\n\n" if note else "") + f"On {m} (ranked in its own right): " + stability_line(more)
         if seeds_only:
             note += (f"\n\n{SEEDS_ONLY} interval over seeds only: stored without per-example rows "
                      "(an older store); re-run with --force for example-level intervals.")

@@ -94,6 +94,7 @@ import numpy as np
 
 from bench.errors import BenchError
 from bench.records import RunRecord
+from bench.samples import shared_ties
 from bench.task import MetricSpec, Task, TaskSpec
 
 REFERENCE_METHODS = ("random", "oracle")
@@ -122,7 +123,8 @@ class Row:
     is_main: bool
     # Statistical rank group (1 = the leader and the methods tied with it); None for references.
     rank_group: int | None = None
-    # On the leader's main-metric row only: share of bootstrap replicates in which it stays first.
+    # On the leader's row of a headline metric (the main one, or a task's ``also_ranked``) only:
+    # share of bootstrap replicates in which it stays first.
     rank_stability: float | None = None
     n_examples: int = 0  # resampling units (examples) over all seeds; 0 without per-example rows
     interval: str = "examples"  # what the CI resamples: "examples" (and seeds), or "seeds" only
@@ -137,6 +139,9 @@ class Row:
     p_value: float | None = None
     crossed: bool = False  # every seed scored the same examples (seeds resampled too)
     profile: str = ""  # the records' profile ("quick" or "full"; one per row, never mixed)
+    # ranked in its own right: the main metric, or one of the task's ``also_ranked`` (a second ground truth)
+    headline: bool = False
+    answers: str = ""  # the question the method's scores answer, as its records say (``Method.answers``)
 
 
 def _task_obj(task: str) -> Task | None:
@@ -298,7 +303,8 @@ def _table_replicates(task: Task | None, cells: Mapping[str, _Cell], n_boot: int
             assert rows is not None
             idx = np.array([d.index[(s, e)] for e in rows["example"].tolist()], dtype=np.int64)
             units.update(idx.tolist())
-            vals = task.metrics_from_rows(rows, W[:, idx])
+            with shared_ties():  # AUROC, AP and FPR of one score column share one sort and one pass
+                vals = task.metrics_from_rows(rows, W[:, idx])
             c = c_BS[:, d.seeds.index(s)]
             for metric, v in vals.items():
                 v = np.asarray(v, dtype=np.float64)
@@ -466,11 +472,15 @@ def score(records: Iterable[RunRecord], n_boot: int = 2000, seed: int = 0) -> li
                 replicates[(*tkey, method, metric)] = rep
                 means[(method, metric)] = mean
                 mspec = _metric_spec(spec, metric)
+                also = spec.also_ranked if spec is not None else ()
                 table_rows.append(Row(task=task, task_version=version, model=model, method=method,
                                       metric=metric, mean=mean, ci_low=lo, ci_high=hi, n=int(vals.size),
                                       direction=mspec.direction, normalised=None, is_main=(metric == main),
                                       n_examples=n_ex.get(method, 0), interval=interval,
-                                      crossed=crossed and interval == "examples", profile=profiles[tkey]))
+                                      crossed=crossed and interval == "examples", profile=profiles[tkey],
+                                      headline=metric == main or metric in also,
+                                      answers=next((str(r.provenance["answers"]) for r in cell.records.values()
+                                                    if r.provenance.get("answers")), "")))
         for r in table_rows:
             mspec = _metric_spec(spec, r.metric)
             rand = means.get(("random", r.metric))
@@ -578,7 +588,7 @@ def _rank(rows: list[Row], replicates: Mapping[tuple[str, str, str, str, str], n
             r.p_value = pvals.get(r.method)
         order = sorted(ranked, key=lambda r: _order_key(direction, r.mean, r.method))
         leader = order[0]
-        if leader.is_main and len(ranked) > 1:
+        if leader.headline and len(ranked) > 1:
             sign = 1.0 if direction == "higher" else -1.0
             leader.rank_stability = leader_stability(reps, leader.method, direction)
             runner = order[1]
@@ -620,18 +630,25 @@ class LeaderStability:
     crossed: bool = False
 
 
-def rank_stability(rows: Sequence[Row]) -> dict[tuple[str, str, str], LeaderStability]:
+def rank_stability(rows: Sequence[Row], main: bool = True) -> dict[tuple[str, ...], LeaderStability]:
     """``{(task, task_version, model): LeaderStability}`` from :func:`score`'s rows.
 
     Only cells with at least two ranked methods on the main metric appear (see the
-    module docstring for the definition).
+    module docstring for the definition). ``main=False``: the same for the other headline
+    metrics (a task's ``also_ranked``), one per (task, task_version, model) and metric, keyed by
+    ``(task, task_version, model, metric)``.
     """
-    counts: Counter[tuple[str, str, str]] = Counter(
-        (r.task, r.task_version, r.model) for r in rows if r.is_main and r.rank_group is not None)
-    out: dict[tuple[str, str, str], LeaderStability] = {}
+    def pick(r: Row) -> bool:
+        return r.is_main if main else (r.headline and not r.is_main)
+
+    def key_of(r: Row) -> tuple[str, ...]:
+        return (r.task, r.task_version, r.model) if main else (r.task, r.task_version, r.model, r.metric)
+
+    counts: Counter[tuple[str, ...]] = Counter(key_of(r) for r in rows if pick(r) and r.rank_group is not None)
+    out: dict[tuple[str, ...], LeaderStability] = {}
     for r in rows:
-        if r.is_main and r.rank_stability is not None:
-            key = (r.task, r.task_version, r.model)
+        if pick(r) and r.rank_stability is not None:
+            key = key_of(r)
             out[key] = LeaderStability(r.method, r.metric, r.rank_stability, counts[key], r.runner_up, r.margin,
                                        r.margin_low, r.margin_high, r.mde, r.n_examples, r.n, r.crossed)
     return dict(sorted(out.items()))

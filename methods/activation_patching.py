@@ -7,6 +7,12 @@ counterfactual run, and score the site by how much of the clean metric is lost,
 ``metric(clean) − metric(clean with the site corrupted)``. Noising finds components
 that are *necessary*; denoising (``causal_tracing``) those that are *sufficient*.
 All candidate sites are patched in one batched pass (one batch copy per site).
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): mediation (necessity): its score is the interchange test's effect measured
+on the logit difference instead of the flip rate, so it is the method closest to the task's
+mediation profile; it reads activations, not weights, so it finds where a fact is stored only
+where storage and mediation coincide.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class ActivationPatching(Method):
     """Patch counterfactual activations into the clean run, one site per batch copy."""
 
     name = "activation_patching"
+    answers = {"localize": "mediation (necessity)"}
     capabilities = frozenset({"localize"})
     families = frozenset({"contrastive", "generative", "diffusion"})
     Config = ActivationPatchingConfig

@@ -38,6 +38,11 @@ implementation afterwards. With no edit installed it computes exactly what eager
 computes. Edits are given per pattern site, as they would be to ``model.trace``; a pattern
 site that is a real module (the diffusion UNet's ``SiteAttnProcessor``) would take a plain
 trace write, but all candidate towers here are transformers encoders.
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): mediation of the route: whether information reaches the readout through
+attention at a layer window, not what a candidate site computes; neither storage nor the site-
+level mediation profile directly.
 """
 
 from __future__ import annotations
@@ -182,6 +187,7 @@ class AttentionKnockout(Method):
     """Drop of the metric when readout → subject attention is cut around each layer (Geva et al., 2023)."""
 
     name = "attention_knockout"
+    answers = {"localize": "route (attention edges)"}
     capabilities = frozenset({"localize"})
     families = frozenset({"contrastive", "generative", "diffusion"})
     Config = AttentionKnockoutConfig

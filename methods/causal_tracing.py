@@ -9,6 +9,11 @@ logit difference). Score per (example, site): metric(corrupt run with the site
 restored) − metric(corrupt run). All candidate sites are patched in one batched
 forward pass (the batch is repeated once per site, each copy restored at its own
 site), in groups of ``sites_per_pass`` to bound memory.
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): mediation (sufficiency): how much of the answer a site's clean activation
+restores in the counterfactual run. It reads activations, not weights, so it finds where a fact
+is stored only where storage and mediation coincide.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ class CausalTracing(Method):
     """Restore clean activations into the corrupted run, one site per batch copy (Meng et al., 2022)."""
 
     name = "causal_tracing"
+    answers = {"localize": "mediation (sufficiency)"}
     capabilities = frozenset({"localize"})
     families = frozenset({"contrastive", "generative", "diffusion"})
     Config = CausalTracingConfig

@@ -31,6 +31,11 @@ frozen at the clean run's ``σ(r_i)`` of the final residual ``r_i``::
 
 Scores are signed (positive = the site pushes towards the clean answer); ``absolute=True``
 ranks by magnitude.
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): the direct effect only: a site's own path to the output, without its effect
+through later sites. A site that writes a fact which a later site reads out scores low here, so
+this answers neither storage nor total mediation.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class Decomposition(Method):
     """Direct (residual-stream) contribution of each site to the metric, final norm frozen (Elhage et al., 2021)."""
 
     name = "decomposition"
+    answers = {"localize": "direct effect"}
     capabilities = frozenset({"localize"})
     families = frozenset({"contrastive", "generative", "diffusion"})
     Config = DecompositionConfig

@@ -9,6 +9,10 @@ activation difference, summed over the site's positions and features:
     score(site) ≈ ⟨∂metric/∂a_site |corrupt, a_site^clean − a_site^corrupt⟩
 
 Two forward passes and one backward pass cover every candidate site at once.
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): mediation, to first order: a linear estimate of causal tracing's effect; it
+finds the storage site only where storage and mediation coincide.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class GradXActivation(Method):
     """Gradient × activation difference per site (attribution patching)."""
 
     name = "grad_x_activation"
+    answers = {"localize": "mediation (first-order)"}
     capabilities = frozenset({"localize"})
     families = frozenset({"contrastive", "generative", "diffusion"})
     Config = GradXActivationConfig

@@ -29,6 +29,11 @@ Choices made here (documented differences from the paper):
 Batching: every (layer, step) pair is one copy of the batch (``request.evaluate(copies=…)``),
 ``copies_per_pass`` copies per forward pass, and one backward pass per forward pass gives
 every gradient.
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): mediation, by gradient attribution to MLP neurons (integrated gradients).
+Dai et al. read large attributions as where knowledge is stored; the task's storage columns
+test that reading, its mediation columns the attribution itself.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class KnowledgeNeurons(Method):
     """Integrated gradients over MLP neurons; sites scored by their knowledge neurons (Dai et al., 2022)."""
 
     name = "knowledge_neurons"
+    answers = {"localize": "mediation (gradients)"}
     capabilities = frozenset({"localize"})
     families = frozenset({"contrastive", "generative", "diffusion"})
     Config = KnowledgeNeuronsConfig

@@ -31,6 +31,10 @@ confidence*: the maximum over image-token positions of the lens probability of t
 span's first token at that layer (for caption mentions; POPE answers "yes"/"no" are not
 objects and fall back to ``span``). Per item the log-probabilities are averaged over the
 span's tokens; the score is minus that (low confidence = more likely hallucinated).
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): decodability through the unembedding of a site's contribution, close to its
+direct effect; neither storage nor total mediation.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class LogitLens(Method):
     """Logit lens (nostalgebraist, 2020): lens-read site contributions and intermediate confidence."""
 
     name = "logit_lens"
+    answers = {"localize": "decodability (direct effect)"}
     capabilities = frozenset({"localize", "detect_hallucination"})
     families = frozenset({"generative"})
     Config = LogitLensConfig

@@ -31,6 +31,11 @@ span's tokens), fitted on ``request.fit`` / ``request.fit_labels_B`` only (one p
 per item kind, "caption" or "pope", when the fit split has both labels for that kind,
 else one probe over all kinds). An item's score is the probe's probability that it is
 hallucinated.
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): decodability: where the answer is linearly readable, which is neither where
+it was written (storage) nor what the answer depends on (mediation); a site downstream of the
+storage site decodes it as well.
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ class Probing(Method):
     """Layer-wise linear probes: site scores by cross-validated decodability; hallucination probes."""
 
     name = "probing"
+    answers = {"localize": "decodability"}
     capabilities = frozenset({"localize", "detect_hallucination"})
     families = frozenset({"contrastive", "generative", "diffusion"})
     Config = ProbingConfig

@@ -56,6 +56,10 @@ and ``sae_loss_recovered`` (:func:`bench.sae.loss_recovered`) of the capability'
 metric on its fit data: localize — the task metric on the fit split's clean run; hallucination
 — the fit spans' mean token NLL; debias — the zero-shot cross-entropy of the fit images;
 edit — ``J`` on the request's inputs.
+
+Which localization question it answers (the localization task scores storage and mediation;
+Hase et al., 2023): mediation, in SAE feature space (attribution patching of features, Marks et
+al., 2024); it finds the storage site only where storage and mediation coincide.
 """
 
 from __future__ import annotations
@@ -131,6 +135,7 @@ class SAEMethod(Method):
     """SAE features: attribution (Marks et al., 2024), probe, clamping and ablation over an SAE dictionary."""
 
     name = "sae"
+    answers = {"localize": "mediation (SAE features)"}
     capabilities = frozenset({"localize", "detect_hallucination", "edit", "debias"})
     families = frozenset({"contrastive", "generative", "diffusion"})
     Config = SAEMethodConfig

@@ -17,12 +17,14 @@ samples) run on an ``hf:`` checkpoint when its folder holds ``mmi_bench.json``::
 
     {"planted": [{"relation": "home", "site": "lm.blocks.1.mlp", "entities": ["..."],
                   "world_seed": 0, "n_entities": 64, "question": "what is the home of the glyph?",
-                  "values": ["north", "south", "east", "west"], "renders": []}],
+                  "values": ["north", "south", "east", "west"], "renders": [],
+                  "mediation": [["lm.blocks.0.mlp", 0.09], ["lm.blocks.1.mlp", 0.88], ...]}],
      "tags": {"spurious": "background"},
      "judge": "zoo-oracle",
      "prompt_template": "USER: <image>\n{prompt} ASSISTANT:"}
 
-(every key optional): a model trained with planted ground truth and saved with
+(every key optional; ``mediation`` is the fact's interchange profile, see ``bench zoo audit``,
+without which the localization task's mediation metrics are NaN): a model trained with planted ground truth and saved with
 ``save_pretrained`` is then evaluated exactly as a zoo model is. ``prompt_template`` is the
 LLaVA conversation format (default LLaVA-1.5's); ``judge`` names the image classifier that
 reads diffusion samples (``zoo-oracle``); ``sampling`` overrides the diffusion sampler's
@@ -178,13 +180,27 @@ def apply_sidecar(model: Model, sidecar: dict[str, Any], path: Path) -> None:
         model.planted.append(PlantedRelation(
             str(rel["relation"]), str(rel["site"]), tuple(map(str, rel["entities"])), int(rel["world_seed"]),
             int(rel["n_entities"]), str(rel["question"]), tuple(map(str, rel["values"])),
-            tuple((str(a), str(b)) for a, b in rel.get("renders", []))))
+            tuple((str(a), str(b)) for a, b in rel.get("renders", [])),
+            _mediation_profile(rel.get("mediation", []), model, path, i)))
     model.tags.update(sidecar.get("tags", {}))
     if sidecar.get("judge"):
         if not isinstance(model, DiffusionModel):
             raise BenchError(f"hf: {path / SIDECAR}: a judge reads generated images; {model.name} is "
                              f"{model.family}")
         model.judge = ResizingJudge(str(sidecar["judge"]))
+
+
+def _mediation_profile(raw: Any, model: Model, path: Path, i: int) -> tuple[tuple[str, float], ...]:
+    """``planted[i].mediation``: ``[[site, flip rate], ...]`` (``bench zoo audit``), every site the model's."""
+    try:
+        prof = tuple((str(a), float(b)) for a, b in raw)
+    except (TypeError, ValueError):
+        raise BenchError(f"hf: {path / SIDECAR}: planted[{i}].mediation must be a list of [site, rate] pairs") from None
+    bad = [a for a, _ in prof if a not in model.site_specs]
+    if bad:
+        raise BenchError(f"hf: {path / SIDECAR}: planted[{i}].mediation names site {bad[0]!r}, which "
+                         f"{model.name} does not have")
+    return prof
 
 
 class ResizingJudge:

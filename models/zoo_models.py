@@ -14,6 +14,7 @@ from models.hf_clip import CLIPWrapper
 from models.hf_diffusion import DiffusionWrapper, SamplingConfig
 from models.hf_llava import LlavaWrapper
 from models.zoo import WEIGHTS_DIR
+from models.zoo.io import records_hash
 
 
 def _tokenize(vocab: Vocab, max_len: int, texts: list[str]):  # type: ignore[no-untyped-def]
@@ -27,12 +28,28 @@ def load_zoo_clip_model(name: str = "zoo-clip") -> CLIPWrapper:
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
     clip, vocab, meta = load_zoo_clip(name, WEIGHTS_DIR)
     tok = partial(_tokenize, vocab, meta["config"]["max_text_len"])
-    model = CLIPWrapper(name, clip, tok, meta["sha256"], PIXEL_MEAN, PIXEL_STD)
+    model = CLIPWrapper(name, clip, tok, records_hash(meta), PIXEL_MEAN, PIXEL_STD)
     if meta["config"].get("spurious_agreement"):
         model.tags["spurious"] = "background"  # Waterbirds-style: shape agrees with background in training
     if "plant" in meta:
         model.planted = clip_planted(meta)
+        model.reference_weights = _reference(model, dict(meta["phase1_state"]))
     return model
+
+
+def _reference(model: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Phase-1 parameters keyed by the wrapper module's names; a name the module lacks is a load error."""
+    names = set(dict(model.module.named_parameters()))
+    missing = sorted(set(state) - names)
+    if missing:
+        raise BenchError(f"{model.name}: phase-1 parameters {missing[:3]} are not parameters of the model")
+    return state
+
+
+def _mediation(meta: dict, relation: str) -> tuple[tuple[str, float], ...]:  # type: ignore[type-arg]
+    """The relation's mediation profile recorded by ``bench zoo audit`` (empty if never audited)."""
+    prof = meta.get("audit", {}).get("relations", {}).get(relation, {}).get("mediation", {})
+    return tuple((site, float(r["rate"])) for site, r in prof.items())
 
 
 def clip_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
@@ -44,7 +61,8 @@ def clip_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
     n_entities = WorldConfig().n_entities
     names = tuple(e.name for e in World(world_seed).entities[: plant["n_planted"]])
     return [PlantedRelation(rel, f"vision.blocks.{layer}.mlp", names, world_seed, n_entities,
-                            plant["template"].format(relation=rel, value="{value}"), RELATIONS[rel])
+                            plant["template"].format(relation=rel, value="{value}"), RELATIONS[rel],
+                            mediation=_mediation(meta, rel))
             for rel, layer in plant["planted"]]
 
 
@@ -55,8 +73,9 @@ def load_zoo_vlm_model(name: str = "zoo-vlm") -> LlavaWrapper:
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
     llava, vocab, meta = load_zoo_vlm(name, WEIGHTS_DIR)
     encode, decode, preprocess = wrapper_io(vocab, llava.config.image_seq_length)
-    model = LlavaWrapper(name, llava, encode, decode, preprocess, meta["sha256"], vocab.eos_id, vocab.pad_id)
+    model = LlavaWrapper(name, llava, encode, decode, preprocess, records_hash(meta), vocab.eos_id, vocab.pad_id)
     model.planted = vlm_planted(meta)
+    model.reference_weights = _reference(model, {k[len("phase1."):]: v for k, v in meta["phase1"].items()})
     return model
 
 
@@ -70,7 +89,8 @@ def vlm_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
     world = World(cfg.world_seed, WorldConfig(n_entities=cfg.n_entities))
     names = tuple(e.name for e in world.entities[: cfg.n_planted])
     return [PlantedRelation(rel, f"lm.blocks.{layer}.mlp", names, cfg.world_seed, cfg.n_entities,
-                            fact_question(rel), RELATIONS[rel]) for rel, layer in cfg.planted]
+                            fact_question(rel), RELATIONS[rel], mediation=_mediation(meta, rel))
+            for rel, layer in cfg.planted]
 
 
 def wrap_zoo_diffusion(model: Any, name: str, weights_hash: str, sampling: SamplingConfig = SamplingConfig()) -> DiffusionWrapper:
@@ -87,8 +107,6 @@ def wrap_zoo_diffusion(model: Any, name: str, weights_hash: str, sampling: Sampl
 
 def load_zoo_diffusion_model(name: str = "zoo-diffusion") -> DiffusionWrapper:
     from models.zoo.diffusion import load_diffusion
-    from models.zoo.io import records_hash
-
     if not (WEIGHTS_DIR / f"{name}.safetensors").exists():
         raise BenchError(f"zoo weights for {name!r} are missing; run `bench zoo train {name}`")
     model, meta = load_diffusion(name, WEIGHTS_DIR)
@@ -98,6 +116,7 @@ def load_zoo_diffusion_model(name: str = "zoo-diffusion") -> DiffusionWrapper:
     wrapper = wrap_zoo_diffusion(model, name, records_hash(meta), sampling)
     if "plant" in meta:
         wrapper.planted = diffusion_planted(meta)
+        wrapper.reference_weights = _reference(wrapper, {f"text_encoder.{k}": v for k, v in model.plant_phase1.items()})
     if (WEIGHTS_DIR / "zoo-oracle.safetensors").exists():
         wrapper.judge = OracleJudge()
     return wrapper
@@ -127,4 +146,5 @@ def diffusion_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type
     names = tuple(e["name"] for e in plant["entities"])
     rel = plant["relation"]
     return [PlantedRelation(rel, plant["site"], names, int(meta["config"]["world_seed"]), WorldConfig().n_entities,
-                            "a {entity}", RELATIONS[rel], tuple(sorted(plant["home_shape"].items())))]
+                            "a {entity}", RELATIONS[rel], tuple(sorted(plant["home_shape"].items())),
+                            mediation=_mediation(meta, rel))]

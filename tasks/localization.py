@@ -13,13 +13,35 @@ place on the same background, another planted entity with a different answer. A
 method scores every candidate site (all sites of the planted site's kind in its
 tower) per example.
 
+Two ground truths (v1.2; Hase, Bansal, Kim & Ghandeharioun, 2023, draw the distinction):
+
+- **Storage**: the planted site, where the fact was *written* (the only weights phase 2
+  trained; reverting them to phase 1 puts the fact at chance, ``bench zoo audit``).
+- **Mediation**: the fact's mediation profile (:attr:`PlantedRelation.mediation`, measured by
+  ``bench zoo audit`` on world streams no task uses): per candidate site, how often swapping its
+  output from a render of another planted entity makes the answer that entity's (interchange
+  intervention, Geiger et al., 2021). A fact can depend on sites other than where it was
+  written: on zoo-vlm, "home" is written in ``lm.blocks.1.mlp`` yet ``lm.blocks.3.mlp``, which
+  reads it, flips it as often or more.
+
+Every localization method here measures some effect of activations on the answer (patching,
+gradients, direct effects, decodability); none reads weights. The storage columns ask how well
+that recovers where a fact was written; the mediation columns whether it recovers what the
+answer depends on. Each method's docstring says which question it answers.
+
 Metrics, per example then averaged (ties count as the expected value over random
 tie-breaking):
 
-- ``top1`` ↑ (main): the planted site has the highest score.
+- ``top1`` ↑ (main): the planted (storage) site has the highest score.
 - ``mrr`` ↑: reciprocal rank of the planted site.
 - ``auroc`` ↑: share of the other candidates scored below the planted site
   (the AUROC of planted vs other sites of the same kind).
+- ``mediation_tau`` ↑: Kendall's τ-b (Kendall, 1945; scipy's default variant) between the
+  example's site scores and its relation's mediation profile; 0 when every score ties
+  (τ-b is undefined there; 0 is its expectation under random tie-breaking). Not normalised:
+  the oracle knows the storage site, not the profile.
+- ``mediation_top1`` ↑: the strongest mediator (the profile's highest flip rate) has the
+  highest score; not normalised, as ``mediation_tau``.
 
 Does localization inform editing? (Hase, Bansal, Kim & Ghandeharioun, 2023, "Does
 Localization Inform Editing?"). Per relation, the method's top site (the highest mean
@@ -39,19 +61,20 @@ References: ``random`` scores sites uniformly at random; ``oracle`` scores the p
 site 1 and the others 0 (top-1, MRR and AUROC 1 by construction; its edit figures are those
 of the planted site, no ceiling).
 
-Per-example rows (v1.1). Two kinds of rows, each its own resampling unit:
+Per-example rows (v1.2). Two kinds of rows, each its own resampling unit:
 
 - ``kind="fact"``: one per fact example (unit: the example, id ``<index>:<hash>``; each is
   drawn on its own and scored alone), with ``top1``, ``rr`` (reciprocal rank) and ``auroc`` as
-  :func:`rank_rows` computes them (ties at expectation) and its ``relation``.
+  :func:`rank_rows` computes them (ties at expectation), ``med_tau`` and ``med_top1`` against the
+  mediation profile (:func:`mediation_rows`; NaN where the model carries none) and its ``relation``.
 - ``kind="edit"``: one per fact rewrite of a relation (unit: the rewrite, id ``edit:<hash>`` of
   ``entity|relation|old->new``; each rewrite is edited and scored alone, the model restored in
   between), with ``edit_top`` and ``edit_planted``: that rewrite's edit success (the harmonic
   mean above) at the method's top site for the relation and at the planted site.
 
 Columns that do not apply to a kind are NaN there. :meth:`LocalizationTask.metrics_from_rows`
-computes every metric from the rows: ``top1``, ``mrr``, ``auroc`` are weighted means over the
-fact rows; ``edit_at_top`` / ``edit_at_planted`` the mean over relations of each relation's
+computes every metric from the rows: ``top1``, ``mrr``, ``auroc``, ``mediation_tau``,
+``mediation_top1`` are weighted means over the fact rows; ``edit_at_top`` / ``edit_at_planted`` the mean over relations of each relation's
 weighted mean over its rewrites (the v1.0 definition, figures unchanged); ``edit_ratio`` their
 ratio. Strata (:meth:`LocalizationTask.strata_of`): the fact examples form one stratum (top-1,
 MRR and AUROC are means over examples), the rewrites one per relation (the edit figures average
@@ -110,6 +133,37 @@ def rank_rows(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, tor
     below = (S - 1) - above - ties
     auroc = (below + 0.5 * ties) / max(1, S - 1)
     return {"top1": top1, "rr": rr, "auroc": auroc}
+
+
+def kendall_tau_b(scores_NS: torch.Tensor, profile_S: torch.Tensor) -> torch.Tensor:
+    """Per row ``[N]``: Kendall's τ-b between ``scores_NS[i]`` and ``profile_S`` (ties in either
+    handled as scipy.stats.kendalltau's default); 0 where either side ties everywhere."""
+    s, p = scores_NS.double(), profile_S.double()
+    iu = torch.triu_indices(s.shape[1], s.shape[1], offset=1)
+    ds = torch.sign(s[:, iu[0]] - s[:, iu[1]])  # [N, pairs]
+    dp = torch.sign(p[iu[0]] - p[iu[1]])  # [pairs]
+    num = (ds * dp).sum(1)
+    den = torch.sqrt((ds != 0).sum(1).double() * float((dp != 0).sum()))
+    return torch.where(den > 0, num / torch.where(den > 0, den, 1.0), torch.zeros_like(num))
+
+
+def mediation_rows(scores_NS: torch.Tensor, relations: Sequence[str], cands: Sequence[str],
+                   planted: Sequence[PlantedRelation]) -> dict[str, torch.Tensor]:
+    """Per example ``[N]``: ``med_tau`` (:func:`kendall_tau_b` against its relation's mediation
+    profile over ``cands``) and ``med_top1`` (the strongest mediator scores highest, ties at
+    expectation); NaN for a relation without a profile covering every candidate."""
+    n = scores_NS.shape[0]
+    tau, top = torch.full((n,), float("nan"), dtype=torch.float64), torch.full((n,), float("nan"), dtype=torch.float64)
+    for rel in planted:
+        prof = dict(rel.mediation)
+        rows = torch.tensor([r == rel.relation for r in relations], dtype=torch.bool)
+        if not prof or not all(c in prof for c in cands) or not bool(rows.any()):
+            continue
+        profile_S = torch.tensor([prof[c] for c in cands], dtype=torch.float64)
+        tau[rows] = kendall_tau_b(scores_NS[rows], profile_S)
+        strongest = torch.full((int(rows.sum()),), int(profile_S.argmax()))
+        top[rows] = rank_rows(scores_NS[rows], strongest)["top1"]
+    return {"med_tau": tau, "med_top1": top}
 
 
 def rank_metrics(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, float]:
@@ -362,14 +416,20 @@ _EDIT_MEMO = ProcessMemo(size=256)
 class LocalizationTask(Task):
     spec = TaskSpec(
         name="localization",
-        version="1.1",
+        version="1.2",
         families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="localize",
         main_score="top1",
+        also_ranked=("mediation_tau",),
         metrics=(
             MetricSpec("top1", "higher", "the planted site scores highest (per example)"),
             MetricSpec("mrr", "higher", "reciprocal rank of the planted site"),
             MetricSpec("auroc", "higher", "share of other same-kind sites scored below the planted one"),
+            MetricSpec("mediation_tau", "higher",
+                       "Kendall tau-b of the site scores with the measured mediation profile (interchange)",
+                       normalise=False),
+            MetricSpec("mediation_top1", "higher", "the strongest mediator (interchange) scores highest",
+                       normalise=False),
             MetricSpec("edit_at_top", "higher", "edit success (constrained fine-tune) at the method's top site",
                        normalise=False),
             MetricSpec("edit_at_planted", "higher", "edit success at the planted site", normalise=False),
@@ -426,6 +486,7 @@ class LocalizationTask(Task):
             if not torch.isfinite(scores).all():
                 raise BenchError(f"method {method.name!r} returned NaN or infinite scores")
         ranks = rank_rows(scores, planted_N)
+        med = mediation_rows(scores, ex.relations, cands, model.planted)
         edits = self.informs_editing(model, scores, ex.relations, cands, seed, quick)
         n_e = len(edits)
         nan = [float("nan")]
@@ -436,6 +497,7 @@ class LocalizationTask(Task):
             relation=list(ex.relations) + [r for r, _, _, _ in edits],
             top1=ranks["top1"].tolist() + nan * n_e, rr=ranks["rr"].tolist() + nan * n_e,
             auroc=ranks["auroc"].tolist() + nan * n_e,
+            med_tau=med["med_tau"].tolist() + nan * n_e, med_top1=med["med_top1"].tolist() + nan * n_e,
             edit_top=nan * n + [t for _, _, t, _ in edits], edit_planted=nan * n + [p for _, _, _, p in edits])
         return self.result(rows)
 
@@ -497,10 +559,13 @@ class LocalizationTask(Task):
         return np.asarray(rows["rr"], dtype=np.float64)
 
     def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
-        """``top1``, ``mrr``, ``auroc``: weighted means over the fact rows. ``edit_at_top`` /
+        """``top1``, ``mrr``, ``auroc``, ``mediation_tau``, ``mediation_top1``: weighted means over the fact rows. ``edit_at_top`` /
         ``edit_at_planted``: per relation, the weighted mean success over its rewrite rows, then
         the mean over relations; ``edit_ratio``: their ratio (NaN where ``edit_at_planted`` is 0)."""
         out = {"top1": wmean(rows["top1"], w_BN), "mrr": wmean(rows["rr"], w_BN), "auroc": wmean(rows["auroc"], w_BN)}
+        # rows of an older version (v1.1) carry no mediation columns
+        for name, col in (("mediation_tau", "med_tau"), ("mediation_top1", "med_top1")):
+            out[name] = wmean(rows[col], w_BN) if col in rows else np.full(len(w_BN), np.nan)
         edit = rows["kind"] == "edit"
         rels = sorted(set(rows["relation"][edit].tolist()))
         for name, col in (("edit_at_top", "edit_top"), ("edit_at_planted", "edit_planted")):

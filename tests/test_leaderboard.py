@@ -206,7 +206,7 @@ def test_json_and_csv_columns(tmp_path):
     data = json.loads(render(rows, "json"))
     keys = ["task", "task_version", "model", "method", "metric", "mean", "ci_low", "ci_high", "n",
             "direction", "normalised", "is_main", "rank_group", "rank_stability", "n_examples", "interval",
-            "p_value", "runner_up", "margin", "margin_low", "margin_high", "mde"]
+            "p_value", "runner_up", "margin", "margin_low", "margin_high", "mde", "headline", "answers"]
     assert [list(d) for d in data] == [keys]
     assert data[0]["mean"] == 0.4 and data[0]["normalised"] is None and data[0]["is_main"] is True
     assert data[0]["rank_group"] == 1 and data[0]["rank_stability"] is None  # one method: nothing to rank against

@@ -88,6 +88,8 @@ def test_editing_metrics_from_rows_by_hand():
     for p in ("", "batch_", "concept_"):
         want[f"{p}score"] = tuple(hm(*(want[f"{p}{k}"][b] for k in ("efficacy", "generalization", "specificity")))
                                   for b in range(2))
+    # rows of v1.1 carry no mediation columns: those metrics are NaN, the others unchanged
+    assert np.isnan(m.pop("mediation_tau")).all() and np.isnan(m.pop("mediation_top1")).all()
     assert m.keys() == want.keys()
     for k, (w0, w1) in want.items():
         assert math.isclose(m[k][0], w0, abs_tol=1e-12) and math.isclose(m[k][1], w1, abs_tol=1e-12), k
@@ -116,7 +118,11 @@ def test_localization_rows_give_the_stored_metrics_and_the_oracle_reaches_best(z
     q = task.example_quality(rows)
     assert (q[fact] == 1).all() and np.isnan(q[edit]).all()
     _oracle_reaches_best(task, res)
-    assert {m.name for m in task.spec.metrics if not m.normalise} == {"edit_at_top", "edit_at_planted", "edit_ratio"}
+    assert {m.name for m in task.spec.metrics if not m.normalise} == {"edit_at_top", "edit_at_planted", "edit_ratio",
+                                                                      "mediation_tau", "mediation_top1"}
+    # zoo-clip is audited: every fact row is scored against its relation's mediation profile too
+    assert all(len(r.mediation) == 4 for r in zoo_clip.planted)
+    assert not np.isnan(rows["med_tau"][fact]).any() and np.isnan(rows["med_tau"][edit]).all()
 
 
 def test_localization_rows_of_a_real_method(zoo_clip):
@@ -140,6 +146,8 @@ def test_localization_metrics_from_rows_by_hand():
     want = {"top1": (2.5 / 3, 1.5 / 3), "mrr": (2.75 / 3, 2.25 / 3), "auroc": ((2 + 5 / 6) / 3, 2.5 / 3),
             "edit_at_top": (0.45, (0.4 + 0.75) / 2), "edit_at_planted": (0.5, (0.6 + 0.5) / 2)}
     want["edit_ratio"] = tuple(want["edit_at_top"][b] / want["edit_at_planted"][b] for b in range(2))
+    # rows of v1.1 carry no mediation columns: those metrics are NaN, the others unchanged
+    assert np.isnan(m.pop("mediation_tau")).all() and np.isnan(m.pop("mediation_top1")).all()
     assert m.keys() == want.keys()
     for k, (w0, w1) in want.items():
         assert math.isclose(m[k][0], w0, abs_tol=1e-12) and math.isclose(m[k][1], w1, abs_tol=1e-12), k

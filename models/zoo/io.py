@@ -20,14 +20,21 @@ def sha256_file(path: Path) -> str:
 
 
 def records_hash(meta: dict[str, Any]) -> str:
-    """What results on a zoo model are keyed by: its weights' sha256, and for a model whose metadata
+    """What results on a zoo model are keyed by: its weights' sha256; for a model whose metadata
     ships sampling settings (``scheduler``: zoo-diffusion's guidance scale and DDIM steps) a digest
-    of those too, ``<sha256>+sampling-<digest8>``: the same weights sampled otherwise give other figures."""
-    sha = str(meta["sha256"])
+    of those too, ``+sampling-<digest8>``: the same weights sampled otherwise give other figures;
+    and for an audited model (``bench zoo audit --write``) a digest of the mediation profiles the
+    localization task scores against, ``+audit-<digest8>``: a re-audit that moves them re-runs
+    what depends on them."""
+    out = str(meta["sha256"])
     sched = meta.get("scheduler")
-    if not sched:
-        return sha
-    return f"{sha}+sampling-{hashlib.sha256(json.dumps(sched, sort_keys=True).encode()).hexdigest()[:8]}"
+    if sched:
+        out += f"+sampling-{hashlib.sha256(json.dumps(sched, sort_keys=True).encode()).hexdigest()[:8]}"
+    profiles = {rel: {site: r["rate"] for site, r in a.get("mediation", {}).items()}
+                for rel, a in meta.get("audit", {}).get("relations", {}).items()}
+    if profiles:
+        out += f"+audit-{hashlib.sha256(json.dumps(profiles, sort_keys=True).encode()).hexdigest()[:8]}"
+    return out
 
 
 def save_weights(name: str, state: dict[str, torch.Tensor], weights_dir: Path, **meta: Any) -> Path:

@@ -78,7 +78,7 @@ def train(name: str, out: Path | None = None, steps: int | None = None, phase2_o
     else:
         path = e.impl().zoo_train(name, out, steps, _log)
     e.impl().zoo_card(name, out, CARDS_DIR if out == WEIGHTS_DIR else out)
-    _log(f"wrote {path}")
+    _log(f"wrote {path}; its figures changed, so re-measure the planted facts: `bench zoo audit {name} --write`")
     return path
 
 
@@ -87,7 +87,13 @@ def write_card(name: str, weights_dir: Path = WEIGHTS_DIR, cards_dir: Path = CAR
     e = entry(name)
     if not (weights_dir / f"{name}.json").exists():
         raise BenchError(f"no shipped weights for {name!r}; run `bench zoo train {name}`")
-    return e.impl().zoo_card(name, weights_dir, cards_dir)
+    path = e.impl().zoo_card(name, weights_dir, cards_dir)
+    meta = json.loads((weights_dir / f"{name}.json").read_text())
+    if meta.get("audit"):  # the card's audit section comes from the sidecar too
+        from models.zoo.audit import markdown, with_section
+
+        path.write_text(with_section(path.read_text(), markdown(name, meta["audit"])))
+    return path
 
 
 def listing() -> list[dict[str, str]]:
@@ -120,8 +126,64 @@ def verify(name: str | None = None, quality: bool = True, tolerance: float = 0.0
         print(f"{n}: sha256 {'ok' if good else 'MISMATCH'} ({digest[:16]}…)")
         ok &= good
         if quality:
-            for k, v, rec in ZOO[n].impl().zoo_remeasure(n, meta, WEIGHTS_DIR):
+            for k, v, rec in [*ZOO[n].impl().zoo_remeasure(n, meta, WEIGHTS_DIR), *audit_remeasure(n, meta)]:
                 fine = abs(v - rec) <= tolerance
                 print(f"{n}: {k} {v:.3f} (recorded {rec:.3f}) {'ok' if fine else 'MOVED'}")
                 ok &= fine
     return ok
+
+
+def _load_wrapped(name: str):  # type: ignore[no-untyped-def]
+    from bench.registry import MODELS
+
+    e = entry(name)
+    if name not in MODELS:
+        raise BenchError(f"{e.name} is not a benchmark model (it carries no planted facts to audit)")
+    return MODELS.get(name)()
+
+
+def audit_zoo(name: str, n: int = 128, write: bool = False, weights_dir: Path = WEIGHTS_DIR,
+              cards_dir: Path = CARDS_DIR) -> dict:  # type: ignore[type-arg]
+    """``bench zoo audit``: :func:`models.zoo.audit.audit` on the shipped model; ``write`` records it
+    in the sidecar (``audit``) and the card's audit section. Returns the sidecar's ``audit`` dict."""
+    from models.zoo.audit import audit, markdown, with_section
+
+    if n < 8:
+        raise BenchError("--n must be at least 8")
+    model = _load_wrapped(name)
+    if not model.planted:
+        raise BenchError(f"{name} carries no planted facts to audit")
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=f"audit {name}", total=None, disable=None, file=sys.stderr) as bar:
+        def say(msg: str) -> None:
+            bar.set_postfix_str(msg)
+            bar.update(1)
+        report = audit(model, n, progress=say)
+    found = report.json()
+    if write:
+        meta_path = weights_dir / f"{name}.json"
+        meta = json.loads(meta_path.read_text())
+        meta["audit"] = found
+        meta_path.write_text(json.dumps(meta, indent=2, default=str))
+        card = cards_dir / f"{name}.md"
+        if card.exists():
+            card.write_text(with_section(card.read_text(), markdown(name, found)))
+    return found
+
+
+def audit_remeasure(name: str, meta: dict) -> list[tuple[str, float, float]]:  # type: ignore[type-arg]
+    """The recorded audit's storage and collateral figures (the revert test, the unplanted
+    entities) re-measured: ``[(figure, measured, recorded)]``; empty for a model never audited."""
+    from models.zoo.audit import storage_only
+
+    rec = meta.get("audit")
+    if not rec:
+        return []
+    found = storage_only(_load_wrapped(name), int(rec["n"]))
+    out = []
+    for rel, v in rec["relations"].items():
+        for part in ("recall", "unplanted"):
+            for k, r in v[part].items():
+                out.append((f"audit {rel} {part} {k}", found[rel][part][k].rate, float(r["rate"])))
+    return out
