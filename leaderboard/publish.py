@@ -164,6 +164,10 @@ method) cells. This folder is generated: do not edit it by hand.
   over the comparisons, alpha 0.05); `1=` marks a group of several. Two methods in different groups
   differ beyond chance even when their intervals overlap (pairing removes the examples' shared
   difficulty); two methods in one group may still differ, by less than the table can detect.
+  Localization has two ground truths, so two ranks: `rank` on the planted (storage) site's top-1,
+  `rank (mediation_tau)` on agreement with the measured mediation profile (`bench zoo audit`), each
+  with its own line under the table. Its **`answers`** column says what each method's scores measure
+  (mediation, a direct effect, decodability): none reads weights, so none measures storage directly.
 - **The line under a table** gives the leader's margin over the runner-up with its paired interval,
   how often the leader stays first over the paired resamples, and the table's **minimum detectable
   difference** (alpha 0.05, power 0.8): a smaller difference between two methods would most likely go

@@ -25,28 +25,83 @@ large *negative* attribution on the target object — ``target="similarity"``
 keeps that variant available.) Deletion and insertion curves follow the target's
 probability among the same captions (the "class probability" of RISE, Petsiuk et
 al., 2018). All metrics are computed per example and averaged: each cell returns one row per
-scene (its resampling unit) with the five per-example values, and
+scene (its resampling unit) with every per-example value, and
 :meth:`AttributionTask.metrics_from_rows` averages them (v1.2: metrics from rows; deletion and
 insertion AUC are no longer normalised, since the mask is no optimal perturbation order and a
 method can beat the oracle there).
 
+v1.3 (issue 20, item 5: an independent recomputation with Quantus 0.6.0 found three metrics that
+graded unfairly):
+
+- The randomisation check compared *signed* maps, scored "lower is better", so a map that
+  anticorrelates with the randomised model's map earned credit (on zoo-clip integrated gradients
+  and occlusion sat at −0.04 / −0.02, and at 0.45 / 0.46 on absolute maps). Adebayo et al. (2018)
+  and Quantus' ``ModelParameterRandomisation`` compare absolute maps: the main randomisation
+  columns are now ``randomization_spearman_abs`` and ``randomization_ssim``; the signed
+  ``randomization_corr`` stays as a secondary column.
+- Deletion filled removed patches with black, which is integrated gradients' baseline, and
+  occlusion's map *is* the black-patch drop on the same grid: deletion partly graded occlusion
+  against its own objective. ROAD (Rong et al., 2022, "A consistent and efficient evaluation
+  strategy for attribution methods", ICML) removes pixels by noisy linear imputation, which is no
+  method's baseline: ``road_deletion_auc`` is the leaderboard's main deletion column (listed
+  before the black-fill one) and ``road_insertion_auc`` its companion; the black-fill
+  ``deletion_auc`` and the blur ``insertion_auc`` stay as secondary columns, comparable with
+  RISE-style figures.
+- The pointing game credited the share of tied maxima inside the mask; the standard one
+  (Zhang et al., 2018; Quantus' ``PointingGame``) counts a hit if any maximum is inside. Ours is
+  kept as the main score, named the "expected tie credit" pointing game, and the standard one is
+  reported beside it as ``pointing_game_any``.
+
 Metrics (maps are compared at pixel resolution; patch-level maps are upsampled):
 
-- ``pointing_game`` ↑ (Zhang et al., 2016, "Top-down neural attention by excitation
-  backprop"): 1 if the map's maximum lies inside the mask. Ties are broken
-  uniformly at random *in expectation*: the score is the fraction of the maximal
-  pixels that lie inside the mask. No tolerance margin (the objects are small).
+- ``pointing_game`` ↑, main score, the "expected tie credit" pointing game (Zhang et al.,
+  2016, "Top-down neural attention by excitation backprop"): 1 if the map's maximum lies inside
+  the mask. Ties are broken uniformly at random *in expectation*: the score is the fraction of
+  the maximal pixels that lie inside the mask. No tolerance margin (the objects are small).
+- ``pointing_game_any`` ↑ (the standard pointing game, Zhang et al., 2018, IJCV; Quantus'
+  ``PointingGame``): 1 if *any* maximal pixel lies inside the mask. Equal to the above when the
+  maximum is unique; a constant map scores 1 whenever the mask is non-empty.
 - ``mass_in_mask`` ↑ (the "energy-based pointing game" of Score-CAM, Wang et al.,
   2020): positive attribution inside the mask divided by all positive attribution.
-- ``deletion_auc`` ↓ and ``insertion_auc`` ↑ (Petsiuk et al., 2018, RISE): patches
+- ``road_deletion_auc`` ↓ (main deletion column) and ``road_insertion_auc`` ↑, not normalised
+  (ROAD, Rong et al., 2022): patches are removed in decreasing (MoRF) / increasing (LeRF, the
+  reversed order) order of the map summed per patch, on the same step ladder as below; a
+  removed pixel is replaced by ROAD's linear imputation — the weighted average of its 8
+  in-image neighbours (weights 1/6 direct, 1/12 diagonal, as ROAD's reference
+  ``NoisyLinearImputer``), removed ones included, i.e. the exact solution of a linear system,
+  solved anew at every step (the imputation depends on the removed set; one banded Cholesky
+  solve per image for all channels, :func:`linear_impute_batch`) — plus Gaussian noise of standard deviation 0.01 (the pixel range is 1) on the removed pixels, seeded
+  by (seed, example hash). With every patch removed nothing is known: the image becomes its
+  per-channel mean. Area under the probability-vs-fraction curve as below: a MoRF curve that
+  falls fast is good (lower), a LeRF curve that stays high is good (higher).
+- ``deletion_auc`` ↓ and ``insertion_auc`` ↑, secondary (Petsiuk et al., 2018, RISE): patches
   are removed (set to black) / inserted (into a blurred copy of the image) in
   decreasing order of the map summed per patch, ``steps`` patches-groups at a time;
-  the area under the probability-vs-fraction curve (trapezoid rule on [0, 1]).
-  Every step of every example is scored in a few batched forward passes.
-- ``randomization_corr`` ↓, not normalised (Adebayo et al., 2018, "Sanity checks for
-  saliency maps", full model randomisation): Spearman rank correlation between the
-  patch-level maps computed on the trained model and on a freshly initialised copy.
-  A map that ignores the model (random, oracle) scores 1 by construction.
+  the area under the probability-vs-fraction curve (trapezoid rule on [0, 1]). Black is
+  integrated gradients' baseline and occlusion's own fill: read these with that in mind.
+
+All four curves share one step ladder: ``steps`` = 8 (step s removes or inserts the first
+round(s·P/8) patches, 8 of the 64 patches of an 8 × 8 grid per step; 9 points per curve, the
+resolution of ROAD's own protocol, which reports nine removal fractions; v1.2's two curves had 16
+steps, so its black and blur AUCs are on a finer ladder and differ slightly).
+Every distinct image of every example is scored once, in one batched pass: the unperturbed image
+(the first point of the black and both ROAD curves, the last of the insertion curve) and the
+fully imputed one (the last point of both ROAD curves) are each scored once, so the four curves
+cost 4·steps forward rows per example, fewer than v1.2's 2·(16 + 1) for two.
+- ``randomization_spearman_abs`` ↓ and ``randomization_ssim`` ↓, not normalised (Adebayo et
+  al., 2018, "Sanity checks for saliency maps", full model randomisation; as Quantus'
+  ``ModelParameterRandomisation``), on the ``sanity_examples`` first rows: the same method's
+  map on a freshly initialised copy of the model is compared with its map on the trained model.
+  Spearman: rank correlation of the patch-pooled *absolute* maps (constant maps: 1 if equal,
+  else 0). SSIM (Wang et al., 2004): of the two absolute maps at pixel resolution (patch-level
+  maps upsampled by nearest neighbour, as above), each divided by its own maximum (an all-zero
+  map stays zero); K1 = 0.01, K2 = 0.03, L = 1, a uniform 7 × 7 window over the valid positions,
+  sample covariances (scikit-image's ``structural_similarity`` defaults). A map that depends on
+  the model changes when the model is randomised: lower is better. A map that ignores the model
+  (random, oracle) scores 1 on both by construction.
+- ``randomization_corr`` ↓, secondary: the signed Spearman correlation of the patch-pooled
+  maps (v1.2's check). It rewards a map that *anticorrelates* with its randomised counterpart,
+  which says nothing about sensitivity to the model: kept only for comparison with v1.2.
 
 Real data (``--data masks=instances.json``, object masks as in COCO, Lin et al., 2014;
 fields in :func:`bench.realdata.load_masks`): each row is an example, in file order, up to
@@ -64,6 +119,7 @@ Diffusion models are not supported with data (the task explains their own sample
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +127,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
 
 from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
@@ -91,7 +146,9 @@ class AttributionConfig:
     # every diffusion row is scored through the denoiser (4 prompts × draws per evaluation): the
     # quick profile keeps fewer of them
     quick_diffusion_examples: int = 16
-    steps: int = 16  # deletion/insertion curve has steps + 1 points
+    # the step ladder of all four deletion/insertion curves (black, blur, ROAD MoRF and LeRF),
+    # steps + 1 points each (v1.2: 16 steps for the two it had)
+    steps: int = 8
     blur_kernel: int = 7
     sanity_examples: int = 16
     world_seed: int = 0
@@ -143,6 +200,14 @@ def pointing_game(maps_BHW: torch.Tensor, masks_BHW: torch.Tensor) -> torch.Tens
     return (top & inside).sum(1).float() / top.sum(1).float()
 
 
+def pointing_game_any(maps_BHW: torch.Tensor, masks_BHW: torch.Tensor) -> torch.Tensor:
+    """The standard pointing game (Zhang et al., 2018; Quantus' ``PointingGame``): 1 if *any* of
+    the map's maximal pixels lies inside the mask, else 0, per example."""
+    flat = maps_BHW.flatten(1).float()
+    top = flat == flat.max(dim=1, keepdim=True).values
+    return (top & masks_BHW.flatten(1)).any(1).float()
+
+
 def mass_in_mask(maps_BHW: torch.Tensor, masks_BHW: torch.Tensor) -> torch.Tensor:
     """Share of positive attribution inside the mask, per example (0 if nothing is positive)."""
     pos = maps_BHW.flatten(1).float().clamp(min=0)
@@ -180,7 +245,137 @@ def perturbation_batch(
     return pixels_BCHW[:, None] * (1 - m) + fill_BCHW[:, None] * m
 
 
+# ROAD's neighbour weights (Rong et al., 2022, reference NoisyLinearImputer): 1/6 for the four
+# direct neighbours, 1/12 for the four diagonal ones
+ROAD_NEIGHBOURS = ((-1, 0, 1 / 6), (1, 0, 1 / 6), (0, -1, 1 / 6), (0, 1, 1 / 6),
+                   (-1, -1, 1 / 12), (-1, 1, 1 / 12), (1, -1, 1 / 12), (1, 1, 1 / 12))
+
+
+def _one_blas_thread() -> Any:
+    """A context in which BLAS/LAPACK run on one thread (the cells already fix torch's threads; a
+    small banded solve on several threads mostly waits for them)."""
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _neighbour_sums(x_NCHW: np.ndarray) -> np.ndarray:
+    """``Σ_j w_j x_j`` over each pixel's in-image neighbours, with ROAD's weights (a 3 × 3
+    convolution with zero padding, in float64)."""
+    N, C, H, W = x_NCHW.shape
+    k = torch.zeros(1, 1, 3, 3, dtype=torch.float64)
+    for dr, dc, w in ROAD_NEIGHBOURS:
+        k[0, 0, 1 + dr, 1 + dc] = w
+    x = torch.from_numpy(np.ascontiguousarray(x_NCHW, dtype=np.float64)).reshape(N * C, 1, H, W)
+    return F.conv2d(x, k, padding=1).reshape(N, C, H, W).numpy()
+
+
+def linear_impute_batch(images_NCHW: np.ndarray, removed_NHW: np.ndarray) -> np.ndarray:
+    """ROAD's linear imputation of each image: every removed pixel equals the weighted average
+    (ROAD's weights) of its in-image neighbours, removed or not; the kept pixels are unchanged.
+    That is the linear system ``(D − W)[R, R] x_R = W[R, K] v_K`` (``W`` the neighbour weights,
+    ``D`` their row sums, ``R``/``K`` the removed/kept pixels), solved exactly for all channels at
+    once. It is symmetric positive definite and, in raster order, banded (half-bandwidth W + 1),
+    so each image is one banded Cholesky solve (LAPACK ``pbsv``, single-threaded: about 0.5 ms
+    for a 32 px image) instead of a general sparse LU. With every pixel removed the system is
+    singular: the image becomes its per-channel mean."""
+    N, C, H, W = images_NCHW.shape
+    out = images_NCHW.astype(np.float64)  # a copy
+    flat = out.reshape(N, C, H * W)
+    kept = (~removed_NHW)[:, None].astype(np.float64)
+    rhs = _neighbour_sums(out * kept).reshape(N, C, H * W)  # W[:, K] v_K for every pixel
+    deg = _neighbour_sums(np.ones((1, 1, H, W))).reshape(-1)
+    r, c = np.divmod(np.arange(H * W), W)
+    # the neighbours later in raster order (the upper triangle): raster offset, weight, in-image
+    later = ((1, 1 / 6, c < W - 1), (W - 1, 1 / 12, (r < H - 1) & (c > 0)), (W, 1 / 6, r < H - 1),
+             (W + 1, 1 / 12, (r < H - 1) & (c < W - 1)))
+    from scipy.linalg.lapack import dpbsv
+
+    kd = W + 1
+    pos = np.empty(H * W, dtype=np.int64)
+    with _one_blas_thread():
+        for n in range(N):
+            rem = removed_NHW[n].reshape(-1)
+            if not rem.any():
+                continue
+            if rem.all():
+                flat[n] = flat[n].mean(1, keepdims=True)
+                continue
+            R = np.flatnonzero(rem)
+            pos[R] = np.arange(len(R))
+            ab = np.zeros((kd + 1, len(R)))  # upper banded storage: ab[kd + i - j, j] = A[i, j]
+            ab[kd] = deg[R]
+            for d, w, inside in later:
+                i = R[inside[R]]
+                i = i[rem[i + d]]
+                ab[kd + pos[i] - pos[i + d], pos[i + d]] = -w
+            _, x, info = dpbsv(ab, rhs[n][:, R].T, lower=0, overwrite_ab=1)
+            if info:
+                raise BenchError(f"ROAD imputation: banded Cholesky failed (info {info})")
+            flat[n][:, R] = x.T
+    return out
+
+
+def linear_impute(image_CHW: np.ndarray, removed_HW: np.ndarray) -> np.ndarray:
+    """:func:`linear_impute_batch` of one image."""
+    return linear_impute_batch(image_CHW[None], np.asarray(removed_HW, dtype=bool)[None])[0]
+
+
+def road_batch(pixels_BCHW: torch.Tensor, order_BP: torch.Tensor, grid: tuple[int, int], steps: int,
+               noise_seeds: list[Any], noise: float = 0.01) -> torch.Tensor:
+    """Images ``[B, steps + 1, C, H, W]`` in which the first ``round(s·P/steps)`` patches of
+    ``order`` are removed by ROAD's noisy linear imputation (:func:`linear_impute_batch` plus
+    Gaussian noise of standard deviation ``noise`` × the pixel range, 1, on the imputed pixels only,
+    drawn from ``noise_seeds[b]`` per example, the same draw for every order). The imputation
+    depends on the removed set, so every step is solved on its own."""
+    B, C, H, W = pixels_BCHW.shape
+    # which pixels each step removes: perturbation_batch's mask, with 1 as the fill
+    removed_BSHW = perturbation_batch(torch.zeros(B, 1, H, W), torch.ones(B, 1, H, W), order_BP, grid,
+                                      steps)[:, :, 0].numpy() > 0.5
+    px = np.repeat(pixels_BCHW.double().numpy()[:, None], steps + 1, axis=1)
+    out = linear_impute_batch(px.reshape(B * (steps + 1), C, H, W),
+                              removed_BSHW.reshape(B * (steps + 1), H, W)).reshape(px.shape)
+    for b in range(B):
+        eps = np.random.default_rng(noise_seeds[b]).standard_normal((steps + 1, C, H, W))
+        out[b] += noise * eps * removed_BSHW[b][:, None]
+    return torch.from_numpy(out).to(pixels_BCHW.dtype)
+
+
+def _box_filter(x_BHW: np.ndarray, k: int) -> np.ndarray:
+    """Mean over every ``k × k`` window that fits inside the image (valid positions)."""
+    c = np.cumsum(np.cumsum(np.pad(x_BHW, ((0, 0), (1, 0), (1, 0))), 1), 2)
+    return (c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k]) / (k * k)
+
+
+def ssim_per_example(a_BHW: torch.Tensor, b_BHW: torch.Tensor, win: int = 7) -> torch.Tensor:
+    """Mean SSIM (Wang et al., 2004) of each pair of maps in [0, 1]: K1 = 0.01, K2 = 0.03, data
+    range L = 1, a uniform ``win × win`` window (7, or the largest odd size that fits) over
+    the valid positions, sample covariances — scikit-image's ``structural_similarity`` defaults."""
+    a, b = a_BHW.double().numpy(), b_BHW.double().numpy()
+    k = min(win, a.shape[-1], a.shape[-2])
+    k -= 1 - k % 2
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ma, mb = _box_filter(a, k), _box_filter(b, k)
+    cov = k * k / (k * k - 1) if k > 1 else 1.0
+    va = cov * (_box_filter(a * a, k) - ma * ma)
+    vb = cov * (_box_filter(b * b, k) - mb * mb)
+    vab = cov * (_box_filter(a * b, k) - ma * mb)
+    s = ((2 * ma * mb + c1) * (2 * vab + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2))
+    return torch.from_numpy(s.mean(axis=(1, 2)))
+
+
+def max_normalised_abs(maps_BHW: torch.Tensor) -> torch.Tensor:
+    """``|map|`` divided by its own maximum (an all-zero map stays zero)."""
+    a = maps_BHW.abs().double()
+    top = a.flatten(1).max(1).values[:, None, None]
+    return torch.where(top > 0, a / top.clamp(min=1e-300), torch.zeros_like(a))
+
+
 def spearman_per_example(a_BP: torch.Tensor, b_BP: torch.Tensor) -> torch.Tensor:
+    from scipy.stats import spearmanr  # here: importing scipy.stats costs the leaderboard ~1.5 s
+
     out = []
     for x, y in zip(a_BP.numpy(), b_BP.numpy()):
         if np.all(x == x[0]) or np.all(y == y[0]):
@@ -197,20 +392,34 @@ _DIFFUSION_EXAMPLES = ProcessMemo(size=2)
 class AttributionTask(Task):
     spec = TaskSpec(
         name="attribution",
-        version="1.2",
+        version="1.3",
         families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="attribute",
         main_score="pointing_game",
         metrics=(
-            MetricSpec("pointing_game", "higher", "maximum of the map inside the object's mask"),
+            MetricSpec("pointing_game", "higher",
+                       "maximum of the map inside the object's mask (expected tie credit)"),
+            MetricSpec("pointing_game_any", "higher",
+                       "any maximal pixel inside the object's mask (standard pointing game)"),
             MetricSpec("mass_in_mask", "higher", "share of positive attribution inside the mask"),
-            # the mask is no optimal deletion/insertion order (a method can beat the oracle): not normalised
-            MetricSpec("deletion_auc", "lower", "AUC of target probability as top patches are deleted",
+            # the mask is no optimal deletion/insertion order (a method can beat the oracle): not normalised.
+            # ROAD's imputation is nobody's baseline: the main deletion/insertion columns
+            MetricSpec("road_deletion_auc", "lower",
+                       "AUC of target probability as top patches are imputed (ROAD, MoRF; main deletion column)",
                        normalise=False),
-            MetricSpec("insertion_auc", "higher", "AUC of target probability as top patches are inserted",
+            MetricSpec("road_insertion_auc", "higher",
+                       "AUC of target probability as bottom patches are imputed (ROAD, LeRF)", normalise=False),
+            MetricSpec("deletion_auc", "lower", "AUC of target probability as top patches are blacked out",
                        normalise=False),
+            MetricSpec("insertion_auc", "higher", "AUC of target probability as top patches are inserted into a blur",
+                       normalise=False),
+            MetricSpec("randomization_spearman_abs", "lower",
+                       "rank correlation of |maps| on trained vs re-initialised model", normalise=False),
+            MetricSpec("randomization_ssim", "lower",
+                       "SSIM of max-normalised |maps| on trained vs re-initialised model", normalise=False),
             MetricSpec("randomization_corr", "lower",
-                       "rank correlation of maps on trained vs re-initialised model", normalise=False),
+                       "signed rank correlation of maps on trained vs re-initialised model (rewards anticorrelation)",
+                       normalise=False),
         ),
     )
 
@@ -448,21 +657,35 @@ class AttributionTask(Task):
               grid: tuple[int, int], seed: int = 0) -> dict[str, torch.Tensor]:
         size = ex.pixels_BCHW.shape[-1]
         px = upsample_to(maps, size)
-        out = {"pointing_game": pointing_game(px, ex.masks_BHW), "mass_in_mask": mass_in_mask(px, ex.masks_BHW)}
+        out = {"pointing_game": pointing_game(px, ex.masks_BHW), "pointing_game_any": pointing_game_any(px, ex.masks_BHW),
+               "mass_in_mask": mass_in_mask(px, ex.masks_BHW)}
         order = patch_order(maps, grid)
         prob = self.target_probability(model, ex, seed)
         B = ex.pixels_BCHW.shape[0]
         S = self.config.steps
-        idx = torch.arange(B).repeat_interleave(S + 1)
-        black = torch.zeros_like(ex.pixels_BCHW)
-        blurred = box_blur(ex.pixels_BCHW, self.config.blur_kernel)
-        dele = perturbation_batch(ex.pixels_BCHW, black, order, grid, S).flatten(0, 1)
-        ins = perturbation_batch(blurred, ex.pixels_BCHW, order, grid, S).flatten(0, 1)
+        pixels = ex.pixels_BCHW
+        blurred = box_blur(pixels, self.config.blur_kernel)
+        dele = perturbation_batch(pixels, torch.zeros_like(pixels), order, grid, S)
+        ins = perturbation_batch(blurred, pixels, order, grid, S)
+        # ROAD: MoRF removes the most relevant patches first, LeRF the least relevant (the reversed order)
+        seeds = [[seed, 17, int(h, 16)] for h in ex.hashes]  # the same example draws the same noise
+        morf = road_batch(pixels, order, grid, S, seeds)
+        lerf = road_batch(pixels, order.flip(1), grid, S, seeds)
+        # Every image is scored once, in one batched pass: the unperturbed image starts the black
+        # and both ROAD curves and ends the insertion one (each of them is exactly the image), and
+        # with every patch removed MoRF and LeRF show the same image (the mean plus the same noise).
+        parts = [pixels[:, None], dele[:, 1:], ins[:, :S], morf[:, 1:], lerf[:, 1:S]]
+        sizes = [p.shape[1] for p in parts]
+        images = torch.cat(parts, 1).flatten(0, 1)  # [B · 4S, C, H, W], example-major
+        idx = torch.arange(B).repeat_interleave(sum(sizes))
         # a diffusion row is scored as 4 prompts × draws denoiser passes: keep a chunk near 256 passes
         per_row = len(SHAPES) * self.config.diffusion_draws if isinstance(model, DiffusionModel) else 1
-        req = AttributionRequest(ex.pixels_BCHW, prob, grid, batch_size=max(1, 256 // per_row))
-        out["deletion_auc"] = curve_auc(req.score_all(dele, idx).view(B, S + 1))
-        out["insertion_auc"] = curve_auc(req.score_all(ins, idx).view(B, S + 1))
+        req = AttributionRequest(pixels, prob, grid, batch_size=max(1, 256 // per_row))
+        p0, p_del, p_ins, p_morf, p_lerf = req.score_all(images, idx).view(B, -1).split(sizes, 1)
+        out["deletion_auc"] = curve_auc(torch.cat([p0, p_del], 1))
+        out["insertion_auc"] = curve_auc(torch.cat([p_ins, p0], 1))
+        out["road_deletion_auc"] = curve_auc(torch.cat([p0, p_morf], 1))
+        out["road_insertion_auc"] = curve_auc(torch.cat([p0, p_lerf, p_morf[:, -1:]], 1))
         return out
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
@@ -482,16 +705,24 @@ class AttributionTask(Task):
         rand_model.batch_size = model.batch_size
         torch.manual_seed(seed)
         rmaps = self.maps_for(method, rand_model, self.request(rand_model, sub, seed), sub, seed)
-        corr = spearman_per_example(patch_pool(maps[:k], req.grid).flatten(1),
-                                    patch_pool(rmaps, req.grid).flatten(1)).double()
-        sanity = torch.full((len(ex.hashes),), float("nan"), dtype=torch.float64)
-        sanity[:k] = corr
+        pooled, rpooled = patch_pool(maps[:k], req.grid).flatten(1), patch_pool(rmaps, req.grid).flatten(1)
+        size = ex.pixels_BCHW.shape[-1]
+        sanity = {
+            "randomization_spearman_abs": spearman_per_example(patch_pool(maps[:k].abs(), req.grid).flatten(1),
+                                                               patch_pool(rmaps.abs(), req.grid).flatten(1)),
+            "randomization_ssim": ssim_per_example(max_normalised_abs(upsample_to(maps[:k], size)),
+                                                   max_normalised_abs(upsample_to(rmaps, size))),
+            "randomization_corr": spearman_per_example(pooled, rpooled),
+        }
+        cols = {}
+        for name, v in sanity.items():
+            cols[name] = torch.full((len(ex.hashes),), float("nan"), dtype=torch.float64)
+            cols[name][:k] = v.double()
         rows = make_rows(example=[f"{i:04d}:{h}" for i, h in enumerate(ex.hashes)], hash=ex.hashes,
-                         **{name: v for name, v in per_ex.items()}, randomization_corr=sanity)
+                         **{name: v for name, v in per_ex.items()}, **cols)
         return self.result(rows, {"maps": maps, "captions": ex.captions})
 
     def metrics_from_rows(self, rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
-        """Each metric is the weighted mean of its per-example column (``randomization_corr`` over
-        the ``sanity_examples`` rows that carry it)."""
-        return {name: wmean(rows[name], w_BN) for name in
-                ("pointing_game", "mass_in_mask", "deletion_auc", "insertion_auc", "randomization_corr")}
+        """Each metric is the weighted mean of its per-example column (the three randomisation
+        columns over the ``sanity_examples`` rows that carry them)."""
+        return {m.name: wmean(rows[m.name], w_BN) for m in self.spec.metrics}

@@ -108,6 +108,7 @@ def test_random_is_chance_and_oracle_is_ceiling(zoo_clip):
         orac.append(task.run(zoo_clip, OracleReference(), seed, quick=True).metrics)
         area.append(float(task.examples(zoo_clip, seed, task.config.quick_examples).masks_BHW.float().mean()))
     chance = float(np.mean(area))
+    assert all(m["pointing_game_any"] == 1.0 for m in orac)
     for metric in ("pointing_game", "mass_in_mask"):
         r = float(np.mean([m[metric] for m in rand]))
         assert abs(r - chance) < 0.05, (metric, r, chance)
@@ -118,11 +119,13 @@ def test_random_is_chance_and_oracle_is_ceiling(zoo_clip):
     # per seed it does not always separate, see the xfail below)
     assert np.mean([m["insertion_auc"] for m in orac]) > np.mean([m["insertion_auc"] for m in rand]) + 0.03
     # neither reference looks at the model: both fail the randomisation sanity check by construction
-    assert all(m["randomization_corr"] == 1.0 for m in rand + orac)
+    for metric in ("randomization_corr", "randomization_spearman_abs", "randomization_ssim"):
+        assert all(m[metric] == pytest.approx(1.0) for m in rand + orac), metric
 
 
 @pytest.mark.xfail(strict=True, reason="insertion AUC has little range on the retrained zoo-clip: oracle - random "
-                   "is 0.070 / 0.022 / -0.002 at seeds 0 / 1 / 2 (quick profile), so per seed it does not separate")
+                   "is 0.072 / 0.022 / 0.002 at seeds 0 / 1 / 2 (quick profile, v1.3's 8-step ladder), so per seed it "
+                   "does not separate")
 def test_insertion_separates_oracle_from_random_at_every_seed(zoo_clip):
     task = AttributionTask()
     for seed in (0, 1):
@@ -155,8 +158,9 @@ def test_integrated_gradients_beats_random_with_separated_cis(zoo_clip):
     rows = {(r.method, r.metric): r for r in score(records)}
     ig, rd = rows["integrated_gradients", "pointing_game"], rows["random", "pointing_game"]
     assert ig.ci_low > rd.ci_high, (ig, rd)
-    ig, rd = rows["integrated_gradients", "deletion_auc"], rows["random", "deletion_auc"]
-    assert ig.ci_high < rd.ci_low, (ig, rd)
+    for metric in ("road_deletion_auc", "deletion_auc"):  # ROAD's (the main deletion column) and black's
+        ig, rd = rows["integrated_gradients", metric], rows["random", metric]
+        assert ig.ci_high < rd.ci_low, (metric, ig, rd)
 
 
 def test_generative_target_is_the_colour_answer_on_a_tiny_llava(make_tiny_llava):
