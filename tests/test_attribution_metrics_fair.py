@@ -66,6 +66,26 @@ def test_anticorrelation_is_credited_by_signed_but_not_absolute_check():
     assert ssim(trained, anti) == pytest.approx(1.0)
 
 
+def test_randomisation_checks_give_no_credit_for_anticorrelating_magnitudes():
+    """Non-negative maps (attention rollout, Grad-CAM, RISE) make |maps| = maps, so the absolute
+    maps alone do not stop a randomised map that *anticorrelates* from looking like a perfect
+    pass; the main columns count each example's similarity in magnitude."""
+    from tasks.attribution import randomisation_checks
+
+    trained = torch.arange(64, dtype=torch.float64).view(1, 8, 8)  # non-negative
+    anti = 63 - trained  # the randomised model's map: magnitudes reversed
+    same = trained.clone()
+    indep = torch.from_numpy(np.random.default_rng(0).permutation(64).reshape(1, 8, 8).astype(float))
+    got = {name: randomisation_checks(trained, r, (8, 8), 8) for name, r in
+           (("anti", anti), ("same", same), ("indep", indep))}
+    rho = {k: float(v["randomization_spearman_abs"][0]) for k, v in got.items()}
+    assert rho["anti"] == pytest.approx(1.0) and rho["same"] == pytest.approx(1.0)  # both: not sensitive
+    assert rho["indep"] < 0.3  # a map that changed: near 0, the best score
+    assert float(got["anti"]["randomization_corr"][0]) == pytest.approx(-1.0)  # the signed column would reward it
+    ssim = {k: float(v["randomization_ssim"][0]) for k, v in got.items()}
+    assert ssim["same"] == pytest.approx(1.0) and all(x >= 0 for x in ssim.values())
+
+
 def _ssim_reference(a, b, k=7):
     """Wang et al. (2004) SSIM written out window by window: uniform k × k window, valid
     positions, sample (co)variances, K1 = 0.01, K2 = 0.03, L = 1 (scikit-image's defaults)."""
@@ -232,4 +252,8 @@ def test_real_cell_rows_reproduce_metrics():
     for name in ("pointing_game_any", "road_deletion_auc", "road_insertion_auc", "randomization_spearman_abs",
                  "randomization_ssim", "randomization_corr"):
         assert name in rec.metrics and np.isfinite(rec.metrics[name]), name
+    # the main randomisation columns count each example's similarity in magnitude: no credit for anticorrelating
+    for name in ("randomization_spearman_abs", "randomization_ssim"):
+        vals = rec.rows[name][~np.isnan(rec.rows[name])]
+        assert len(vals) and (vals >= 0).all(), name
     assert set(rec.metrics) == {m.name for m in task.spec.metrics}
