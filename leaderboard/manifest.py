@@ -125,16 +125,28 @@ class ToleranceTable:
 DEFAULT_TOLERANCES = ToleranceTable()
 
 # Cells whose figures another CPU legitimately moves by a discrete step. Measured (issue 19): the
-# published baseline re-run with ATEN_CPU_CAPABILITY=default (scalar kernels instead of AVX2) and a
-# cold fitted-state cache: 184 of 208 figures identical, 19 moved by < 1e-6, and 5 moved by one
-# discrete outcome, all in SAE cells, whose training turns ~1e-8 differences in the activations
-# into another dictionary: editing/zoo-clip/sae specificity +1/68 (one neighbour probe), batch
-# quality -1/64 (one quality scene), and spurious/zoo-clip-spurious/sae components_touched 10 -> 12
-# (two features ablated). These cells get room for two such steps; every other cell keeps the
-# defaults, and a real change to SAE code still moves them by more (tests/test_regress.py).
+# published figures re-run with ATEN_CPU_CAPABILITY=default (scalar kernels instead of AVX2) and a
+# cold fitted-state cache. `bench regress` (27 cells, 257 figures): 214 identical, 43 moved by
+# < 1e-6, and the SAE cells by whole outcomes. `bench reproduce` of every sae and uce cell (9 cells,
+# 96 figures, zoo-vlm included): 73 identical, 23 moved, all by whole outcomes: SAE training turns
+# ~1e-8 differences in the activations into another dictionary (and uce's closed-form edit into
+# another outcome on one of 32 batch probes). The largest moves: editing/zoo-vlm/sae generalization
+# +0.125 (one of 8 edits; 0.67 of its 95% interval's half-width), localization/zoo-vlm/sae edit_ratio
+# -0.030 (its top site for editing changed; 1.28 half-widths, a narrow interval), localization/*/sae
+# top-1 -0.031 (two of 64 examples), spurious/sae components_touched 10 -> 12. Each such cell may
+# move by what was measured, rounded up to whole steps: two examples of 64 (abs 0.035) for
+# localization, hallucination, spurious and uce, one edit's worth for editing/sae (abs 0.13: the
+# quick profile edits 8 facts per seed), a quarter of the count for components_touched. Not the
+# figures' own intervals (ci_k): editing/zoo-clip/sae batch_efficacy's half-width is 0.31, which
+# would let a real change of two of the 8 edits pass. Every other cell keeps the defaults, and a
+# real change to SAE code still moves these cells by more (a top-1 moved by 0.05 fails).
 CROSS_CPU_TOLERANCES: dict[str, Tolerance] = {
-    "editing/sae": Tolerance(abs=0.035),
-    "spurious/sae": Tolerance(abs=0.035, rel=0.25),
+    "editing/sae": Tolerance(abs=0.13),
+    "editing/uce": Tolerance(abs=0.035),
+    "hallucination/sae": Tolerance(abs=0.035),
+    "localization/sae": Tolerance(abs=0.035),
+    "spurious/sae": Tolerance(abs=0.035),
+    "spurious/sae.components_touched": Tolerance(rel=0.25),
 }
 BASELINE_TOLERANCES = ToleranceTable(metrics=CROSS_CPU_TOLERANCES)
 
