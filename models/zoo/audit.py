@@ -203,18 +203,15 @@ def _pairs(model: Model, rel: PlantedRelation, n: int) -> _Pairs:
     return _Pairs(tgt, src, _values(rel, targets), _values(rel, sources))
 
 
-def _batched(fn: Callable[[Any], torch.Tensor], subject: Any, size: int) -> torch.Tensor:
-    """``fn`` over row chunks of ``subject`` (pixels or a diffusion subject)."""
+def _chunks(subject: Any, size: int) -> Iterator[Any]:
+    """Row chunks of ``subject`` (pixels or a diffusion subject), ``size`` rows at a time."""
     n = subject.x0_VNCHW.shape[1] if isinstance(subject, DiffusionSubject) else len(subject)
-    out = []
     for a in range(0, n, size):
         if isinstance(subject, DiffusionSubject):
-            part: Any = DiffusionSubject(subject.prompts[a:a + size], subject.x0_VNCHW[:, a:a + size],
-                                         subject.noise_RNCHW[:, a:a + size], subject.t_RN[:, a:a + size])
+            yield DiffusionSubject(subject.prompts[a:a + size], subject.x0_VNCHW[:, a:a + size],
+                                   subject.noise_RNCHW[:, a:a + size], subject.t_RN[:, a:a + size])
         else:
-            part = subject[a:a + size]
-        out.append(fn(part))
-    return torch.cat(out)
+            yield subject[a:a + size]
 
 
 # ------------------------------------------------------------------ interventions
@@ -241,23 +238,21 @@ def reverted(model: Model, sites: Sequence[str]) -> Iterator[None]:
 def _answers(model: Model, rel: PlantedRelation, subject: Any, write: dict[str, Any] | None = None) -> torch.Tensor:
     logits_of = value_logits(model, rel)
 
-    def run(part: Any) -> torch.Tensor:
+    out = []
+    for part in _chunks(subject, model.batch_size):
         with torch.no_grad(), model.trace(write=write or {}):
-            return logits_of(part).argmax(-1)
-    return _batched(run, subject, model.batch_size)
+            out.append(logits_of(part).argmax(-1))
+    return torch.cat(out)
 
 
 def _read(model: Model, rel: PlantedRelation, site: str, subject: Any) -> list[torch.Tensor]:
     """``site``'s output on each chunk of ``subject`` (the chunks :func:`_answers` runs)."""
     logits_of = value_logits(model, rel)
     out: list[torch.Tensor] = []
-
-    def run(part: Any) -> torch.Tensor:
+    for part in _chunks(subject, model.batch_size):
         with torch.no_grad(), model.trace(read=[site], stop_after_reads=True) as t:
             logits_of(part)  # cut short once the site has fired (a text site: the UNet never runs)
         out.append(t[site])
-        return torch.zeros(1)
-    _batched(run, subject, model.batch_size)
     return out
 
 
@@ -396,14 +391,8 @@ def audit(model: Model, n: int = 128, progress: Callable[[str], None] | None = N
     facts = {rel.relation: _fact_behaviour(model, rel, n, world) for rel in model.planted}
     rels: list[RelationAudit] = []
     for rel in model.planted:
-        fact = facts[rel.relation]
         say(f"{rel.relation}: recall and the revert test")
-        recall = {"shipped": fact.rate(model)}
-        with reverted(model, [rel.site]):
-            recall["revert_storage"] = fact.rate(model)
-        with reverted(model, planted_sites):
-            recall["phase1"] = fact.rate(model)
-        pool = [e.name for e in world.entities if e.name not in set(rel.entities)]
+        recall = _revert_test(model, rel, facts[rel.relation], planted_sites)
         unplanted = _unplanted(model, rel, n, world, planted_sites)
         say(f"{rel.relation}: interchange at {len(cands)} sites")
         pairs = _pairs(model, rel, n)
@@ -413,7 +402,7 @@ def audit(model: Model, n: int = 128, progress: Callable[[str], None] | None = N
             got = _answers(model, rel, pairs.target, {site: _swap_in(_read(model, rel, site, pairs.source))})
             mediation[site] = _rate(got == pairs.source_value_N)
         rels.append(RelationAudit(rel.relation, rel.site, rel.values, cands, recall, mediation, already, unplanted,
-                                  sorted(pool)))
+                                  sorted(_unplanted_pool(rel, world))))
     control_name, control = _control(model, world, n)
     base_control = control.rate(model)
     ablations = []
@@ -520,18 +509,27 @@ def storage_only(model: Model, n: int) -> dict[str, dict[str, dict[str, Rate]]]:
     world = _world(model.planted[0])
     out: dict[str, dict[str, dict[str, Rate]]] = {}
     for rel in model.planted:
-        fact = _fact_behaviour(model, rel, n, world, means=False)
-        recall = {"shipped": fact.rate(model)}
-        with reverted(model, [rel.site]):
-            recall["revert_storage"] = fact.rate(model)
-        with reverted(model, planted_sites):
-            recall["phase1"] = fact.rate(model)
+        recall = _revert_test(model, rel, _fact_behaviour(model, rel, n, world, means=False), planted_sites)
         out[rel.relation] = {"recall": recall, "unplanted": _unplanted(model, rel, n, world, planted_sites)}
     return out
 
 
+def _revert_test(model: Model, rel: PlantedRelation, fact: _Behaviour, planted_sites: list[str]) -> dict[str, Rate]:
+    """Recall shipped, with the storage site back at phase 1, and as the phase-1 model."""
+    recall = {"shipped": fact.rate(model)}
+    with reverted(model, [rel.site]):
+        recall["revert_storage"] = fact.rate(model)
+    with reverted(model, planted_sites):
+        recall["phase1"] = fact.rate(model)
+    return recall
+
+
+def _unplanted_pool(rel: PlantedRelation, world: World) -> list[str]:
+    return [e.name for e in world.entities if e.name not in set(rel.entities)]
+
+
 def _unplanted(model: Model, rel: PlantedRelation, n: int, world: World, planted_sites: list[str]) -> dict[str, Rate]:
-    pool = [e.name for e in world.entities if e.name not in set(rel.entities)]
+    pool = _unplanted_pool(rel, world)
     if not pool:
         return {}
     others = _draw_entities(rel, pool, n, f"unplanted/{rel.relation}")
