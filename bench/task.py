@@ -115,6 +115,24 @@ class ProcessMemo:
         return value
 
 
+def shared_work(task: "Task", model: Model, kind: str, key: Any,
+                build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Work that every method's cell of a task would otherwise redo (the edits behind
+    localization's "does localization inform editing", reference passes), kept on disk
+    (:func:`bench.fitting.cached`, kind ``kind``) so the cells of a grid, in any worker or
+    run, compute it once. The key is a content hash of ``key`` (which must name the seed,
+    the profile's sizes and the config) and of everything else the value depends on: the
+    task's and the model wrapper's code (their module closures), the model's name and
+    weights hash, and the numeric packages' versions. ``build`` returns tensors; the values
+    come back bit for bit (``MMI_BENCH_CACHE=off`` disables the cache)."""
+    from bench.fitting import cached, content_hash
+    from bench.identity import code_digest, package_versions
+
+    digest = content_hash(kind, key, code_digest(type(task).__module__), code_digest(type(model).__module__),
+                          model.name, model.weights_hash, package_versions())
+    return cached(kind, digest, build)
+
+
 PathLike = Union[str, Path]
 
 

@@ -98,7 +98,7 @@ from bench.readout import Subject, diffusion_subject, edit_loss, pixels_of, valu
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
 from bench.samples import Rows, make_rows, wmean
-from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
+from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec, shared_work
 from bench.world import World, WorldConfig
 from bench.world.core import stable_hash
 from bench.world.facts import glyph_scene
@@ -541,12 +541,20 @@ class LocalizationTask(Task):
         out = []
         for rel in model.planted:
             def success(site: str) -> list[tuple[str, float]]:
-                def measure() -> list[tuple[str, float]]:
+                def measure() -> dict[str, torch.Tensor]:
                     rewrites = build_rewrites(model, rel, k, cfg, seed)
-                    return list(zip([rw.hash for rw in rewrites], edit_success(model, site, rewrites, cfg)))
+                    hashes = "\n".join(rw.hash for rw in rewrites).encode()
+                    return {"success": torch.tensor(edit_success(model, site, rewrites, cfg), dtype=torch.float64),
+                            "hashes": torch.tensor(list(hashes), dtype=torch.uint8)}
 
-                # the same edit is asked by every method whose top site it is: computed once per process
-                return _EDIT_MEMO.get((model.name, model.weights_hash, rel, site, seed, k, cfg), measure)
+                def shared() -> list[tuple[str, float]]:
+                    got = shared_work(self, model, "localization-edits", (rel, site, seed, k, cfg), measure)
+                    hashes = bytes(got["hashes"].tolist()).decode().split("\n")
+                    return list(zip(hashes, got["success"].tolist()))
+
+                # the same edit is asked by every method whose top site it is (and by both references):
+                # computed once per grid, on disk, and kept in the process
+                return _EDIT_MEMO.get((model.name, model.weights_hash, rel, site, seed, k, cfg), shared)
 
             at_planted, at_top = success(rel.site), success(top[rel.relation])
             if [h for h, _ in at_top] != [h for h, _ in at_planted]:  # build_rewrites is deterministic
