@@ -437,6 +437,7 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
     import torch
 
     torch.set_num_threads(threads)  # fixed per cell so results do not depend on --jobs
+    peak_own = _reset_peak_memory()  # the record's peak is this cell's, not the process's so far
     t0 = time.perf_counter()
     task = make_task(cell.task, cell.data)
     method = make_method(cell.method, cell.method_overrides)
@@ -478,8 +479,45 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
         record.provenance["task_config"] = asdict(task.config)
     if task.data:  # the files read instead of the world (their digests are in the task version too)
         record.provenance["data"] = [asdict(d) for d in task.data_sources]
-    record.peak_memory_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    record.peak_memory_mb = _peak_memory_mb(peak_own)
+    if not peak_own:
+        record.provenance["peak_memory"] = ("the process's peak so far (ru_maxrss), which may be an earlier "
+                                            "cell's: /proc/self/clear_refs is unavailable here")
     return record
+
+
+def _reset_peak_memory() -> bool:
+    """Reset this process's peak resident memory (Linux ``VmHWM``) to its current resident memory,
+    by writing ``5`` to ``/proc/self/clear_refs``: True when done, False where /proc offers no
+    such reset (then only the process's peak so far is known, :func:`_peak_memory_mb`)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _vmhwm_kb() is not None
+    except OSError:
+        return False
+
+
+def _vmhwm_kb() -> int | None:
+    """``VmHWM`` of ``/proc/self/status`` (peak resident memory since the last reset), in kB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _peak_memory_mb(own: bool) -> float:
+    """Peak resident memory in MB: since :func:`_reset_peak_memory` when ``own`` (``VmHWM``), else
+    the process's peak so far (``ru_maxrss``: kB on Linux, bytes on macOS)."""
+    kb = _vmhwm_kb() if own else None
+    if kb is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kb = rss / 1024 if sys.platform == "darwin" else rss
+    return round(kb / 1024, 1)
 
 
 # ------------------------------------------------------------------- grid
@@ -527,13 +565,56 @@ def zoo_weights_hash(name: str) -> str | None:
                             == answers.PROJECT_ROOT)
 
 
-def _stored_identities(store: Store) -> dict[str, tuple[str, dict[str, Any] | None]]:
+def _stored_identities(store: Store, seconds: dict[tuple[str, str, str, str], float] | None = None
+                       ) -> dict[str, tuple[str, dict[str, Any] | None]]:
     """Successful stored cells' ids -> (the weights hash, the fingerprint) their record holds
-    (fingerprint None for a record made before fingerprints were stored)."""
+    (fingerprint None for a record made before fingerprints were stored). ``seconds``, when
+    given, receives each stored (task, method, model, profile)'s largest ``run_s`` (any seed or
+    version: what a re-run will roughly cost)."""
     out: dict[str, tuple[str, dict[str, Any] | None]] = {}
     for rec in store.records(status="ok"):
         fp = rec.provenance.get("fingerprint") if isinstance(rec.provenance, dict) else None
         out[rec.key.id] = (str(rec.model_hash), fp if isinstance(fp, dict) else None)
+        if seconds is not None and isinstance(rec.timings, dict) and "run_s" in rec.timings:
+            k = (rec.key.task, rec.key.method, rec.key.model, rec.key.profile)
+            seconds[k] = max(seconds.get(k, 0.0), float(rec.timings["run_s"]))
+    return out
+
+
+# a cell's relative cost when the store has never timed it: by family (the zoo's ratios, one
+# default quick grid), the references at a third (they only score)
+FAMILY_COST = {"contrastive": 1.0, "generative": 4.0, "diffusion": 20.0}
+
+
+def order_cells(todo: Sequence[Cell], seconds: Mapping[tuple[str, str, str, str], float]) -> list[Cell]:
+    """The order in which a grid runs its cells: first the (task, model) table that is cheapest
+    to complete, so a whole table lands early; then the other tables, the costliest first and
+    each one's cells longest first, so the last cells of a pool are short ones (longest-
+    processing-time order bounds the makespan) and a table's cells run together (a worker
+    reuses what they share: the model, the unedited model's outputs, the samples). Costs are the
+    store's earlier ``run_s`` for the same cell (any seed) where it has one, else a family
+    estimate; ties keep the plan's order, so the order is deterministic. The order changes no
+    figure: every cell is seeded on its own."""
+    if len(todo) < 2:
+        return list(todo)
+
+    def cost(c: Cell) -> float:
+        k = (c.task, c.method, canonical_model(c.model), "quick" if c.quick else "full")
+        if k in seconds:
+            return seconds[k]
+        fam = model_family(c.model) if not c.model.startswith("hf:") else None
+        base = FAMILY_COST.get(fam or "", 4.0) * (1.0 if c.quick else 4.0)
+        return base / 3 if _is_reference(c.method) else base
+
+    costs = {c: cost(c) for c in todo}
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for c in todo:
+        groups.setdefault((c.task, c.model), []).append(c)
+    total = {g: sum(costs[c] for c in cells) for g, cells in groups.items()}
+    first = min(groups, key=lambda g: total[g])
+    out = sorted(groups.pop(first), key=lambda c: costs[c])
+    for g in sorted(groups, key=lambda g: -total[g]):
+        out += sorted(groups[g], key=lambda c: -costs[c])
     return out
 
 
@@ -699,6 +780,7 @@ def run_grid(
     progress: bool = True,
     on_record: Callable[[RunRecord], None] | None = None,
     jobs: int | None = None,
+    on_table: Callable[[str, str], None] | None = None,
 ) -> GridResult:
     """Run the cells not yet stored; write each record as soon as its cell completes.
 
@@ -707,12 +789,19 @@ def run_grid(
     and stopped before returning. Cells go to the workers one at a time as workers free up, and
     a cell another process stored meanwhile is not run again.
 
+    ``on_table(task, model)`` is called when the last cell of a (task, model) table that had
+    cells to run has finished (cells are ordered by :func:`order_cells`, so the cheapest table
+    lands first): a caller can show that table while the grid goes on.
+
     Interrupts (main thread only): the first SIGINT or SIGTERM stops the grid: queued cells are
     cancelled, running workers terminated, every completed cell stays stored, and the result
     says :attr:`GridResult.interrupted` (the signal). A second one exits the process at once.
     """
     out = GridResult()
-    stored = {} if force else _stored_identities(store)
+    seconds: dict[tuple[str, str, str, str], float] = {}
+    stored = _stored_identities(store, seconds)
+    if force:
+        stored = {}
     todo = []
     replace: set[str] = set()  # ids whose stored record is stale: replaced by the re-run
     current: dict[str, str | None] = {}  # model -> its zoo weights hash, read once per model
@@ -742,6 +831,16 @@ def run_grid(
         todo.append(c)
     if not todo:
         return out
+    todo = order_cells(todo, seconds)
+    left: dict[tuple[str, str], int] = {}
+    for c in todo:
+        left[(c.task, c.model)] = left.get((c.task, c.model), 0) + 1
+
+    def landed(c: Cell) -> None:
+        left[(c.task, c.model)] -= 1
+        if on_table and not left[(c.task, c.model)]:
+            on_table(c.task, c.model)
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(cells), initial=len(out.already), unit="cell", disable=not progress,
@@ -754,14 +853,16 @@ def run_grid(
             return False
         out.already.append(c)
         bar.update(1)
+        landed(c)
         return True
 
-    def finish(rec: RunRecord) -> None:
+    def finish(c: Cell, rec: RunRecord) -> None:
         sig.write(lambda: store.put(rec, force=force or rec.key.id in replace))
         out.ran.append(rec)
         bar.update(1)
         if on_record:
             on_record(rec)
+        landed(c)
 
     own = executor is None and jobs is not None and min(jobs, len(todo)) > 1
     done = False
@@ -774,7 +875,7 @@ def run_grid(
                     if stored_meanwhile(c):
                         continue
                     bar.set_postfix_str(c.label)
-                    finish(run_cell(c, fingerprint=fp_of[c]))
+                    finish(c, run_cell(c, fingerprint=fp_of[c]))
             else:
                 _run_pool(executor, todo, fp_of, stored_meanwhile, finish, bar, sig)
             done = True
@@ -793,7 +894,7 @@ def run_grid(
 
 
 def _run_pool(executor: Executor, todo: list[Cell], fp_of: dict[Cell, dict[str, str]],
-              stored_meanwhile: Callable[[Cell], bool], finish: Callable[[RunRecord], None], bar: Any,
+              stored_meanwhile: Callable[[Cell], bool], finish: Callable[[Cell, RunRecord], None], bar: Any,
               sig: _Signals) -> None:
     """Feed ``todo`` to ``executor``, as many cells in flight as it has workers."""
     width = max(1, int(getattr(executor, "_max_workers", 1) or 1))
@@ -812,7 +913,7 @@ def _run_pool(executor: Executor, todo: list[Cell], fp_of: dict[Cell, dict[str, 
         fut = next(as_completed(running))
         c = running.pop(fut)
         bar.set_postfix_str(c.label)
-        finish(fut.result())
+        finish(c, fut.result())
         top_up()
 
 

@@ -28,7 +28,11 @@ Choices made here (documented differences from the paper):
 
 Batching: every (layer, step) pair is one copy of the batch (``request.evaluate(copies=…)``),
 ``copies_per_pass`` copies per forward pass, and one backward pass per forward pass gives
-every gradient.
+every gradient. On a diffusion request one copy per pass (:data:`DIFFUSION_COPIES_PER_PASS`):
+a copy there already runs the denoiser at every (render, draw) of every example (``2·R·n``
+UNet rows, 128 in the quick profile), and the backward pass needs the graph of each (~5 MB a
+row on zoo-diffusion): 16 copies held ~10 GB. Rows do not interact and the gradients are
+summed in the same order, so the attributions are the same bit for bit.
 
 Which localization question it answers (the localization task scores storage and mediation;
 Hase et al., 2023): mediation, by gradient attribution to MLP neurons (integrated gradients).
@@ -49,6 +53,8 @@ from bench.model import Model
 
 SCORES = ("share", "sum", "count")
 POSITIONS = ("readout", "all")
+# (layer, step) copies per forward/backward pass on a diffusion request, at most (see the module doc)
+DIFFUSION_COPIES_PER_PASS = 1
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class KnowledgeNeuronsConfig(MethodConfig):
     threshold: float = 0.2  # t: knowledge neurons have attribution > t · max attribution
     score: str = "share"  # "share" | "sum" | "count"
     positions: str = "readout"  # "readout" | "all"
-    copies_per_pass: int = 16  # (layer, step) copies of the batch per forward/backward pass
+    copies_per_pass: int = 16  # (layer, step) copies of the batch per forward/backward pass (diffusion: 1)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.diffusion_steps < 1:
@@ -117,8 +123,11 @@ class KnowledgeNeurons(Method):
         grad_sum = [torch.zeros_like(a) for a in clean]
         alphas = torch.arange(1, m + 1, dtype=torch.float64) / m
         jobs = [(k, s) for k in range(K) for s in range(m)]  # one batch copy each
-        for g in range(0, len(jobs), cfg.copies_per_pass):
-            group = jobs[g : g + cfg.copies_per_pass]
+        per_pass = cfg.copies_per_pass
+        if model.family == "diffusion":
+            per_pass = min(per_pass, DIFFUSION_COPIES_PER_PASS)
+        for g in range(0, len(jobs), per_pass):
+            group = jobs[g : g + per_pass]
             C = len(group)
             writes = {}
             for k in sorted({k for k, _ in group}):
@@ -138,6 +147,7 @@ class KnowledgeNeurons(Method):
                 for j, (kk, _) in enumerate(group):
                     if kk == k:
                         grad_sum[k] += gr[j * n : (j + 1) * n].detach().double()
+            del metric, tr, acts, grads  # before the next pass builds its graph
         attr = []
         for k in range(K):
             a = clean[k] * grad_sum[k] / m  # [n, (L,) F]
