@@ -6,6 +6,7 @@ Every user error is one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -135,7 +136,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not p.cells:
         reasons = "; ".join(sorted({r for _, r in p.skipped})) or "nothing matched"
         raise BenchError(f"no compatible cells to run: {reasons}")
-    res = runner.run_grid(p.cells, store, jobs=jobs, force=args.force, progress=not args.no_progress)
+    profile = "quick" if args.quick else "full"
+    several = len({(c.task, c.model) for c in p.cells}) > 1
+
+    def show_table(task: str, model: str) -> None:
+        """A table whose cells are all in, while the grid goes on (stderr; the whole table is
+        printed on stdout at the end)."""
+        from tqdm.auto import tqdm
+
+        text = _leaderboard_text(store, "md", profile, [task], [model])[0]
+        tqdm.write(f"\n{text}\n", file=sys.stderr)
+
+    res = runner.run_grid(p.cells, store, jobs=jobs, force=args.force, progress=not args.no_progress,
+                          on_table=show_table if several and not args.no_table else None)
     failed = [r for r in res.ran if r.status != "ok"]
     if res.interrupted:  # one line: what is kept, and how to go on
         print(f"{runner.signal_word(res.interrupted)}: {len(res.ran) - len(failed)} cells ran and are stored, "
@@ -155,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.no_table:
         tasks = sorted({c.task for c in p.cells})
         models = sorted({c.model for c in p.cells})
-        print(_leaderboard_text(store, "md", "quick" if args.quick else "full", tasks, models)[0])
+        print(_leaderboard_text(store, "md", profile, tasks, models)[0])
     if args.check_determinism:
         from leaderboard.regress import determinism_report
 
@@ -728,6 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=cmd_zoo_export)
     _add_grid_commands(sub)
     _add_data_commands(sub)
+    _add_perf_command(sub)
+    _add_scale_command(sub)
     return ap
 
 
@@ -833,6 +848,80 @@ def _add_data_commands(sub: Any) -> None:
     dc.add_argument("--image-root", help="folder image paths are relative to (default: the file's folder)")
     dc.set_defaults(fn=cmd_data_check)
     dsub.add_parser("kinds", help="list the data kinds and the fields each reads").set_defaults(fn=cmd_data_kinds)
+
+
+
+# ---------------------------------------------------------------------- scale
+def cmd_scale(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench import scale
+
+    cells = scale.load_cells(Path(args.perf))
+    if args.gpu_tflops <= 0:
+        raise BenchError(f"--gpu-tflops must be positive, got {args.gpu_tflops}")
+    shapes = [scale.SHAPES[n]() for n in scale.SHAPES]
+    rate = scale.cpu_rate(threads=args.threads)
+    rates = {f"this CPU ({args.threads} thread)": rate, f"GPU at {args.gpu_tflops:g} TFLOP/s": args.gpu_tflops * 1e12}
+    preds = [p for s in shapes for p in scale.predict(s, cells, rates)]
+    check = None
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = scale.save_clip_checkpoint(Path(tmp) / "clip-vit-b32")
+            check = scale.check_clip(folder, cells, rate, threads=args.threads)
+    text = scale.to_markdown(preds, rates, shapes, check)
+    print(text)
+    if args.out:
+        _writable_file(args.out).write_text(json.dumps(scale.report_dict(preds, rates, shapes, check), indent=1) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _add_scale_command(sub: Any) -> None:
+    sc = sub.add_parser("scale", help="the predicted cost of each counted cell on a ViT-B/32-sized CLIP and a "
+                                      "7B-class LLaVA (roofline: the cell's rows x FLOPs per row at the shapes / a rate)")
+    sc.add_argument("--perf", required=True, help="a `bench perf --out` JSON whose cells were counted (its rows per cell)")
+    sc.add_argument("--gpu-tflops", type=float, default=300.0,
+                    help="the sustained rate to predict a GPU at (default 300: about 30%% of an H100's dense bf16 peak)")
+    sc.add_argument("--check", action="store_true",
+                    help="also run attribution/saliency on a random-initialised ViT-B/32 CLIP here and compare")
+    sc.add_argument("--threads", type=int, default=1, help="torch threads for the CPU rate and the check (default 1)")
+    sc.add_argument("--out", help="write the predictions as JSON")
+    sc.set_defaults(fn=cmd_scale)
+
+
+# ----------------------------------------------------------------------- perf
+def cmd_perf(args: argparse.Namespace) -> int:
+    from bench.perf import run_perf, write_report
+
+    out = _writable_file(args.out) if args.out else None
+    md = _writable_file(args.md) if args.md else None
+    report = run_perf(args.model, quick=args.quick, hf=args.hf, threads=args.threads, repeats=args.repeats,
+                      cells=args.cells)
+    print(write_report(report, out, md), end="")
+    for path in (out, md):
+        if path is not None:
+            print(f"wrote {path}", file=sys.stderr)
+    return EXIT_FAILED if report.errors else 0
+
+
+def _add_perf_command(sub: Any) -> None:
+    pf = sub.add_parser("perf", help="the harness's speed: trace overhead, patching sweeps, deletion/insertion "
+                                     "scoring and cell efficiency, as ratios against baselines of the same run")
+    pf.add_argument("--model", action="append",
+                    help="a model to measure (repeatable; default: every zoo model, or zoo-clip with --quick)")
+    pf.add_argument("--hf", action="store_true",
+                    help="also build tiny hf: CLIP, LLaVA and Stable Diffusion checkpoints in a temp folder and measure them")
+    pf.add_argument("--cells", action="append", metavar="SPEC",
+                    help="cells to time against their roofline: default (random + one method per task and model), "
+                         "all, none, or TASK/MODEL/METHOD (repeatable)")
+    pf.add_argument("--quick", action="store_true", help="a small subset (under a minute): fewer repeats, batch sizes, "
+                                                         "examples, and one cell")
+    pf.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as cells run)")
+    pf.add_argument("--repeats", type=int, default=None, help="interleaved rounds per measurement (default 5; quick 3)")
+    pf.add_argument("--out", help="write the report as JSON (e.g. perf.json)")
+    pf.add_argument("--md", help="write the Markdown tables (e.g. perf.md); they are printed either way")
+    pf.set_defaults(fn=cmd_perf)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
