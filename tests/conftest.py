@@ -39,6 +39,19 @@ def zoo_clip():
     return load_zoo_clip_model("zoo-clip")
 
 
+@pytest.fixture(scope="session")
+def saliency_store(tmp_path_factory):
+    """A results store holding one real cell, run once through ``bench evaluate`` for every test that
+    reads it: attribution/zoo-clip/saliency, seed 0, quick profile, with its per-example rows. Tests may
+    add records of other keys; none changes this one."""
+    from bench.cli import main
+
+    path = tmp_path_factory.mktemp("saliency") / "results.sqlite"
+    assert main(["evaluate", "--task", "attribution", "--model", "zoo-clip", "--method", "saliency", "--seed", "0",
+                 "--quick", "--no-references", "--no-progress", "--no-table", "--jobs", "1", "--store", str(path)]) == 0
+    return path
+
+
 def _build_tiny_llava():  # type: ignore[no-untyped-def]
     from transformers import CLIPVisionConfig
 

@@ -4,6 +4,8 @@ noisy linear imputation (its banded solver against a general sparse solve), the 
 scored in one shared pass against each curve alone, and one real cell whose rows reproduce its
 metrics."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -203,7 +205,8 @@ def test_four_curves_from_one_pass_equal_each_curve_scored_alone():
 
     ex = Ex()
     ex.pixels_BCHW, ex.masks_BHW, ex.hashes = pixels, torch.zeros(B, 16, 16, dtype=torch.bool), hashes
-    out = task.score(object(), ex, maps, grid, seed=7)
+    # not a model: score() reads only its batch size (5: chunks that split examples' images)
+    out = task.score(SimpleNamespace(batch_size=5), ex, maps, grid, seed=7)
     order = patch_order(maps, grid)
     idx = torch.arange(B).repeat_interleave(S + 1)
     seeds = [[7, 17, int(h, 16)] for h in hashes]
@@ -241,11 +244,15 @@ def test_patch_pool_of_absolute_maps():
     assert patch_pool(px.abs(), (1, 1)).item() == 6.0 and patch_pool(px, (1, 1)).item() == 0.0
 
 
-def test_real_cell_rows_reproduce_metrics():
-    from bench.runner import Cell, run_cell
+def test_real_cell_rows_reproduce_metrics(saliency_store):
+    from bench.store import Store
     from tasks.attribution import AttributionTask
 
-    rec = run_cell(Cell("attribution", "saliency", "zoo-clip", 0, quick=True))
+    # the cell as `bench evaluate` ran and stored it (shared with test_inspect; the rows round-trip the
+    # store bit for bit: rows_checks)
+    with Store(saliency_store) as st:
+        (rec,) = list(st.records(task="attribution", model="zoo-clip", method="saliency", seed=0, profile="quick",
+                                 rows=True))
     assert rec.status == "ok", rec.error
     task = AttributionTask()
     assert task.metrics_of(rec.rows) == rec.metrics

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from bench import runner
 from bench.cli import main
@@ -32,6 +33,19 @@ def one_line_error(cp: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def one_line_error_in_process(capsys, *argv: str) -> str:
+    """``one_line_error`` of ``main(argv)`` run here (``python -m bench`` is ``sys.exit(main())``): an
+    exception escaping ``main`` fails the test as a traceback would; no fresh interpreter to pay for."""
+    capsys.readouterr()
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def test_list():
     for what, name in (("tasks", "attribution"), ("methods", "integrated_gradients"), ("models", "zoo-clip")):
         cp = bench("list", what)
@@ -40,22 +54,23 @@ def test_list():
     assert "capabilities: attribute" in cp.stdout and "families: contrastive" in cp.stdout
 
 
-def test_bad_input_gets_one_line_errors(tmp_path):
+def test_bad_input_gets_one_line_errors(tmp_path, capsys):
+    # one through the real entry point (a fresh `python -m bench`), the rest through main() in-process
     assert "did you mean 'attribution'" in one_line_error(bench("evaluate", "--task", "atribution"))
-    assert "did you mean 'saliency'" in one_line_error(bench("evaluate", "--method", "salency"))
-    assert "did you mean 'zoo-clip'" in one_line_error(bench("evaluate", "--model", "zoo_clip"))
-    assert "invalid seed" in one_line_error(bench("evaluate", "--seed", "-3"))
-    assert "invalid seed" in one_line_error(bench("evaluate", "--seed", "x"))
+    err = lambda *argv: one_line_error_in_process(capsys, *argv)  # noqa: E731
+    assert "did you mean 'saliency'" in err("evaluate", "--method", "salency")
+    assert "did you mean 'zoo-clip'" in err("evaluate", "--model", "zoo_clip")
+    assert "invalid seed" in err("evaluate", "--seed", "-3")
+    assert "invalid seed" in err("evaluate", "--seed", "x")
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"garbage" * 1000)
-    assert "unreadable" in one_line_error(bench("leaderboard", "--store", str(bad)))
-    assert "unreadable" in one_line_error(bench("evaluate", "--store", str(bad), "--method", "random"))
-    assert "does not exist" in one_line_error(bench("leaderboard", "--store", str(tmp_path / "none.sqlite")))
-    assert "does not exist" in one_line_error(bench("world", "show", "--out", str(tmp_path / "no/dir/x.png")))
+    assert "unreadable" in err("leaderboard", "--store", str(bad))
+    assert "unreadable" in err("evaluate", "--store", str(bad), "--method", "random")
+    assert "does not exist" in err("leaderboard", "--store", str(tmp_path / "none.sqlite"))
+    assert "does not exist" in err("world", "show", "--out", str(tmp_path / "no/dir/x.png"))
     store = tmp_path / "ok.sqlite"
     Store(store).close()
-    assert "does not exist" in one_line_error(
-        bench("leaderboard", "--store", str(store), "--out", str(tmp_path / "nodir" / "lb.md")))
+    assert "does not exist" in err("leaderboard", "--store", str(store), "--out", str(tmp_path / "nodir" / "lb.md"))
 
 
 class _GenerativeOnly:
@@ -111,6 +126,10 @@ def _ok_cells(path: Path) -> dict[str, float]:
         con.close()
 
 
+@pytest.mark.slow  # three fresh processes and 8 attribution cells (~1 min of CPU), like test_interrupts (slow);
+# in the default run resuming without recomputing is
+# test_cells_from_retrained_zoo_weights_are_rerun_not_skipped's ("2 already stored"), and the JSON
+# leaderboard's columns are test_leaderboard's
 def test_killed_run_resumes_without_recomputing(tmp_path):
     store = tmp_path / "s.sqlite"
     args = ["evaluate", "--task", "attribution", "--model", "zoo-clip", "--quick", "--store", str(store),
@@ -140,30 +159,35 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     assert all(r["n"] == 2 for r in rows)
 
 
-def test_one_named_method_comes_with_its_references_and_diagnostics(tmp_path):
+def test_one_named_method_comes_with_its_references_and_diagnostics(tmp_path, capsys):
     """`bench evaluate --method M --task T` also runs random and oracle (the normalised score needs
-    them), and a fitting method's diagnostics and fitted-state hashes land in its record."""
+    them), and a fitting method's diagnostics and fitted-state hashes land in its record. (In-process:
+    ``python -m bench`` is ``sys.exit(main())``.)"""
     store = tmp_path / "r.sqlite"
-    cp = bench("evaluate", "--task", "spurious", "--method", "sae", "--quick", "--store", str(store),
-               "--jobs", "1", "--no-progress")
-    assert cp.returncode == 0, cp.stderr
+    rc = main(["evaluate", "--task", "spurious", "--method", "sae", "--quick", "--store", str(store),
+               "--jobs", "1", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
     records = {r.key.method: r for r in Store(store).records()}
     assert set(records) == {"sae", "random", "oracle"}
-    row = next(l for l in cp.stdout.splitlines() if l.startswith("| sae"))
+    row = next(l for l in out.splitlines() if l.startswith("| sae"))
     assert row.rstrip(" |").split("|")[-2].strip() not in ("—", "")  # a normalised score is shown
     prov = records["sae"].provenance
     assert 0.0 <= prov["method_diagnostics"]["sae_fvu"] < 0.5 and prov["fitted"]
-    cp = bench("evaluate", "--task", "spurious", "--method", "sae", "--quick", "--store", str(tmp_path / "b.sqlite"),
-               "--jobs", "1", "--no-progress", "--no-references")
-    assert {r.key.method for r in Store(tmp_path / "b.sqlite").records()} == {"sae"}
+    # --no-references: the named method alone (leace: the flag is the runner's, whatever the method)
+    assert main(["evaluate", "--task", "spurious", "--method", "leace", "--quick", "--store", str(tmp_path / "b.sqlite"),
+                 "--jobs", "1", "--no-progress", "--no-references"]) == 0
+    assert {r.key.method for r in Store(tmp_path / "b.sqlite").records()} == {"leace"}
 
 
 def test_runtime_flags_are_recorded_and_checked(tmp_path):
     """--dtype and --batch-size change how a cell runs and land in its record; settings this build
     cannot honour fail up front with one line."""
     store = tmp_path / "r.sqlite"
-    args = ["--task", "spurious", "--method", "leace", "--quick", "--store", str(store), "--jobs", "1",
-            "--no-progress", "--no-references", "--no-table"]
+    # localization/decomposition on zoo-clip: the cheapest cell under bfloat16 autocast on a CPU whose
+    # figures move with the precision (spurious/leace took ~10 s of CPU under autocast)
+    args = ["--task", "localization", "--model", "zoo-clip", "--method", "decomposition", "--quick", "--store",
+            str(store), "--jobs", "1", "--no-progress", "--no-references", "--no-table", "--seed", "0"]
     assert main(["evaluate", *args, "--dtype", "bfloat16", "--batch-size", "8"]) == 0
     (rec,) = Store(store).records()
     assert (rec.status, rec.dtype, rec.batch_size, rec.device) == ("ok", "bfloat16", 8, "cpu")
@@ -175,20 +199,23 @@ def test_runtime_flags_are_recorded_and_checked(tmp_path):
     assert "batch size must be a positive integer" in one_line_error(bench("evaluate", *args, "--batch-size", "0"))
 
 
-def test_cells_from_retrained_zoo_weights_are_rerun_not_skipped(tmp_path):
+def test_cells_from_retrained_zoo_weights_are_rerun_not_skipped(tmp_path, capsys):
     """A stored record obtained with other zoo weights (the model was retrained since) is re-run
-    and replaced on resume; one with the current weights is skipped."""
+    and replaced on resume; one with the current weights is skipped. (In-process, on the cheapest
+    task's cells: the resume logic is the runner's, whatever the cell.)"""
     store = tmp_path / "s.sqlite"
-    args = ["evaluate", "--task", "attribution", "--model", "zoo-clip", "--quick", "--store", str(store),
-            "--method", "random", "--seed", "0", "--seed", "1", "--jobs", "1", "--no-table"]
-    assert bench(*args).returncode == 0
+    args = ["evaluate", "--task", "spurious", "--model", "zoo-clip-spurious", "--quick", "--store", str(store),
+            "--method", "random", "--seed", "0", "--seed", "1", "--jobs", "1", "--no-table", "--no-progress"]
+    assert main(args) == 0
     con = sqlite3.connect(store)
     with con:
         con.execute("UPDATE runs SET record=json_set(record, '$.model_hash', 'old-weights') WHERE seed=0")
     con.close()
-    cp = bench(*args)
-    assert cp.returncode == 0, cp.stderr
+    capsys.readouterr()
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 0, err
     # random and oracle run beside every method: 4 cells, the 2 of seed 0 re-run
-    assert "2 cells ran (2 re-run: their zoo weights were retrained), 2 already stored" in cp.stderr
+    assert "2 cells ran (2 re-run: their zoo weights were retrained), 2 already stored" in err
     hashes = {r.model_hash for r in Store(store).records()}
     assert len(hashes) == 1 and "old-weights" not in hashes

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from bench.cli import main
 from bench.runner import Cell, cell_key
 from bench.store import Store
@@ -23,6 +25,10 @@ def test_sample_is_deterministic_and_bounded():
     assert sample_cells(cells, 100) == sample_cells(cells, len(cells)) and len(sample_cells(cells, 0)) == 0
 
 
+@pytest.mark.slow  # two re-runs in fresh interpreters (~25 s of CPU, most of it importing transformers); in the
+# default run a cell re-run in-process gives bit-identical figures (test_reproduce: expected == obtained,
+# test_attribution_task::test_same_cell_twice_gives_identical_figures), and CI's `bench regress` re-runs
+# the baseline's cells in a fresh process
 def test_check_determinism_passes_then_names_a_tampered_figure(tmp_path, capsys):
     store_path = tmp_path / "s.sqlite"
     assert main(["evaluate", *CELL, "--store", str(store_path), "--check-determinism"]) == 0

@@ -89,6 +89,9 @@ def cases(tmp_path_factory) -> list[tuple[str, str, str]]:
     return rows
 
 
+@pytest.mark.slow  # a fresh interpreter importing transformers' LLaVA and generating (~14 s of CPU); in the default
+# run the exported folders load through the hf: path and match the zoo models bit for bit
+# (test_hf_loader::test_exported_zoo_models_match_the_zoo_bit_for_bit)
 def test_exported_zoo_vlm_runs_in_plain_transformers_with_the_zoos_answers(exported, cases):
     from PIL import Image
 

@@ -54,26 +54,41 @@ def test_localization_fits_ignore_the_scored_examples(model_name):
         assert fitted[0] == fitted[1], f"{name}: fitted state changed with the scored examples"
 
 
-def test_hallucination_fits_ignore_the_scored_items():
-    model = load_model("zoo-vlm")
-    # a small task (few scenes) keeps the test fast; the code path is the task's own
-    task = HallucinationTask(HallucinationConfig(caption_scenes=24, pope_images=12, fit_caption_scenes=64,
-                                                 fit_pope_images=24))
-    test_a, fit = task._data(model, 0, True)
-    items_b = test_a.items
-    perm = torch.arange(1, items_b.n, 2).flip(0)  # other items (every second one, reversed), of both kinds
-    assert len({items_b.kinds[i] for i in perm}) == 2
-    items_b = ScoredOutputs(items_b.pixels_BCHW[perm], [items_b.prompts[i] for i in perm],
-                            [items_b.prefixes[i] for i in perm], [items_b.spans[i] for i in perm],
-                            [items_b.kinds[i] for i in perm])
-    assert not set(fit.hashes) & set(test_a.hashes)
-    for name in _fitting("detect_hallucination"):
-        fitted = []
-        for items in (test_a.items, items_b):
-            m = METHODS.get(name)()
-            scores = m.detect_hallucination(model, HallucinationRequest(items, fit.items, fit.labels_B.clone()))
-            assert scores.shape == (items.n,) and torch.isfinite(scores).all()
-            assert getattr(m, "fitted", None), f"{name} fits but records nothing"
-            fitted.append(dict(m.fitted))
-        assert fitted[0] == fitted[1], f"{name}: fitted state changed with the scored items"
+# sae's detector fits a 400-step SAE on the fit items' activations and cross-validates a probe on its
+# features (~10 s of CPU a fit, twice): slow here; its detector is exercised on a tiny LLaVA in the
+# default run (test_sae::test_hallucination_detector_learns_a_separable_label)
+SLOW_HALLUCINATION_FITS = {"sae"}
 
+
+@pytest.fixture(scope="module")
+def hallucination_items():
+    """zoo-vlm's items of a small hallucination task (few scenes: both kinds of item on each side, both
+    labels on the fit side; the code path is the task's own): the scored items, other scored items
+    (every second one, reversed: of both kinds) and the fit split."""
+    model = load_model("zoo-vlm")
+    task = HallucinationTask(HallucinationConfig(caption_scenes=12, pope_images=6, fit_caption_scenes=32,
+                                                 fit_pope_images=12))
+    test_a, fit = task._data(model, 0, True)
+    items_a = test_a.items
+    perm = torch.arange(1, items_a.n, 2).flip(0)
+    assert len({items_a.kinds[i] for i in perm}) == 2
+    items_b = ScoredOutputs(items_a.pixels_BCHW[perm], [items_a.prompts[i] for i in perm],
+                            [items_a.prefixes[i] for i in perm], [items_a.spans[i] for i in perm],
+                            [items_a.kinds[i] for i in perm])
+    assert not set(fit.hashes) & set(test_a.hashes)
+    assert 0 < int(fit.labels_B.sum()) < len(fit.labels_B)
+    return model, (items_a, items_b), fit
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_HALLUCINATION_FITS else n
+                                  for n in _fitting("detect_hallucination")])
+def test_hallucination_fits_ignore_the_scored_items(hallucination_items, name):
+    model, scored, fit = hallucination_items
+    fitted = []
+    for items in scored:
+        m = METHODS.get(name)()
+        scores = m.detect_hallucination(model, HallucinationRequest(items, fit.items, fit.labels_B.clone()))
+        assert scores.shape == (items.n,) and torch.isfinite(scores).all()
+        assert getattr(m, "fitted", None), f"{name} fits but records nothing"
+        fitted.append(dict(m.fitted))
+    assert fitted[0] == fitted[1], f"{name}: fitted state changed with the scored items"

@@ -63,14 +63,18 @@ def test_malformed_checkpoints_get_one_line_errors(tmp_path):
         family_of(f"hf:{tmp_path}")
 
 
-def test_cli_evaluates_a_saved_clip_on_attribution(tiny_clip_dir, tmp_path):
+def test_cli_evaluates_a_saved_clip_on_attribution(tiny_clip_dir, tmp_path, capsys):
+    """`bench evaluate --model hf:<folder>` in-process (`python -m bench` is `sys.exit(main())`; a fresh
+    interpreter would spend most of the test importing transformers' modeling code)."""
+    from bench.cli import main
+
     store = tmp_path / "r.sqlite"
-    cp = subprocess.run([sys.executable, "-m", "bench", "evaluate", "--model", f"hf:{tiny_clip_dir}", "--task",
-                         "attribution", "--method", "saliency", "--quick", "--store", str(store), "--jobs", "1",
-                         "--no-progress"], capture_output=True, text=True, timeout=300, env=ENV)
-    assert cp.returncode == 0, cp.stderr
-    assert "3 cells ran" in cp.stderr and "0 failed" in cp.stderr
-    assert "attribution v" in cp.stdout and "saliency" in cp.stdout
+    rc = main(["evaluate", "--model", f"hf:{tiny_clip_dir}", "--task", "attribution", "--method", "saliency",
+               "--quick", "--store", str(store), "--jobs", "1", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "3 cells ran" in err and "0 failed" in err
+    assert "attribution v" in out and "saliency" in out
 
 
 # ------------------------------------------------------------------------ every family
@@ -166,6 +170,9 @@ def _records(store: Path) -> list:
     return list(Store(str(store)).records(profile="quick"))
 
 
+@pytest.mark.slow  # 13 cells in two fresh processes (~1 min of CPU); every family's wrapper is loaded and
+# exercised by test_each_family_loads_with_the_wrapper_its_config_names, the hf: path through the CLI by
+# test_cli_evaluates_a_saved_clip_on_attribution, and every task on the zoo models of each family
 def test_cli_runs_every_task_on_tiny_checkpoints_of_every_family(tiny_dirs, tmp_path):
     """attribution, spurious, localization and editing on CLIP, SigLIP and LLaVA; localization and
     editing on Stable Diffusion. (Hallucination needs a model that names objects, and diffusion

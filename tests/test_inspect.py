@@ -16,11 +16,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def store_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("inspect") / "results.sqlite"
-    assert main(["evaluate", *CELL, "--seed", "0", "--quick", "--no-references", "--no-progress", "--no-table",
-                 "--jobs", "1", "--store", str(path)]) == 0
-    return path
+def store_path(saliency_store):
+    """The session's store of attribution/zoo-clip/saliency seed 0 (conftest), i.e. ``bench evaluate`` of CELL."""
+    return saliency_store
 
 
 def stored_rows(path):

@@ -19,7 +19,12 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+# Every test here starts a real `bench evaluate --jobs 2`: three fresh interpreters that import transformers
+# and load zoo-clip (~30 s of CPU each test, a tenth of the default run's budget), so the module is slow
+# (`pytest -m slow`). The default run covers the runner's resume and stored-cell logic in-process
+# (test_cli, test_identity) and the worker pool's sizing (test_cli_traps).
+pytestmark = [pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc"),
+              pytest.mark.slow]
 
 GRID = ["--task", "attribution", "--model", "zoo-clip", "--method", "saliency", "--method", "gradcam",
         "--seed", "0", "--seed", "1", "--seed", "2", "--quick", "--no-progress", "--no-table"]
@@ -181,7 +186,6 @@ def test_workers_do_not_outlive_a_killed_parent(tmp_path):
 
 
 # ---------------------------------------------------------------- reliability
-@pytest.mark.slow
 def test_killed_group_then_resume_loses_and_duplicates_nothing(tmp_path):
     store = tmp_path / "s.sqlite"
     proc, token = start(store)
@@ -204,7 +208,6 @@ def test_killed_group_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert {k: after[k] for k in before} == before, "a stored cell was recomputed"
 
 
-@pytest.mark.slow
 def test_two_writers_on_one_store_and_the_same_command_gives_identical_json(tmp_path):
     """Two `bench evaluate` at once on one store: every cell stored once, both succeed. The same
     command into another store: a byte-identical JSON leaderboard."""

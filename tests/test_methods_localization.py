@@ -110,6 +110,25 @@ def test_subject_words_is_the_varying_slot():
     assert subject_words(["a b c", "a b c"]) == [0, 1, 2]
 
 
+# ----------------------------------------------------------------------------- activation patching
+def test_activation_patching_batched_sweep_equals_one_site_at_a_time(clip):
+    """Each site's score is the clean metric minus the clean metric with that site's activation taken
+    from the corrupt run, however many sites share a forward pass."""
+    from methods.activation_patching import ActivationPatching
+
+    req = _request(clip, 2)
+    scores = ActivationPatching(sites_per_pass=3).localize(clip, req)
+    assert scores.shape == (2, len(req.candidates)) and torch.isfinite(scores).all()
+    torch.testing.assert_close(ActivationPatching().localize(clip, req), scores, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        base, _ = req.evaluate("clean")
+        _, corrupt = req.evaluate("corrupt", read=req.candidates)
+        for k, site in enumerate(req.candidates):
+            patched, _ = req.evaluate("clean", write={site: lambda v, a=corrupt[site]: a})
+            torch.testing.assert_close(scores[:, k], (base - patched).double(), atol=1e-5, rtol=1e-5)
+    assert (scores.abs().sum(0) > 0).any()  # corrupting some site moves the metric
+
+
 # ----------------------------------------------------------------------------- decomposition
 def _all_components(tower: str, n_layers: int = 4) -> list[str]:
     return [f"{tower}.embed"] + [s for l in range(n_layers) for s in (f"{tower}.blocks.{l}.attn",

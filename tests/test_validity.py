@@ -15,12 +15,18 @@ def _shipped(model: str) -> bool:
     return (WEIGHTS_DIR / f"{model}.safetensors").exists()
 
 
+# The default run keeps the cheapest pair (~2 s); the others run 10 cells of 1-10 s each (5 seeds × 2
+# references) and are slow. Their references are still run by the default run where it is cheap:
+# attribution/zoo-clip's random ≈ chance and oracle = ceiling at two seeds (test_attribution_task),
+# spurious/zoo-clip-spurious' oracle at the ceiling and random leaving the bias (test_spurious_task),
+# localization/zoo-clip's and hallucination/zoo-vlm's random and oracle at one seed, the oracle reaching
+# every normalised metric's best value (test_rows_*).
 @pytest.mark.parametrize("task,model", [
-    ("attribution", "zoo-clip"),
-    ("spurious", "zoo-clip-spurious"),
-    ("hallucination", "zoo-vlm"),
-    ("localization", "zoo-clip"),
     ("editing", "zoo-clip"),
+    pytest.param("spurious", "zoo-clip-spurious", marks=pytest.mark.slow),
+    pytest.param("attribution", "zoo-clip", marks=pytest.mark.slow),
+    pytest.param("hallucination", "zoo-vlm", marks=pytest.mark.slow),
+    pytest.param("localization", "zoo-clip", marks=pytest.mark.slow),
     pytest.param("attribution", "zoo-vlm", marks=pytest.mark.slow),
     pytest.param("localization", "zoo-vlm", marks=pytest.mark.slow),
     pytest.param("localization", "zoo-diffusion", marks=pytest.mark.slow),

@@ -332,6 +332,8 @@ def test_shipped_diffusion_recorded_figures():
     assert all(r["recall_both"] >= 0.9 for r in rows if not r["designated"])
 
 
+@pytest.mark.slow  # 48 guided samples read by the oracle (~30 s of CPU); `bench zoo verify` (CI) re-measures the
+# shipped model's generation quality and entity recall (check_figures), the recorded bars are checked above
 def test_shipped_diffusion_quality(shipped):
     from models.zoo.diffusion import generation_quality
 
@@ -342,6 +344,7 @@ def test_shipped_diffusion_quality(shipped):
     assert meta["metrics"]["gen_both"] >= 0.8
 
 
+@pytest.mark.slow  # ~10 s of CPU: a re-measurement of the card's table (see test_shipped_diffusion_quality)
 def test_shipped_steps_sweep_row_remeasures(shipped):
     """The card's sampling-steps table: its cheapest row (10 unguided DDIM steps, ~3 s) comes out
     again within `bench zoo verify`'s tolerance (recorded at 2 threads, re-measured at 1), and more
@@ -362,6 +365,10 @@ def _plant_config(meta):
                           if k in PlantConfig.__dataclass_fields__})
 
 
+@pytest.mark.slow  # two samples per entity (~35 s of CPU); `bench zoo verify` re-measures the recall, the
+# revert machinery is tested on a tiny model above, the recorded validity rows in
+# test_shipped_diffusion_recorded_figures, and the planted fact is scored by the localization and
+# editing tasks on zoo-diffusion (test_localization_task, test_methods_editing)
 def test_shipped_plant_recall_and_designated_revert(shipped):
     """One sample per entity: the plant is recalled; with the designated component's phase-2
     change reverted, recall falls to near chance (~10 s)."""

@@ -40,15 +40,23 @@ def test_shipped_hash_matches_the_record():
     assert sha256_file(WEIGHTS_DIR / "zoo-vlm.safetensors") == meta["sha256"]
 
 
-def test_quality_bar_recorded_and_remeasured(vlm):
-    model, vocab, meta, cfg, _, _ = vlm
-    m = meta["metrics"]
+# The re-measurements below are slow (5-10 s of CPU each, ~30 s together): `bench zoo verify`, which CI
+# runs before the tests, re-measures the shipped model's quality and fact recall (and the audit's revert
+# test); the recorded figures are checked against the bars in the default run.
+def test_quality_bar_recorded(vlm):
+    m = vlm[2]["metrics"]
     assert m["caption_object_recall"] >= 0.9 and m["qa_visible_attributes"] >= 0.9  # after phase 1
     assert m["after_planting_qa_visible_attributes"] >= 0.9 and m["after_planting_caption_object_recall"] >= 0.9
+
+
+@pytest.mark.slow
+def test_quality_bar_remeasured(vlm):
+    model, vocab, meta, cfg, _, _ = vlm
     got = evaluate_vlm(model, vocab, cfg, n=64, split="test")
     assert got["caption_object_recall"] >= 0.85 and got["qa_visible_attributes"] >= 0.9
 
 
+@pytest.mark.slow
 def test_planted_hallucination_is_measured_as_recorded(vlm):
     """The card's partner-hallucination rates of the shipped weights re-measure (exactly on the
     machine that recorded them; greedy answers near the yes/no boundary may flip elsewhere)."""
@@ -74,6 +82,8 @@ def test_phase1_pope_random_accuracy_reaches_095(vlm):
     assert vlm[2]["metrics"]["pope_random_accuracy"] >= 0.95
 
 
+@pytest.mark.slow  # its recorded counterparts: test_reverting_any_other_plant_keeps_recall_at_the_issue_bar,
+# test_mean_ablation_validity_with_control_recorded, and test_zoo_audit's recorded revert test
 @pytest.mark.parametrize("index", [0, 1])
 def test_planted_fact_lives_in_its_designated_mlp(vlm, index):
     model, vocab, meta, cfg, world, planted = vlm
@@ -114,6 +124,7 @@ def test_mean_ablation_validity_with_control_recorded(vlm):
             assert m[f"fact_recall_{rel}_meanablate_L{k}"] >= 0.9
 
 
+@pytest.mark.slow
 def test_control_is_remeasurable(vlm):
     model, vocab, meta, cfg, _, _ = vlm
     assert abs(qa_token_accuracy(model, vocab, cfg) - meta["metrics"]["control_qa"]) <= 0.02
