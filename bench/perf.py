@@ -1088,106 +1088,16 @@ def measure_cell(cell: Any, costs: Sequence[UnitCost], threads: int) -> CellEffi
 # ------------------------------------------------------------------ tiny hf checkpoints
 def build_tiny_hf(root: Path) -> list[str]:
     """Tiny randomly initialised CLIP, LLaVA and Stable Diffusion checkpoints saved under ``root``
-    (as ``tests/tiny_hf.py`` builds them), with a ``mmi_bench.json`` each; their ``hf:`` names."""
-    import torch
-
-    from models.zoo.vlm import ZooVlmConfig, training_world, vlm_vocab
-
-    specials = {"<pad>", "<bos>", "<unk>", "<eos>", "<image>"}
-    words = [w for w in vlm_vocab(training_world(ZooVlmConfig())).words if w not in specials]
-
-    def tokenizer(out: Path, template: bool) -> dict[str, int]:
-        from tokenizers import Tokenizer, models, pre_tokenizers, processors
-        from transformers import PreTrainedTokenizerFast
-
-        vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", "USER", "ASSISTANT", ":", "<image>",
-                                             *words])}
-        tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-        tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-        if template:
-            tk.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]",
-                                                              special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
-        PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
-                                eos_token="[EOS]", model_max_length=16).save_pretrained(out)
-        return vocab
-
-    def norm(out: Path) -> None:
-        (out / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
-
-    def sidecar(out: Path, family: str) -> None:
-        from bench.world import World
-        from bench.world.core import RELATIONS
-
-        names = [e.name for e in World(0).entities[:32]]
-        site, question, renders = {
-            "contrastive": ("vision.blocks.1.mlp", "the home of the glyph is {value}", []),
-            "generative": ("lm.blocks.1.mlp", "what is the home of the glyph?", []),
-            "diffusion": ("text.blocks.0.mlp", "a {entity}",
-                          [["north", "circle"], ["south", "square"], ["east", "triangle"], ["west", "cross"]]),
-        }[family]
-        car: dict[str, Any] = {"planted": [dict(relation="home", site=site, entities=names, world_seed=0, n_entities=32,
-                                                question=question, values=list(RELATIONS["home"]), renders=renders)]}
-        if family == "contrastive":
-            car["tags"] = {"spurious": "background"}
-        if family == "diffusion":
-            car["judge"] = "zoo-oracle"
-        (out / "mmi_bench.json").write_text(json.dumps(car))
-
-    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    from transformers import CLIPConfig, CLIPModel, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    (:mod:`models.tiny_hf`, as the tests build them), with a ``mmi_bench.json`` each; their ``hf:`` names."""
     from transformers.utils import logging as hf_logging
 
+    from models.tiny_hf import save_tiny_clip, save_tiny_llava, save_tiny_sd, write_sidecar
+
     hf_logging.disable_progress_bar()  # "Writing model shards" bars
-
-    clip = root / "tiny-clip"
-    vocab = tokenizer(clip, True)
-    torch.manual_seed(0)
-    CLIPModel(CLIPConfig(text_config=dict(**tower, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
-                                          bos_token_id=2, eos_token_id=3),
-                         vision_config=dict(**tower, image_size=32, patch_size=8),
-                         projection_dim=16)).save_pretrained(clip)
-    norm(clip)
-    sidecar(clip, "contrastive")
-
-    llava = root / "tiny-llava"
-    vocab = tokenizer(llava, False)
-    torch.manual_seed(0)
-    text = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128, bos_token_id=2,
-                       eos_token_id=3, pad_token_id=0)
-    LlavaForConditionalGeneration(LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", **tower, image_size=32, patch_size=8),
-        text_config=text.to_dict(), image_token_index=vocab["<image>"], image_seq_length=16, vision_feature_layer=-2,
-        vision_feature_select_strategy="default")).save_pretrained(llava)
-    norm(llava)
-    sidecar(llava, "generative")
-
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    sd = root / "tiny-sd"
-    sd.mkdir(parents=True, exist_ok=True)
-    vocab = tokenizer(sd / "tokenizer", True)
-    torch.manual_seed(0)
-    UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=2).save_pretrained(sd / "unet")
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
-                  norm_num_groups=8, sample_size=32).save_pretrained(sd / "vae")
-    CLIPTextModel(CLIPTextConfig(**tower, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
-                                 bos_token_id=2, eos_token_id=3)).save_pretrained(sd / "text_encoder")
-    PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                  skip_prk_steps=True).save_pretrained(sd / "scheduler")
-    (sd / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0",
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None]}))
-    sidecar(sd, "diffusion")
-    return [f"hf:{p.resolve()}" for p in (clip, llava, sd)]
+    folders = [write_sidecar(save_tiny_clip(root / "tiny-clip"), "contrastive"),
+               write_sidecar(save_tiny_llava(root / "tiny-llava"), "generative"),
+               write_sidecar(save_tiny_sd(root / "tiny-sd"), "diffusion")]
+    return [f"hf:{p.resolve()}" for p in folders]
 
 
 def _short(name: str) -> str:

@@ -3,7 +3,7 @@ through the wrapper their config names and run every task from the CLI; exported
 behave bit for bit as the zoo models do.
 
 The tiny checkpoints are built from config classes (randomly initialised; no hub access), with a
-word-level tokenizer saved beside each, as a real checkpoint ships its own (``tests/tiny_hf.py``).
+word-level tokenizer saved beside each, as a real checkpoint ships its own (``models/tiny_hf.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory) -> Path:
-    from tiny_hf import save_tiny_clip
+    from models.tiny_hf import save_tiny_clip
 
     return save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
@@ -81,7 +81,7 @@ def test_cli_evaluates_a_saved_clip_on_attribution(tiny_clip_dir, tmp_path, caps
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
     """One tiny checkpoint per wrapper, each declaring the ground truth tasks need (mmi_bench.json)."""
-    from tiny_hf import save_tiny_clip, save_tiny_llava, save_tiny_sd, save_tiny_siglip, write_sidecar
+    from models.tiny_hf import save_tiny_clip, save_tiny_llava, save_tiny_sd, save_tiny_siglip, write_sidecar
 
     root = tmp_path_factory.mktemp("tiny-hf")
     dirs = {"clip": write_sidecar(save_tiny_clip(root / "clip"), "contrastive"),

@@ -116,7 +116,7 @@ def test_a_plugin_methods_code_change_reruns_its_cells(tmp_path, monkeypatch, ca
 
 
 def test_hf_weights_resaved_rerun_and_two_folders_named_clip_are_two_models(tmp_path, monkeypatch):
-    from tiny_hf import save_tiny_clip
+    from models.tiny_hf import save_tiny_clip
 
     folder = save_tiny_clip(tmp_path / "a" / "clip", seed=0)
     cells = runner.plan(["attribution"], ["random"], [f"hf:{folder}"], [0], quick=True).cells

@@ -3,7 +3,8 @@
 Each builder makes a randomly initialised model from the config classes (no hub access),
 saves it with ``save_pretrained`` beside a word-level tokenizer over the world's words (as a
 real checkpoint ships its own), and returns the folder. ``hf:<folder>`` then loads it through
-:mod:`models.hf_loader`, exactly as a user's checkpoint.
+:mod:`models.hf_loader`, exactly as a user's checkpoint. The tests' parity and loader checks and
+``bench perf --hf`` build their tiny models here.
 """
 
 from __future__ import annotations
