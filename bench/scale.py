@@ -166,29 +166,22 @@ def cpu_rate(threads: int = 1, batch: int = 8, repeats: int = 3) -> float:
 
 
 def save_clip_checkpoint(folder: Path) -> Path:
-    """A random-initialised ViT-B/32-sized CLIP (``CLIPConfig()``'s towers), saved with a
-    word-level tokenizer over the world's words, for ``--model hf:FOLDER``."""
+    """A random-initialised ViT-B/32-sized CLIP (``CLIPConfig()``'s towers), saved with the tiny
+    models' word-level tokenizer (:mod:`models.tiny_hf`), for ``--model hf:FOLDER``."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+    from transformers import CLIPConfig, CLIPModel
     from transformers.utils import logging as hf_logging
 
-    from bench.world.core import COLOURS, SHAPES
+    from models.tiny_hf import save_tokenizer, write_normalisation
 
     hf_logging.disable_progress_bar()
     folder.mkdir(parents=True, exist_ok=True)
-    words = ["a", "an", "the", "photo", "of", "what", "colour", "is", "shape", *COLOURS, *SHAPES]
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", *dict.fromkeys(words)])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tk.post_processor = processors.TemplateProcessing(single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
-                            eos_token="[EOS]", model_max_length=77).save_pretrained(folder)
+    save_tokenizer(folder)  # pad 0, [BOS] 2, [EOS] 3
     torch.manual_seed(0)
     cfg = CLIPConfig()
     cfg.text_config.pad_token_id, cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = 0, 2, 3
     CLIPModel(cfg).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
+    write_normalisation(folder)
     return folder
 
 

@@ -43,7 +43,7 @@ def save_tokenizer(out: Path, template: bool = True) -> dict[str, int]:
     return vocab
 
 
-def _normalisation(out: Path) -> None:
+def write_normalisation(out: Path) -> None:
     (out / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5],
                                                               "image_std": [0.25, 0.25, 0.25]}))
 
@@ -60,7 +60,7 @@ def save_tiny_clip(out: Path, seed: int = 0) -> Path:
                                       bos_token_id=2, eos_token_id=3),
                      vision_config=dict(**TOWER, image_size=32, patch_size=8), projection_dim=16)
     CLIPModel(cfg).save_pretrained(out)
-    _normalisation(out)
+    write_normalisation(out)
     return out
 
 
@@ -73,7 +73,7 @@ def save_tiny_siglip(out: Path, seed: int = 0) -> Path:
                                         bos_token_id=2, eos_token_id=3),
                        vision_config=dict(**TOWER, image_size=32, patch_size=8))
     SiglipModel(cfg).save_pretrained(out)
-    _normalisation(out)
+    write_normalisation(out)
     return out
 
 
@@ -89,7 +89,7 @@ def save_tiny_llava(out: Path, seed: int = 0) -> Path:
                       text_config=text.to_dict(), image_token_index=vocab["<image>"], image_seq_length=16,
                       vision_feature_layer=-2, vision_feature_select_strategy="default")
     LlavaForConditionalGeneration(cfg).save_pretrained(out)
-    _normalisation(out)
+    write_normalisation(out)
     return out
 
 
