@@ -1,8 +1,9 @@
-"""Attribution 1.3's fairer metrics on hand-built examples (issue 20, item 5): the standard
+"""Attribution's fairer metrics on hand-built examples (1.3, issue 20, item 5): the standard
 any-hit pointing game, the randomisation check on absolute maps (Spearman and SSIM), ROAD's
 noisy linear imputation (its banded solver against a general sparse solve), the four curves
 scored in one shared pass against each curve alone, and one real cell whose rows reproduce its
-metrics."""
+metrics; and 1.4's full-resolution curves (issue 21, item 5): the stratified ladder's estimate
+is unbiased for the exact trapezoid area and equals it with a point per step."""
 
 from types import SimpleNamespace
 
@@ -14,8 +15,10 @@ from scipy.stats import spearmanr
 from bench.imageops import box_blur
 from tasks.attribution import (
     ROAD_NEIGHBOURS,
+    AttributionConfig,
     AttributionTask,
     curve_auc,
+    ladder_auc,
     linear_impute,
     linear_impute_batch,
     max_normalised_abs,
@@ -27,6 +30,8 @@ from tasks.attribution import (
     road_batch,
     spearman_per_example,
     ssim_per_example,
+    stratified_ladder,
+    uniform_counts,
 )
 
 
@@ -183,49 +188,104 @@ def test_banded_imputation_matches_a_general_sparse_solve():
         assert np.array_equal(got[n], linear_impute(imgs[n], removed[n]))
 
 
-def test_four_curves_from_one_pass_equal_each_curve_scored_alone():
-    """score() scores each distinct image once (the clean image and the fully imputed one are
-    shared between curves); the AUCs equal those of each curve scored on its own."""
+def _synthetic_scoring(B: int = 3, grid: tuple[int, int] = (4, 4)):
     rng = np.random.default_rng(5)
-    B, S, grid = 3, 4, (4, 4)
     pixels = torch.from_numpy(rng.random((B, 3, 16, 16))).float()
     maps = torch.from_numpy(rng.random((B, *grid))).float()
-    hashes = ["0a1b", "ffee", "1234"]
+    hashes = ["0a1b", "ffee", "1234", "beef", "0042"][:B]
     w = torch.from_numpy(rng.random((3, 16, 16))).float()
 
     def prob(px, idx):  # any deterministic function of the image
         return torch.sigmoid((px * w).flatten(1).mean(1) * 4 - 2 + 0.1 * idx)
 
-    task = AttributionTask()
-    task.config = type(task.config)(steps=S)
+    ex = SimpleNamespace(pixels_BCHW=pixels, masks_BHW=torch.zeros(B, 16, 16, dtype=torch.bool), hashes=hashes)
+    return pixels, maps, hashes, prob, ex
+
+
+def _task(prob, **config):
+    task = AttributionTask(AttributionConfig(**config))
     task.target_probability = lambda model, ex, seed=0: prob
+    return task
 
-    class Ex:
-        pass
 
-    ex = Ex()
-    ex.pixels_BCHW, ex.masks_BHW, ex.hashes = pixels, torch.zeros(B, 16, 16, dtype=torch.bool), hashes
-    # not a model: score() reads only its batch size (5: chunks that split examples' images)
-    out = task.score(SimpleNamespace(batch_size=5), ex, maps, grid, seed=7)
+def test_four_curves_from_one_pass_equal_each_curve_scored_alone():
+    """score() scores each distinct image once (the clean image and the fully imputed one are
+    shared between curves); each AUC equals its curve scored on its own at the drawn counts, and
+    with a point per ladder step it is the exact trapezoid over all P + 1 points."""
+    B, grid = 3, (4, 4)
+    P = grid[0] * grid[1]
+    pixels, maps, hashes, prob, ex = _synthetic_scoring(B, grid)
     order = patch_order(maps, grid)
-    idx = torch.arange(B).repeat_interleave(S + 1)
+    every = uniform_counts(P, P)
     seeds = [[7, 17, int(h, 16)] for h in hashes]
-    curves = {
-        "deletion_auc": perturbation_batch(pixels, torch.zeros_like(pixels), order, grid, S),
-        "insertion_auc": perturbation_batch(box_blur(pixels, task.config.blur_kernel), pixels, order, grid, S),
-        "road_deletion_auc": road_batch(pixels, order, grid, S, seeds),
-        "road_insertion_auc": road_batch(pixels, order.flip(1), grid, S, seeds),
+    out = _task(prob, curve_points=P - 1).score(SimpleNamespace(batch_size=5), ex, maps, grid, seed=7)
+
+    def scored(images):
+        return prob(images.flatten(0, 1), torch.arange(B).repeat_interleave(images.shape[1])).view(B, -1)
+
+    p0 = prob(pixels, torch.arange(B))[:, None]
+    # ROAD's noise is drawn per example for the points a curve scores: MoRF's 1…P (the last, everything
+    # removed, shared with LeRF), LeRF's 1…P − 1 from its own seeds
+    morf = scored(road_batch(pixels, order, grid, torch.arange(1, P + 1), seeds))
+    lerf = scored(road_batch(pixels, order.flip(1), grid, torch.arange(1, P), [[*s, 1] for s in seeds]))
+    exact = {
+        "deletion_auc": scored(perturbation_batch(pixels, torch.zeros_like(pixels), order, grid, every)),
+        "insertion_auc": scored(perturbation_batch(box_blur(pixels, 7), pixels, order, grid, every)),
+        "road_deletion_auc": torch.cat([p0, morf], 1),
+        "road_insertion_auc": torch.cat([p0, lerf, morf[:, -1:]], 1),
     }
-    for name, images in curves.items():
-        want = curve_auc(prob(images.flatten(0, 1), idx).view(B, S + 1))
-        assert torch.allclose(out[name], want, atol=1e-6), name
+    for name, curve in exact.items():
+        assert curve.shape == (B, P + 1)
+        assert torch.allclose(out[name], curve_auc(curve), atol=1e-6), name
+
+    # the default: 3 drawn interior points per curve, each curve scored alone at those counts
+    out = _task(prob, curve_points=3).score(SimpleNamespace(batch_size=5), ex, maps, grid, seed=7)
+    lad = {c: stratified_ladder(P, 3, [[7, 29, i, int(h, 16)] for h in hashes])
+           for i, c in enumerate(("black", "blur", "morf", "lerf"))}
+    full, none = torch.full((B, 1), P), torch.zeros(B, 1, dtype=torch.long)
+    p0 = p0[:, 0]
+    morf = road_batch(pixels, order, grid, torch.cat([lad["morf"].counts_BJ, full], 1), seeds)
+    lerf = road_batch(pixels, order.flip(1), grid, lad["lerf"].counts_BJ, [[*s, 1] for s in seeds])
+    dele = perturbation_batch(pixels, torch.zeros_like(pixels), order, grid, torch.cat([lad["black"].counts_BJ, full], 1))
+    ins = perturbation_batch(box_blur(pixels, 7), pixels, order, grid, torch.cat([none, lad["blur"].counts_BJ], 1))
+
+    sd, si, sm, sl = scored(dele), scored(ins), scored(morf), scored(lerf)
+    want = {"deletion_auc": ladder_auc(p0, sd[:, :-1], sd[:, -1], lad["black"]),
+            "insertion_auc": ladder_auc(si[:, 0], si[:, 1:], p0, lad["blur"]),
+            "road_deletion_auc": ladder_auc(p0, sm[:, :-1], sm[:, -1], lad["morf"]),
+            "road_insertion_auc": ladder_auc(p0, sl, sm[:, -1], lad["lerf"])}
+    for name, v in want.items():
+        assert torch.allclose(out[name], v.float(), atol=1e-6), name
+
+
+def test_stratified_ladder_is_unbiased_and_paired():
+    """Each interior count of a stratum is drawn with probability 1/n_j and weighted n_j, so the
+    estimate's expectation is the exact trapezoid area; with a point per step no draw is made."""
+    P = 16
+    curve = torch.from_numpy(np.random.default_rng(1).random(P + 1))  # any curve shape
+    exact = float(curve_auc(curve[None])[0])
+    lad = stratified_ladder(P, 4, [[s] for s in range(4000)])
+    assert lad.weights_J.tolist() == [4.0, 4.0, 4.0, 3.0] and lad.counts_BJ.shape == (4000, 4)
+    strata = [range(1, 5), range(5, 9), range(9, 13), range(13, 16)]
+    assert all(int(k) in strata[j] for row in lad.counts_BJ for j, k in enumerate(row))
+    est = ladder_auc(curve[0].expand(4000), curve[lad.counts_BJ], curve[P].expand(4000), lad)
+    assert float(est.mean()) == pytest.approx(exact, abs=4 * float(est.std()) / 4000 ** 0.5)
+    # the expectation, enumerated: the mean over each stratum's counts, weighted by its size
+    inner = sum(float(curve[list(st)].mean()) * len(st) for st in strata)
+    assert (float(curve[0] + curve[P]) / 2 + inner) / P == pytest.approx(exact, abs=1e-12)
+    # every point its own stratum: the exact area, no draw
+    full = stratified_ladder(P, P - 1, [[0], [1]])
+    assert full.counts_BJ.tolist() == [list(range(1, P))] * 2
+    assert float(ladder_auc(curve[:1], curve[None, 1:P], curve[P:], full)[0]) == pytest.approx(exact, abs=1e-12)
+    # the same seed list draws the same counts (every method of a cell sees the same points)
+    assert torch.equal(stratified_ladder(P, 4, [[3, 9]]).counts_BJ, stratified_ladder(P, 4, [[3, 9]]).counts_BJ)
 
 
 def test_road_batch_imputes_the_ordered_patches_with_seeded_noise():
     rng = np.random.default_rng(3)
     px = torch.from_numpy(rng.random((2, 3, 8, 8))).float()
     order = torch.tensor([[3, 0, 1, 2], [0, 1, 2, 3]])
-    out = road_batch(px, order, (2, 2), steps=2, noise_seeds=[[0, 1], [0, 2]])  # removes 0, 2, 4 patches
+    out = road_batch(px, order, (2, 2), torch.tensor([0, 2, 4]), noise_seeds=[[0, 1], [0, 2]])  # removes 0, 2, 4 patches
     assert out.shape == (2, 3, 3, 8, 8)
     assert torch.equal(out[:, 0], px)  # step 0: nothing removed
     step1 = out[0, 1]
@@ -235,7 +295,7 @@ def test_road_batch_imputes_the_ordered_patches_with_seeded_noise():
     noiseless = torch.from_numpy(linear_impute(px[0].double().numpy(), removed)).float()
     diff = (step1 - noiseless)[:, torch.from_numpy(removed)]
     assert 0 < float(diff.abs().max()) < 0.06 and float(diff.std()) == pytest.approx(0.01, rel=0.35)
-    again = road_batch(px, order, (2, 2), steps=2, noise_seeds=[[0, 1], [0, 2]])
+    again = road_batch(px, order, (2, 2), torch.tensor([0, 2, 4]), noise_seeds=[[0, 1], [0, 2]])
     assert torch.equal(out, again)  # the seeds fix the noise
 
 
