@@ -99,10 +99,27 @@ def _register_first(module: nn.Module, hook: Callable, pre: bool) -> Any:
     hook._mmi_trace = True  # type: ignore[attr-defined]
     handle = module.register_forward_pre_hook(hook) if pre else module.register_forward_hook(hook)
     hooks = module._forward_pre_hooks if pre else module._forward_hooks
+    if all(getattr(h, "_mmi_trace", False) for h in hooks.values()):
+        return handle  # only trace hooks (the common case): appended is already in order
     order = sorted(hooks.items(), key=lambda kv: not getattr(kv[1], "_mmi_trace", False))  # stable
     hooks.clear()
     hooks.update(order)
     return handle
+
+
+def _submodule(root: nn.Module, path: str) -> nn.Module:
+    """``root.get_submodule(path)`` through the children dicts directly: the same module, about a
+    third of the cost (the checked walk was ~60% of entering a many-site trace); always walked anew,
+    so a module swapped into the tree is found."""
+    module = root
+    try:
+        for name in path.split(".") if path else ():
+            module = module._modules[name]  # type: ignore[assignment]
+    except (KeyError, TypeError):
+        return root.get_submodule(path)  # its error names the missing part
+    if module is None:
+        return root.get_submodule(path)
+    return module
 
 
 class Trace(AbstractContextManager["Trace"]):
@@ -204,7 +221,7 @@ class Trace(AbstractContextManager["Trace"]):
         self._pending = set(self.read_sites)
         try:
             for (path, hook), entries in by_module.items():
-                module = self.root.get_submodule(path)
+                module = _submodule(self.root, path)
                 if hook not in ("input", "output"):
                     raise ValueError(f"unknown hook kind {hook!r}")
                 self._handles.append(_register_first(module, self._make_hook(path, entries, pre=hook == "input"),
