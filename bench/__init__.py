@@ -1,0 +1,20 @@
+"""MMI-Bench. ``bench.evaluate(...)`` is the library API (:mod:`bench.api`).
+
+The package's ``__init__`` runs before any of its modules is imported, the contracts
+(``bench.sites``, ``bench.method``...) included, so it imports nothing itself: ``evaluate`` and
+``Results`` are resolved on first use (PEP 562), keeping the core layer free of the harness.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["evaluate", "Results"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")

@@ -95,20 +95,10 @@ def _parse_data(items: Sequence[str] | None) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------ evaluate
 def check_jobs(jobs: int | None) -> int:
-    """``--jobs`` checked: a positive integer (one line otherwise), at most the cores (a one-line
-    warning when capped); the default is :func:`bench.runner.cpu_jobs`."""
-    from bench.runner import cpu_jobs
+    """``--jobs`` checked (:func:`bench.runner.check_jobs`)."""
+    from bench.runner import check_jobs as checked
 
-    if jobs is None:
-        return cpu_jobs()
-    if jobs < 1:
-        raise BenchError(f"--jobs must be a positive integer (worker processes), got {jobs}")
-    cores = os.cpu_count() or 1
-    if jobs > cores:
-        print(f"warning: --jobs {jobs} is more than the {cores} cores of this machine; using {cores}",
-              file=sys.stderr)
-        return cores
-    return jobs
+    return checked(jobs)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -341,7 +341,10 @@ def method_code(method: str) -> str:
     """Digest of the method class's module and the modules it reaches (project, own package)."""
     from bench.registry import METHODS
 
-    where = _entry_roots(METHODS.entry(method))
+    entry = METHODS.entry(method)
+    if entry.is_object:  # bound by bench.api: its own token, so a later process never reuses its results
+        return str(entry.meta["code"])
+    where = _entry_roots(entry)
     return code_digest(*where) if where else UNKNOWN
 
 
@@ -356,6 +359,8 @@ def method_package(method: str) -> str | None:
     from bench.registry import METHODS
 
     entry = METHODS.entry(method)
+    if entry.is_object:
+        return None
     if entry.dist is None and entry.target.partition(":")[0].split(".")[0] in PROJECT_PACKAGES:
         return None  # a built-in (nothing imported)
     mod = getattr(entry.load(), "__module__", "") or entry.target.partition(":")[0]
@@ -405,6 +410,10 @@ def model_weights(model: str) -> str | None:
     """A zoo model's shipped weights hash, an ``hf:`` folder's content digest; None otherwise."""
     if model.startswith("hf:"):
         return hf_folder_digest(Path(canonical_model(model)[3:]))
+    from bench.registry import MODELS
+
+    if model in MODELS and MODELS.entry(model).is_object:
+        return str(MODELS.entry(model).meta["weights"])
     from bench.runner import zoo_weights_hash
 
     return zoo_weights_hash(model)
@@ -421,6 +430,8 @@ def model_code(model: str) -> str:
         entry = MODELS.entry(model)
     except BenchError:  # not registered: the cell fails when it runs, with the reason
         return UNKNOWN
+    if entry.is_object:
+        return str(entry.meta["code"])
     mod = entry.target.partition(":")[0]
     if mod.split(".")[0] in PROJECT_PACKAGES:
         return code_digest(mod)

@@ -17,15 +17,19 @@ An unknown name gets a "did you mean".
 
 from __future__ import annotations
 
+import ast
 import importlib
 import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, Generic, Iterator, TypeVar
 
+from bench import answers
 from bench.errors import BenchError, UnknownName
 
 T = TypeVar("T")
+OBJECT = "object"  # the source of an entry bound from a Python object (Registry.bind)
 
 
 class DuplicateName(BenchError):
@@ -49,6 +53,11 @@ class Entry:
     @property
     def is_plugin(self) -> bool:
         return self.dist is not None
+
+    @property
+    def is_object(self) -> bool:
+        """Bound from a Python object by :meth:`Registry.bind` (the library API), not registered."""
+        return self.source == OBJECT
 
     def load(self) -> Any:
         if self._loaded is None:
@@ -78,6 +87,18 @@ class Registry(Generic[T]):
             raise ValueError(f"registry target must be 'module:attr', got {target!r}")
         self._entries[name] = Entry(name, target, dict(meta), source)
 
+    def bind(self, name: str, factory: Any, target: str, **meta: Any) -> None:
+        """Make ``name`` resolve to ``factory`` in this process (an unregistered object handed to
+        :func:`bench.api.evaluate`): ``target`` says where its class comes from (``module:qualname``,
+        informational). A name bound before is rebound (a notebook redefines its method); a
+        registered name is never shadowed."""
+        self._load_entry_points()
+        old = self._entries.get(name)
+        if old is not None and not old.is_object:
+            raise DuplicateName(f"{self.kind} {name!r} is already registered ({old.source}): give the "
+                                f"unregistered {self.kind} another name")
+        self._entries[name] = Entry(name, target, dict(meta), OBJECT, _loaded=factory)
+
     def _load_entry_points(self) -> None:
         if self._eps_loaded:
             return
@@ -101,14 +122,20 @@ class Registry(Generic[T]):
                                            dist=dist_name, dist_version=dist_version)
 
     def names(self) -> list[str]:
+        """Registered names (built-ins, then plugins); objects bound by :meth:`bind` resolve by name
+        but are not listed (``all`` means every registered one)."""
         self._load_entry_points()
-        return list(self._entries)
+        return [n for n, e in self._entries.items() if not e.is_object]
 
     def entry(self, name: str) -> Entry:
         self._load_entry_points()
         if name not in self._entries:
             raise UnknownName(self.kind, name, self._entries)
         return self._entries[name]
+
+    def builtin_names(self) -> list[str]:
+        """The project's own names: no plugin's, no bound object's (the published grid's)."""
+        return [n for n in self.names() if not self._entries[n].is_plugin]
 
     def get(self, name: str) -> T:
         return self.entry(name).load()
@@ -140,69 +167,95 @@ def plugin_provenance(kind: str, name: str) -> dict[str, str] | None:
 
 
 # ---------------------------------------------------------------- built-ins
-# Each built-in carries, as metadata, what listing and planning read about it, so neither imports
-# its module (tasks and methods import torch): a task's families, capability, main score and
-# data kinds; a method's capabilities, families and whether it is a reference; a
-# model's family. tests/test_cli_traps.py checks the metadata against the classes.
+# Built-in tasks and methods are *discovered*: every module of the project's ``tasks`` and
+# ``methods`` folders is read with :mod:`ast` (not imported: they import torch) for the classes that
+# declare themselves: a method class whose body assigns ``name`` a string and ``capabilities`` a
+# literal ``frozenset({...})`` (with ``families`` and ``reference`` when not the defaults); a task
+# class whose body assigns ``spec = TaskSpec(name="...", version="...", families=frozenset({...}),
+# capability="...", main_score="...")`` (and ``data_kinds``). So a new method is one file and nothing
+# else. What planning and listing read (capabilities, families, a task's version...) comes with the
+# discovery, so neither imports a module; the result is kept by :mod:`bench.answers` (any edit to the
+# project's code is a new stamp). tests/test_cli_traps.py checks the declarations against the
+# classes, and that every Method/Task subclass defined in those folders is discovered.
 ALL_FAMILIES = ("contrastive", "diffusion", "generative")
 ALL_CAPABILITIES = ("attribute", "debias", "detect_hallucination", "edit", "localize")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _task(name: str, target: str, families: tuple[str, ...], capability: str, main_score: str,
-          data_kinds: tuple[str, ...] = ()) -> None:
-    # (the version is not repeated here: it changes with the task, and is read from the module's
-    # source by bench.cli.task_meta)
-    TASKS.register(name, target, families=families, capability=capability, main_score=main_score,
-                   data_kinds=data_kinds)
+def _literal(node: ast.expr) -> Any:
+    """A declaration's value: a literal, or ``frozenset``/``tuple`` of one (sorted for sets)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("frozenset", "set", "tuple") \
+            and len(node.args) == 1 and not node.keywords:
+        inner = ast.literal_eval(node.args[0])
+        return tuple(sorted(inner)) if node.func.id != "tuple" else tuple(inner)
+    return ast.literal_eval(node)
 
 
-def _method(name: str, target: str, capabilities: tuple[str, ...], families: tuple[str, ...] = ALL_FAMILIES,
-            reference: bool = False) -> None:
-    METHODS.register(name, target, capabilities=capabilities, families=families, reference=reference)
+def _assigned(body: list[ast.stmt]) -> dict[str, ast.expr]:
+    out: dict[str, ast.expr] = {}
+    for stmt in body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            out[stmt.targets[0].id] = stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            out[stmt.target.id] = stmt.value
+    return out
 
 
-_task("attribution", "tasks.attribution:AttributionTask", ALL_FAMILIES, "attribute", "pointing_game",
-      ("masks",))
-_task("spurious", "tasks.spurious:SpuriousTask", ("contrastive",), "debias", "worst_group_accuracy",
-      ("waterbirds",))
-_task("hallucination", "tasks.hallucination:HallucinationTask", ("generative",), "detect_hallucination",
-      "auroc", ("captions", "pope"))
-_task("localization", "tasks.localization:LocalizationTask", ALL_FAMILIES, "localize", "top1")
-_task("editing", "tasks.editing:EditingTask", ALL_FAMILIES, "edit", "score")
+def declared(source: str, module: str, kind: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(name, "module:Class", meta)`` of each ``kind`` (``task`` or ``method``) a module's source
+    declares (see above); a declaration that is not a literal is skipped."""
+    out = []
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        a = _assigned(node.body)
+        try:
+            if kind == "method" and "name" in a and "capabilities" in a:
+                name = _literal(a["name"])
+                meta = {"capabilities": _literal(a["capabilities"]),
+                        "families": _literal(a["families"]) if "families" in a else ALL_FAMILIES,
+                        "reference": bool(_literal(a["reference"])) if "reference" in a else False}
+            elif kind == "task" and isinstance(a.get("spec"), ast.Call):
+                kw = {k.arg: k.value for k in a["spec"].keywords if k.arg}  # type: ignore[union-attr]
+                name = _literal(kw["name"])
+                meta = {"families": _literal(kw["families"]), "capability": _literal(kw["capability"]),
+                        "main_score": _literal(kw["main_score"]), "version": _literal(kw["version"]),
+                        "data_kinds": _literal(a["data_kinds"]) if "data_kinds" in a else ()}
+            else:
+                continue
+        except (ValueError, KeyError, TypeError, SyntaxError):
+            continue
+        if isinstance(name, str) and name:
+            out.append((name, f"{module}:{node.name}", meta))
+    return out
 
-_method("random", "bench.method:RandomReference", ALL_CAPABILITIES, reference=True)
-_method("oracle", "bench.method:OracleReference", ALL_CAPABILITIES, reference=True)
-_method("saliency", "methods.saliency:Saliency", ("attribute",))
-_method("input_x_gradient", "methods.input_x_gradient:InputXGradient", ("attribute",))
-_method("integrated_gradients", "methods.integrated_gradients:IntegratedGradients", ("attribute",))
-_method("occlusion", "methods.occlusion:Occlusion", ("attribute",))
-_method("attention_rollout", "methods.attention_rollout:AttentionRollout", ("attribute",), ("contrastive", "generative"))
-_method("gradcam", "methods.gradcam:GradCAM", ("attribute",), ("contrastive", "generative"))
-_method("leace", "methods.leace:Leace", ("debias",), ("contrastive",))
-_method("entropy", "methods.entropy:OutputEntropy", ("detect_hallucination",), ("generative",))
-_method("causal_tracing", "methods.causal_tracing:CausalTracing", ("localize",))
-_method("grad_x_activation", "methods.grad_x_activation:GradXActivation", ("localize",))
-_method("activation_patching", "methods.activation_patching:ActivationPatching", ("localize",))
-_method("finetune", "methods.finetune:ConstrainedFinetune", ("edit",))
-_method("knowledge_neurons", "methods.knowledge_neurons:KnowledgeNeurons", ("localize",))
-_method("probing", "methods.probing:Probing", ("detect_hallucination", "localize"))
-_method("logit_lens", "methods.logit_lens:LogitLens", ("detect_hallucination", "localize"), ("generative",))
-_method("decomposition", "methods.decomposition:Decomposition", ("localize",))
-_method("attention_knockout", "methods.attention_knockout:AttentionKnockout", ("localize",))
-_method("sae", "methods.sae:SAEMethod", ("debias", "detect_hallucination", "edit", "localize"))
-_method("attention_lens", "methods.attention_lens:AttentionLens", ("detect_hallucination",), ("generative",))
-_method("contextual_lens", "methods.contextual_lens:ContextualLens", ("detect_hallucination",), ("generative",))
-_method("rome", "methods.rome:ROME", ("edit",))
-_method("memit", "methods.memit:MEMIT", ("edit",))
-_method("uce", "methods.uce:UCE", ("edit",), ("diffusion",))
-_method("steering", "methods.steering:Steering", ("debias", "detect_hallucination", "edit"))
-_method("textspan", "methods.textspan:TextSpan", ("debias",), ("contrastive",))
-_method("head_ablation", "methods.head_ablation:HeadAblation", ("debias",), ("contrastive",))
-_method("dfr", "methods.dfr:DFR", ("debias",), ("contrastive",))
-_method("relevance", "methods.relevance:Relevance", ("attribute",), ("contrastive", "generative"))
-_method("rise", "methods.rise:RISE", ("attribute",))
-_method("cross_attention", "methods.cross_attention:CrossAttention", ("attribute",), ("diffusion",))
 
+def discover(package: str, kind: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """The built-ins declared by the modules of the project's ``package`` folder, by file name."""
+    def compute() -> list[Any]:
+        found = []
+        for path in sorted((PROJECT_ROOT / package).glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            found += declared(path.read_text(), f"{package}.{path.stem}", kind)
+        return [list(x) for x in found]
+
+    return [(n, t, dict(m)) for n, t, m in answers.remember("builtins", [package, kind], compute)]
+
+
+def _register_builtins() -> None:
+    METHODS.register("random", "bench.method:RandomReference", capabilities=ALL_CAPABILITIES,
+                     families=ALL_FAMILIES, reference=True)
+    METHODS.register("oracle", "bench.method:OracleReference", capabilities=ALL_CAPABILITIES,
+                     families=ALL_FAMILIES, reference=True)
+    for reg, package, kind in ((TASKS, "tasks", "task"), (METHODS, "methods", "method")):
+        for name, target, meta in discover(package, kind):
+            if kind == "task":
+                meta.pop("version")  # read from the source when asked (bench.cli.task_meta): it moves
+            reg.register(name, target, **{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()})
+
+
+_register_builtins()
 MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive")
 MODELS.register("zoo-clip-spurious", "models.zoo_models:load_zoo_clip_model", family="contrastive")
 MODELS.register("zoo-vlm", "models.zoo_models:load_zoo_vlm_model", family="generative")

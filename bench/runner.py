@@ -151,6 +151,17 @@ def load_model(name: str) -> "Model":
     return _MODEL_CACHE[name]
 
 
+def cached_model(name: str) -> "Model | None":
+    """The model loaded under ``name`` in this process, if any."""
+    return _MODEL_CACHE.get(name)
+
+
+def forget_model(name: str) -> None:
+    """Drop the model loaded under ``name`` (a name rebound to another object)."""
+    _MODEL_CACHE.pop(name, None)
+    _DEFAULT_BATCH.pop(name, None)
+
+
 def _takes_name(fn: Callable[..., Any]) -> bool:
     import inspect
 
@@ -245,7 +256,8 @@ def _plugin(kind: str, name: str) -> bool:
     if kind == "model" and name.startswith("hf:"):
         return False  # models.hf_loader's code is the project's; the folder's digest is in the key
     try:
-        return {"task": TASKS, "method": METHODS, "model": MODELS}[kind].entry(name).is_plugin
+        entry = {"task": TASKS, "method": METHODS, "model": MODELS}[kind].entry(name)
+        return entry.is_plugin or entry.is_object  # an object's facts are its own, never kept
     except BenchError:
         return True
 
@@ -468,6 +480,11 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
         record.provenance["traceback"] = traceback.format_exc(limit=8)
         record.timings = {"run_s": round(time.perf_counter() - t0, 3)}
     record.provenance["threads"] = threads
+    unregistered = {kind: reg.entry(name).target for kind, reg, name in
+                    (("method", METHODS, cell.method), ("model", MODELS, cell.model))
+                    if name in reg and reg.entry(name).is_object}
+    if unregistered:  # objects handed to bench.api.evaluate: their class, never a registered name
+        record.provenance["unregistered"] = unregistered
     answers = getattr(method, "answers", {}).get(task.spec.capability)
     if answers:  # the question the method's scores answer (e.g. mediation rather than storage)
         record.provenance["answers"] = answers
@@ -915,6 +932,21 @@ def _run_pool(executor: Executor, todo: list[Cell], fp_of: dict[Cell, dict[str, 
         bar.set_postfix_str(c.label)
         finish(c, fut.result())
         top_up()
+
+
+def check_jobs(jobs: int | None) -> int:
+    """``jobs`` checked: a positive integer (one line otherwise), at most the cores (a one-line
+    warning when capped); the default is :func:`cpu_jobs`."""
+    if jobs is None:
+        return cpu_jobs()
+    if jobs < 1:
+        raise BenchError(f"--jobs must be a positive integer (worker processes), got {jobs}")
+    cores = os.cpu_count() or 1
+    if jobs > cores:
+        print(f"warning: --jobs {jobs} is more than the {cores} cores of this machine; using {cores}",
+              file=sys.stderr)
+        return cores
+    return jobs
 
 
 def cpu_jobs() -> int:

@@ -21,7 +21,7 @@ what it holds of it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from bench.errors import BenchError
 from bench.records import RunRecord
@@ -50,10 +50,20 @@ def in_baseline(record: RunRecord) -> bool:
     return record.key.method in BASELINE_CELLS.get((record.key.task, record.key.model), ())
 
 
-def _default_plan_ids() -> set[str]:
-    from bench.runner import cell_key, plan
+def default_plan() -> list[Any]:
+    """The published grid: every built-in task × method × model (plugins and objects left out, so
+    an installed plugin never changes what the project publishes), quick profile, seeds 0 and 1."""
+    from bench.registry import METHODS, MODELS, TASKS
+    from bench.runner import plan
 
-    return {cell_key(c).id for c in plan(None, None, None, list(DEFAULT_SEEDS), quick=True).cells}
+    return plan(TASKS.builtin_names(), METHODS.builtin_names(), MODELS.builtin_names(), list(DEFAULT_SEEDS),
+                quick=True).cells
+
+
+def _default_plan_ids() -> set[str]:
+    from bench.runner import cell_key
+
+    return {cell_key(c).id for c in default_plan()}
 
 
 def stale(records: Sequence[RunRecord]) -> list[str]:

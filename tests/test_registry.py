@@ -89,7 +89,7 @@ def test_plugin_shadowing_a_builtin_is_refused_for_that_name_alone(tmp_path, mon
                       "shadowplug_extra = shadowplug:Extra\nbroken = not-a-target\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     # a fresh look at the entry points; the registry's entries and cache come back afterwards
-    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    monkeypatch.setattr(METHODS, "_entries", {n: e for n, e in METHODS._entries.items() if not e.is_plugin})
     monkeypatch.setattr(METHODS, "_eps_loaded", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
