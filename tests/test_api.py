@@ -4,41 +4,47 @@ normalisation, exactly as the CLI would compute them."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
-import torch
 
 import bench
-from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
 from bench.method import Method
-from bench.model import Model
 from bench.registry import METHODS
 
 
-class GradTimesInput(Method):
-    """A method as a notebook would write it: never registered."""
+ROOT = Path(__file__).resolve().parent.parent
 
-    name = "my_gxi"
-    capabilities = frozenset({"attribute"})
 
-    def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
-        out = []
-        for x, idx in request.chunks(requires_grad=True):
-            (g,) = torch.autograd.grad(request.score(x, idx).sum(), x)
-            out.append((g * x).detach().sum(1))
-        return torch.cat(out).float()
+def readme_example() -> str:
+    """The README's ``bench.evaluate`` example, verbatim."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (block,) = [b for b in blocks if "bench.evaluate(" in b]
+    return block
 
 
 @pytest.fixture(scope="module")
 def results():
-    return bench.evaluate(tasks="attribution", methods=[GradTimesInput()], models=["zoo-clip"], seeds=[0])
+    """The README's example, run as written (a notebook's unregistered method, beside saliency)."""
+    scope: dict = {"__name__": "readme_example"}
+    exec(compile(readme_example(), "README.md", "exec"), scope)
+    return scope["res"]
+
+
+class GradTimesInput(Method):
+    name = "my_gxi"
+    capabilities = frozenset({"attribute"})
 
 
 def test_unregistered_method_object_on_a_zoo_model(results):
-    assert sorted(r.key.method for r in results.records) == ["my_gxi", "oracle", "random"]
+    assert sorted(r.key.method for r in results.records) == ["my_gxi", "oracle", "random", "saliency"]
     assert not results.failed
     mine = next(r for r in results.records if r.key.method == "my_gxi")
-    assert mine.provenance["unregistered"] == {"method": f"{__name__}:GradTimesInput"}
+    assert mine.provenance["unregistered"] == {"method": "readme_example:GradTimesInput"}
+    assert "unregistered" not in next(r for r in results.records if r.key.method == "saliency").provenance
     assert mine.provenance["fingerprint"]["method_code"].startswith("object-")
     assert len(mine.rows["example"]) == len(mine.example_hashes) > 0
 
