@@ -71,6 +71,7 @@ def plugin(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return root, bench_env(root, tmp_path_factory.mktemp("env"))
 
 
+@pytest.mark.slow  # fresh interpreters (~30 s); .ci/run runs this file's slow tests
 def test_an_installed_plugin_is_listed_planned_run_and_recorded(plugin, tmp_path):
     _, env = plugin
     run = [sys.executable, "-m", "bench"]
