@@ -39,6 +39,9 @@ class Method:
     families: ClassVar[frozenset[str]] = frozenset({"contrastive", "generative", "diffusion"})
     Config: ClassVar[type] = MethodConfig
     reference: ClassVar[bool] = False  # random / oracle: answered by the task itself
+    # what a reference stands for, which is what a task answers for it (never its name): "chance"
+    # (an output that ignores the input) or "ceiling" (the task's own ground truth); None for a method
+    bound: ClassVar[str | None] = None
     # learns from the request's fit split first (probes, SAEs, directions) and records what it
     # fitted with bench.fitting.record_fit; a test checks fitted state never depends on test items
     fits: ClassVar[bool] = False
@@ -109,6 +112,7 @@ class RandomReference(Method):
     name = "random"
     capabilities = frozenset(CAPABILITIES)
     reference = True
+    bound = "chance"
 
 
 class OracleReference(Method):
@@ -117,6 +121,7 @@ class OracleReference(Method):
     name = "oracle"
     capabilities = frozenset(CAPABILITIES)
     reference = True
+    bound = "ceiling"
 
 
 _check_caps(RandomReference)

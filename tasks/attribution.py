@@ -724,8 +724,10 @@ class AttributionTask(Task):
         return prob
 
     # --------------------------------------------------------------- maps
-    def reference_maps(self, name: str, ex: AttributionExamples, grid: tuple[int, int], seed: int) -> torch.Tensor:
-        if name == "oracle":
+    def reference_maps(self, bound: str | None, ex: AttributionExamples, grid: tuple[int, int],
+                       seed: int) -> torch.Tensor:
+        """A reference's maps: the object's mask (``"ceiling"``), else uniform noise (``"chance"``)."""
+        if bound == "ceiling":
             return ex.masks_BHW.float()
         g = torch.Generator().manual_seed(seed * 7919 + 1)
         return torch.rand((ex.pixels_BCHW.shape[0], *grid), generator=g)
@@ -733,7 +735,7 @@ class AttributionTask(Task):
     def maps_for(self, method: Method, model: Model, req: AttributionRequest, ex: AttributionExamples,
                  seed: int) -> torch.Tensor:
         if method.reference:
-            return self.reference_maps(method.name, ex, req.grid, seed)
+            return self.reference_maps(method.bound, ex, req.grid, seed)
         maps = method.attribute(model, req)
         if not isinstance(maps, torch.Tensor) or maps.ndim != 3 or maps.shape[0] != req.n:
             shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__

@@ -367,15 +367,15 @@ class EditingTask(Task):
             for c in group:
                 shares = []
                 for probe in (c.shown, c.fresh, c.neighbours):
-                    if method.name == "random":
+                    if method.bound == "chance":
                         pred = [r.values[int(rng.integers(len(r.values)))] for r in probe.relations]
-                    elif method.name == "oracle":
+                    elif method.bound == "ceiling":
                         pred = list(probe.targets)
                     else:
                         pred = fact_answers(model, probe, bs)
                     shares.append(acc(probe, pred))
                 per_case.append(shares)
-            q = quality(model, qprobe, bs) if edited and method.name not in ("random", "oracle") else quality_before
+            q = quality(model, qprobe, bs) if edited and not method.reference else quality_before
             return [(e, g, s, q) for e, g, s in per_case]
 
         snapshot = ParameterSnapshot(model.module)
@@ -394,10 +394,10 @@ class EditingTask(Task):
         concept: list[ConceptOutcome] = []
         try:
             for c in cases:
-                applied = method.edit(model, request([c])) if method.name not in ("random", "oracle") else None
+                applied = method.edit(model, request([c])) if not method.reference else None
                 scored += [(c, "single", r) for r in score_cases([c], edited=True, applied=applied)]
                 restore()
-            if method.name not in ("random", "oracle"):
+            if not method.reference:
                 for rel in model.planted:  # one batch per relation: each has one planted site
                     group = [c for c in cases if c.relation.relation == rel.relation]
                     if group:
@@ -461,16 +461,16 @@ class EditingTask(Task):
         for j, c in enumerate(cases):
             before = once(("concept", j), lambda: _judged(model, c.others, c.seed + 2)["shape"])
             applied = None
-            if method.name not in ("random", "oracle"):
+            if not method.reference:
                 applied = method.edit(model, EditRequest(c.pixels_KRCHW, c.prompts, [c.concept] * len(c.prompts),
                                                          [c.new] * len(c.prompts), site=None,
                                                          batch_size=model.batch_size,
                                                          values=[tuple(SHAPES)] * len(c.prompts)))
 
             def read(prompts: list[str], seed_: int) -> list[str]:
-                if method.name == "random":
+                if method.bound == "chance":
                     return [SHAPES[int(rng.integers(len(SHAPES)))] for _ in prompts]
-                if method.name == "oracle":  # a perfect edit: the concept gone or replaced, the rest as before
+                if method.bound == "ceiling":  # a perfect edit: the concept gone or replaced, the rest as before
                     return [c.new or next(x for x in SHAPES if x != c.concept) for _ in prompts]
                 with applied_edit(model, applied):
                     return _judged(model, prompts, seed_)["shape"]
@@ -478,7 +478,7 @@ class EditingTask(Task):
             took = (lambda x: x == c.new) if c.new else (lambda x: x != c.concept)
             e = float(np.mean([took(x) for x in read(c.shown, c.seed)]))
             g = float(np.mean([took(x) for x in read(c.fresh, c.seed + 1)]))
-            after = before if method.name == "oracle" else read(c.others, c.seed + 2)
+            after = before if method.bound == "ceiling" else read(c.others, c.seed + 2)
             s = float(np.mean([a == b for a, b in zip(after, before)]))
             out.append(ConceptOutcome(c.hash, e, g, s))
             restore()

@@ -499,9 +499,9 @@ class HallucinationTask(Task):
         assert isinstance(model, GenerativeModel)
         test = self._split(model, seed, quick, "test")
         labels = test.labels_B
-        if method.name == "oracle":
+        if method.bound == "ceiling":
             scores = labels.double()
-        elif method.name == "random":
+        elif method.bound == "chance":
             scores = torch.rand(len(labels), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         else:
             fit = self._split(model, seed, quick, "fit")

@@ -472,9 +472,9 @@ class LocalizationTask(Task):
         cands = self.candidates(model)
         ex = self.examples(model, n, seed, "test")
         planted_N = torch.tensor([cands.index(s) for s in ex.planted_site])
-        if method.name == "oracle":
+        if method.bound == "ceiling":
             scores = torch.nn.functional.one_hot(planted_N, len(cands)).double()
-        elif method.name == "random":
+        elif method.bound == "chance":
             scores = torch.rand(n, len(cands), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         else:
             request = self.request(model, ex, cands)

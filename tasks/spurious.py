@@ -308,9 +308,9 @@ class SpuriousTask(Task):
             place_prompts, groups = [f"a photo on {v}" for v in SPURIOUS_VALUES], GROUPS
         bs = model.batch_size
         base = predict(model, test.pixels_BCHW, prompts, None, bs)
-        if method.name == "oracle":
+        if method.bound == "ceiling":
             pred, components = test.labels_B.clone(), 0
-        elif method.name == "random":
+        elif method.bound == "chance":
             iv = random_intervention(model, seed)
             pred, components = predict(model, test.pixels_BCHW, prompts, iv, bs), iv.components
         else:
