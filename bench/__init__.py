@@ -2,11 +2,14 @@
 
 The package's ``__init__`` runs before any of its modules is imported, the contracts
 (``bench.sites``, ``bench.method``...) included, so it imports nothing itself: ``evaluate`` and
-``Results`` are resolved on first use (PEP 562), keeping the core layer free of the harness.
+``Results`` are resolved on first use (PEP 562), keeping the core layer free of the harness. The
+module is named as a string: a cell's fingerprint (:mod:`bench.identity`) follows every module's
+imports and parent packages, and the API is a dependency of no task, method or model.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["evaluate", "Results"]
@@ -14,7 +17,5 @@ __all__ = ["evaluate", "Results"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from bench import api
-
-        return getattr(api, name)
+        return getattr(importlib.import_module("bench.api"), name)
     raise AttributeError(f"module 'bench' has no attribute {name!r}")

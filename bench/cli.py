@@ -298,18 +298,8 @@ def method_meta(name: str) -> dict[str, Any]:
 
 
 def hf_families() -> dict[str, str]:
-    """``models.hf_loader.FAMILIES`` (checkpoint kind -> family), read from the module's source
-    without importing it (it imports torch)."""
-    import ast
-
-    src = Path(__file__).resolve().parent.parent / "models" / "hf_loader.py"
-    try:
-        for node in ast.parse(src.read_text()).body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FAMILIES" for t in node.targets):
-                return dict(ast.literal_eval(node.value))
-    except (OSError, SyntaxError, ValueError):
-        pass
-    from models.hf_loader import FAMILIES
+    """Checkpoint kind -> family of the ``hf:`` source (:mod:`models.hf_source`, torch-free)."""
+    from models.hf_source import FAMILIES
 
     return dict(FAMILIES)
 
@@ -430,10 +420,12 @@ def cmd_describe(args: argparse.Namespace) -> int:
             print(f"\noptions (fixed by the task's version; {type(config).__name__}):")
             print("\n".join(_options(type(config))))
     else:
-        if name.startswith("hf:"):
-            from models.hf_loader import family_of
+        src = MODELS.source_of(name)
+        if src is not None:
+            from bench.runner import model_family
 
-            print(f"{name}: a local Hugging Face checkpoint; family: {family_of(name)} (from its config.json)")
+            print(f"{name}: a model of the {src.prefix!r} source ({src.load}); family: {model_family(name)} "
+                  "(from its files)")
             return 0
         entry = MODELS.entry(name)
         print(f"{name}: model ({entry.source}, {entry.target})")

@@ -19,14 +19,12 @@ Ingredients (each a 16-hex-digit sha256 prefix unless said otherwise):
   (the entry point's distribution, else the one that installs its top-level package;
   ``unpackaged`` for a module found on ``sys.path`` only).
 - ``model_weights``: a zoo model's shipped weights hash (:func:`bench.runner.zoo_weights_hash`,
-  the hash its records carry); an ``hf:`` folder's files by content: every ``*.safetensors``,
-  ``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt`` (weights), ``*.json`` (``config.json``,
-  ``model_index.json``, preprocessor, scheduler and tokenizer configs, the ``mmi_bench.json``
-  sidecar) and ``*.txt`` / ``*.model`` (tokenizer vocabularies), recursively (diffusers pipelines
-  keep each component in a subfolder), relative path and bytes, hidden files excluded. Absent for
-  other registered models (their weights are whatever their factory builds: see ``model_code``).
-- ``model_code``: the closure of the model factory's module (``hf:``: :mod:`models.hf_loader`, which
-  reaches every wrapper; zoo: :mod:`models.zoo_models`).
+  the hash its records carry); for a model of a registered source (``hf:FOLDER``), the source's
+  digest of what it loads from (:func:`models.hf_source.folder_digest`: every weight, config and
+  tokenizer file by content, recursively, hidden files excluded). Absent for other registered
+  models (their weights are whatever their factory builds: see ``model_code``).
+- ``model_code``: the closure of the model factory's module (a source's ``code`` module, e.g.
+  :mod:`models.hf_loader`, which reaches every wrapper; zoo: :mod:`models.zoo_models`).
 - ``packages``: ``torch==… transformers==… diffusers==…``, the packages whose versions move numbers.
 
 Not ingredients: the data files' digests and the profile, which are in the key already.
@@ -68,7 +66,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("bench", "tasks", "methods", "models")
 TABLE = PROJECT_ROOT / "tasks" / "CODE_HASHES.json"
 NUMERIC_PACKAGES = ("torch", "transformers", "diffusers")
-HF_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
 GUARD_SCOPE = ("tasks", "bench.world")  # what the task-code guard covers besides the task's module
 UNKNOWN = "unknown"
 
@@ -376,42 +373,23 @@ def method_package(method: str) -> str | None:
         return f"{dist}==?"
 
 
-_HF_CACHE: dict[tuple[Any, ...], str] = {}
-
-
-def hf_folder_digest(folder: Path) -> str:
-    """sha256 over an ``hf:`` folder's weight, config and tokenizer files (see the module
-    docstring): relative path and bytes, in path order; cached by every file's (size, mtime)."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.suffix in HF_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    stats = tuple((str(p.relative_to(folder)), _stat_key(p)) for p in files)
-    key = (str(folder.resolve()), stats)
-    if key not in _HF_CACHE:
-        h = hashlib.sha256()
-        for rel, p in zip((s[0] for s in stats), files):
-            h.update(f"{rel}\n".encode())
-            with p.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-        _HF_CACHE[key] = _short(h)
-    return _HF_CACHE[key]
-
-
 def canonical_model(name: str) -> str:
-    """``hf:<path>`` with the path resolved to an absolute one (two folders named ``clip`` are two
-    models); any other name unchanged."""
-    if name.startswith("hf:"):
-        return "hf:" + str(Path(name[3:]).expanduser().resolve())
-    return name
+    """The one name of a model: a registered source's canonical form (``hf:<path>`` with the path
+    made absolute, so two folders named ``clip`` are two models); any other name unchanged."""
+    from bench.registry import MODELS
+
+    src = MODELS.source_of(name)
+    return str(src.call("canonical", name)) if src is not None else name
 
 
 def model_weights(model: str) -> str | None:
-    """A zoo model's shipped weights hash, an ``hf:`` folder's content digest; None otherwise."""
-    if model.startswith("hf:"):
-        return hf_folder_digest(Path(canonical_model(model)[3:]))
+    """A zoo model's shipped weights hash, a source model's digest (an ``hf:`` folder's content);
+    an object's own; None otherwise."""
     from bench.registry import MODELS
 
+    src = MODELS.source_of(model)
+    if src is not None:
+        return str(src.call("digest", canonical_model(model)))
     if model in MODELS and MODELS.entry(model).is_object:
         return str(MODELS.entry(model).meta["weights"])
     from bench.runner import zoo_weights_hash
@@ -420,12 +398,13 @@ def model_weights(model: str) -> str | None:
 
 
 def model_code(model: str) -> str:
-    """Digest of the model factory's module closure (``models.hf_loader`` for ``hf:``)."""
-    if model.startswith("hf:"):
-        return code_digest("models.hf_loader")
+    """Digest of the model factory's module closure (a source's ``code`` module for its models)."""
     from bench.errors import BenchError
     from bench.registry import MODELS
 
+    src = MODELS.source_of(model)
+    if src is not None:
+        return code_digest(src.code)
     try:
         entry = MODELS.entry(model)
     except BenchError:  # not registered: the cell fails when it runs, with the reason

@@ -61,15 +61,41 @@ class Entry:
 
     def load(self) -> Any:
         if self._loaded is None:
-            mod, _, attr = self.target.partition(":")
             try:
-                obj: Any = importlib.import_module(mod)
-                for part in attr.split("."):
-                    obj = getattr(obj, part)
-            except (ImportError, AttributeError) as e:
-                raise BenchError(f"{self.name!r} ({self.source}) could not be loaded from {self.target!r}: {e}") from e
-            self._loaded = obj
+                self._loaded = resolve(self.target)
+            except BenchError as e:
+                raise BenchError(f"{self.name!r} ({self.source}) {e}") from e
         return self._loaded
+
+
+def resolve(target: str) -> Any:
+    """The object a ``module:attr`` target names (a one-line BenchError when it cannot load)."""
+    mod, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise BenchError(f"could not load {target!r}: {e}") from e
+    return obj
+
+
+@dataclass(frozen=True)
+class Source:
+    """Models named ``<prefix>:<rest>`` (``hf:./my-clip``), answered by functions instead of one
+    entry per name; each is a ``module:attr`` target taking the full name. ``family``,
+    ``canonical`` and ``digest`` must not import torch (planning calls them); ``load`` builds the
+    :class:`bench.model.Model`; ``code`` is the module whose closure is these models' code."""
+
+    prefix: str
+    load: str  # name -> Model
+    family: str  # name -> "contrastive" | "generative" | "diffusion", from files alone
+    canonical: str  # name -> the one name of the same model (e.g. an absolute path)
+    digest: str  # name -> content digest of what the model is loaded from
+    code: str
+
+    def call(self, fn: str, name: str) -> Any:
+        return resolve(getattr(self, fn))(name)
 
 
 class Registry(Generic[T]):
@@ -77,7 +103,19 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._entries: dict[str, Entry] = {}
+        self._sources: dict[str, Source] = {}
         self._eps_loaded = False
+
+    def register_source(self, prefix: str, **targets: str) -> None:
+        """Register a :class:`Source`: every name starting ``prefix:`` resolves through it."""
+        if prefix in self._sources:
+            raise DuplicateName(f"{self.kind} source {prefix!r} is registered twice")
+        self._sources[prefix] = Source(prefix, **targets)
+
+    def source_of(self, name: str) -> Source | None:
+        """The source a ``prefix:rest`` name belongs to, or None for a plain registered name."""
+        prefix, sep, _ = name.partition(":")
+        return self._sources.get(prefix) if sep else None
 
     def register(self, name: str, target: str, source: str = "builtin", **meta: Any) -> None:
         if name in self._entries:
@@ -256,7 +294,12 @@ def _register_builtins() -> None:
 
 
 _register_builtins()
-MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive")
-MODELS.register("zoo-clip-spurious", "models.zoo_models:load_zoo_clip_model", family="contrastive")
-MODELS.register("zoo-vlm", "models.zoo_models:load_zoo_vlm_model", family="generative")
-MODELS.register("zoo-diffusion", "models.zoo_models:load_zoo_diffusion_model", family="diffusion")
+# the zoo (``zoo=True``: shipped weights whose hash the records carry, models/zoo/weights/NAME.json)
+MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive", zoo=True)
+MODELS.register("zoo-clip-spurious", "models.zoo_models:load_zoo_clip_model", family="contrastive", zoo=True)
+MODELS.register("zoo-vlm", "models.zoo_models:load_zoo_vlm_model", family="generative", zoo=True)
+MODELS.register("zoo-diffusion", "models.zoo_models:load_zoo_diffusion_model", family="diffusion", zoo=True)
+# local Hugging Face checkpoints: ``--model hf:FOLDER``
+MODELS.register_source("hf", load="models.hf_loader:load_hf", family="models.hf_source:family_of",
+                       canonical="models.hf_source:canonical", digest="models.hf_source:weights_digest",
+                       code="models.hf_loader")

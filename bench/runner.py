@@ -121,29 +121,25 @@ class Plan:
 
 # ------------------------------------------------------------------ loading
 _MODEL_CACHE: dict[str, "Model"] = {}
-_HF_DIGEST: dict[str, str] = {}  # hf: model -> the folder digest its cached model was loaded from
+_SOURCE_DIGEST: dict[str, str] = {}  # source model -> the digest its cached model was loaded from
 _DEFAULT_BATCH: dict[str, int] = {}
 
 
 def load_model(name: str) -> "Model":
-    """Load (once per process) a registered model; an ``hf:`` folder re-saved since it was loaded
-    is loaded again."""
-    from models.hf_loader import is_hf, load_hf
-
-    if is_hf(name):
-        from bench.identity import hf_folder_digest
-
+    """Load (once per process) a registered model, or a model of a registered source (``hf:``); a
+    source model whose files changed since it was loaded (a folder re-saved) is loaded again."""
+    src = MODELS.source_of(name)
+    if src is not None:
         try:
-            digest = hf_folder_digest(Path(canonical_model(name)[3:]))
-        except OSError:
+            digest = str(src.call("digest", canonical_model(name)))
+        except (OSError, BenchError):
             digest = ""
-        if _HF_DIGEST.get(name, digest) != digest:
-            _MODEL_CACHE.pop(name, None)
-            _DEFAULT_BATCH.pop(name, None)
-        _HF_DIGEST[name] = digest
+        if _SOURCE_DIGEST.get(name, digest) != digest:
+            forget_model(name)
+        _SOURCE_DIGEST[name] = digest
     if name not in _MODEL_CACHE:
-        if is_hf(name):
-            model = load_hf(name)
+        if src is not None:
+            model = src.call("load", name)
         else:
             factory = MODELS.get(name)
             model = factory(name) if _takes_name(factory) else factory()
@@ -199,7 +195,7 @@ def _expand(values: Sequence[str] | None, known: list[str], kind: str) -> list[s
         return list(known)
     out = []
     for v in values:
-        if kind == "model" and v.startswith("hf:"):  # a checkpoint folder, by its absolute path
+        if kind == "model" and MODELS.source_of(v) is not None:  # e.g. a checkpoint folder, by its absolute path
             out.append(canonical_model(v))
             continue
         if v not in known:
@@ -253,8 +249,8 @@ def _is_reference(method: str) -> bool:
 # imports no task or method module and loads no model. A plugin's facts are computed each time.
 def _plugin(kind: str, name: str) -> bool:
     """Whether ``name`` comes from a plugin (or is unknown): its answers are not kept."""
-    if kind == "model" and name.startswith("hf:"):
-        return False  # models.hf_loader's code is the project's; the folder's digest is in the key
+    if kind == "model" and MODELS.source_of(name) is not None:
+        return False  # the source's code is the project's; the model's digest is in the key
     try:
         entry = {"task": TASKS, "method": METHODS, "model": MODELS}[kind].entry(name)
         return entry.is_plugin or entry.is_object  # an object's facts are its own, never kept
@@ -263,13 +259,12 @@ def _plugin(kind: str, name: str) -> bool:
 
 
 def _model_id(model: str) -> list[str]:
-    """A model's name and what the answers' stamp cannot see about it (an ``hf:`` folder's digest)."""
-    if model.startswith("hf:"):
-        from bench.identity import hf_folder_digest
-
+    """A model's name and what the answers' stamp cannot see about it (a source model's digest)."""
+    src = MODELS.source_of(model)
+    if src is not None:
         try:
-            return [model, hf_folder_digest(Path(model[3:]))]
-        except OSError:
+            return [model, str(src.call("digest", model))]
+        except (OSError, BenchError):
             return [model, "?"]
     return [model]
 
@@ -304,15 +299,11 @@ def method_config(name: str, overrides: Sequence[tuple[str, Any]] = ()) -> dict[
 
 
 def model_family(name: str) -> str | None:
-    """A registered model's family (registry metadata; None when it declares none), an ``hf:``
-    folder's from its config.json (nothing loaded)."""
-    if name.startswith("hf:"):
-        def compute() -> str:
-            from models.hf_loader import family_of
-
-            return family_of(name)
-
-        return answers.remember("hf-family", _model_id(name), compute)
+    """A registered model's family (registry metadata; None when it declares none), a source
+    model's from its files (an ``hf:`` folder's config.json; nothing loaded)."""
+    src = MODELS.source_of(name)
+    if src is not None:
+        return answers.remember("source-family", _model_id(name), lambda: str(src.call("family", name)))
     return MODELS.entry(name).meta.get("family")
 
 
@@ -559,13 +550,13 @@ def zoo_weights_hash(name: str) -> str | None:
     """The weights hash a zoo model's records carry, read from its shipped metadata without
     loading the weights (kept on disk: :mod:`bench.answers` stamps the metadata files); ``None``
     for models outside the zoo (``hf:`` folders, test models)."""
-    if name.startswith("hf:"):
+    if MODELS.source_of(name) is not None:
         return None
     try:
         entry = MODELS.entry(name)
     except (BenchError, KeyError):
         return None
-    if not entry.target.startswith("models.zoo_models:"):
+    if not entry.meta.get("zoo"):
         return None
     from models.zoo import WEIGHTS_DIR
 
@@ -619,7 +610,7 @@ def order_cells(todo: Sequence[Cell], seconds: Mapping[tuple[str, str, str, str]
         k = (c.task, c.method, canonical_model(c.model), "quick" if c.quick else "full")
         if k in seconds:
             return seconds[k]
-        fam = model_family(c.model) if not c.model.startswith("hf:") else None
+        fam = model_family(c.model) if MODELS.source_of(c.model) is None else None
         base = FAMILY_COST.get(fam or "", 4.0) * (1.0 if c.quick else 4.0)
         return base / 3 if _is_reference(c.method) else base
 

@@ -93,7 +93,7 @@ def png_bytes(fig: Any) -> bytes:
 def _family(name: str) -> str | None:
     from bench.registry import MODELS
 
-    if name.startswith("hf:") or name not in MODELS:
+    if MODELS.source_of(name) is not None or name not in MODELS:
         return None
     return MODELS.entry(name).meta.get("family")
 

@@ -124,7 +124,7 @@ def check_names(grid: RecordedGrid, where: str) -> None:
         try:
             TASKS.entry(c.task)
             METHODS.entry(c.method)
-            if not c.model.startswith("hf:"):
+            if MODELS.source_of(c.model) is None:
                 MODELS.entry(c.model)
         except BenchError as e:
             raise BenchError(f"{where}: cell {c.label}: {e}") from None

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -49,52 +48,14 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.model import Model
+from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
 
-PREFIX = "hf:"
-FAMILIES = {"clip": "contrastive", "siglip": "contrastive", "llava": "generative", "stable-diffusion": "diffusion"}
-SUPPORTED = tuple(FAMILIES)
+__all__ = ["FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf", "load_hf"]
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # used when a checkpoint names none
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # LLaVA-1.5's conversation format; ``<image>`` is expanded to the vision tower's feature count
 LLAVA_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
-
-
-def is_hf(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
-def _path(name: str) -> Path:
-    return Path(name[len(PREFIX):]).expanduser()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BenchError(f"hf: {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise BenchError(f"hf: {path} holds a JSON {type(data).__name__}, not an object")
-    return data
-
-
-def checkpoint_type(path: Path) -> str:
-    """``clip`` | ``siglip`` | ``llava`` | ``stable-diffusion`` for a checkpoint folder (from its
-    config alone); a one-line ``BenchError`` for anything else."""
-    if not path.is_dir():
-        raise BenchError(f"hf: {str(path)!r} is not a folder (a checkpoint saved with save_pretrained)")
-    if (path / "model_index.json").exists():
-        cls = str(_read_json(path / "model_index.json").get("_class_name", ""))
-        if cls.startswith("StableDiffusion") and "XL" not in cls and "3" not in cls:
-            return "stable-diffusion"
-        raise BenchError(f"hf: {str(path)!r} is a diffusers {cls or 'pipeline'}; supported diffusion pipelines: "
-                         f"Stable Diffusion 1.x/2.x (UNet2DConditionModel + CLIP text encoder)")
-    cfg = path / "config.json"
-    if not cfg.exists():
-        raise BenchError(f"hf: {str(path)!r} has no config.json (save the model with save_pretrained)")
-    model_type = str(_read_json(cfg).get("model_type", ""))
-    if model_type not in FAMILIES or model_type == "stable-diffusion":
-        raise BenchError(f"hf: model_type {model_type!r} is not supported yet (supported: {', '.join(SUPPORTED)})")
-    return model_type
 
 
 def weights_hash(path: Path) -> str:
@@ -111,14 +72,9 @@ def weights_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def family_of(name: str) -> str:
-    """The family of an ``hf:`` checkpoint, from its config alone (nothing is loaded)."""
-    return FAMILIES[checkpoint_type(_path(name))]
-
-
 def load_hf(name: str) -> Model:
     """Load ``hf:<path>`` with the wrapper its config names."""
-    path = _path(name)
+    path = path_of(name)
     kind = checkpoint_type(path)
     loader: Callable[[str, Path, str, dict[str, Any]], Model] = {
         "clip": _load_contrastive, "siglip": _load_contrastive, "llava": _load_llava,
@@ -141,7 +97,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     f = path / SIDECAR
     if not f.exists():
         return {}
-    data = _read_json(f)
+    data = read_json(f)
     unknown = sorted(set(data) - set(_SIDECAR_KEYS))
     if unknown:
         raise BenchError(f"hf: {f}: unknown key {unknown[0]!r} (known: {', '.join(_SIDECAR_KEYS)})")
@@ -212,7 +168,7 @@ class ResizingJudge:
         from models.zoo import WEIGHTS_DIR
 
         self.inner = OracleJudge(name)
-        self.size = int(_read_json(WEIGHTS_DIR / f"{name}.json")["config"]["image_size"])
+        self.size = int(read_json(WEIGHTS_DIR / f"{name}.json")["config"]["image_size"])
 
     def __call__(self, pixels_BCHW: torch.Tensor) -> dict[str, list[str]]:
         if pixels_BCHW.shape[-1] != self.size:
@@ -251,7 +207,7 @@ def _normalisation(path: Path) -> tuple[Any, Any]:
     pre = path / "preprocessor_config.json"
     if not pre.exists():
         return CLIP_MEAN, CLIP_STD
-    p = _read_json(pre)
+    p = read_json(pre)
     return p.get("image_mean", CLIP_MEAN), p.get("image_std", CLIP_STD)
 
 

@@ -1,0 +1,106 @@
+"""The ``hf:`` model source: what planning needs about a local Hugging Face checkpoint, without
+importing torch or loading it (its family from the config, its canonical name, a digest of its
+files). :mod:`models.hf_loader` loads it; both are registered together as the registry's ``hf``
+source (:meth:`bench.registry.Registry.register_source`), so nothing else recognises ``hf:``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+PREFIX = "hf:"
+FAMILIES = {"clip": "contrastive", "siglip": "contrastive", "llava": "generative", "stable-diffusion": "diffusion"}
+SUPPORTED = tuple(FAMILIES)
+# what an hf: folder's digest covers: weights, configs, tokenizer vocabularies
+HF_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
+
+
+def is_hf(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def path_of(name: str) -> Path:
+    """The folder an ``hf:<path>`` name points at."""
+    return Path(name[len(PREFIX):]).expanduser()
+
+
+def canonical(name: str) -> str:
+    """``hf:<path>`` with the path resolved to an absolute one (two folders named ``clip`` are two
+    models)."""
+    return PREFIX + str(path_of(name).resolve())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BenchError(f"hf: {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise BenchError(f"hf: {path} holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def checkpoint_type(path: Path) -> str:
+    """``clip`` | ``siglip`` | ``llava`` | ``stable-diffusion`` for a checkpoint folder (from its
+    config alone); a one-line ``BenchError`` for anything else."""
+    if not path.is_dir():
+        raise BenchError(f"hf: {str(path)!r} is not a folder (a checkpoint saved with save_pretrained)")
+    if (path / "model_index.json").exists():
+        cls = str(read_json(path / "model_index.json").get("_class_name", ""))
+        if cls.startswith("StableDiffusion") and "XL" not in cls and "3" not in cls:
+            return "stable-diffusion"
+        raise BenchError(f"hf: {str(path)!r} is a diffusers {cls or 'pipeline'}; supported diffusion pipelines: "
+                         f"Stable Diffusion 1.x/2.x (UNet2DConditionModel + CLIP text encoder)")
+    cfg = path / "config.json"
+    if not cfg.exists():
+        raise BenchError(f"hf: {str(path)!r} has no config.json (save the model with save_pretrained)")
+    model_type = str(read_json(cfg).get("model_type", ""))
+    if model_type not in FAMILIES or model_type == "stable-diffusion":
+        raise BenchError(f"hf: model_type {model_type!r} is not supported yet (supported: {', '.join(SUPPORTED)})")
+    return model_type
+
+
+def family_of(name: str) -> str:
+    """The family of an ``hf:`` checkpoint, from its config alone (nothing is loaded)."""
+    return FAMILIES[checkpoint_type(path_of(name))]
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+_DIGESTS: dict[tuple[Any, ...], str] = {}
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 (16 hex digits) over a checkpoint folder's weight, config and tokenizer files
+    (:data:`HF_SUFFIXES`, recursively: diffusers pipelines keep each component in a subfolder;
+    hidden files excluded): relative path and bytes, in path order; cached by every file's
+    (size, mtime)."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix in HF_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    stats = tuple((str(p.relative_to(folder)), _stat_key(p)) for p in files)
+    key = (str(folder.resolve()), stats)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for rel, p in zip((s[0] for s in stats), files):
+            h.update(f"{rel}\n".encode())
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def weights_digest(name: str) -> str:
+    """:func:`folder_digest` of ``hf:<path>``."""
+    return folder_digest(path_of(name))
