@@ -60,7 +60,7 @@ import tokenize
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("bench", "tasks", "methods", "models")
@@ -447,9 +447,9 @@ def fingerprints(cells: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, 
             models[model] = (model_weights(model), model_code(model))
         fp = {"task_code": tasks[task], "method_code": methods[method][0]}
         if methods[method][1] is not None:
-            fp["method_package"] = methods[method][1]
+            fp["method_package"] = cast(str, methods[method][1])  # not None: checked above
         if models[model][0] is not None:
-            fp["model_weights"] = models[model][0]
+            fp["model_weights"] = cast(str, models[model][0])  # not None: checked above
         fp["model_code"] = models[model][1]
         fp["packages"] = packages
         out[(task, method, model)] = fp

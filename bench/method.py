@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 
@@ -18,6 +18,9 @@ from bench.capabilities import (
 )
 from bench.errors import BenchError
 from bench.model import Model
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,10 @@ class Method:
     # (necessity)"}: a localization method may find where a fact's answer depends on (mediation),
     # what is decodable, or a direct effect, rather than where it is stored; records and tables show it
     answers: ClassVar[dict[str, str]] = {}
+    # what the method fitted, artifact name -> content hash: an instance attribute that
+    # bench.fitting.record_fit creates on the first fit (absent until then, so read it with
+    # ``getattr(method, "fitted", None)``); the runner stores it with the record
+    fitted: dict[str, str]
 
     def __init__(self, config: Any = None, **overrides: Any) -> None:
         if config is None:
@@ -69,7 +76,8 @@ class Method:
         self.diagnostics.update({k: float(v) for k, v in figures.items()})
 
     def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config) if is_dataclass(self.config) else {}
+        # a dataclass config is an instance (``Config()`` or one passed in), never the class itself
+        return asdict(cast("DataclassInstance", self.config)) if is_dataclass(self.config) else {}
 
     def supports(self, model: Model) -> str | None:
         """``None`` if the method can run on ``model``, else the reason it cannot."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal, Mapping, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal, Mapping, Protocol, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -88,7 +88,7 @@ class Model(ABC):
     def layer_sites(self, tower: str, kind: str) -> list[str]:
         """Names of the per-layer sites of one kind in a tower, in layer order."""
         found = [s for s in self.sites(tower=tower, kind=kind) if s.layer is not None]
-        return [s.name for s in sorted(found, key=lambda s: s.layer)]
+        return [s.name for s in sorted(found, key=lambda s: cast(int, s.layer))]  # layer: not None, above
 
     def layer_site_at(self, tower: str, kind: str, layer: int | None = None) -> str:
         """The per-layer site of ``kind`` in ``tower`` at block ``layer`` (negative counts from the

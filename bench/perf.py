@@ -92,7 +92,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Mapping, Sequence, cast
 
 from bench.errors import BenchError
 
@@ -101,7 +101,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from bench.capabilities import LocalizeRequest
-    from bench.model import Model
+    from bench.model import Model, TokenLayout
 
 ZOO_MODELS: tuple[str, ...] = ("zoo-clip", "zoo-clip-spurious", "zoo-vlm", "zoo-diffusion")
 BATCH_SIZES: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256)
@@ -463,7 +463,8 @@ def model_units(model: "Model") -> list[Unit]:
 
         return [Unit("image", clip.vision_model, image, image_grad), Unit("text", clip.text_model, text, text_grad)]
     if isinstance(model, GenerativeModel) and hasattr(model, "llava"):
-        size = model.token_layout().grid[0] * model.token_layout().patch_size
+        # a generative model has image tokens: its layout is never None
+        size = cast("TokenLayout", model.token_layout()).grid[0] * cast("TokenLayout", model.token_layout()).patch_size
 
         def lm_inputs(b: int) -> tuple[Any, Any, Any]:
             inp = model.answer_inputs(["what colour is the circle?"] * b, ["red"] * b)
@@ -506,9 +507,11 @@ def model_units(model: "Model") -> list[Unit]:
         def text_grad(b: int) -> Callable[[], Any]:
             prompts = [CAPTIONS[i % len(CAPTIONS)] for i in range(b)]
             return _grad_wrt(lambda _: model.encode_prompts(prompts).hidden_BLD, None,
-                             list(model.text_encoder.parameters()))
+                             list(cast(Any, model).text_encoder.parameters()))
 
-        units = [Unit("unet", model.unet, unet, unet_grad), Unit("text", model.text_encoder, text, text_grad)]
+        # text_encoder: the built-in wrappers' module (like unet, not part of the DiffusionModel contract)
+        units = [Unit("unet", model.unet, unet, unet_grad),
+                 Unit("text", cast(Any, model).text_encoder, text, text_grad)]
         vae = getattr(model, "vae", None)
         if vae is not None:
             size = model.image_size
@@ -544,7 +547,7 @@ def site_forward(model: "Model", b: int) -> Callable[[], Any]:
         x, caps = _rand((b, 3, model.image_size, model.image_size)), [CAPTIONS[i % 4] for i in range(b)]
         f: Callable[[], Any] = lambda: model.similarity(x, caps)  # noqa: E731
     elif isinstance(model, GenerativeModel):
-        lay = model.token_layout()
+        lay = cast("TokenLayout", model.token_layout())  # a generative model's: never None
         x = _rand((b, 3, lay.grid[0] * lay.patch_size, lay.grid[1] * lay.patch_size))
         inp = model.answer_inputs(["what colour is the circle?"] * b, ["red"] * b)
         f = lambda: model.forward_tokens(x, inp.ids_BL, inp.mask_BL)  # noqa: E731
@@ -669,7 +672,7 @@ class _NoTrace:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> Literal[False]:
         return False
 
 
@@ -771,7 +774,7 @@ def measure_trace(model: "Model", cfg: Config) -> list[Measurement]:
             return f()
 
     # cheap and small effects: three times the rounds, each twice as long
-    more = dict(repeats=3 * cfg.repeats, min_s=2 * cfg.min_s)
+    more: dict[str, Any] = dict(repeats=3 * cfg.repeats, min_s=2 * cfg.min_s)
     m1, _ = _measure(model.name, "trace: empty", "plain forward (batch 1)", "empty trace", f, empty, cfg, False,
                      **more)
     m1.met = m1.ratio <= 1.05
@@ -910,14 +913,15 @@ def measure_scoring(model: "Model", cfg: Config, units: Sequence[UnitCost]) -> l
     # a diffusion image is 8 denoiser rows: a quarter of the examples
     n = max(1, cfg.scoring_examples // 4) if isinstance(model, DiffusionModel) else cfg.scoring_examples
     ex = _scoring_examples(task, model, n)
-    grid = task.config.diffusion_grid if isinstance(model, DiffusionModel) else model.token_layout().grid
+    grid = (task.config.diffusion_grid if isinstance(model, DiffusionModel)
+            else cast("TokenLayout", model.token_layout()).grid)  # contrastive or generative: image tokens
     maps = _rand((ex.pixels_BCHW.shape[0], *grid), seed=1)
     inside: list[tuple[float, int]] = []
     original = AttributionRequest.score_all
 
-    def timed(self: AttributionRequest, pixels_NCHW: torch.Tensor, idx_N: torch.Tensor) -> torch.Tensor:
+    def timed(self: AttributionRequest, pixels_NCHW: torch.Tensor, example_idx_N: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        out = original(self, pixels_NCHW, idx_N)
+        out = original(self, pixels_NCHW, example_idx_N)
         inside.append((time.perf_counter() - t0, int(pixels_NCHW.shape[0])))
         return out
 
@@ -1006,7 +1010,7 @@ def roofline(counter: RowCounter, costs: Sequence[UnitCost]) -> float:
             total += n * by[u].forward_s
     for u, n in counter.backward.items():
         if u in by:
-            total += n * (by[u].backward_s if by[u].backward_s is not None else 2 * by[u].forward_s)
+            total += n * (cast(float, by[u].backward_s) if by[u].backward_s is not None else 2 * by[u].forward_s)
     return total
 
 

@@ -174,6 +174,7 @@ class MaskRef:
         """The mask as a boolean H × W array (decoded or rasterised now)."""
         from PIL import Image, ImageDraw
 
+        im: Image.Image  # the decoded file, or a new image to rasterise the polygons into
         if self.path is not None:
             try:
                 with Image.open(self.path) as im:
@@ -586,6 +587,7 @@ def _diagnose(p: Path, fmt: str, text: str, err: BaseException) -> str:
                 objs.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
                 return f"invalid JSON on line {n}, column {e.colno}: {e.msg}"
+    where: str | int  # a phrase ("line 3") in the first loop, a line or item number in the second
     for k, (n, v) in enumerate(objs):
         if not isinstance(v, dict):
             where = f"line {n}" if n else f"item {k + 1}"

@@ -113,7 +113,7 @@ _PACKAGES = ("mmi-bench", "torch", "numpy", "transformers", "diffusers", "captum
 @lru_cache(maxsize=1)
 def environment() -> dict[str, Any]:
     """Package versions, git commit, Python and platform (cached per process)."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for p in _PACKAGES:
         try:
             versions[p] = metadata.version(p)

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, TypeVar, cast
 
 from bench import answers
 from bench.errors import BenchError, UnknownName
@@ -254,7 +254,7 @@ def declared(source: str, module: str, kind: str) -> list[tuple[str, str, dict[s
                         "families": _literal(a["families"]) if "families" in a else ALL_FAMILIES,
                         "reference": bool(_literal(a["reference"])) if "reference" in a else False}
             elif kind == "task" and isinstance(a.get("spec"), ast.Call):
-                kw = {k.arg: k.value for k in a["spec"].keywords if k.arg}  # type: ignore[union-attr]
+                kw = {k.arg: k.value for k in cast(ast.Call, a["spec"]).keywords if k.arg}  # a Call: checked above
                 name = _literal(kw["name"])
                 meta = {"families": _literal(kw["families"]), "capability": _literal(kw["capability"]),
                         "main_score": _literal(kw["main_score"]), "version": _literal(kw["version"]),
@@ -290,7 +290,9 @@ def _register_builtins() -> None:
         for name, target, meta in discover(package, kind):
             if kind == "task":
                 meta.pop("version")  # read from the source when asked (bench.cli.task_meta): it moves
-            reg.register(name, target, **{k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()})
+            # meta: the declaration's fields (never ``source``), lists as tuples
+            reg.register(name, target,
+                         **cast("dict[str, Any]", {k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()}))
 
 
 _register_builtins()

@@ -521,7 +521,7 @@ def _vmhwm_kb() -> int | None:
 def _peak_memory_mb(own: bool) -> float:
     """Peak resident memory in MB: since :func:`_reset_peak_memory` when ``own`` (``VmHWM``), else
     the process's peak so far (``ru_maxrss``: kB on Linux, bytes on macOS)."""
-    kb = _vmhwm_kb() if own else None
+    kb: float | None = _vmhwm_kb() if own else None
     if kb is None:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kb = rss / 1024 if sys.platform == "darwin" else rss

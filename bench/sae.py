@@ -128,6 +128,10 @@ class _Step(torch.autograd.Function):
 class SAE(nn.Module):
     """A trained sparse autoencoder over ``D``-dimensional activations (last axis)."""
 
+    # buffers (register_buffer in __init__): the normalisation the SAE works in
+    mean_D: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, d: int, n_features: int, cfg: SAEConfig) -> None:
         super().__init__()
         self.cfg = cfg

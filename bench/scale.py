@@ -64,16 +64,18 @@ def clip_shape(config: Any = None) -> Shape:
     from transformers import CLIPConfig, CLIPModel
 
     cfg = config or CLIPConfig()
+    # the ignores below: transformers 5 types a config's fields as the inputs they accept (a sub-config
+    # as a dict or None, image_size as a pair or None); CLIPConfig holds config objects and ints
     with torch.device("meta"):
         model = CLIPModel(cfg)
-        size = cfg.vision_config.image_size
-        px = torch.zeros(1, 3, size, size)
-        ids = torch.zeros(1, min(PROMPT_TOKENS, cfg.text_config.max_position_embeddings), dtype=torch.long)
+        size = cfg.vision_config.image_size  # type: ignore[union-attr]
+        px = torch.zeros(1, 3, size, size)  # type: ignore[arg-type]
+        ids = torch.zeros(1, min(PROMPT_TOKENS, cfg.text_config.max_position_embeddings), dtype=torch.long)  # type: ignore[union-attr]
     f = {"image": _flops(lambda: model.get_image_features(pixel_values=px)),
          "text": _flops(lambda: model.get_text_features(input_ids=ids))}
     params = float(sum(p.numel() for p in model.parameters()))
     return Shape("clip-vit-b32", "contrastive", "zoo-clip", params, f,
-                 f"ViT-B/{cfg.vision_config.patch_size} at {size} px; text {ids.shape[1]} tokens")
+                 f"ViT-B/{cfg.vision_config.patch_size} at {size} px; text {ids.shape[1]} tokens")  # type: ignore[union-attr]
 
 
 def llava_shape() -> Shape:
@@ -89,10 +91,11 @@ def llava_shape() -> Shape:
     tc = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                      num_key_value_heads=32, vocab_size=32064)
     cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_index=32000)
-    n_img = (vc.image_size // vc.patch_size) ** 2
+    # the ignores: transformers 5 types image_size as any size input (a pair, None); an int here
+    n_img = (vc.image_size // vc.patch_size) ** 2  # type: ignore[operator]
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(cfg)
-        px = torch.zeros(1, 3, vc.image_size, vc.image_size)
+        px = torch.zeros(1, 3, vc.image_size, vc.image_size)  # type: ignore[arg-type]
 
         def lm_over(n: int) -> float:
             emb = torch.zeros(1, n, tc.hidden_size)
@@ -179,7 +182,8 @@ def save_clip_checkpoint(folder: Path) -> Path:
     save_tokenizer(folder)  # pad 0, [BOS] 2, [EOS] 3
     torch.manual_seed(0)
     cfg = CLIPConfig()
-    cfg.text_config.pad_token_id, cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = 0, 2, 3
+    # transformers 5 types text_config as its input too (a dict or None); CLIPConfig() holds the object
+    cfg.text_config.pad_token_id, cfg.text_config.bos_token_id, cfg.text_config.eos_token_id = 0, 2, 3  # type: ignore[union-attr]
     CLIPModel(cfg).save_pretrained(folder)
     write_normalisation(folder)
     return folder

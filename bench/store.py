@@ -237,6 +237,7 @@ class Store:
             if self._immutable and (rows is None or not self._unchanged()):
                 self._connect_reader(immutable=False)
                 rows = self._conn.execute(sql, args).fetchall()
+            assert rows is not None  # None only until the read above is repeated
             return rows
         except sqlite3.DatabaseError as e:
             raise self._unreadable(e) from None

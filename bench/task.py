@@ -238,6 +238,10 @@ class Task(ABC):
     data_kinds: ClassVar[tuple[str, ...]] = ()
     # Set on the copies :meth:`with_data` returns: what the task reads, by kind.
     data: Mapping[str, LoadedData] = MappingProxyType({})
+    # The task's settings, where its ``__init__`` takes any (every built-in task sets a frozen
+    # dataclass, stored with the record as ``task_config``); absent otherwise, so read it with
+    # ``getattr(task, "config", None)``.
+    config: Any
 
     @property
     def data_sources(self) -> list[DataSource]:

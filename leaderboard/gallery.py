@@ -31,12 +31,16 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 
 from bench.errors import BenchError
 from leaderboard.scorer import REFERENCE_METHODS, Row
+
+if TYPE_CHECKING:
+    from methods.causal_tracing import CausalTracing
+    from tasks.localization import FactExamples, LocalizationTask
 
 # PNG metadata that would change between runs or installs is dropped, so the bytes are reproducible.
 PNG_METADATA = {"Software": None}
@@ -134,13 +138,13 @@ def attribution_figure(rows: Sequence[Row], cfg: GalleryConfig) -> GalleryFigure
     import torch
 
     from bench.runner import load_model, make_method, make_task
-    from tasks.attribution import upsample_to
+    from tasks.attribution import AttributionTask, upsample_to
 
     methods = ranked_methods(rows, "attribution", model_name, cfg.max_methods)
     fig_ = GalleryFigure(key=f"attribution-{slug(model_name)}", title=f"Attribution maps — {model_name}",
                          caption="", methods=methods)
     model = load_model(model_name)
-    task = make_task("attribution")
+    task = cast(AttributionTask, make_task("attribution"))  # the figure uses the task's own API
     ex = task.examples(model, cfg.seed, cfg.n_examples)
     req = task.request(model, ex, cfg.seed)
     maps: dict[str, torch.Tensor] = {}
@@ -240,14 +244,16 @@ def tracing_figure(rows: Sequence[Row], cfg: GalleryConfig) -> GalleryFigure | N
     from bench.runner import load_model, make_method, make_task
 
     model = load_model(model_name)
-    task = make_task("localization")
-    method = make_method("causal_tracing")
+    # the task's and the method's own API (candidates, examples, request; position_sweep)
+    task = cast("LocalizationTask", make_task("localization"))
+    method = cast("CausalTracing", make_method("causal_tracing"))
     rels = list(model.planted)
     if not rels:
         raise BenchError(f"model {model_name!r} has no planted knowledge to trace")
     cands = task.candidates(model)
-    # build_examples cycles through the relations, so n = relations × k gives k of each
-    ex = task.examples(model, len(rels) * cfg.tracing_examples_per_relation, cfg.seed, "test")
+    # build_examples cycles through the relations, so n = relations × k gives k of each (FactExamples:
+    # the model is generative or contrastive, never diffusion)
+    ex = cast("FactExamples", task.examples(model, len(rels) * cfg.tracing_examples_per_relation, cfg.seed, "test"))
     req = task.request(model, ex, cands)
     clean, trace = req.evaluate("clean", read=cands[:1])
     corrupt, _ = req.evaluate("corrupt")

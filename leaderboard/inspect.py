@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -142,13 +142,13 @@ def attribution_grid(rec: RunRecord, picked: np.ndarray, quality: np.ndarray) ->
     from bench.model import DiffusionModel
     from bench.runner import DTYPES, load_model, make_method, make_task
     from leaderboard.gallery import mpl_text, new_figure, png_bytes
-    from tasks.attribution import mass_in_mask, pointing_game, upsample_to
+    from tasks.attribution import AttributionTask, mass_in_mask, pointing_game, upsample_to
 
     key, rows = rec.key, rec.rows
     assert rows is not None
     what = _describe(key.task, key.model, key.method, key.seed, key.profile)
     data = [(d["kind"], d["path"]) for d in rec.provenance.get("data", [])]
-    task = make_task(key.task, data)
+    task = cast(AttributionTask, make_task(key.task, data))  # GRID_TASKS: attribution only
     if task.spec.version != key.task_version:
         raise BenchError(f"the record of {what} was made by task version {key.task_version}, this code builds "
                          f"{task.spec.version}: re-run the cell with --force to inspect it")
@@ -162,7 +162,7 @@ def attribution_grid(rec: RunRecord, picked: np.ndarray, quality: np.ndarray) ->
         if config_hash(method.config_dict()) != key.method_config_hash:
             raise BenchError(f"cannot rebuild the configuration of {what} ({key.method_config_hash[:6]}) from "
                              f"its record")
-    cfg = task.config  # type: ignore[attr-defined]
+    cfg = task.config
     quick = key.profile == "quick"
     n = cfg.n_examples if not quick else (
         cfg.quick_diffusion_examples if isinstance(model, DiffusionModel) else cfg.quick_examples)

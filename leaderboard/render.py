@@ -209,6 +209,7 @@ def answers_of(by_method: dict[str, dict[str, Row]]) -> dict[str, str]:
 
 
 def _tables(rows: list[Row], latex: bool) -> str:
+    r: Row | None  # a row of ``rows`` first, then a method's row of a metric (``None``: not measured)
     sizes = group_sizes(rows)
     leaders = rank_stability(rows)
     others = rank_stability(rows, main=False)
