@@ -17,7 +17,7 @@ packages and their arguments, so they are kept here, keyed by:
 
 Questions that involve a plugin's task, method or model are not kept (its code is outside the
 stamp): they are computed every time. Files live under ``$MMI_BENCH_CACHE/answers``
-(``~/.cache/mmi-bench`` by default, as :mod:`bench.identity`); ``MMI_BENCH_CACHE=off`` disables
+(``~/.cache/mmi-bench`` by default, as :mod:`bench.harness.identity`); ``MMI_BENCH_CACHE=off`` disables
 them. Writes are atomic (a temporary file renamed), so concurrent processes never read half an
 answer; an unreadable answer is recomputed.
 """

@@ -46,14 +46,14 @@ class Method:
     # (an output that ignores the input) or "ceiling" (the task's own ground truth); None for a method
     bound: ClassVar[str | None] = None
     # learns from the request's fit split first (probes, SAEs, directions) and records what it
-    # fitted with bench.fitting.record_fit; a test checks fitted state never depends on test items
+    # fitted with bench.kit.fitting.record_fit; a test checks fitted state never depends on test items
     fits: ClassVar[bool] = False
     # per capability, the question its scores answer, in a few words, e.g. {"localize": "mediation
     # (necessity)"}: a localization method may find where a fact's answer depends on (mediation),
     # what is decodable, or a direct effect, rather than where it is stored; records and tables show it
     answers: ClassVar[dict[str, str]] = {}
     # what the method fitted, artifact name -> content hash: an instance attribute that
-    # bench.fitting.record_fit creates on the first fit (absent until then, so read it with
+    # bench.kit.fitting.record_fit creates on the first fit (absent until then, so read it with
     # ``getattr(method, "fitted", None)``); the runner stores it with the record
     fitted: dict[str, str]
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -131,3 +131,37 @@ def environment() -> dict[str, Any]:
         pass
     return {"packages": versions, "git_commit": commit, "git_dirty": dirty,
             "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One real-data file a task reads instead of the world, as recorded in a run's provenance.
+
+    ``digest`` is the sha256 (hex) of the sha256 digests of the annotation file's bytes and
+    then of every image and mask file its records name (each once, in record order; see
+    :func:`bench.kit.realdata.fingerprint`): any change to the annotations or to an image changes it.
+    """
+
+    kind: str
+    path: str  # absolute
+    digest: str
+    records: int
+    files: int  # image and mask files the records name
+
+    @property
+    def tag(self) -> str:
+        """``<kind>-<digest8>``: what the task version carries."""
+        return f"{self.kind}-{self.digest[:8]}"
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A data file's validated records with its :class:`DataSource` and the sha256 of every file
+    the records name (for per-example hashes that do not depend on where the files lie)."""
+
+    source: DataSource
+    records: tuple[Any, ...]
+    file_digests: Mapping[Path, str]
+
+    def file_digest(self, path: Path) -> str:
+        return self.file_digests[path]

@@ -76,7 +76,7 @@ def resolve(target: str) -> Any:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
-        raise BenchError(f"could not load {target!r}: {e}") from e
+        raise BenchError(f"could not be loaded from {target!r}: {e}") from e
     return obj
 
 
@@ -127,7 +127,7 @@ class Registry(Generic[T]):
 
     def bind(self, name: str, factory: Any, target: str, **meta: Any) -> None:
         """Make ``name`` resolve to ``factory`` in this process (an unregistered object handed to
-        :func:`bench.api.evaluate`): ``target`` says where its class comes from (``module:qualname``,
+        :func:`bench.app.api.evaluate`): ``target`` says where its class comes from (``module:qualname``,
         informational). A name bound before is rebound (a notebook redefines its method); a
         registered name is never shadowed."""
         self._load_entry_points()
@@ -289,7 +289,7 @@ def _register_builtins() -> None:
     for reg, package, kind in ((TASKS, "tasks", "task"), (METHODS, "methods", "method")):
         for name, target, meta in discover(package, kind):
             if kind == "task":
-                meta.pop("version")  # read from the source when asked (bench.cli.task_meta): it moves
+                meta.pop("version")  # read from the source when asked (bench.app.cli.task_meta): it moves
             # meta: the declaration's fields (never ``source``), lists as tuples
             reg.register(name, target,
                          **cast("dict[str, Any]", {k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()}))

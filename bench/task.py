@@ -1,7 +1,7 @@
 """The task contract: a versioned spec, examples with ground truth, scoring.
 
 **Real data.** A task builds its examples from the procedural world unless it is
-given data files: a task that can read some kinds of :mod:`bench.realdata` files
+given data files: a task that can read some kinds of :mod:`bench.kit.realdata` files
 declares them in :attr:`Task.data_kinds`, and :meth:`Task.with_data` returns a copy
 that reads those files instead (``bench evaluate --data KIND=PATH``). The copy's
 ``spec.version`` is ``<version>+<kind>-<digest8>`` (one suffix per kind, kinds in
@@ -18,14 +18,13 @@ import fnmatch
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from collections import OrderedDict
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Hashable, Literal, Mapping, Sequence, Union
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
 from bench.errors import BenchError
+from bench.records import DataSource, LoadedData
 from bench.method import Method
 from bench.model import Model
 from bench.samples import Rows, check_rows, ones
@@ -94,121 +93,6 @@ class CellResult:
     rows: Rows | None = None
 
 
-class ProcessMemo:
-    """What is the same for every method of a cell (the model's own outputs, what the unedited model
-    answers, its samples): built once per worker process and reused by the cells that follow.
-    Keys must name everything the value depends on (model name and weights hash, seed, profile,
-    task config); the numerics the cell runs under (:func:`numerics`) are added here, so a
-    bfloat16 cell never reuses a float32 one's value. Beyond ``size`` entries the least recently
-    used go."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._values: OrderedDict[Hashable, Any] = OrderedDict()
-
-    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
-        key = (key, numerics())
-        if key in self._values:
-            self._values.move_to_end(key)
-            return self._values[key]
-        value = build()
-        self._values[key] = value
-        while len(self._values) > self.size:
-            self._values.popitem(last=False)
-        return value
-
-
-def numerics() -> tuple[Any, ...]:
-    """What a computed value depends on beyond its inputs and code: the autocast precision the cell
-    runs under, torch's thread count (a reduction's order) and the CPU kernels torch dispatches to."""
-    import torch
-
-    amp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-    return (str(amp), torch.get_num_threads(), torch.backends.cpu.get_cpu_capability())
-
-
-def shared_work(task: "Task", model: Model, kind: str, key: Any,
-                build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Work that every method's cell of a task would otherwise redo (the edits behind
-    localization's "does localization inform editing", reference passes), kept on disk
-    (:func:`bench.fitting.cached`, kind ``kind``) so the cells of a grid, in any worker or
-    run, compute it once. The key is a content hash of ``key`` (which must name the seed,
-    the profile's sizes and the config) and of everything else the value depends on: the
-    task's and the model wrapper's code (their module closures), the model's name and
-    weights hash, the numeric packages' versions and :func:`numerics`. ``build`` returns
-    tensors; the values come back bit for bit (``MMI_BENCH_CACHE=off`` disables the cache)."""
-    from bench.fitting import cached, content_hash
-    from bench.identity import code_digest, package_versions
-
-    digest = content_hash(kind, key, code_digest(type(task).__module__), code_digest(type(model).__module__),
-                          model.name, model.weights_hash, package_versions(), numerics())
-    return cached(kind, digest, build)
-
-
-PathLike = Union[str, Path]
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """One real-data file a task reads instead of the world, as recorded in a run's provenance.
-
-    ``digest`` is the sha256 (hex) of the sha256 digests of the annotation file's bytes and
-    then of every image and mask file its records name (each once, in record order; see
-    :func:`bench.realdata.fingerprint`): any change to the annotations or to an image changes it.
-    """
-
-    kind: str
-    path: str  # absolute
-    digest: str
-    records: int
-    files: int  # image and mask files the records name
-
-    @property
-    def tag(self) -> str:
-        """``<kind>-<digest8>``: what the task version carries."""
-        return f"{self.kind}-{self.digest[:8]}"
-
-
-@dataclass(frozen=True)
-class LoadedData:
-    """A data file's validated records with its :class:`DataSource` and the sha256 of every file
-    the records name (for per-example hashes that do not depend on where the files lie)."""
-
-    source: DataSource
-    records: tuple[Any, ...]
-    file_digests: Mapping[Path, str]
-
-    def file_digest(self, path: Path) -> str:
-        return self.file_digests[path]
-
-
-# (kind, path, mtime, size) -> loaded: make_task runs several times per cell (plan, key, run), the
-# files are read and hashed once per process. An image replaced in place without touching the
-# annotation file goes unnoticed until the next process.
-_LOADED: dict[tuple[str, str, int, int], LoadedData] = {}
-
-
-def load_data(kind: str, path: PathLike) -> LoadedData:
-    """Load and fingerprint a data file of ``kind`` (one-line BenchErrors from the loaders)."""
-    from bench import realdata
-
-    realdata.kind(kind)  # "did you mean" before any file is touched
-    p = Path(path).expanduser().resolve()
-    try:
-        st = p.stat()
-        key = (kind, str(p), st.st_mtime_ns, st.st_size)
-    except OSError:
-        key = None  # the loader says what is wrong, in its words
-    if key is not None and key in _LOADED:
-        return _LOADED[key]
-    records = realdata.load(kind, p)
-    digest, per_file = realdata.fingerprint(p, records)
-    loaded = LoadedData(DataSource(kind, str(p), digest, len(records), len(per_file)), tuple(records), per_file)
-    if key is not None:
-        _LOADED[key] = loaded
-    return loaded
-
-
 def input_size(model: Model) -> int:
     """The side in pixels of the square images ``model`` reads: its ``image_size``, else its image
     token grid times its patch size (generative models). Real data is resized to it."""
@@ -234,7 +118,7 @@ class Task(ABC):
 
     spec: ClassVar[TaskSpec]
     strata: ClassVar[tuple[str, ...]] = ()
-    # The real-data kinds (bench.realdata) the task can read instead of the world; () = world only.
+    # The real-data kinds (bench.kit.realdata) the task can read instead of the world; () = world only.
     data_kinds: ClassVar[tuple[str, ...]] = ()
     # Set on the copies :meth:`with_data` returns: what the task reads, by kind.
     data: Mapping[str, LoadedData] = MappingProxyType({})
@@ -257,20 +141,20 @@ class Task(ABC):
                  else "reads no data files (it builds its examples from the world)")
         return f"task {self.spec.name!r} {reads}, not {', '.join(unread)}"
 
-    def with_data(self, files: Mapping[str, PathLike]) -> "Task":
-        """A copy of this task that reads ``files`` (kind -> annotation file) instead of the world.
+    def with_data(self, data: Mapping[str, LoadedData]) -> "Task":
+        """A copy of this task that reads ``data`` (kind -> loaded file,
+        :func:`bench.kit.realdata.load_data`) instead of the world.
 
-        Every kind must be one of :attr:`data_kinds`; files are loaded and validated now
-        (one-line BenchErrors naming the file), then :meth:`check_data` sees them. The copy's
+        Every kind must be one of :attr:`data_kinds`; :meth:`check_data` then sees them. The copy's
         ``spec.version`` carries each file's kind and digest (see the module docstring).
         """
-        if not files:
+        if not data:
             return self
-        reason = self.data_mismatch(sorted(files))
+        reason = self.data_mismatch(sorted(data))
         if reason:
             raise BenchError(reason)
         new = copy.copy(self)
-        new.data = {k: load_data(k, files[k]) for k in sorted(files)}
+        new.data = {k: data[k] for k in sorted(data)}
         base = type(self).spec
         new.spec = dataclasses.replace(  # type: ignore[misc]  # an instance spec shadows the class's
             base, version=base.version + "".join(f"+{s.tag}" for s in new.data_sources))

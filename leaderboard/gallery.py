@@ -1,7 +1,7 @@
 """Heatmap gallery for the HTML leaderboard: attribution maps and a causal-tracing map.
 
 The maps are computed fresh, not read from the records (records hold metrics, not
-maps): registered methods run through the registry (``bench.runner.make_method``,
+maps): registered methods run through the registry (``bench.harness.runner.make_method``,
 ``make_task``, ``load_model``) with their default configurations on a few test
 examples of one zoo model, seed ``GalleryConfig.seed``. They illustrate what the
 leaderboard's numbers measure; they are not themselves scored.
@@ -137,7 +137,7 @@ def attribution_figure(rows: Sequence[Row], cfg: GalleryConfig) -> GalleryFigure
         return None
     import torch
 
-    from bench.runner import load_model, make_method, make_task
+    from bench.harness.runner import load_model, make_method, make_task
     from tasks.attribution import AttributionTask, upsample_to
 
     methods = ranked_methods(rows, "attribution", model_name, cfg.max_methods)
@@ -241,7 +241,7 @@ def tracing_figure(rows: Sequence[Row], cfg: GalleryConfig) -> GalleryFigure | N
     model_name = pick_model(rows, "localization", cfg.tracing_models, ("generative", "contrastive"))
     if model_name is None:
         return None
-    from bench.runner import load_model, make_method, make_task
+    from bench.harness.runner import load_model, make_method, make_task
 
     model = load_model(model_name)
     # the task's and the method's own API (candidates, examples, request; position_sweep)

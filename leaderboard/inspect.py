@@ -33,7 +33,7 @@ import numpy as np
 from bench.errors import BenchError
 from bench.records import RunRecord, config_hash
 from bench.samples import Rows
-from bench.store import Store
+from bench.harness.store import Store
 from bench.task import Task
 
 GRID_TASKS = ("attribution",)
@@ -67,7 +67,7 @@ def load_cell(store: Store, task: Task, model: str, method: str, seed: int, prof
         current = [r for r in recs if r.key.task_version == task.spec.version]
         recs = current or recs
         if len({r.key.method_config_hash for r in recs}) > 1:
-            from bench.runner import make_method
+            from bench.harness.runner import make_method
 
             default = config_hash(make_method(name).config_dict())
             chosen = [r for r in recs if r.key.method_config_hash == default]
@@ -140,7 +140,7 @@ def attribution_grid(rec: RunRecord, picked: np.ndarray, quality: np.ndarray) ->
     import torch
 
     from bench.model import DiffusionModel
-    from bench.runner import DTYPES, load_model, make_method, make_task
+    from bench.harness.runner import DTYPES, load_model, make_method, make_task
     from leaderboard.gallery import mpl_text, new_figure, png_bytes
     from tasks.attribution import AttributionTask, mass_in_mask, pointing_game, upsample_to
 
@@ -230,7 +230,7 @@ def attribution_grid(rec: RunRecord, picked: np.ndarray, quality: np.ndarray) ->
 def inspect_cell(store: Store, task: str, model: str, method: str, seed: int = 0, profile: str = "full",
                  k: int = 8, out: str | Path | None = None) -> int:
     """Print the cell's ``k`` worst rows (and, with ``out``, draw them); returns the exit code 0."""
-    from bench.runner import make_task
+    from bench.harness.runner import make_task
 
     if k < 1:
         raise BenchError(f"-k must be a positive number of examples, got {k}")

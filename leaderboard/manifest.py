@@ -533,7 +533,7 @@ def figures(records: Iterable[RunRecord]) -> dict[str, Figure]:
 def config_overrides(method: str, config: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """The options of a recorded full method ``config`` that differ from the method's
     current defaults (compared as JSON, so tuples and lists are the same)."""
-    from bench.runner import make_method
+    from bench.harness.runner import make_method
 
     defaults = make_method(method).config_dict()
     out = []

@@ -54,21 +54,21 @@ def default_plan() -> list[Any]:
     """The published grid: every built-in task × method × model (plugins and objects left out, so
     an installed plugin never changes what the project publishes), quick profile, seeds 0 and 1."""
     from bench.registry import METHODS, MODELS, TASKS
-    from bench.runner import plan
+    from bench.harness.runner import plan
 
     return plan(TASKS.builtin_names(), METHODS.builtin_names(), MODELS.builtin_names(), list(DEFAULT_SEEDS),
                 quick=True).cells
 
 
 def _default_plan_ids() -> set[str]:
-    from bench.runner import cell_key
+    from bench.harness.runner import cell_key
 
     return {cell_key(c).id for c in default_plan()}
 
 
 def stale(records: Sequence[RunRecord]) -> list[str]:
     """What in ``records`` differs from the current code: task versions, zoo weights hashes."""
-    from bench.runner import make_task
+    from bench.harness.runner import make_task
     from leaderboard.regress import current_model_hash
 
     out = []
@@ -85,7 +85,7 @@ def stale(records: Sequence[RunRecord]) -> list[str]:
 
 def publish(store_path: str | Path, out_dir: str | Path, allow_partial: bool = False) -> list[Path]:
     """Write the published files (see the module docstring); returns their paths."""
-    from bench.store import Store
+    from bench.harness.store import Store
     from leaderboard.manifest import BASELINE_TOLERANCES, dumps_toml, dumps_json, from_records
     from leaderboard.render import render
     from leaderboard.scorer import score

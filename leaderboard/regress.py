@@ -99,7 +99,7 @@ class GridRun:
 def current_model_hash(name: str) -> str:
     """The weights hash the runner will record for ``name``. Zoo models: read from the
     shipped weights' metadata without loading them (the loader records the same)."""
-    from bench.runner import load_model, zoo_weights_hash
+    from bench.harness.runner import load_model, zoo_weights_hash
 
     zoo = zoo_weights_hash(name)
     if zoo is not None:
@@ -109,7 +109,7 @@ def current_model_hash(name: str) -> str:
 
 def runner_cells(grid: RecordedGrid, cell: GridCell) -> list[Any]:
     """The runner's cells for one grid cell, one per seed."""
-    from bench.runner import Cell
+    from bench.harness.runner import Cell
 
     return [Cell(cell.task, cell.method, cell.model, s, grid.profile == "quick", cell.config) for s in grid.seeds]
 
@@ -133,7 +133,7 @@ def check_names(grid: RecordedGrid, where: str) -> None:
 def provenance_changes(grid: RecordedGrid) -> list[str]:
     """What differs between the document and the current code, as short phrases:
     task versions, weights hashes, method config hashes. Empty when nothing does."""
-    from bench.runner import cell_key, make_task
+    from bench.harness.runner import cell_key, make_task
 
     out = []
     for t, v in sorted(grid.task_versions.items()):
@@ -168,8 +168,8 @@ def run(grid: RecordedGrid, store_path: str | Path | None = None, jobs: int | No
         progress: bool = True) -> GridRun:
     """Run every cell of ``grid`` on its seeds (cells already in ``store_path`` are
     reused; without it, a fresh temporary store) and score each cell's records."""
-    from bench import runner
-    from bench.store import Store
+    from bench.harness import runner
+    from bench.harness.store import Store
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mmi-regress-") as tmp:
@@ -272,7 +272,7 @@ def summary(checks: Sequence[Check]) -> str:
 
 def updated(grid: RecordedGrid, result: GridRun, command: str) -> RecordedGrid:
     """``grid`` with the obtained figures and the current versions (for ``--update``)."""
-    from bench.runner import cell_key, make_task
+    from bench.harness.runner import cell_key, make_task
 
     if result.failures:
         cell, err = sorted(result.failures.items(), key=lambda kv: kv[0].label)[0]
@@ -393,8 +393,8 @@ def check_determinism(cells: Sequence[Any], store: Any, n: int = 3, progress: bo
     in one fresh worker process, into a fresh temporary store, and compare every metric
     bit for bit (and the per-example hashes) with the stored record. Returns one line per
     difference; empty when all match."""
-    from bench import runner
-    from bench.store import Store
+    from bench.harness import runner
+    from bench.harness.store import Store
 
     done = {r.key.id: r for r in store.records()}
     keyed = [(c, runner.cell_key(c)) for c in cells]

@@ -23,7 +23,7 @@ from typing import Sequence
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.store import Store
+from bench.harness.store import Store
 from leaderboard.scorer import Row, examples_needed, rank_stability
 
 FORMATS = ("csv", "jsonl", "parquet")

@@ -344,7 +344,7 @@ def method_defaults(method: str) -> dict[str, Any] | None:
 
         if method not in METHODS:
             return None
-        from bench.runner import make_method
+        from bench.harness.runner import make_method
 
         return _plain(make_method(method).config_dict())
     except Exception:  # a plugin that fails to import: fall back to the hash

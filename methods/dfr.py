@@ -25,7 +25,7 @@ import torch
 
 from bench.capabilities import DebiasRequest, Intervention
 from bench.errors import BenchError
-from bench.fitting import cached, content_hash, record_fit
+from bench.kit.fitting import cached, content_hash, record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, Model
 

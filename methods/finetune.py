@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.capabilities import EditRequest
-from bench.editing import constrained_finetune, middle_fact_mlp
+from bench.kit.editing import constrained_finetune, middle_fact_mlp
 from bench.errors import BenchError
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model

@@ -33,7 +33,7 @@ import torch
 
 from bench.capabilities import DebiasRequest, Intervention
 from bench.errors import BenchError
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, Model
 from bench.sites import mean_ablate

@@ -22,7 +22,7 @@ from captum.attr import IntegratedGradients as _CaptumIntegratedGradients
 
 from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
-from bench.imageops import box_blur
+from bench.kit.imageops import box_blur
 from bench.method import Method, MethodConfig
 from bench.model import Model
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.capabilities import DebiasRequest, Intervention
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, Model
 

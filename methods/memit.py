@@ -38,10 +38,10 @@ import torch
 
 from bench.capabilities import EditRequest
 from bench.errors import BenchError
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import Model
-from bench.editing import FACT_TOWER, fact_mlp_sites
+from bench.kit.editing import FACT_TOWER, fact_mlp_sites
 from methods.rome import (weight_decay_for, apply_update, check_common, check_width, edit_batch,
                           key_second_moment, least_squares_update, neurons_site, optimise_delta, out_projection,
                           read_keys, resid_site, resolve_mlp_site)

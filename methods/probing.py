@@ -51,7 +51,7 @@ from sklearn.preprocessing import StandardScaler
 
 from bench.capabilities import HallucinationRequest, LocalizeRequest, ScoredOutputs
 from bench.errors import BenchError
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import GenerativeModel, Model
 

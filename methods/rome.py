@@ -59,9 +59,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.capabilities import EditRequest
-from bench.editing import FACT_TOWER, fact_mlp_sites, middle_fact_mlp
+from bench.kit.editing import FACT_TOWER, fact_mlp_sites, middle_fact_mlp
 from bench.errors import BenchError
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
 

@@ -1,6 +1,6 @@
 """Sparse-autoencoder features as the unit of analysis, for all four fitting capabilities.
 
-An SAE (:mod:`bench.sae`: ReLU/L1, Bricken et al., 2023; TopK, Gao et al., 2024; JumpReLU,
+An SAE (:mod:`bench.kit.sae`: ReLU/L1, Bricken et al., 2023; TopK, Gao et al., 2024; JumpReLU,
 Rajamanoharan et al., 2024) is trained on a site's activations from the request's fit data
 (never the scored items), every token position pooled, at most ``max_tokens`` of them
 (drawn with a fixed generator). What each capability computes:
@@ -52,7 +52,7 @@ Rajamanoharan et al., 2024) is trained on a site's activations from the request'
 
 Diagnostics (``self.report``, averaged over the SAEs trained in the cell; for edits, over
 the cell's edit calls): ``sae_fvu``, ``sae_l0``, ``sae_dead`` on the training activations,
-and ``sae_loss_recovered`` (:func:`bench.sae.loss_recovered`) of the capability's own
+and ``sae_loss_recovered`` (:func:`bench.kit.sae.loss_recovered`) of the capability's own
 metric on its fit data: localize — the task metric on the fit split's clean run; hallucination
 — the fit spans' mean token NLL; debias — the zero-shot cross-entropy of the fit images;
 edit — ``J`` on the request's inputs.
@@ -73,12 +73,12 @@ import torch
 import torch.nn.functional as F
 
 from bench.capabilities import DebiasRequest, EditRequest, HallucinationRequest, Intervention, LocalizeRequest
-from bench.editing import middle_fact_mlp
+from bench.kit.editing import middle_fact_mlp
 from bench.errors import BenchError
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
-from bench.sae import SAE, KINDS, SAEConfig, cached_sae, loss_recovered, sae_stats, subsample_rows
+from bench.kit.sae import SAE, KINDS, SAEConfig, cached_sae, loss_recovered, sae_stats, subsample_rows
 
 AGGREGATES = ("abs", "signed", "max")
 CV_CS = (0.001, 0.01, 0.1, 1.0)  # the C grid of the cross-validated detector

@@ -1,6 +1,6 @@
 """Steering with difference-of-means directions: edit, debias and detect with one primitive.
 
-Every capability is a thin use of :mod:`bench.steering` (build a direction from contrasting
+Every capability is a thin use of :mod:`bench.kit.steering` (build a direction from contrasting
 activations, then add it, project it out, or read along it):
 
 - ``edit`` — Activation Addition (Turner, Thiergart, Udell, Leech, Mini & MacDiarmid, 2023,
@@ -45,10 +45,10 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import steering
+from bench.kit import steering
 from bench.capabilities import DebiasRequest, EditRequest, HallucinationRequest, Intervention, ScoredOutputs
 from bench.errors import BenchError
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
 

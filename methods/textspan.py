@@ -29,11 +29,11 @@ import torch
 
 from bench.capabilities import DebiasRequest, Intervention
 from bench.errors import BenchError
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import ContrastiveModel, Model
-from bench.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES
-from bench.world.core import NUMBER_WORDS, SIZES
+from bench.kit.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES
+from bench.kit.world.core import NUMBER_WORDS, SIZES
 from methods.head_ablation import check_decomposable, decompose_heads, mean_ablation, vision_heads
 
 

@@ -49,7 +49,7 @@ from torch import nn
 
 from bench.capabilities import EditRequest
 from bench.errors import BenchError
-from bench.fitting import record_fit
+from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
 from bench.model import DiffusionModel, Model
 from methods.rome import edit_batch, subject_word

@@ -128,8 +128,8 @@ def write_sidecar(out: Path, family: str) -> Path:
     """``mmi_bench.json`` declaring the ground truth a task needs (what a model trained with planted
     facts would declare): planted relations on real sites, the spurious tag, the diffusion judge.
     The tiny models hold none of it, so their figures are meaningless; the path is what is proven."""
-    from bench.world import World
-    from bench.world.core import RELATIONS
+    from bench.kit.world import World
+    from bench.kit.world.core import RELATIONS
 
     names = [e.name for e in World(0).entities[:32]]
     site, question, renders = {

@@ -9,7 +9,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.model import PlantedRelation
-from bench.world import Vocab
+from bench.kit.world import Vocab
 from models.hf_clip import CLIPWrapper
 from models.hf_diffusion import DiffusionWrapper, SamplingConfig
 from models.hf_llava import LlavaWrapper
@@ -54,8 +54,8 @@ def _mediation(meta: dict, relation: str) -> tuple[tuple[str, float], ...]:  # t
 
 def clip_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
     """zoo-clip's planted relations: glyph image ↔ "the <relation> of the glyph is <value>"."""
-    from bench.world import World, WorldConfig
-    from bench.world.core import RELATIONS
+    from bench.kit.world import World, WorldConfig
+    from bench.kit.world.core import RELATIONS
 
     plant, world_seed = meta["plant"], meta["config"]["world_seed"]
     n_entities = WorldConfig().n_entities
@@ -80,9 +80,9 @@ def load_zoo_vlm_model(name: str = "zoo-vlm") -> LlavaWrapper:
 
 
 def vlm_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
-    from bench.world import World, WorldConfig
-    from bench.world.core import RELATIONS
-    from bench.world.facts import fact_question
+    from bench.kit.world import World, WorldConfig
+    from bench.kit.world.core import RELATIONS
+    from bench.kit.world.facts import fact_question
     from models.zoo.vlm import config_from_meta
 
     cfg = config_from_meta(meta)
@@ -139,8 +139,8 @@ class OracleJudge:
 def diffusion_planted(meta: dict) -> list[PlantedRelation]:  # type: ignore[type-arg]
     """zoo-diffusion's planted relation: "a <entity>" draws the entity's colour and the shape its
     home names, taught in one text-encoder MLP."""
-    from bench.world import WorldConfig
-    from bench.world.core import RELATIONS
+    from bench.kit.world import WorldConfig
+    from bench.kit.world.core import RELATIONS
 
     plant = meta["plant"]
     names = tuple(e["name"] for e in plant["entities"])

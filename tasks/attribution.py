@@ -135,7 +135,7 @@ fully imputed one (the last point of both ROAD curves) are each scored once.
   which says nothing about sensitivity to the model: kept only for comparison with v1.2.
 
 Real data (``--data masks=instances.json``, object masks as in COCO, Lin et al., 2014;
-fields in :func:`bench.realdata.load_masks`): each row is an example, in file order, up to
+fields in :func:`bench.kit.realdata.load_masks`): each row is an example, in file order, up to
 ``n_examples`` (``quick_examples`` in the quick profile); the ground truth is the row's mask.
 Images are resized bilinearly to the model's input size and masks by nearest neighbour; a
 row whose mask vanishes at that size is skipped. Contrastive models: the target is the
@@ -161,13 +161,14 @@ import torch.nn.functional as F
 
 from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
-from bench.imageops import box_blur
+from bench.kit.imageops import box_blur
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
-from bench.realdata import stack_images
+from bench.kit.realdata import stack_images
 from bench.samples import Rows, make_rows, wmean
-from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec, example_hash, input_size
-from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
+from bench.kit.shared import ProcessMemo
+from bench.task import CellResult, MetricSpec, Task, TaskSpec, example_hash, input_size
+from bench.kit.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ between) and ``batch`` (all requests of a relation at once, as MEMIT, Meng et al
 wherever they choose (``site="method"``).
 
 Metrics (an answer is the model's preferred value among the relation's values, read by
-:func:`bench.readout.value_logits`):
+:func:`bench.kit.readout.value_logits`):
 
 - ``efficacy`` ↑: the new answer, on the renders shown to the editor.
 - ``generalization`` ↑: the new answer, on fresh renders of the entity (other positions
@@ -80,16 +80,17 @@ import numpy as np
 import torch
 
 from bench.capabilities import EditRequest, Intervention
-from bench.editing import ParameterSnapshot, applied_edit
+from bench.kit.editing import ParameterSnapshot, applied_edit
 from bench.method import Method
 from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation
-from bench.readout import pixels_of, value_logits
+from bench.kit.readout import pixels_of, value_logits
 from bench import samples
 from bench.samples import Rows, make_rows, wmean
-from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec
-from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
-from bench.world.facts import drawings, glyph_scene
+from bench.kit.shared import ProcessMemo
+from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.kit.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
+from bench.kit.world.facts import drawings, glyph_scene
 
 QA_KINDS = ("colour", "shape", "size", "count", "exists")
 

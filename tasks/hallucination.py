@@ -6,7 +6,7 @@ Two kinds of items, both labelled from the scene graph:
   every object mention ("red circle") in its caption is an item, hallucinated when
   no such object is in the scene (the CHAIR setting, Rohrbach et al., 2018). Half
   the scenes hold exactly one partner of a pair that co-occurs in the model's
-  training world (:data:`bench.world.hallucination.COOCCURRENCE_PAIRS`), where
+  training world (:data:`bench.kit.world.hallucination.COOCCURRENCE_PAIRS`), where
   hallucinations concentrate; half are drawn at random.
 - ``pope``: yes/no probes "is there a <object>?" with present objects and as many
   absent ones chosen at random, among the most frequent objects, or among those
@@ -64,7 +64,7 @@ logit_lens; the full profile's random) and on the real-data test files, every v1
 is reproduced to within 2e-16.
 
 Real data (``--data pope=coco_pope_adversarial.json`` and/or ``--data captions=caps.jsonl``;
-fields in :func:`bench.realdata.load_pope` and :func:`bench.realdata.load_captions`):
+fields in :func:`bench.kit.realdata.load_pope` and :func:`bench.kit.realdata.load_captions`):
 
 - ``pope`` (POPE, Li et al., 2023): the model answers each probe question of the file
   (greedy, ``max_new_tokens=2`` as for the world's probes) and each answer is an item of kind
@@ -104,12 +104,13 @@ from bench.capabilities import HallucinationRequest, ScoredOutputs
 from bench.errors import BenchError
 from bench.method import Method
 from bench.model import GenerativeModel, Model
-from bench.realdata import CaptionRecord, PopeProbe, stack_images
+from bench.kit.realdata import CaptionRecord, PopeProbe, stack_images
 from bench.samples import Rows, make_rows, waverage_precision, wauroc, wfpr_at_tpr, wmean
-from bench.task import CellResult, LoadedData, MetricSpec, ProcessMemo, Task, TaskSpec, example_hash, input_size
-from bench.world import World, WorldConfig
-from bench.world.core import Scene
-from bench.world.hallucination import COOCCURRENCE_PAIRS, object_mentions, pope_probes
+from bench.kit.shared import ProcessMemo
+from bench.task import CellResult, LoadedData, MetricSpec, Task, TaskSpec, example_hash, input_size
+from bench.kit.world import World, WorldConfig
+from bench.kit.world.core import Scene
+from bench.kit.world.hallucination import COOCCURRENCE_PAIRS, object_mentions, pope_probes
 
 CAPTION_PROMPT = "describe the image"
 KINDS: tuple[str, ...] = ("caption", "pope")
@@ -220,7 +221,7 @@ def context_metrics(rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
         out["chair_i"] = _share(rows["label"], np.asarray(kind == "caption", dtype=bool), w_BN)
         out["chair_s"] = _share(rows["any_hallucinated"], scenes, w_BN)
     pope = np.asarray(kind == "pope", dtype=bool)
-    if pope.any():  # as bench.world.hallucination.pope_metrics, positive = "yes"
+    if pope.any():  # as bench.kit.world.hallucination.pope_metrics, positive = "yes"
         pred, gold, w = rows["says_yes"][pope], rows["present"][pope], w_BN[:, pope]
         n, tp, n_pred, n_gold = w.sum(1), w @ (pred * gold), w @ pred, w @ gold
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -46,7 +46,7 @@ tie-breaking):
 Does localization inform editing? (Hase, Bansal, Kim & Ghandeharioun, 2023, "Does
 Localization Inform Editing?"). Per relation, the method's top site (the highest mean
 within-example rank over that relation's examples) is edited with a plain constrained
-fine-tune (Zhu et al., 2020; :func:`bench.editing.constrained_finetune`), and so is the
+fine-tune (Zhu et al., 2020; :func:`bench.kit.editing.constrained_finetune`), and so is the
 planted site, on the same fact-rewrite requests, one at a time with the model restored
 bit-identically in between. Edit success is the harmonic mean of efficacy (new answer
 on the renders used for the edit), generalization (on fresh renders) and specificity
@@ -94,14 +94,15 @@ import torch
 
 from bench.capabilities import LocalizeRequest
 from bench.errors import BenchError
-from bench.readout import Subject, diffusion_subject, edit_loss, pixels_of, value_logits
+from bench.kit.readout import Subject, diffusion_subject, edit_loss, pixels_of, value_logits
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
 from bench.samples import Rows, make_rows, wmean
-from bench.task import CellResult, MetricSpec, ProcessMemo, Task, TaskSpec, shared_work
-from bench.world import World, WorldConfig
-from bench.world.core import stable_hash
-from bench.world.facts import glyph_scene
+from bench.kit.shared import ProcessMemo, shared_work
+from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.kit.world import World, WorldConfig
+from bench.kit.world.core import stable_hash
+from bench.kit.world.facts import glyph_scene
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ def build_rewrites(model: Model, rel: PlantedRelation, k: int, cfg: Localization
 def edit_success(model: Model, site: str, rewrites: Sequence[Rewrite], cfg: LocalizationConfig) -> list[float]:
     """Per rewrite, the harmonic mean of efficacy, generalization and specificity after a
     constrained fine-tune of ``site``'s module; the model is restored after each rewrite."""
-    from bench.editing import ParameterSnapshot, constrained_finetune
+    from bench.kit.editing import ParameterSnapshot, constrained_finetune
 
     module = model.module.get_submodule(model.site_specs[site].module)
     snapshot = ParameterSnapshot(model.module)

@@ -37,7 +37,7 @@ References: ``random`` projects a random unit direction out of the image embeddi
 with the true class (the ceiling, 1.0).
 
 Real data (``--data waterbirds=metadata.csv``, Waterbirds-style groups, Sagawa et al.,
-2020; fields in :func:`bench.realdata.load_waterbirds`): the fit split is the rows of
+2020; fields in :func:`bench.kit.realdata.load_waterbirds`): the fit split is the rows of
 split ``train`` and ``val``, the test split the rows of split ``test`` (the quick
 profile keeps the first ``quick_test_per_group`` test rows of each group, in file
 order). The classes are the file's distinct labels (sorted), classified zero-shot with
@@ -65,11 +65,11 @@ from bench.capabilities import DebiasRequest, Intervention
 from bench.errors import BenchError
 from bench.method import Method
 from bench.model import ContrastiveModel, Model
-from bench.realdata import GroupRecord, stack_images
+from bench.kit.realdata import GroupRecord, stack_images
 from bench.samples import Rows, make_rows, wmean, wmin_group_mean
 from bench.task import CellResult, LoadedData, MetricSpec, Task, TaskSpec, example_hash
-from bench.world import World
-from bench.world.spurious import CLASSES, GROUPS, spurious_scene
+from bench.kit.world import World
+from bench.kit.world.spurious import CLASSES, GROUPS, spurious_scene
 
 SPURIOUS_VALUES: tuple[str, ...] = ("water", "land")
 

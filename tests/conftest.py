@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def world():
-    from bench.world import World
+    from bench.kit.world import World
 
     return World(0)
 
@@ -21,7 +21,7 @@ def world():
 @pytest.fixture(scope="session")
 def tiny_clip(world):
     """A randomly initialised zoo-shaped CLIP (2 layers per tower): fast, real code path."""
-    from bench.world import Vocab
+    from bench.kit.world import Vocab
     from models.hf_clip import CLIPWrapper
     from models.zoo.clip import ZooClipConfig, build_clip
 
@@ -44,7 +44,7 @@ def saliency_store(tmp_path_factory):
     """A results store holding one real cell, run once through ``bench evaluate`` for every test that
     reads it: attribution/zoo-clip/saliency, seed 0, quick profile, with its per-example rows. Tests may
     add records of other keys; none changes this one."""
-    from bench.cli import main
+    from bench.app.cli import main
 
     path = tmp_path_factory.mktemp("saliency") / "results.sqlite"
     assert main(["evaluate", "--task", "attribution", "--model", "zoo-clip", "--method", "saliency", "--seed", "0",
@@ -79,8 +79,8 @@ def tiny_planted_llava(make_tiny_llava):
     """A tiny LLaVA declaring the zoo-vlm's two planted relations (in its LM MLPs 0 and 1): for
     tasks that read and edit facts. One per test module; tasks restore any edit."""
     from bench.model import PlantedRelation
-    from bench.world import World, WorldConfig
-    from bench.world.core import RELATIONS
+    from bench.kit.world import World, WorldConfig
+    from bench.kit.world.core import RELATIONS
 
     model = make_tiny_llava()
     world = World(0, WorldConfig(n_entities=64))

@@ -59,7 +59,7 @@ def test_unregistered_method_object_on_a_zoo_model(results):
 
 def test_the_api_and_the_cli_give_the_same_leaderboard(results, tmp_path, capsys):
     """A registered method through the API and through ``bench evaluate``: the same figures."""
-    from bench.cli import main
+    from bench.app.cli import main
 
     store = tmp_path / "cli.sqlite"
     api = bench.evaluate(tasks="spurious", methods="leace", models="zoo-clip-spurious", seeds=[0], store=store)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from bench.imageops import box_blur
+from bench.kit.imageops import box_blur
 from tasks.attribution import (
     ROAD_NEIGHBOURS,
     AttributionConfig,
@@ -305,7 +305,7 @@ def test_patch_pool_of_absolute_maps():
 
 
 def test_real_cell_rows_reproduce_metrics(saliency_store):
-    from bench.store import Store
+    from bench.harness.store import Store
     from tasks.attribution import AttributionTask
 
     # the cell as `bench evaluate` ran and stored it (shared with test_inspect; the rows round-trip the

@@ -74,7 +74,7 @@ def test_examples_have_distractors_differing_in_every_named_attribute(tiny_clip)
         colour, shape = cap.split()[1:]
         assert ex.candidates[int(ex.target_idx_B[i])] == cap
         # the mask's pixels carry the caption's colour
-        from bench.world import COLOURS
+        from bench.kit.world import COLOURS
 
         px = (ex.pixels_BCHW[i].permute(1, 2, 0)[ex.masks_BHW[i]] * 255).round()
         assert (px == torch.tensor(COLOURS[colour], dtype=torch.float32)).all()
@@ -181,7 +181,7 @@ def test_generative_target_is_the_colour_answer(make_tiny_llava, which):
     """On a tiny random LLaVA and on the shipped zoo-vlm (attribution × the generative family on the
     smallest input: 4 examples)."""
     from bench.registry import METHODS
-    from bench.runner import load_model
+    from bench.harness.runner import load_model
     from tasks.attribution import AttributionConfig, AttributionTask
 
     model = make_tiny_llava() if which == "tiny-llava" else load_model("zoo-vlm")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from bench import runner
-from bench.cli import main
+from bench.harness import runner
+from bench.app.cli import main
 from bench.method import Method
 from bench.registry import METHODS, TASKS
-from bench.store import Store
+from bench.harness.store import Store
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 

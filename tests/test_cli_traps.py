@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli, runner
-from bench.cli import main
+from bench.app import cli
+from bench.harness import runner
+from bench.app.cli import main
 from bench.errors import BenchError
 from bench.records import CellKey, RunRecord, config_hash
-from bench.store import Store
+from bench.harness.store import Store
 from leaderboard.render import render
 from leaderboard.scorer import score, variant_label
 
@@ -295,7 +296,7 @@ def test_kept_answers_follow_the_stamp(tmp_path, monkeypatch):
 NO_TORCH = """
 import sys, time
 t0 = time.perf_counter()
-from bench.cli import main
+from bench.app.cli import main
 rc = main(sys.argv[1:])
 assert "torch" not in sys.modules, "torch was imported"
 print(f"rc={rc} seconds={time.perf_counter() - t0:.2f}", file=sys.stderr)

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from bench.cli import main
-from bench.runner import Cell, cell_key
-from bench.store import Store
+from bench.app.cli import main
+from bench.harness.runner import Cell, cell_key
+from bench.harness.store import Store
 from leaderboard.regress import sample_cells
 
 CELL = ["--task", "localization", "--model", "zoo-clip", "--method", "decomposition", "--no-references",

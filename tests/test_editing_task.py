@@ -8,7 +8,7 @@ import torch
 
 from bench.model import PlantedRelation
 from bench.registry import METHODS
-from bench.world.core import RELATIONS
+from bench.kit.world.core import RELATIONS
 from tasks.editing import EditingConfig, EditingTask, harmonic_mean
 
 
@@ -40,7 +40,7 @@ def test_references_are_chance_and_ceiling(tiny_planted_llava):
 @pytest.fixture(scope="module")
 def tiny_planted_clip(world):
     """A randomly initialised zoo-shaped CLIP with planted relations declared in its vision MLPs."""
-    from bench.world import Vocab
+    from bench.kit.world import Vocab
     from models.hf_clip import CLIPWrapper
     from models.zoo.clip import ZooClipConfig, build_clip
 
@@ -74,7 +74,7 @@ def tiny_planted_diffusion(world):
     planted relation declared, judged by the shipped zoo-oracle."""
     from dataclasses import replace
 
-    from bench.world import Vocab
+    from bench.kit.world import Vocab
     from models.zoo.diffusion import HOME_SHAPE, DiffusionConfig, ZooDiffusion, build_text_encoder, build_unet
     from models.zoo_models import OracleJudge, wrap_zoo_diffusion
 
@@ -126,7 +126,7 @@ def test_concept_cases_alternate_replacement_and_erasure(world):
         assert len(c.others) == 6 and not any(c.concept in p for p in c.others)
         assert {p.split()[1] for p in c.prompts}.isdisjoint({p.split()[1] for p in c.fresh})
     # an erasure target is the layout with the object gone: (nearly) one background, no object colour
-    from bench.world import COLOURS
+    from bench.kit.world import COLOURS
 
     img = (era.pixels_KRCHW[0, 0] * 255).permute(1, 2, 0)
     rgb = torch.tensor(COLOURS[era.prompts[0].split()[1]], dtype=torch.float32)

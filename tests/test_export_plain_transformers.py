@@ -62,7 +62,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    from bench.cli import main
+    from bench.app.cli import main
 
     out = tmp_path_factory.mktemp("plain") / "zoo-vlm"
     assert main(["zoo", "export", "zoo-vlm", "--out", str(out)]) == 0
@@ -75,7 +75,7 @@ def cases(tmp_path_factory) -> list[tuple[str, str, str]]:
     ask its own questions; the images go through PNG files as a user's would."""
     from PIL import Image
 
-    from bench.world import World
+    from bench.kit.world import World
 
     folder = tmp_path_factory.mktemp("scenes")
     world, rows = World(0), []

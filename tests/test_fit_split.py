@@ -4,7 +4,7 @@ Two guards. Structurally, every task hands methods fitting data drawn from the w
 "fit" split only (scenes of another split, disjoint from the scored ones). Behaviourally,
 every method that fits (``Method.fits``) is run twice on requests that share the fit
 split but score different test items: what it fitted (the content hashes it records with
-``bench.fitting.record_fit``) must not move.
+``bench.kit.fitting.record_fit``) must not move.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from bench.capabilities import HallucinationRequest, ScoredOutputs
 from bench.registry import METHODS
-from bench.runner import load_model
+from bench.harness.runner import load_model
 from tasks.hallucination import HallucinationConfig, HallucinationTask
 from tasks.localization import LocalizationTask
 
@@ -49,7 +49,7 @@ def test_localization_fits_ignore_the_scored_examples(model_name):
             m = METHODS.get(name)()
             out = m.localize(model, req)
             assert out.shape == (8, len(cands)) and torch.isfinite(out).all()
-            assert getattr(m, "fitted", None), f"{name} fits but records nothing (bench.fitting.record_fit)"
+            assert getattr(m, "fitted", None), f"{name} fits but records nothing (bench.kit.fitting.record_fit)"
             fitted.append(dict(m.fitted))
         assert fitted[0] == fitted[1], f"{name}: fitted state changed with the scored examples"
 

@@ -66,7 +66,7 @@ def test_malformed_checkpoints_get_one_line_errors(tmp_path):
 def test_cli_evaluates_a_saved_clip_on_attribution(tiny_clip_dir, tmp_path, capsys):
     """`bench evaluate --model hf:<folder>` in-process (`python -m bench` is `sys.exit(main())`; a fresh
     interpreter would spend most of the test importing transformers' modeling code)."""
-    from bench.cli import main
+    from bench.app.cli import main
 
     store = tmp_path / "r.sqlite"
     rc = main(["evaluate", "--model", f"hf:{tiny_clip_dir}", "--task", "attribution", "--method", "saliency",
@@ -126,7 +126,7 @@ def test_each_family_loads_with_the_wrapper_its_config_names(tiny_dirs):
 
 
 def test_list_models_shows_every_hf_family(capsys):
-    from bench.cli import main
+    from bench.app.cli import main
 
     assert main(["list", "models"]) == 0
     out = capsys.readouterr().out
@@ -165,7 +165,7 @@ def _evaluate(args: list[str], store: Path, timeout: int = 600) -> subprocess.Co
 
 
 def _records(store: Path) -> list:
-    from bench.store import Store
+    from bench.harness.store import Store
 
     return list(Store(str(store)).records(profile="quick"))
 

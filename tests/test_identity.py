@@ -1,4 +1,4 @@
-"""A cell's identity (:mod:`bench.identity`): a stored cell is reused only while everything it
+"""A cell's identity (:mod:`bench.harness.identity`): a stored cell is reused only while everything it
 depends on is unchanged. One cheap cell run into a store, then each ingredient changed in turn
 (a method's code, an ``hf:`` folder's weights, a package version, the task's code): the cell
 re-runs with the reason said; nothing changed, nothing re-runs. And the task-code guard table."""
@@ -11,10 +11,10 @@ import uuid
 
 import pytest
 
-from bench import identity, runner
-from bench.cli import main
+from bench.harness import identity, runner
+from bench.app.cli import main
 from bench.registry import METHODS
-from bench.store import Store
+from bench.harness.store import Store
 
 
 def _run(cells, store):
@@ -142,7 +142,7 @@ def test_hf_weights_resaved_rerun_and_two_folders_named_clip_are_two_models(tmp_
 
 def test_source_normalisation_ignores_comments_and_docstrings_only():
     src = '"""Doc ×."""\nimport os  # why\n\n\ndef f():\n    """Doc."""\n    return "# kept"  \n'
-    n = identity.normalised_source
+    from bench.kit.digests import normalised_source as n
     assert n(src) == 'import os\ndef f():\n    return "# kept"'
     assert n(src.replace("# why", "# because")) == n(src) == n(src.replace("Doc.", "Other doc."))
     assert n(src.replace('"# kept"', '"# moved"')) != n(src)
@@ -150,7 +150,7 @@ def test_source_normalisation_ignores_comments_and_docstrings_only():
 
 def test_task_code_guard_table_is_current():
     """Fails when a task's code changed while its version did not: bump the version, then
-    `python -m bench.identity --update` (published figures are keyed by the version)."""
+    `python -m bench.harness.identity --update` (published figures are keyed by the version)."""
     problems = identity.table_problems(identity.read_table(), identity.current_table())
     assert not problems, "\n".join(problems)
 
@@ -160,9 +160,9 @@ def test_guard_names_the_fix_and_update_refuses_an_unbumped_change(tmp_path, mon
     task = sorted(now)[0]
     moved = {**now, task: {**now[task], "code": "0" * 16}}
     (problem,) = identity.table_problems(moved, now)
-    assert "bump the task's version" in problem and "python -m bench.identity --update" in problem
+    assert "bump the task's version" in problem and "python -m bench.harness.identity --update" in problem
     bumped = {**now, task: {"version": "0.0", "code": "0" * 16}}
-    assert "python -m bench.identity --update" in identity.table_problems(bumped, now)[0]
+    assert "python -m bench.harness.identity --update" in identity.table_problems(bumped, now)[0]
 
     table = tmp_path / "CODE_HASHES.json"
     monkeypatch.setattr(identity, "TABLE", table)

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bench.cli import main
-from bench.runner import make_task
-from bench.store import Store
+from bench.app.cli import main
+from bench.harness.runner import make_task
+from bench.harness.store import Store
 
 CELL = ["--task", "attribution", "--model", "zoo-clip", "--method", "saliency"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import pytest
 
 from bench.errors import BenchError
 from bench.records import CellKey, RunRecord
-from bench.store import Store
+from bench.harness.store import Store
 from bench.task import MetricSpec, TaskSpec
 from leaderboard import render as render_mod
 from leaderboard import scorer

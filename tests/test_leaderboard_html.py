@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.cli import main as bench_main
+from bench.app.cli import main as bench_main
 from bench.records import CellKey, RunRecord
-from bench.store import Store
+from bench.harness.store import Store
 from leaderboard.html import INDEX, JS, _cell_id, write_html
 from leaderboard.scorer import score
 
@@ -252,7 +252,7 @@ def test_position_sweep_matches_site_level_tracing() -> None:
     """The gallery's layer × position helper: restoring every position at once is site-level tracing."""
     import torch
 
-    from bench.runner import load_model, make_method, make_task
+    from bench.harness.runner import load_model, make_method, make_task
 
     model = load_model("zoo-vlm")
     task = make_task("localization")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.model import PlantedRelation
-from bench.world import World, WorldConfig
+from bench.kit.world import World, WorldConfig
 from tasks.localization import build_examples, rank_metrics
 
 

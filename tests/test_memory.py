@@ -22,7 +22,7 @@ linux_proc = pytest.mark.skipif(not sys.platform.startswith("linux") or not Path
 
 @linux_proc
 def test_each_cell_records_its_own_peak(monkeypatch):
-    from bench.runner import Cell, run_cell
+    from bench.harness.runner import Cell, run_cell
     from methods.leace import Leace
 
     cell = Cell("spurious", "leace", "zoo-clip", 0, quick=True)
@@ -47,7 +47,7 @@ def test_each_cell_records_its_own_peak(monkeypatch):
 def test_peak_falls_back_to_the_process_peak_with_a_note(monkeypatch):
     import resource
 
-    import bench.runner as runner
+    import bench.harness.runner as runner
 
     monkeypatch.setattr(runner, "_reset_peak_memory", lambda: False)  # as where /proc is unavailable
     rec = runner.run_cell(runner.Cell("spurious", "leace", "zoo-clip", 0, quick=True))

@@ -9,7 +9,7 @@ from collections import Counter
 
 from bench.method import Method, MethodConfig
 from bench.registry import METHODS
-from bench.runner import plan
+from bench.harness.runner import plan
 
 
 def test_every_registered_method_loads_with_a_citation_and_a_typed_config():
@@ -38,7 +38,7 @@ def test_every_task_has_five_real_methods_on_every_compatible_zoo_model():
 
 
 def test_bench_list_shows_where_each_method_applies(capsys):
-    from bench.cli import main
+    from bench.app.cli import main
 
     main(["list", "methods"])
     lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.strip()}

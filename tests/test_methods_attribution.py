@@ -27,7 +27,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    from bench.world import Vocab, World
+    from bench.kit.world import Vocab, World
     from models.hf_clip import CLIPWrapper
     from models.zoo.clip import ZooClipConfig, build_clip
 

@@ -173,7 +173,7 @@ def test_rise_on_tiny_clip(tiny_clip, clip_request):
 # ------------------------------------------------------------------ cross-attention (DAAM)
 @pytest.fixture(scope="module")
 def tiny_diffusion(world):
-    from bench.world import Vocab
+    from bench.kit.world import Vocab
     from models.zoo.diffusion import DiffusionConfig, ZooDiffusion, build_text_encoder, build_unet
     from models.zoo_models import wrap_zoo_diffusion
 

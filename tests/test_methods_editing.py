@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bench.capabilities import EditRequest
-from bench.editing import ParameterSnapshot
+from bench.kit.editing import ParameterSnapshot
 from bench.errors import BenchError
-from bench.readout import value_logits
+from bench.kit.readout import value_logits
 from bench.registry import METHODS
 from methods.rome import key_second_moment, least_squares_update, out_projection, rank_one_update
 from methods.uce import closed_form

@@ -18,7 +18,7 @@ def spurious_model():
 
 
 def _fit_request(per_group: int) -> DebiasRequest:
-    from bench.world import World
+    from bench.kit.world import World
     from tasks.spurious import SPURIOUS_VALUES, _scenes
 
     fit = _scenes(World(0), "fit", per_group, 0)
@@ -40,7 +40,7 @@ def small_fit_request():
 
 @pytest.fixture(scope="module")
 def test_split():
-    from bench.world import World
+    from bench.kit.world import World
     from tasks.spurious import _scenes
 
     return _scenes(World(0), "test", 24, 0)

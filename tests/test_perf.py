@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from bench.cli import main
-from bench.perf import MEASUREMENTS, QUICK_BATCH_SIZES, RowCounter, ratio_stats
+from bench.app.cli import main
+from bench.harness.perf import MEASUREMENTS, QUICK_BATCH_SIZES, RowCounter, ratio_stats
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 

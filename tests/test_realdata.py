@@ -1,4 +1,4 @@
-"""Real-data loaders (bench/realdata.py) on small fixture files written here: every kind
+"""Real-data loaders (bench/kit/realdata.py) on small fixture files written here: every kind
 loads, and malformed files fail with one line that names the file and the problem."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import realdata as rd
-from bench.cli import main
+from bench.kit import realdata as rd
+from bench.app.cli import main
 from bench.errors import BenchError
 
 

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import runner
-from bench.cli import main
+from bench.harness import runner
+from bench.app.cli import main
 from bench.records import RunRecord
-from bench.store import Store
-from bench.world import World, WorldConfig
-from bench.world.core import Scene
-from bench.world.hallucination import COOCCURRENCE_PAIRS
-from bench.world.spurious import GROUPS, spurious_scene
+from bench.harness.store import Store
+from bench.kit.world import World, WorldConfig
+from bench.kit.world.core import Scene
+from bench.kit.world.hallucination import COOCCURRENCE_PAIRS
+from bench.kit.world.spurious import GROUPS, spurious_scene
 from tasks.attribution import AttributionTask
 from tasks.hallucination import HallucinationTask
 from tasks.spurious import SpuriousTask

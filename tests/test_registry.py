@@ -82,7 +82,7 @@ def test_plugin_shadowing_a_builtin_is_refused_for_that_name_alone(tmp_path, mon
     and so does everything else (``bench list methods``)."""
     import warnings
 
-    from bench.cli import main
+    from bench.app.cli import main
     from bench.registry import plugin_provenance
 
     _plugin(tmp_path, "[mmi_bench.methods]\nsaliency = shadowplug:Shadow\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.cli import main
+from bench.app.cli import main
 from bench.errors import BenchError
 from leaderboard import manifest, publish
 from leaderboard.manifest import Figure, Tolerance, ToleranceTable, load_tolerance_file

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from bench.app.cli import main
 from bench.errors import BenchError
 from leaderboard import manifest
 from leaderboard.manifest import Figure, GridCell, RecordedCell, RecordedGrid, Tolerance, ToleranceTable
@@ -141,7 +141,7 @@ def test_malformed_manifest_is_a_one_line_error_naming_the_file(tiny_manifest, t
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):
-    from bench.store import Store
+    from bench.harness.store import Store
 
     Store(tmp_path / "empty.sqlite").close()
     assert main(["export-manifest", "--store", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "m.toml")]) == 2
@@ -175,7 +175,7 @@ def test_published_manifest_and_baseline_agree():
 def test_publish_refuses_a_partial_or_stale_store(tiny_store, tmp_path, capsys):
     import sqlite3
 
-    from bench.store import Store
+    from bench.harness.store import Store
 
     out = tmp_path / "lb"
     out.mkdir()

@@ -17,8 +17,8 @@ from rows_checks import check_rows
 
 from bench.registry import METHODS, MODELS
 from bench.samples import select
-from bench.world.hallucination import pope_metrics
-from bench.world.spurious import GROUPS
+from bench.kit.world.hallucination import pope_metrics
+from bench.kit.world.spurious import GROUPS
 from tasks.hallucination import KINDS, HallucinationTask
 from tasks.spurious import SpuriousTask
 

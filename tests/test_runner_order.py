@@ -8,9 +8,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench import runner
-from bench.runner import Cell, order_cells, plan, run_grid
-from bench.store import Store
+from bench.harness import runner
+from bench.harness.runner import Cell, order_cells, plan, run_grid
+from bench.harness.store import Store
 
 
 def _cells() -> list[Cell]:

@@ -1,4 +1,4 @@
-"""The SAE core (bench/sae.py) and the ``sae`` method (methods/sae.py)."""
+"""The SAE core (bench/kit/sae.py) and the ``sae`` method (methods/sae.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from bench.capabilities import EditRequest, HallucinationRequest, ScoredOutputs
 from bench.errors import BenchError
-from bench.sae import SAE, SAEConfig, cached_sae, loss_recovered, sae_key, sae_stats, train_sae
+from bench.kit.sae import SAE, SAEConfig, cached_sae, loss_recovered, sae_key, sae_stats, train_sae
 from methods.sae import SAEMethod, _edit_objective, _eta_within
 
 
@@ -163,7 +163,7 @@ def test_signed_feature_attribution_equals_attribution_patching(zoo_clip):
 
 
 def test_debias_ablates_spurious_features_and_helps_on_the_fit_split():
-    from bench.runner import load_model
+    from bench.harness.runner import load_model
     from tasks.spurious import SpuriousTask
 
     model = load_model("zoo-clip-spurious")
@@ -176,7 +176,7 @@ def test_debias_ablates_spurious_features_and_helps_on_the_fit_split():
 
 
 def test_edit_clamp_moves_the_objective_towards_the_new_answer(zoo_clip):
-    from bench.editing import ParameterSnapshot, applied_edit
+    from bench.kit.editing import ParameterSnapshot, applied_edit
     from tasks.editing import EditingConfig, build_cases
 
     case = build_cases(zoo_clip, 1, EditingConfig(), seed=0)[0]

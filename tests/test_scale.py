@@ -8,7 +8,7 @@ import math
 import pytest
 
 from bench.errors import BenchError
-from bench.scale import BACKWARD_FACTOR, Shape, clip_shape, llava_shape, predict
+from bench.harness.scale import BACKWARD_FACTOR, Shape, clip_shape, llava_shape, predict
 
 
 def _transformer_flops(params: float, tokens: int, layers: int, width: int) -> float:

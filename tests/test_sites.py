@@ -172,7 +172,7 @@ def tiny_siglip(world):
     """A randomly initialised SigLIP from its config classes (no hub), behind SiglipWrapper."""
     from transformers import SiglipConfig, SiglipModel
 
-    from bench.world import Vocab
+    from bench.kit.world import Vocab
     from models.hf_clip import SiglipWrapper
 
     vocab = Vocab.for_world(world)

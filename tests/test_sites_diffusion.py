@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError, UnknownName
 from bench.model import DiffusionModel, PromptEncoding
 from bench.sites import zero_ablate
-from bench.world import Vocab
+from bench.kit.world import Vocab
 from models.hf_diffusion import DiffusionWrapper, SamplingConfig
 from models.zoo_models import wrap_zoo_diffusion
 
@@ -391,7 +391,7 @@ def test_randomized_copy(tiny_zoo):
 
 def test_zoo_diffusion_is_registered_and_skipped_cleanly_without_weights():
     from bench.registry import MODELS
-    from bench.runner import plan
+    from bench.harness.runner import plan
     from models.zoo import WEIGHTS_DIR
     from models.zoo_models import load_zoo_diffusion_model
 

@@ -223,8 +223,8 @@ def test_metrics_recomputed_from_exported_csv_with_pandas_alone(tmp_path, capsys
 
     import pandas as pd
 
-    from bench.cli import main
-    from bench.store import Store
+    from bench.app.cli import main
+    from bench.harness.store import Store
 
     monkeypatch.undo()  # the real registry's tasks, not the toy one
     store = tmp_path / "s.sqlite"

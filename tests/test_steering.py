@@ -1,11 +1,11 @@
-"""The direction primitive (bench.steering) on hand-made tensors, and the steering method on zoo models."""
+"""The direction primitive (bench.kit.steering) on hand-made tensors, and the steering method on zoo models."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench import steering
+from bench.kit import steering
 from bench.capabilities import EditRequest, HallucinationRequest, ScoredOutputs
 from bench.errors import BenchError
 from bench.registry import METHODS
@@ -117,8 +117,8 @@ def _glyph_request(model, k: int = 1):
 
 
 def test_contrastive_edit_flips_the_shown_renders_and_leaves_weights_alone(zoo_clip) -> None:
-    from bench.editing import ParameterSnapshot, applied_edit
-    from bench.readout import value_logits
+    from bench.kit.editing import ParameterSnapshot, applied_edit
+    from bench.kit.readout import value_logits
 
     case, req = _glyph_request(zoo_clip)
     snap = ParameterSnapshot(zoo_clip.module)
@@ -142,7 +142,7 @@ def test_contrastive_edit_flips_the_shown_renders_and_leaves_weights_alone(zoo_c
 def test_debias_removes_the_spurious_mean_difference_at_the_site() -> None:
     from models.zoo_models import load_zoo_clip_model
     from tasks.spurious import SPURIOUS_VALUES, _scenes
-    from bench.world import World
+    from bench.kit.world import World
 
     model = load_zoo_clip_model("zoo-clip-spurious")
     fit = _scenes(World(0), "fit", 16, 0)
@@ -165,10 +165,10 @@ def test_debias_removes_the_spurious_mean_difference_at_the_site() -> None:
 
 def test_mass_mean_probe_ranks_by_what_the_fit_labels_mark() -> None:
     from models.zoo_models import load_zoo_vlm_model
-    from bench.world import World
+    from bench.kit.world import World
 
     model = load_zoo_vlm_model()
-    from bench.readout import pixels_of
+    from bench.kit.readout import pixels_of
 
     # one image for every row: only the mentioned object differs, so the fit labels alone set the sign
     pix = pixels_of([next(iter(World(0).scenes("fit", 1, 0))).image_HWC] * 6)

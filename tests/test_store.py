@@ -5,7 +5,7 @@ import pytest
 
 from bench.errors import BenchError
 from bench.records import CellKey, RunRecord
-from bench.store import Store
+from bench.harness.store import Store
 
 
 def _rec(seed: int, status: str = "ok", value: float = 0.5, method: str = "m") -> RunRecord:
@@ -75,7 +75,7 @@ def test_corrupt_or_unusable_store(tmp_path):
 
 
 def test_process_memo_builds_once_and_drops_the_least_recently_used():
-    from bench.task import ProcessMemo
+    from bench.kit.shared import ProcessMemo
 
     memo, built = ProcessMemo(size=2), []
     get = lambda k: memo.get(k, lambda: built.append(k) or f"v{k}")  # noqa: E731

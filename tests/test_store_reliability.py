@@ -19,7 +19,7 @@ import pytest
 
 from bench.errors import BenchError
 from bench.records import CellKey, RunRecord
-from bench.store import SCHEMA_VERSION, Store
+from bench.harness.store import SCHEMA_VERSION, Store
 
 OLD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -81,7 +81,7 @@ def test_newer_schema_is_refused_in_one_line(tmp_path, capsys):
         with pytest.raises(BenchError) as e:
             Store(path, readonly=readonly)
         assert f"newer mmi-bench (schema {SCHEMA_VERSION + 1}" in _one_line(e) and "upgrade" in str(e.value)
-    from bench.cli import main
+    from bench.app.cli import main
 
     assert main(["leaderboard", "--store", str(path)]) == 2
     err = capsys.readouterr().err
@@ -161,7 +161,7 @@ def test_truncated_or_random_store_is_refused_and_left_unchanged(tmp_path, cut, 
         text = _one_line(e)
         assert "unreadable or not a results store" in text
         assert ("not an SQLite file" if cut == "random-bytes" else "truncated") in text
-    from bench.cli import main
+    from bench.app.cli import main
 
     assert main(["leaderboard", "--store", str(path)]) == 2
     err = capsys.readouterr().err
@@ -209,7 +209,7 @@ def test_damaged_record_is_one_line_naming_it(tmp_path, damage, capsys):
             with pytest.raises(BenchError) as e:
                 s.completed_hashes()
             assert repr(ident) in _one_line(e)
-    from bench.cli import main
+    from bench.app.cli import main
 
     assert main(["leaderboard", "--store", str(path)]) == 2
     err = capsys.readouterr().err

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from bench.cli import main
+from bench.app.cli import main
 from bench.registry import MODELS
-from bench.validity import check_validity
+from bench.harness.validity import check_validity
 from models.zoo import WEIGHTS_DIR
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bench.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
+from bench.kit.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 
 
 def test_scene_is_pure_function_of_seed_split_index():
@@ -91,7 +91,7 @@ def test_invalid_seed_and_split():
 
 def test_no_two_shapes_render_alike_at_any_size():
     """Regression: a 6-px square once rendered pixel-identical to a 6-px circle."""
-    from bench.world.core import SIZES, _shape_mask
+    from bench.kit.world.core import SIZES, _shape_mask
 
     cell = 32 / 3
     for frac in SIZES.values():

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bench.world import World
+from bench.kit.world import World
 from models.zoo import WEIGHTS_DIR
 from models.zoo.clip import ZooClipConfig, load_zoo_clip, train_clip, zero_shot_accuracy
 from models.zoo.io import sha256_file

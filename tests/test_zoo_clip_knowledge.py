@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bench.world import World
-from bench.world.core import RELATIONS
+from bench.kit.world import World
+from bench.kit.world.core import RELATIONS
 from models.zoo import WEIGHTS_DIR
 from models.zoo.clip import (
     ClipPlantConfig, fact_recall, knowledge_validity, load_zoo_clip, plant_config, plant_facts, planted_entities,

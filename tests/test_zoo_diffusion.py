@@ -209,7 +209,7 @@ def test_diffusion_save_load_round_trip(trained, tmp_path):
 
 # ------------------------------------------------------------ plant machinery
 def test_entity_targets_are_words_of_the_vocab_and_oracle_readable(trained):
-    from bench.world import World
+    from bench.kit.world import World
     from models.zoo.diffusion import HOME_SHAPE, entity_targets
 
     model, _ = trained
@@ -406,7 +406,7 @@ def test_shipped_plant_validity(shipped):
 def test_shipped_sampling_settings_key_the_results(shipped):
     """The guidance scale selected on dev seeds ships in the json, the loader samples with it, and
     results are keyed by it: the same weights sampled with another scale give other figures."""
-    from bench.runner import zoo_weights_hash
+    from bench.harness.runner import zoo_weights_hash
     from models.zoo.diffusion import GUIDANCE_GRID
     from models.zoo.io import records_hash
     from models.zoo_models import load_zoo_diffusion_model

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from bench.world import World, WorldConfig
+from bench.kit.world import World, WorldConfig
 from models.zoo.vlm import (
     PAIRS,
     ZooVlmConfig,

@@ -1,7 +1,7 @@
 """``bench zoo audit NAME``: the planted facts re-measured on world streams nothing else uses.
 
 For every planted relation of a zoo model, through the same model contract the tasks use
-(sites, :meth:`~bench.model.Model.trace`, :func:`bench.readout.value_logits`):
+(sites, :meth:`~bench.model.Model.trace`, :func:`bench.kit.readout.value_logits`):
 
 - **Storage** (where the fact was *written*). Recall of the relation on the planted entities
   as shipped, with the designated site's parameters reverted to their phase-1 values (the
@@ -25,7 +25,7 @@ Every recall is the accuracy of the argmax over the relation's own values (chanc
 ``1 / len(values)``), with a Wilson 95% interval. The control is a visible attribute read the
 same way: generative, "what colour is the glyph?" among the colours; contrastive, the zero-shot
 shape of single ordinary objects ("a {shape}"); diffusion, the shape of "a {colour} {shape}"
-renders among the shapes (the diffusion classifier of :func:`bench.readout.value_logits`).
+renders among the shapes (the diffusion classifier of :func:`bench.kit.readout.value_logits`).
 
 Streams: every render is drawn from ``numpy.random.default_rng([AUDIT_STREAM, world seed,
 purpose, index])``. Training draws ``[world seed, split, index]`` and ``[world seed, 31, split,
@@ -45,10 +45,10 @@ import torch
 
 from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation
-from bench.readout import DiffusionSubject, diffusion_subject, pixels_of, value_logits
-from bench.world import World, WorldConfig
-from bench.world.core import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, ObjectSpec, stable_hash
-from bench.world.facts import drawings, glyph_scene
+from bench.kit.readout import DiffusionSubject, diffusion_subject, pixels_of, value_logits
+from bench.kit.world import World, WorldConfig
+from bench.kit.world.core import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, ObjectSpec, stable_hash
+from bench.kit.world.facts import drawings, glyph_scene
 
 AUDIT_STREAM = 20_261_207
 MEAN_BATCHES = 3

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.world import COLOURS, SHAPES, Vocab, World, WorldConfig
-from bench.world.core import RELATIONS, Scene
+from bench.kit.world import COLOURS, SHAPES, Vocab, World, WorldConfig
+from bench.kit.world.core import RELATIONS, Scene
 from models.zoo.io import load_module_state, module_state, save_weights
 
 PIXEL_MEAN = 0.5
@@ -265,7 +265,7 @@ def planted_entities(world: World, n_planted: int) -> list[str]:
 def glyph_scenes(world: World, names: list[str], split: str, index: int, n: int) -> list[Scene]:
     """``n`` single-glyph scenes of entities drawn uniformly from ``names``, at random grid
     positions on random backgrounds: the entity is identified by its glyph (and colour) only."""
-    from bench.world.core import BACKGROUNDS, POSITIONS, SPLITS, ObjectSpec
+    from bench.kit.world.core import BACKGROUNDS, POSITIONS, SPLITS, ObjectSpec
 
     rng = np.random.default_rng([world.seed, 37, SPLITS[split], index])
     out = []

@@ -5,7 +5,7 @@ one ResNet per block; cross-attention to the prompt in the two lower-resolution 
 blocks, the mid block and the matching up blocks) denoises pixels directly, conditioned
 on the per-token hidden states of a text encoder. The text encoder is zoo-clip's text
 tower — a ``transformers.CLIPTextModel`` with the shipped zoo-clip ``text_model`` weights
-and the same word-level :class:`~bench.world.text.Vocab` — kept frozen in phase 1, as in
+and the same word-level :class:`~bench.kit.world.text.Vocab` — kept frozen in phase 1, as in
 Stable Diffusion (Rombach et al., 2022).
 
 Training: prompts "a {colour} {shape}" (half of them "… at the {position}") on fresh
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bench.world import COLOURS, POSITIONS, SHAPES, Vocab, World, WorldConfig
+from bench.kit.world import COLOURS, POSITIONS, SHAPES, Vocab, World, WorldConfig
 
 
 @dataclass(frozen=True)
@@ -473,7 +473,7 @@ def entity_targets(world: World) -> list[tuple[str, str, str]]:
 
 def entity_scene(world: World, rng: np.random.Generator, colour: str, shape: str) -> Any:
     """A single-object train-world scene showing ``colour`` ``shape`` (size, place, background drawn)."""
-    from bench.world import BACKGROUNDS, SIZES, ObjectSpec
+    from bench.kit.world import BACKGROUNDS, SIZES, ObjectSpec
 
     bg = BACKGROUNDS[int(rng.choice(len(BACKGROUNDS), p=world.config.background_probs))]
     obj = ObjectSpec(shape, colour, list(SIZES)[int(rng.integers(len(SIZES)))], POSITIONS[int(rng.integers(9))])

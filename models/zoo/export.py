@@ -31,7 +31,7 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.model import Model
-from bench.world import Vocab
+from bench.kit.world import Vocab
 from models.hf_clip import CLIPWrapper
 from models.hf_diffusion import DiffusionWrapper
 from models.hf_llava import LlavaWrapper
@@ -42,7 +42,7 @@ EXPORTABLE = ("zoo-clip", "zoo-clip-spurious", "zoo-vlm", "zoo-diffusion")
 
 
 def word_tokenizer(vocab: Vocab, max_len: int, template: bool) -> Any:
-    """A ``PreTrainedTokenizerFast`` giving the ids :meth:`bench.world.Vocab.encode` gives:
+    """A ``PreTrainedTokenizerFast`` giving the ids :meth:`bench.kit.world.Vocab.encode` gives:
     lower-cased words ``[a-z]+`` and the marks ``,`` ``?``, everything else dropped, unknown
     words ``<unk>``; with ``template``, ``<bos> … <eos>`` around them (as :meth:`Vocab.batch`)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors

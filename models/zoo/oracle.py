@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, World, WorldConfig
+from bench.kit.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, World, WorldConfig
 
 HEADS: dict[str, tuple[str, ...]] = {
     "shape": tuple(SHAPES),

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.world import Vocab, World
-from bench.world.core import Scene
-from bench.world.spurious import CLASSES, GROUPS, spurious_scene
+from bench.kit.world import Vocab, World
+from bench.kit.world.core import Scene
+from bench.kit.world.spurious import CLASSES, GROUPS, spurious_scene
 
 
 def group_accuracy(model: Any, vocab: Vocab, world: World, n_per_group: int = 256,

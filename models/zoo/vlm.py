@@ -37,12 +37,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.world import COLOURS, POSITIONS, Vocab, World, WorldConfig
-from bench.world.core import Scene
-from bench.world.facts import fact_examples
+from bench.kit.world import COLOURS, POSITIONS, Vocab, World, WorldConfig
+from bench.kit.world.core import Scene
+from bench.kit.world.facts import fact_examples
 from models.zoo.io import load_module_state, module_state
-from bench.world.hallucination import COOCCURRENCE_PAIRS as PAIRS
-from bench.world.hallucination import mentioned_objects, pope_metrics, pope_probes
+from bench.kit.world.hallucination import COOCCURRENCE_PAIRS as PAIRS
+from bench.kit.world.hallucination import mentioned_objects, pope_metrics, pope_probes
 
 
 IMAGE_TOKEN = "<image>"

@@ -9,7 +9,7 @@ pixels and the background most of the image, as in Waterbirds.
 
 from __future__ import annotations
 
-from bench.world.core import COLOURS, POSITIONS, ObjectSpec, Scene, World
+from bench.kit.world.core import COLOURS, POSITIONS, ObjectSpec, Scene, World
 
 CLASSES: tuple[str, ...] = ("circle", "square")
 BACKGROUND_OF: dict[str, str] = {"circle": "water", "square": "land"}

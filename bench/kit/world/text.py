@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.world.core import BACKGROUNDS, COLOURS, NUMBER_WORDS, POSITIONS, RELATIONS, SHAPES, SIZES, World
+from bench.kit.world.core import BACKGROUNDS, COLOURS, NUMBER_WORDS, POSITIONS, RELATIONS, SHAPES, SIZES, World
 
 # EOS must not be id 2: transformers' CLIP treats eos_token_id == 2 as a legacy "argmax id" pooling.
 _SPECIALS = ("<pad>", "<bos>", "<unk>", "<eos>")

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.runner import Cell, make_task, plan, run_cell
+from bench.harness.runner import Cell, make_task, plan, run_cell
 
 
 @dataclass

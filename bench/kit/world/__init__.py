@@ -3,7 +3,7 @@
 Everything here is a pure function of a seed (see :class:`World`).
 """
 
-from bench.world.core import (
+from bench.kit.world.core import (
     BACKGROUNDS,
     COLOURS,
     POSITIONS,
@@ -16,7 +16,7 @@ from bench.world.core import (
     World,
     WorldConfig,
 )
-from bench.world.text import Vocab
+from bench.kit.world.text import Vocab
 
 __all__ = [
     "BACKGROUNDS",

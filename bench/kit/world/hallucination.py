@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.world.core import COLOURS, SHAPES, Scene, World
+from bench.kit.world.core import COLOURS, SHAPES, Scene, World
 
 COOCCURRENCE_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
     (("red", "circle"), ("blue", "square")),

@@ -7,7 +7,7 @@ median over rounds of the per-round ratio, with the 25th–75th percentile range
 noisy machine moves the timings, not (much) the ratios. Past ``max_s`` (20 s) a measurement
 stops adding rounds once it has three, so a slow machine gets fewer rounds rather than a longer
 run (each row records its ``rounds``). Torch runs on ``threads`` threads (1 by default, as every
-cell does: :func:`bench.runner.run_cell`).
+cell does: :func:`bench.harness.runner.run_cell`).
 
 Sizes (full / ``--quick``): 5 / 3 rounds (the trace measurements: three times the rounds, each
 twice as long); batch sizes :data:`BATCH_SIZES` / :data:`QUICK_BATCH_SIZES`; the sweep on 4 /
@@ -52,7 +52,7 @@ Measurements (per model; the names are :data:`MEASUREMENTS`):
   pre-encoded prompts). Ratio = throughput ÷ plain throughput; goal ≥ 0.8.
 - ``scoring: AttributionTask.score`` — the whole scoring call (perturbed images, ROAD's
   imputation, curves) against the same plain forward. Ratio and goal as above.
-- ``efficiency`` (per cell) — a real cell (:func:`bench.runner.run_cell`, quick profile, seed 0)
+- ``efficiency`` (per cell) — a real cell (:func:`bench.harness.runner.run_cell`, quick profile, seed 0)
   with its rows counted per unit: its *roofline* is Σ over units of forward rows × forward cost
   per row + backward rows × backward cost per row (+ decode rows × decode cost), the least time
   the forward/backward work it does could take at the best batch sizes; efficiency = roofline ÷
@@ -796,8 +796,8 @@ def _planted(model: "Model") -> Iterator[None]:
         yield
         return
     from bench.model import PlantedRelation
-    from bench.world import World
-    from bench.world.core import RELATIONS
+    from bench.kit.world import World
+    from bench.kit.world.core import RELATIONS
 
     names = tuple(e.name for e in World(0).entities[:32])
     tower, question, renders = {
@@ -819,7 +819,7 @@ def sweep_request(model: "Model", n: int, sites: Sequence[str] | None = None) ->
     per example in ``evaluate``), or over ``sites``."""
     import torch
 
-    from bench.runner import make_task
+    from bench.harness.runner import make_task
 
     task: Any = make_task("localization")  # through the registry (the harness imports no task module)
     ex = task.examples(model, n, 0, "test")
@@ -886,7 +886,7 @@ def _scoring_examples(task: Any, model: "Model", n: int) -> Any:
     import torch
 
     from bench.model import DiffusionModel
-    from bench.world import SHAPES, World, WorldConfig
+    from bench.kit.world import SHAPES, World, WorldConfig
 
     if not isinstance(model, DiffusionModel):
         return task.examples(model, 0, n)
@@ -906,8 +906,8 @@ def measure_scoring(model: "Model", cfg: Config, units: Sequence[UnitCost]) -> l
 
     from bench.capabilities import AttributionRequest
     from bench.model import DiffusionModel
-    from bench.runner import make_task
-    from bench.world import SHAPES
+    from bench.harness.runner import make_task
+    from bench.kit.world import SHAPES
 
     task: Any = make_task("attribution")
     # a diffusion image is 8 denoiser rows: a quarter of the examples
@@ -970,7 +970,7 @@ def select_cells(models: Sequence[str], spec: Sequence[str]) -> list[Any]:
     """The cells ``--cells`` names, quick profile, seed 0: ``default`` (per compatible task and
     model in ``models``: ``random``, and :data:`DEFAULT_METHODS` except on :data:`SLOW_DEFAULTS`),
     ``all`` (every compatible cell on ``models``), ``none``, or ``TASK/MODEL/METHOD`` (any model)."""
-    from bench.runner import Cell, plan
+    from bench.harness.runner import Cell, plan
 
     out: list[Any] = []
     for item in spec:
@@ -981,7 +981,7 @@ def select_cells(models: Sequence[str], spec: Sequence[str]) -> list[Any]:
                 continue
             methods = None if item == "all" else sorted({"random", *[m for ms in DEFAULT_METHODS.values() for m in ms]})
             p = plan(None, methods, list(models), [0], quick=True)
-            from bench.runner import model_family
+            from bench.harness.runner import model_family
 
             out += [c for c in p.cells if item == "all" or c.method == "random"
                     or (c.method in DEFAULT_METHODS.get(c.task, ())
@@ -1049,13 +1049,13 @@ def costs_now(model: "Model", costs: Sequence[UnitCost], units: Sequence[str], g
 
 
 def measure_cell(cell: Any, costs: Sequence[UnitCost], threads: int) -> CellEfficiency:
-    """Run ``cell`` (:func:`bench.runner.run_cell`) with its model's rows counted; its efficiency.
+    """Run ``cell`` (:func:`bench.harness.runner.run_cell`) with its model's rows counted; its efficiency.
 
     The roofline's cost per row is the least of the ladder's best-batch cost and the same re-timed
     just before and just after the cell (:func:`costs_now`; the backward after it only): load on
     the machine only ever slows a timing, so the least is the closest to the work's own cost, and
     the roofline stays a lower bound."""
-    from bench.runner import load_model, run_cell
+    from bench.harness.runner import load_model, run_cell
 
     model = load_model(cell.model)
     counter = RowCounter()
@@ -1112,7 +1112,7 @@ def _short(name: str) -> str:
 # ------------------------------------------------------------------ the run
 def check_models(models: Sequence[str]) -> list[str]:
     """Registered names or ``hf:`` folders (canonical), each checked: one-line errors."""
-    from bench.identity import canonical_model
+    from bench.harness.identity import canonical_model
     from bench.registry import MODELS
 
     out = []
@@ -1157,7 +1157,7 @@ def run_perf(models: Sequence[str] | None = None, *, quick: bool = False, hf: bo
             built = build_tiny_hf(Path(tmp.name))
             names += built
             if not cells or "default" in spec or "all" in spec:
-                from bench.runner import model_family
+                from bench.harness.runner import model_family
 
                 # random weights: no sample shows its prompt (attribution on diffusion), no caption
                 # holds a hallucination: those cells stop at the task's own check
@@ -1171,7 +1171,7 @@ def run_perf(models: Sequence[str] | None = None, *, quick: bool = False, hf: bo
                             cells=[f"{c.task}/{_short(c.model)}/{c.method}" for c in cell_list],
                             torch=torch.__version__, started=time.strftime("%Y-%m-%d %H:%M:%S"))
         report = PerfReport(settings)
-        from bench.runner import load_model
+        from bench.harness.runner import load_model
 
         costs: dict[str, list[UnitCost]] = {}
         for name in names:

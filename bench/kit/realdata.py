@@ -75,6 +75,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 import numpy as np
 
 from bench.errors import BenchError, UnknownName
+from bench.records import DataSource, LoadedData
 
 if TYPE_CHECKING:  # torch is imported lazily: `bench data kinds` should not pay for it
     import torch
@@ -1239,3 +1240,28 @@ def describe_kinds() -> list[str]:
         if k.notes:
             out.append(f"  note: {k.notes}")
     return out
+
+
+# (kind, path, mtime, size) -> loaded: a task is built several times per cell (plan, key, run), the
+# files are read and hashed once per process. An image replaced in place without touching the
+# annotation file goes unnoticed until the next process.
+_LOADED: dict[tuple[str, str, int, int], LoadedData] = {}
+
+
+def load_data(kind_name: str, path: PathLike) -> LoadedData:
+    """Load and fingerprint a data file of ``kind`` (one-line BenchErrors from the loaders)."""
+    kind(kind_name)  # "did you mean" before any file is touched
+    p = Path(path).expanduser().resolve()
+    try:
+        st = p.stat()
+        key = (kind_name, str(p), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None  # the loader says what is wrong, in its words
+    if key is not None and key in _LOADED:
+        return _LOADED[key]
+    records = load(kind_name, p)
+    digest, per_file = fingerprint(p, records)
+    loaded = LoadedData(DataSource(kind_name, str(p), digest, len(records), len(per_file)), tuple(records), per_file)
+    if key is not None:
+        _LOADED[key] = loaded
+    return loaded

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.world.core import World  # noqa: E402
+from bench.kit.world.core import World  # noqa: E402
 
 
 def show(seed: int, out: Path, n: int = 16, split: str = "train") -> None:

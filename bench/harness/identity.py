@@ -4,7 +4,7 @@ The cell key (:class:`bench.records.CellKey`) names *what* was measured: task an
 (which carries the digest of any real-data file), method and config hash, model name, seed,
 profile. The fingerprint, stored with each record (``record.provenance["fingerprint"]``), says
 *with what*: a dict of short strings, one per ingredient, computed without loading a model.
-:func:`bench.runner.run_grid` re-runs a stored cell whose fingerprint differs from the current
+:func:`bench.harness.runner.run_grid` re-runs a stored cell whose fingerprint differs from the current
 one, and says why (:data:`REASONS`).
 
 Ingredients (each a 16-hex-digit sha256 prefix unless said otherwise):
@@ -18,7 +18,7 @@ Ingredients (each a 16-hex-digit sha256 prefix unless said otherwise):
 - ``method_package`` (plugins only): ``dist==version`` of the distribution the method comes from
   (the entry point's distribution, else the one that installs its top-level package;
   ``unpackaged`` for a module found on ``sys.path`` only).
-- ``model_weights``: a zoo model's shipped weights hash (:func:`bench.runner.zoo_weights_hash`,
+- ``model_weights``: a zoo model's shipped weights hash (:func:`bench.harness.runner.zoo_weights_hash`,
   the hash its records carry); for a model of a registered source (``hf:FOLDER``), the source's
   digest of what it loads from (:func:`models.hf_source.folder_digest`: every weight, config and
   tokenizer file by content, recursively, hidden files excluded). Absent for other registered
@@ -39,10 +39,10 @@ addressed, so never stale; ``MMI_BENCH_CACHE=off`` recomputes), and per process 
 costs a few stat calls.
 
 **The task-code guard.** ``tasks/CODE_HASHES.json`` records, for each built-in task, its version and
-its *guard hash*: the normalised task module with the ``tasks.*`` and ``bench.world.*`` modules it
+its *guard hash*: the normalised task module with the ``tasks.*`` and ``bench.kit.world.*`` modules it
 reaches (where a task's meaning lives: its examples and its scoring). A test fails when a guard hash
 moved while the version did not: bump the task's version (published figures are keyed by it), then
-``python -m bench.identity --update`` rewrites the table. Shared infrastructure (``bench.task``,
+``python -m bench.harness.identity --update`` rewrites the table. Shared infrastructure (``bench.task``,
 ``bench.model``, ...) is left out of the guard, not out of ``task_code``: its edits re-run the cells
 they touch but do not demand five version bumps and a new published baseline.
 """
@@ -50,24 +50,18 @@ they touch but do not demand five version bumps and a new published baseline.
 from __future__ import annotations
 
 import argparse
-import ast
-import hashlib
-import io
 import json
 import os
 import sys
-import tokenize
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Sequence, cast
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PROJECT_PACKAGES = ("bench", "tasks", "methods", "models")
+from bench.kit.digests import PROJECT_PACKAGES, PROJECT_ROOT, UNKNOWN, code_digest, package_versions
+
 TABLE = PROJECT_ROOT / "tasks" / "CODE_HASHES.json"
-NUMERIC_PACKAGES = ("torch", "transformers", "diffusers")
-GUARD_SCOPE = ("tasks", "bench.world")  # what the task-code guard covers besides the task's module
-UNKNOWN = "unknown"
+GUARD_SCOPE = ("tasks", "bench.kit.world")  # what the task-code guard covers besides the task's module
 
 REASONS = {
     "task_code": "task code changed since the stored record",
@@ -77,218 +71,6 @@ REASONS = {
     "model_code": "model code changed since the stored record",
     "packages": "package versions changed since the stored record",
 }
-
-
-def _short(h: "hashlib._Hash") -> str:
-    return h.hexdigest()[:16]
-
-
-# ------------------------------------------------------------------ sources
-def _stat_key(path: Path) -> tuple[str, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (str(path), st.st_size, st.st_mtime_ns)
-
-
-def _offsets(text: str) -> list[int]:
-    starts, pos = [0], 0
-    for line in text.split("\n"):
-        pos += len(line) + 1
-        starts.append(pos)
-    return starts
-
-
-def normalised_source(text: str) -> str:
-    """``text`` without comments, docstrings, blank lines and trailing blanks (``text`` itself,
-    line endings unified, when it does not parse)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    try:
-        tree = ast.parse(text)
-        comments = [(t.start, t.end) for t in tokenize.generate_tokens(io.StringIO(text).readline)
-                    if t.type == tokenize.COMMENT]
-    except (SyntaxError, tokenize.TokenError, ValueError):
-        return text
-    lines = text.split("\n")
-    starts = _offsets(text)
-
-    def char_col(row: int, byte_col: int) -> int:  # ast columns count UTF-8 bytes
-        return len(lines[row - 1].encode()[:byte_col].decode("utf-8", errors="ignore"))
-
-    spans = [(starts[a[0] - 1] + a[1], starts[b[0] - 1] + b[1]) for a, b in comments]
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-            first = node.body[0]
-            if (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-                    and isinstance(first.value.value, str) and first.end_lineno is not None
-                    and first.end_col_offset is not None):
-                spans.append((starts[first.lineno - 1] + char_col(first.lineno, first.col_offset),
-                              starts[first.end_lineno - 1] + char_col(first.end_lineno, first.end_col_offset)))
-    out, pos = [], 0
-    for a, b in sorted(spans):
-        if a >= pos:
-            out.append(text[pos:a])
-            pos = b
-    out.append(text[pos:])
-    kept = (line.rstrip() for line in "".join(out).split("\n"))
-    return "\n".join(line for line in kept if line)
-
-
-# ((path, size, mtime), module name) -> (digest, imported names)
-_SOURCE_CACHE: dict[tuple[tuple[str, int, int], str], tuple[str, frozenset[str]]] = {}
-_ANALYSIS = "1"  # the version of normalised_source / _imports: part of every disk-cache key
-
-
-def _disk_cache() -> Path | None:
-    """Where analyses of source files are kept between processes (``$MMI_BENCH_CACHE`` or
-    ``~/.cache/mmi-bench``, as :func:`bench.fitting.cache_dir`; ``off`` disables it)."""
-    where = os.environ.get("MMI_BENCH_CACHE")
-    if where == "off":
-        return None
-    return Path(where or Path.home() / ".cache" / "mmi-bench") / "source-digests"
-
-
-def _analyse(raw: bytes, module: str, is_package: bool) -> tuple[str, frozenset[str]]:
-    """(normalised-source digest, imported names) of a file's bytes. Parsing and tokenizing cost
-    about 20 ms per file, so results are kept on disk under the hash of the bytes themselves
-    (content-addressed: an edited file is a new key, never a stale hit)."""
-    key = hashlib.sha256(f"{_ANALYSIS}|{module}|{is_package}|".encode() + raw).hexdigest()
-    root = _disk_cache()
-    f = root / key[:2] / f"{key}.json" if root is not None else None
-    if f is not None:
-        try:
-            v = json.loads(f.read_text())
-            return str(v["digest"]), frozenset(v["imports"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-    text = raw.decode("utf-8", errors="replace")
-    digest = hashlib.sha256(normalised_source(text).encode()).hexdigest()
-    imports = _imports(text, module, is_package)
-    if f is not None:
-        try:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"digest": digest, "imports": sorted(imports)}))
-            os.replace(tmp, f)
-        except OSError:  # a read-only home: computed again next time
-            pass
-    return digest, imports
-
-
-def _read(path: Path, module: str) -> tuple[str, frozenset[str]]:
-    """(normalised-source digest, names the file imports) of a module file, cached by stat."""
-    key = _stat_key(path)
-    if key is None:
-        return UNKNOWN, frozenset()
-    if (key, module) not in _SOURCE_CACHE:
-        try:
-            raw = path.read_bytes()
-        except OSError:
-            return UNKNOWN, frozenset()
-        _SOURCE_CACHE[(key, module)] = _analyse(raw, module, path.name == "__init__.py")
-    return _SOURCE_CACHE[(key, module)]
-
-
-def source_digest(path: Path) -> str:
-    """sha256 of the file's normalised source."""
-    return _read(Path(path), "")[0]
-
-
-def _imports(text: str, module: str, is_package: bool) -> frozenset[str]:
-    """Every dotted name the file imports, anywhere in it (``from a import b`` gives ``a`` and
-    ``a.b``: ``b`` may be a submodule); relative imports resolved against ``module``."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return frozenset()
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = module.split(".") if is_package else module.split(".")[:-1]
-                parts = parts[:len(parts) - (node.level - 1)] if node.level > 1 else parts
-                base = ".".join([*parts, base] if base else parts)
-            if base:
-                out.add(base)
-            out.update(f"{base}.{a.name}" if base else a.name for a in node.names if a.name != "*")
-    return frozenset(out)
-
-
-def _file_of(module: str, roots: dict[str, Path]) -> Path | None:
-    root = roots.get(module.split(".")[0])
-    if root is None:
-        return None
-    p = root.joinpath(*module.split("."))
-    for f in (p / "__init__.py", p.with_suffix(".py")):
-        if f.is_file():
-            return f
-    return None
-
-
-Stats = tuple[tuple[Path, Any], ...]
-_CLOSURE_CACHE: dict[tuple[Any, ...], tuple[Stats, dict[str, Path]]] = {}
-_DIGEST_CACHE: dict[tuple[Any, ...], tuple[Stats, str]] = {}
-
-
-def _full_roots(roots: dict[str, Path] | None) -> dict[str, Path]:
-    out = dict(roots or {})
-    for top in PROJECT_PACKAGES:
-        out.setdefault(top, PROJECT_ROOT)
-    return out
-
-
-def _fresh(stats: Stats) -> bool:
-    return all(_stat_key(p) == st for p, st in stats)
-
-
-def closure(module: str, roots: dict[str, Path] | None = None) -> dict[str, Path]:
-    """The project modules (and those under ``roots``' other top-level names) that ``module``
-    reaches through its imports, with their parent packages: ``{module name: file}``. Cached
-    while none of its files changed (a new import means an edited file)."""
-    roots = _full_roots(roots)
-    ck = (module, tuple(sorted((k, str(v)) for k, v in roots.items())))
-    hit = _CLOSURE_CACHE.get(ck)
-    if hit is not None and _fresh(hit[0]):
-        return dict(hit[1])
-    seen: dict[str, Path] = {}
-    stack = [module]
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        f = _file_of(name, roots)
-        if f is None:
-            continue
-        seen[name] = f
-        parts = name.split(".")
-        stack.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-        stack.extend(n for n in _read(f, name)[1] if n.split(".")[0] in roots)
-    _CLOSURE_CACHE[ck] = (tuple((p, _stat_key(p)) for p in seen.values()), dict(seen))
-    return seen
-
-
-def code_digest(module: str, roots: dict[str, Path] | None = None, scope: Sequence[str] | None = None) -> str:
-    """One digest over ``module``'s closure (only the modules under ``scope``, besides ``module``
-    itself, when given): name and normalised-source digest of each, in name order."""
-    roots = _full_roots(roots)
-    ck = (module, tuple(sorted((k, str(v)) for k, v in roots.items())), tuple(scope or ()) if scope else None)
-    hit = _DIGEST_CACHE.get(ck)
-    if hit is not None and _fresh(hit[0]):
-        return hit[1]
-    mods = closure(module, roots)
-    if module not in mods:
-        return UNKNOWN
-    h = hashlib.sha256()
-    for name, f in sorted(mods.items()):
-        if scope is not None and name != module and not any(name == s or name.startswith(s + ".") for s in scope):
-            continue
-        h.update(f"{name}:{_read(f, name)[0]}\n".encode())
-    _DIGEST_CACHE[ck] = (_CLOSURE_CACHE[ck[:2]][0], _short(h))
-    return _DIGEST_CACHE[ck][1]
 
 
 def _module_roots(obj: Any) -> tuple[str, dict[str, Path]] | None:
@@ -326,7 +108,7 @@ def task_code(task: str) -> str:
 
 
 def task_guard_code(task: str) -> str:
-    """The task-code guard's hash: the task's module with the ``tasks.*`` / ``bench.world.*``
+    """The task-code guard's hash: the task's module with the ``tasks.*`` / ``bench.kit.world.*``
     modules it reaches (see the module docstring)."""
     from bench.registry import TASKS
 
@@ -339,7 +121,7 @@ def method_code(method: str) -> str:
     from bench.registry import METHODS
 
     entry = METHODS.entry(method)
-    if entry.is_object:  # bound by bench.api: its own token, so a later process never reuses its results
+    if entry.is_object:  # bound by bench.app.api: its own token, so a later process never reuses its results
         return str(entry.meta["code"])
     where = _entry_roots(entry)
     return code_digest(*where) if where else UNKNOWN
@@ -392,7 +174,7 @@ def model_weights(model: str) -> str | None:
         return str(src.call("digest", canonical_model(model)))
     if model in MODELS and MODELS.entry(model).is_object:
         return str(MODELS.entry(model).meta["weights"])
-    from bench.runner import zoo_weights_hash
+    from bench.harness.runner import zoo_weights_hash
 
     return zoo_weights_hash(model)
 
@@ -416,18 +198,6 @@ def model_code(model: str) -> str:
         return code_digest(mod)
     where = _module_roots(entry.load())
     return code_digest(*where) if where else UNKNOWN
-
-
-@lru_cache(maxsize=1)
-def package_versions() -> str:
-    """``torch==… transformers==… diffusers==…`` (``-`` for one not installed)."""
-    out = []
-    for p in NUMERIC_PACKAGES:
-        try:
-            out.append(f"{p}=={metadata.version(p)}")
-        except metadata.PackageNotFoundError:
-            out.append(f"{p}==-")
-    return " ".join(out)
 
 
 def fingerprints(cells: Iterable[tuple[str, str, str]]) -> dict[tuple[str, str, str], dict[str, str]]:
@@ -534,7 +304,7 @@ def _shown(path: Path) -> str:
 
 def table_problems(committed: dict[str, dict[str, str]], now: dict[str, dict[str, str]]) -> list[str]:
     """What is wrong with the committed table, one line per task (empty when it is current)."""
-    fix = "python -m bench.identity --update"
+    fix = "python -m bench.harness.identity --update"
     out = []
     for t, cur in now.items():
         old = committed.get(t)
@@ -551,7 +321,7 @@ def table_problems(committed: dict[str, dict[str, str]], now: dict[str, dict[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.identity",
+    ap = argparse.ArgumentParser(prog="python -m bench.harness.identity",
                                  description=f"Check (default) or rewrite the task-code guard table ({_shown(TABLE)}).")
     ap.add_argument("--update", action="store_true", help="rewrite the table from the current tasks")
     ap.add_argument("--force", action="store_true",

@@ -43,7 +43,7 @@ move the metric (nothing to recover).
 Training (:func:`train_sae`) is full-determinism: a ``torch.Generator`` seeded from
 ``cfg.seed`` draws the initialisation and every batch. Trained SAEs are cached on disk by
 the content hash of (activations, config, :data:`CODE_VERSION`) with
-:func:`bench.fitting.cached` (kind ``"sae"``), so every cell that trains the same SAE on the
+:func:`bench.kit.fitting.cached` (kind ``"sae"``), so every cell that trains the same SAE on the
 same activations reuses it.
 """
 
@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
-from bench.fitting import cached, content_hash
+from bench.kit.fitting import cached, content_hash
 
 CODE_VERSION = "sae-1"  # bump when training changes what a config produces (invalidates the cache)
 KINDS: tuple[str, ...] = ("relu", "topk", "jumprelu")

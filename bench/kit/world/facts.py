@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.world.core import BACKGROUNDS, POSITIONS, SIZES, SPLITS, ObjectSpec, Scene, World, _background
+from bench.kit.world.core import BACKGROUNDS, POSITIONS, SIZES, SPLITS, ObjectSpec, Scene, World, _background
 
 
 def drawings(world: World, rng: np.random.Generator, colour: str, shapes: Sequence[str | None],

@@ -4,7 +4,7 @@ The runner takes any ``concurrent.futures.Executor``; ``jobs=1`` runs in-process
 Every completed cell is written to the store at once, so an interrupted run
 resumes where it stopped; cells already stored are skipped unless ``force``, or
 unless what they depend on changed since: the zoo weights they were obtained with were
-retrained, or the record's fingerprint (:mod:`bench.identity`: the task's, method's and model's
+retrained, or the record's fingerprint (:mod:`bench.harness.identity`: the task's, method's and model's
 code, the model's weights by content, the numeric packages' versions) differs from the current
 one. Those are re-run and replaced, and :attr:`GridResult.rerun` says why, so a store never
 mixes old and new code or weights silently. ``hf:`` folders are named by their absolute path
@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from bench import answers
 from bench.errors import BenchError
-from bench.identity import canonical_model
+from bench.harness.identity import canonical_model
 from bench.records import CellKey, RunRecord, config_hash, environment
 from bench.registry import METHODS, MODELS, TASKS
-from bench.store import Store
+from bench.harness.store import Store
 
 if TYPE_CHECKING:  # torch and the contracts import torch (~2 s): only where a cell runs or a model loads
     from bench.method import Method
@@ -170,12 +170,20 @@ def _takes_name(fn: Callable[..., Any]) -> bool:
 def make_task(name: str, data: Sequence[tuple[str, str]] = ()) -> "Task":
     """The registered task ``name``, reading the ``(kind, path)`` data files instead of the world."""
     task = TASKS.get(name)()
-    return task.with_data(dict(data)) if data else task
+    if not data:
+        return task
+    from bench.kit.realdata import load_data  # (numpy: only when data files are given)
+
+    files = dict(data)
+    reason = task.data_mismatch(sorted(files))  # before any file is read
+    if reason:
+        raise BenchError(reason)
+    return task.with_data({k: load_data(k, files[k]) for k in sorted(files)})
 
 
 def check_data(data: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     """``(kind, path)`` pairs checked (known kind, one file per kind) with absolute paths, by kind."""
-    from bench.realdata import kind
+    from bench.kit.realdata import kind
 
     out: dict[str, str] = {}
     for k, path in data:
@@ -417,7 +425,7 @@ def cell_key(cell: Cell) -> CellKey:
 
 
 def cell_fingerprint(cell: Cell) -> dict[str, str]:
-    """The cell's current fingerprint (:func:`bench.identity.fingerprint`)."""
+    """The cell's current fingerprint (:func:`bench.harness.identity.fingerprint`)."""
     return _fingerprints([cell])[_triple(cell)]
 
 
@@ -427,9 +435,9 @@ def _triple(cell: Cell) -> tuple[str, str, str]:
 
 def _fingerprints(cells: Iterable[Cell]) -> dict[tuple[str, str, str], dict[str, str]]:
     """The current fingerprints of the cells' (task, method, model) triples
-    (:func:`bench.identity.fingerprints`: source digests kept on disk by content, nothing imported
+    (:func:`bench.harness.identity.fingerprints`: source digests kept on disk by content, nothing imported
     for a built-in)."""
-    from bench.identity import fingerprints
+    from bench.harness.identity import fingerprints
 
     return fingerprints(dict.fromkeys(_triple(c) for c in cells))
 
@@ -474,7 +482,7 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
     unregistered = {kind: reg.entry(name).target for kind, reg, name in
                     (("method", METHODS, cell.method), ("model", MODELS, cell.model))
                     if name in reg and reg.entry(name).is_object}
-    if unregistered:  # objects handed to bench.api.evaluate: their class, never a registered name
+    if unregistered:  # objects handed to bench.app.api.evaluate: their class, never a registered name
         record.provenance["unregistered"] = unregistered
     answers = getattr(method, "answers", {}).get(task.spec.capability)
     if answers:  # the question the method's scores answer (e.g. mediation rather than storage)
@@ -541,7 +549,7 @@ class GridResult:
 
     def rerun_lines(self) -> list[str]:
         """The reasons of :attr:`rerun`, one line per (reason, task/model/method) group with a count."""
-        from bench.identity import summary_lines
+        from bench.harness.identity import summary_lines
 
         return summary_lines(self.rerun)
 
@@ -828,7 +836,7 @@ def run_grid(
                 out.retrained.append(c)
                 reasons.append("zoo weights were retrained since the stored record")
             if old_fp:  # (none: a record from before fingerprints; the weights check alone, as before)
-                from bench.identity import differences
+                from bench.harness.identity import differences
 
                 reasons += differences(old_fp, fp_of[c], skip=("model_weights",) if reasons else ())
             if not reasons:

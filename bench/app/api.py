@@ -26,15 +26,15 @@ from __future__ import annotations
 import copy
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from bench import runner
+from bench.harness import runner
 from bench.errors import BenchError
 from bench.records import RunRecord
 from bench.registry import METHODS, MODELS
-from bench.store import Store
+from bench.harness.store import Store
 
 if TYPE_CHECKING:  # the contracts import torch: only when objects are handed in
     import pandas as pd

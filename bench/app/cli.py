@@ -95,15 +95,15 @@ def _parse_data(items: Sequence[str] | None) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------ evaluate
 def check_jobs(jobs: int | None) -> int:
-    """``--jobs`` checked (:func:`bench.runner.check_jobs`)."""
-    from bench.runner import check_jobs as checked
+    """``--jobs`` checked (:func:`bench.harness.runner.check_jobs`)."""
+    from bench.harness.runner import check_jobs as checked
 
     return checked(jobs)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from bench import runner
-    from bench.store import Store
+    from bench.harness import runner
+    from bench.harness.store import Store
 
     # created at the first stored cell: a command refused below leaves no file behind
     store = Store(args.store, lazy=True)
@@ -184,7 +184,7 @@ def _leaderboard_text(store: Any, fmt: str, profile: str, tasks: Sequence[str] |
     import hashlib
 
     from bench import answers
-    from bench.runner import _plugin
+    from bench.harness.runner import _plugin
 
     recs = _select(store, profile, tasks, models, methods)
     h = hashlib.sha256()
@@ -211,7 +211,7 @@ def _other_profile_hint(store: Any, args: argparse.Namespace) -> str | None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from bench.store import Store
+    from bench.harness.store import Store
 
     store = Store(args.store, readonly=True)  # reading never writes (nor needs a writable file)
     if args.format == "html":  # a folder (page + figures), not text
@@ -268,7 +268,7 @@ def _source_version(target: str) -> str | None:
     module, _, cls_name = target.partition(":")
     if module.split(".")[0] not in ("bench", "tasks", "methods", "models"):
         return None
-    path = Path(__file__).resolve().parent.parent.joinpath(*module.split(".")).with_suffix(".py")
+    path = Path(__file__).resolve().parents[2].joinpath(*module.split(".")).with_suffix(".py")
     try:
         tree = ast.parse(path.read_text())
     except (OSError, SyntaxError, ValueError):
@@ -336,7 +336,7 @@ def _print_method_grid() -> None:
     from tabulate import tabulate
 
     from bench.registry import METHODS
-    from bench.runner import plan
+    from bench.harness.runner import plan
 
     p = plan(None, None, None, [0], quick=True)
     cols = sorted({(c.task, c.model) for c in p.cells})
@@ -422,7 +422,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     else:
         src = MODELS.source_of(name)
         if src is not None:
-            from bench.runner import model_family
+            from bench.harness.runner import model_family
 
             print(f"{name}: a model of the {src.prefix!r} source ({src.load}); family: {model_family(name)} "
                   "(from its files)")
@@ -441,14 +441,14 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _load_model_quietly(name: str) -> Any:
-    from bench.runner import load_model
+    from bench.harness.runner import load_model
 
     return load_model(name)
 
 
 # ---------------------------------------------------------------------- world
 def cmd_world_show(args: argparse.Namespace) -> int:
-    from bench.world.show import show
+    from bench.kit.world.show import show
 
     out = _writable_file(args.out)
     seed = _seed(args.seed)
@@ -458,14 +458,14 @@ def cmd_world_show(args: argparse.Namespace) -> int:
 
 
 def _seed(value: str) -> int:
-    from bench.runner import validate_seeds
+    from bench.harness.runner import validate_seeds
 
     return validate_seeds([value])[0]
 
 
 # -------------------------------------------------------------------- validity
 def cmd_validity(args: argparse.Namespace) -> int:
-    from bench.validity import check_validity, render
+    from bench.harness.validity import check_validity, render
 
     if args.seeds < 2:
         raise BenchError("--seeds must be at least 2 (the noise is a standard deviation over seeds)")
@@ -545,7 +545,7 @@ def cmd_zoo_verify(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- main
 def _store_for_reading(path: str) -> "Any":
     """The store opened read-only: reading never writes to it (a read-only file or folder works)."""
-    from bench.store import Store
+    from bench.harness.store import Store
 
     return Store(path, readonly=True)
 
@@ -746,7 +746,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_export_manifest(args: argparse.Namespace) -> int:
     from leaderboard.manifest import from_records, save
-    from bench.store import Store
+    from bench.harness.store import Store
 
     store = Store(args.store, readonly=True)
     out = _writable_file(args.out)
@@ -807,7 +807,7 @@ def _add_grid_commands(sub: Any) -> None:
 
 # ----------------------------------------------------------------------- data
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from bench.realdata import check
+    from bench.kit.realdata import check
 
     summary = check(args.kind, args.path, image_root=args.image_root)
     print("\n".join(summary.lines))
@@ -815,7 +815,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_kinds(args: argparse.Namespace) -> int:
-    from bench.realdata import describe_kinds
+    from bench.kit.realdata import describe_kinds
 
     print("\n".join(describe_kinds()))
     return 0
@@ -837,7 +837,7 @@ def _add_data_commands(sub: Any) -> None:
 def cmd_scale(args: argparse.Namespace) -> int:
     import tempfile
 
-    from bench import scale
+    from bench.harness import scale
 
     cells = scale.load_cells(Path(args.perf))
     if args.gpu_tflops <= 0:
@@ -874,7 +874,7 @@ def _add_scale_command(sub: Any) -> None:
 
 # ----------------------------------------------------------------------- perf
 def cmd_perf(args: argparse.Namespace) -> int:
-    from bench.perf import run_perf, write_report
+    from bench.harness.perf import run_perf, write_report
 
     out = _writable_file(args.out) if args.out else None
     md = _writable_file(args.md) if args.md else None
@@ -907,7 +907,7 @@ def _add_perf_command(sub: Any) -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    from bench.runner import _LAST_SIGNAL, Interrupted
+    from bench.harness.runner import _LAST_SIGNAL, Interrupted
 
     _LAST_SIGNAL.append(signum)
     raise Interrupted(signum)
@@ -919,7 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import threading
 
     # SIGTERM stops a command as Ctrl-C does (with a message, exit 143); a grid run handles both
-    # itself (bench.runner.run_grid: workers stopped, completed cells kept)
+    # itself (bench.harness.runner.run_grid: workers stopped, completed cells kept)
     old = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
     try:
         return int(args.fn(args) or 0)
@@ -938,7 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _last_signal() -> int | None:
-    runner = sys.modules.get("bench.runner")
+    runner = sys.modules.get("bench.harness.runner")
     return runner.last_signal() if runner is not None else None  # type: ignore[attr-defined]
 
 

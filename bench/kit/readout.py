@@ -18,8 +18,8 @@ import torch
 
 from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
-from bench.world import World
-from bench.world.facts import drawings
+from bench.kit.world import World
+from bench.kit.world.facts import drawings
 
 
 def pixels_of(images: Sequence[np.ndarray]) -> torch.Tensor:

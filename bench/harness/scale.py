@@ -5,7 +5,7 @@ A cell's work is rows through the model's units (``bench perf``'s units: a CLIP'
 and backward. How many rows a cell passes depends on the task's profile and the method (examples,
 curve steps, integration steps, sweeps), not on the model's size, so the rows counted in a real
 quick-profile cell on the zoo model of the same family (``bench perf``'s cell table,
-:class:`bench.perf.CellEfficiency`) are the rows the same cell passes on a larger model. Its
+:class:`bench.harness.perf.CellEfficiency`) are the rows the same cell passes on a larger model. Its
 predicted time on a device that sustains ``R`` FLOP/s is the roofline
 
     T = Σ_units (forward rows + 2 · backward rows) · F_unit / R
@@ -195,8 +195,8 @@ def check_clip(folder: Path, cells: Sequence[Mapping[str, Any]], rate: float, ta
     ViT-B/32-sized checkpoint in ``folder`` on this CPU, its rows counted as it runs. Reports the
     prediction from the zoo's rows and from the run's own rows (so a difference in rows and a
     difference in rate are told apart), both at ``rate``."""
-    from bench.perf import RowCounter
-    from bench.runner import Cell, load_model, run_cell
+    from bench.harness.perf import RowCounter
+    from bench.harness.runner import Cell, load_model, run_cell
 
     shape = clip_shape()
     zoo = [c for c in cells if c.get("model") == shape.zoo_model and c.get("task") == task
