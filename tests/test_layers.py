@@ -14,8 +14,9 @@ ones included: a lazy import is still a dependency).
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from bench.kit.digests import imports_of
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("bench", "methods", "tasks", "models", "leaderboard")
@@ -49,18 +50,9 @@ def modules() -> dict[str, Path]:
 
 
 def imports(path: Path, module: str) -> set[str]:
-    tree = ast.parse(path.read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                pkg = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-                base = ".".join(pkg[:len(pkg) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)  # `from bench import x` may name a module
+    """The project modules (or their attributes) a file imports anywhere in it: the reading the
+    fingerprints use (:func:`bench.kit.digests.imports_of`)."""
+    found = imports_of(path.read_text(), module, path.name == "__init__.py")
     return {m for m in found if m.split(".")[0] in PACKAGES}
 
 

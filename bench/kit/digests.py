@@ -88,7 +88,7 @@ def normalised_source(text: str) -> str:
 
 # ((path, size, mtime), module name) -> (digest, imported names)
 _SOURCE_CACHE: dict[tuple[tuple[str, int, int], str], tuple[str, frozenset[str]]] = {}
-_ANALYSIS = "1"  # the version of normalised_source / _imports: part of every disk-cache key
+_ANALYSIS = "1"  # the version of normalised_source / imports_of: part of every disk-cache key
 
 
 def _disk_cache() -> Path | None:
@@ -115,7 +115,7 @@ def _analyse(raw: bytes, module: str, is_package: bool) -> tuple[str, frozenset[
             pass
     text = raw.decode("utf-8", errors="replace")
     digest = hashlib.sha256(normalised_source(text).encode()).hexdigest()
-    imports = _imports(text, module, is_package)
+    imports = imports_of(text, module, is_package)
     if f is not None:
         try:
             f.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,7 @@ def source_digest(path: Path) -> str:
     return _read(Path(path), "")[0]
 
 
-def _imports(text: str, module: str, is_package: bool) -> frozenset[str]:
+def imports_of(text: str, module: str, is_package: bool) -> frozenset[str]:
     """Every dotted name the file imports, anywhere in it (``from a import b`` gives ``a`` and
     ``a.b``: ``b`` may be a submodule); relative imports resolved against ``module``."""
     try:
