@@ -14,6 +14,7 @@ from bench.harness.perf import MEASUREMENTS, QUICK_BATCH_SIZES, RowCounter, rati
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.mark.slow  # ~25 s: a whole `bench perf --quick` in a fresh interpreter; .ci/run runs it
 def test_quick_perf_on_zoo_clip(tmp_path):
     out, md = tmp_path / "perf.json", tmp_path / "perf.md"
     cp = subprocess.run([sys.executable, "-m", "bench", "perf", "--quick", "--model", "zoo-clip", "--out", str(out),
