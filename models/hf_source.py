@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.kit.digests import stat_key
 
 PREFIX = "hf:"
 FAMILIES = {"clip": "contrastive", "siglip": "contrastive", "llava": "generative", "stable-diffusion": "diffusion"}
@@ -69,14 +70,6 @@ def family_of(name: str) -> str:
     return FAMILIES[checkpoint_type(path_of(name))]
 
 
-def _stat_key(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
 _DIGESTS: dict[tuple[Any, ...], str] = {}
 
 
@@ -88,7 +81,7 @@ def folder_digest(folder: Path) -> str:
     folder = Path(folder)
     files = sorted(p for p in folder.rglob("*") if p.suffix in HF_SUFFIXES and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    stats = tuple((str(p.relative_to(folder)), _stat_key(p)) for p in files)
+    stats = tuple((str(p.relative_to(folder)), stat_key(p)) for p in files)
     key = (str(folder.resolve()), stats)
     if key not in _DIGESTS:
         h = hashlib.sha256()

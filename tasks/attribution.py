@@ -296,11 +296,6 @@ def patch_order(maps_BHW: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return torch.sort(-pooled, dim=1, stable=True).indices
 
 
-def uniform_counts(P: int, steps: int) -> torch.Tensor:
-    """``round(s·P/steps)`` for s = 0 … steps: an evenly spaced ladder (v1.3's, with steps = 8)."""
-    return torch.round(torch.arange(steps + 1) * P / steps).long()
-
-
 def perturbation_batch(
     pixels_BCHW: torch.Tensor, fill_BCHW: torch.Tensor, order_BP: torch.Tensor, grid: tuple[int, int],
     counts: torch.Tensor,

@@ -42,7 +42,6 @@ if TYPE_CHECKING:  # the contracts import torch: only when objects are handed in
     from bench.method import Method
     from bench.model import Model
 
-REFERENCES = ("random", "oracle")
 PROFILES = ("quick", "full")
 
 
@@ -75,21 +74,15 @@ class Results:
         ``rank_group``, ``n_examples`` and the rest of :class:`leaderboard.scorer.Row`."""
         import pandas as pd
 
-        rows = [asdict(r) for r in self.leaderboard()]
-        cols = [f.name for f in fields(_row_type())]
-        return pd.DataFrame(rows, columns=cols)
+        from leaderboard.scorer import Row
+
+        return pd.DataFrame([asdict(r) for r in self.leaderboard()], columns=[f.name for f in fields(Row)])
 
     def table(self, fmt: str = "md") -> str:
         """The leaderboard as text: ``md``, ``csv``, ``latex`` or ``json``."""
         from leaderboard.render import render
 
         return render(self.leaderboard(), fmt)
-
-
-def _row_type() -> type:
-    from leaderboard.scorer import Row
-
-    return Row
 
 
 def _method_name(m: "str | Method") -> tuple[str, dict[str, Any]]:
@@ -164,10 +157,8 @@ def evaluate(
     if profile not in PROFILES:
         raise BenchError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
 
-    def listed(x: Any) -> list[Any] | None:
-        if x is None:
-            return None
-        return [x] if isinstance(x, (str,)) or not isinstance(x, (list, tuple)) else list(x)
+    def listed(x: Any) -> list[Any] | None:  # one name or object, or a list of them
+        return None if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
 
     method_args = listed(methods)
     model_args = listed(models)
@@ -181,15 +172,13 @@ def evaluate(
             method_names.append(name)
             if options:
                 by_method[name] = options
-        if references and "all" not in method_names:
-            method_names += [r for r in REFERENCES if r not in method_names]
+        if references:
+            method_names = runner.with_references(method_names)
     model_names = [_model_name(a) for a in model_args] if model_args is not None else None
     task_names = listed(tasks)
     p = runner.plan(task_names, method_names, model_names, list(seeds), quick=profile == "quick",
                     runtime=runtime or runner.Runtime(), data=data, overrides_by_method=by_method or None)
-    if not p.cells:
-        reasons = "; ".join(sorted({r for _, r in p.skipped})) or "nothing matched"
-        raise BenchError(f"no compatible cells to run: {reasons}")
+    runner.require_cells(p)
     jobs = 1 if objects else runner.check_jobs(jobs)
     with tempfile.TemporaryDirectory(prefix="mmi-bench-") as tmp:
         path = Path(store) if store is not None else Path(tmp) / "results.sqlite"

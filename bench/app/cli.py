@@ -16,7 +16,6 @@ from bench.errors import BenchError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-_REFERENCES = ("random", "oracle")
 
 
 def _writable_file(path: str) -> Path:
@@ -64,9 +63,11 @@ def scoped_overrides(items: Sequence[str] | None, named: Sequence[str] | None) -
     """``--config`` values as ``{method: {key: value}}``. ``METHOD.KEY=VALUE`` goes to METHOD; an
     unscoped ``KEY=VALUE`` goes to the one non-reference method named with ``--method``, and is
     refused (naming the methods) when several, or all, are named."""
+    from bench.harness.runner import references
+
     parsed = _parse_overrides(items)
     out: dict[str, dict[str, Any]] = {}
-    methods = [m for m in dict.fromkeys(named or []) if m not in _REFERENCES]
+    methods = [m for m in dict.fromkeys(named or []) if m not in references()]
     for scope, key, value, text in parsed:
         if scope is None:
             if not named or "all" in (named or []):
@@ -110,9 +111,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     jobs = check_jobs(args.jobs)
     methods = list(args.method or [])
     overrides = scoped_overrides(args.config, methods)
-    if methods and "all" not in methods and not args.no_references:
-        # the normalised score needs both references; they are cheap and stored once per cell
-        methods += [r for r in _REFERENCES if r not in methods]
+    if not args.no_references:
+        methods = runner.with_references(methods)
     rt = runner.Runtime(device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
                     runtime=rt, data=_parse_data(args.data), overrides_by_method=overrides)
@@ -123,9 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if p.lacking_capability and not args.show_skipped:
         print(f"skipped {len(p.lacking_capability)} (task, method) pairs where the method lacks the task's "
               "capability (--show-skipped lists them)", file=sys.stderr)
-    if not p.cells:
-        reasons = "; ".join(sorted({r for _, r in p.skipped})) or "nothing matched"
-        raise BenchError(f"no compatible cells to run: {reasons}")
+    runner.require_cells(p)
     profile = "quick" if args.quick else "full"
     several = len({(c.task, c.model) for c in p.cells}) > 1
 

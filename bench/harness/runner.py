@@ -418,6 +418,27 @@ def plan(
     return p
 
 
+def references() -> list[str]:
+    """The registered references (``random``, ``oracle``), from their registry metadata."""
+    return [n for n in METHODS.names() if METHODS.entry(n).meta.get("reference")]
+
+
+def with_references(methods: Sequence[str]) -> list[str]:
+    """``methods`` with every reference added (the normalised score needs both; they are cheap and
+    stored once per cell), unless it is empty or says ``all``."""
+    out = list(methods)
+    if not out or ALL in out:
+        return out
+    return out + [r for r in references() if r not in out]
+
+
+def require_cells(p: Plan) -> None:
+    """A one-line error when a plan has no cell to run, with the reasons cells were skipped."""
+    if not p.cells:
+        reasons = "; ".join(sorted({r for _, r in p.skipped})) or "nothing matched"
+        raise BenchError(f"no compatible cells to run: {reasons}")
+
+
 # ---------------------------------------------------------------- one cell
 def cell_key(cell: Cell) -> CellKey:
     """The cell's key, from kept facts (no import) unless the task reads data files."""

@@ -35,7 +35,8 @@ def _short(h: "hashlib._Hash") -> str:
 
 
 # ------------------------------------------------------------------ sources
-def _stat_key(path: Path) -> tuple[str, int, int] | None:
+def stat_key(path: Path) -> tuple[str, int, int] | None:
+    """(path, size, mtime) of a file, None when it cannot be read: what caches key on."""
     try:
         st = path.stat()
     except OSError:
@@ -129,7 +130,7 @@ def _analyse(raw: bytes, module: str, is_package: bool) -> tuple[str, frozenset[
 
 def _read(path: Path, module: str) -> tuple[str, frozenset[str]]:
     """(normalised-source digest, names the file imports) of a module file, cached by stat."""
-    key = _stat_key(path)
+    key = stat_key(path)
     if key is None:
         return UNKNOWN, frozenset()
     if (key, module) not in _SOURCE_CACHE:
@@ -193,7 +194,7 @@ def _full_roots(roots: dict[str, Path] | None) -> dict[str, Path]:
 
 
 def _fresh(stats: Stats) -> bool:
-    return all(_stat_key(p) == st for p, st in stats)
+    return all(stat_key(p) == st for p, st in stats)
 
 
 def closure(module: str, roots: dict[str, Path] | None = None) -> dict[str, Path]:
@@ -218,7 +219,7 @@ def closure(module: str, roots: dict[str, Path] | None = None) -> dict[str, Path
         parts = name.split(".")
         stack.extend(".".join(parts[:i]) for i in range(1, len(parts)))
         stack.extend(n for n in _read(f, name)[1] if n.split(".")[0] in roots)
-    _CLOSURE_CACHE[ck] = (tuple((p, _stat_key(p)) for p in seen.values()), dict(seen))
+    _CLOSURE_CACHE[ck] = (tuple((p, stat_key(p)) for p in seen.values()), dict(seen))
     return seen
 
 
