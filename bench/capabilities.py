@@ -230,3 +230,88 @@ class EditRequest:
     site: str | None = None
     batch_size: int = 64
     values: list[tuple[str, ...]] = field(default_factory=list)
+    # How the task reads the rewrites off the model, ``(model, request, options) -> EditObjective``;
+    # ``None``: the model family's read-out (``Model.edit_objective``). A task with its own
+    # notion of the answer (multi-token answers, a judge) sets it; methods never branch on it.
+    readout: "Callable[[Any, EditRequest, ObjectiveOptions], EditObjective] | None" = None
+
+    @property
+    def K(self) -> int:
+        return int(self.pixels_KRCHW.shape[0])
+
+    def objective(self, model: Any, options: "ObjectiveOptions | None" = None) -> "EditObjective":
+        """The request's inputs as one batch through ``model``: the loss of the new answer, the
+        preference for it, and where each row's subject is (see :class:`EditObjective`)."""
+        opts = options or ObjectiveOptions()
+        if self.readout is not None:
+            return self.readout(model, self, opts)
+        return model.edit_objective(self, opts)
+
+    def select(self, ks: Sequence[int]) -> "EditRequest":
+        """The sub-request of rewrites ``ks`` (same site, batch size and read-out)."""
+        idx = list(ks)
+        return EditRequest(self.pixels_KRCHW[idx], [self.prompts[k] for k in idx], [self.old[k] for k in idx],
+                           [self.new[k] for k in idx], self.site, self.batch_size,
+                           [self.values[k] for k in idx] if len(self.values) == len(self.prompts) else [],
+                           self.readout)
+
+
+@dataclass(frozen=True)
+class ObjectiveOptions:
+    """How a method wants an edit request's inputs drawn (diffusion only; the other families have
+    no randomness): ``draws`` (timestep, noise) pairs per render from a generator seeded with
+    ``seed``, timesteps in ``t_range`` (fractions of ``T − 1``; ``None``: all of ``0 … T − 1``),
+    redrawn at every call when ``resample`` (a fine-tuning loop's fresh draws) and fixed otherwise
+    (an optimisation's fixed batch). ``prompt_rows``: ``"row"`` feeds the text encoder one prompt
+    per row (its sites see ``[B, L, D]``, row-aligned with the subject masks), ``"rewrite"`` one
+    per rewrite (``[K, L, D]``; the denoiser's output is bit-identical, measured on zoo-diffusion)."""
+
+    draws: int = 1
+    seed: int = 0
+    t_range: tuple[float, float] | None = None
+    resample: bool = False
+    prompt_rows: str = "row"
+
+
+@dataclass
+class EditObjective:
+    """An edit request's inputs through a model, one row per (draw, rewrite, render):
+    row ``b = d·K·R + k·R + r`` is render ``r`` of rewrite ``k`` at draw ``d`` (one draw except
+    for diffusion). Each read-out takes ``rows`` (indices into the ``B`` rows, repeats allowed;
+    ``None`` = all, in order) and runs the model on them, so a caller's ``model.trace`` reads and
+    writes apply as usual:
+
+    - ``loss_B(rows)``: the loss of the new answer, differentiable — generative: cross-entropy of
+      the new answer's first token over the vocabulary; contrastive: cross-entropy of the template
+      filled with the new value among the template filled with each of the rewrite's values;
+      diffusion: the denoising error of the renders (what the prompt should now draw).
+    - ``margin_B(rows)``: how much the row prefers the new answer to the old — the logit
+      (generative) or similarity (contrastive) difference; minus the denoising error (diffusion).
+    - ``prefers_new_B(rows)``: whether the top answer among the rewrite's values is the new one
+      (generative, contrastive; ``BenchError`` for diffusion, whose answers are read by a judge).
+    - ``subject_BL(positions)``: where each row's subject sits in the token stream of the tower
+      the family's facts live in (``"readout"``: the answer position / CLS token; ``"subject"``:
+      the image tokens; diffusion: the entity word either way); ``valid_BL``: every real token there.
+    """
+
+    K: int
+    R: int
+    draws: int
+    request_B: torch.Tensor
+    loss_B: "Callable[[torch.Tensor | None], torch.Tensor]"
+    margin_B: "Callable[[torch.Tensor | None], torch.Tensor]"
+    prefers_new_B: "Callable[[torch.Tensor | None], torch.Tensor]"
+    subject_BL: "Callable[[str], torch.Tensor]"
+    valid_BL: torch.Tensor
+
+    @property
+    def B(self) -> int:
+        return int(self.request_B.shape[0])
+
+    def per_rewrite(self, x_B: torch.Tensor) -> torch.Tensor:
+        """The mean of a per-row figure over each rewrite's rows ``[K]``."""
+        return torch.zeros(self.K, dtype=x_B.dtype).index_add(0, self.request_B, x_B) / (self.B // self.K)
+
+    def loss_K(self) -> torch.Tensor:
+        """The loss of the new answer per rewrite (all rows)."""
+        return self.per_rewrite(self.loss_B(None))

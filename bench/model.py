@@ -6,9 +6,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal, Mapping, Protocol, Sequence, Union, cast
 
+import re
+
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from bench.capabilities import EditObjective, EditRequest, ObjectiveOptions
 from bench.errors import BenchError, UnknownName
 from bench.sites import EditFn, Site, SiteSpec, Trace
 
@@ -138,6 +143,40 @@ class Model(ABC):
         return {"name": self.name, "family": self.family, "n_sites": len(self._sites),
                 "params": sum(p.numel() for p in self.module.parameters())}
 
+    # ---------------------------------------------------------- read-outs
+    def edit_objective(self, request: EditRequest, options: ObjectiveOptions) -> EditObjective:
+        """The family's read-out of an edit request (:class:`bench.capabilities.EditObjective`):
+        implemented once per family, so editing methods never branch on the family."""
+        raise BenchError(f"model {self.name!r} ({self.family}) has no edit read-out")
+
+
+def _check_edit_request(request: EditRequest, needs_values: bool) -> tuple[int, int]:
+    K, R = request.pixels_KRCHW.shape[:2]
+    if not (len(request.prompts) == len(request.new) == len(request.old) == K):
+        raise BenchError(f"edit request: {K} subjects but {len(request.prompts)} prompts, "
+                         f"{len(request.old)} old and {len(request.new)} new answers")
+    if needs_values:
+        if len(request.values) != K:
+            raise BenchError("a contrastive edit request must list each relation's values")
+        if any(n not in vals for n, vals in zip(request.new, request.values)):
+            raise BenchError("a contrastive edit's new answer must be one of its values")
+    return int(K), int(R)
+
+
+def _rows(idx: torch.Tensor | None, n: int) -> torch.Tensor:
+    return torch.arange(n) if idx is None else idx
+
+
+def subject_word(prompt: str, old: str) -> str:
+    """The word a diffusion prompt is about: ``old`` when the prompt names it (a concept edit,
+    "a red circle"), else the prompt's last word ("a <entity>")."""
+    if old and re.search(rf"(?<!\w){re.escape(old)}(?!\w)", prompt, re.IGNORECASE):
+        return old
+    words = prompt.split()
+    if not words:
+        raise BenchError("an edit request has an empty prompt")
+    return words[-1]
+
 
 class ContrastiveModel(Model):
     """CLIP-style: an image tower and a text tower meeting in a dot product."""
@@ -163,6 +202,55 @@ class ContrastiveModel(Model):
     @property
     @abstractmethod
     def image_size(self) -> int: ...
+
+    def edit_objective(self, request: EditRequest, options: ObjectiveOptions) -> EditObjective:
+        """Each render against its rewrite's template filled with each of its values (a concept
+        remapping, Santurkar et al., 2021); the subject is the CLS token (``"readout"``) or the
+        image tokens of the vision tower."""
+        K, R = _check_edit_request(request, needs_values=True)
+        pixels = request.pixels_KRCHW.flatten(0, 1)
+        texts = [p.format(value=v) for p, vals in zip(request.prompts, request.values) for v in vals]
+        offsets = np.cumsum([0] + [len(v) for v in request.values])
+        target_B = torch.tensor([int(offsets[k]) + request.values[k].index(request.new[k])
+                                 for k in range(K) for _ in range(R)])
+        old_B = torch.tensor([int(offsets[k]) + (request.values[k].index(request.old[k]) if request.old[k] in
+                                                 request.values[k] else 0) for k in range(K) for _ in range(R)])
+        own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool)  # each image vs its own rewrite's texts
+        for k in range(K):
+            own_BT[k * R : (k + 1) * R, int(offsets[k]) : int(offsets[k + 1])] = True
+
+        def sims(idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = _rows(idx, K * R)
+            image = self.encode_image(pixels if idx is None else pixels[rows])
+            return self.similarity_to(image, self.encode_text(texts)), rows
+
+        def loss(idx: torch.Tensor | None) -> torch.Tensor:
+            s_BT, rows = sims(idx)
+            return F.cross_entropy(s_BT.masked_fill(~own_BT[rows], float("-inf")), target_B[rows], reduction="none")
+
+        def margin(idx: torch.Tensor | None) -> torch.Tensor:
+            s_BT, rows = sims(idx)
+            r = torch.arange(len(rows))
+            return s_BT[r, target_B[rows]] - s_BT[r, old_B[rows]]
+
+        def prefers_new(idx: torch.Tensor | None) -> torch.Tensor:
+            s_BT, rows = sims(idx)
+            return s_BT.masked_fill(~own_BT[rows], float("-inf")).argmax(-1) == target_B[rows]
+
+        layout = self.token_layout()
+
+        def subject(positions: str) -> torch.Tensor:
+            if layout is None:
+                raise BenchError(f"{self.name!r} declares no token layout for its image tokens")
+            out = torch.zeros(K * R, layout.image.stop, dtype=torch.bool)
+            if positions == "readout" and layout.cls is not None:
+                out[:, layout.cls] = True
+            else:
+                out[:, layout.image] = True
+            return out
+
+        valid = torch.ones(K * R, layout.image.stop if layout is not None else 0, dtype=torch.bool)
+        return EditObjective(K, R, 1, torch.arange(K).repeat_interleave(R), loss, margin, prefers_new, subject, valid)
 
 
 @dataclass(frozen=True)
@@ -246,6 +334,57 @@ class GenerativeModel(Model):
     @abstractmethod
     def image_positions(self, prompts: list[str]) -> torch.Tensor:
         """Boolean mask ``[B, L]`` of image-token positions in the LM sequence of each prompt."""
+
+    def edit_objective(self, request: EditRequest, options: ObjectiveOptions) -> EditObjective:
+        """Each render with its rewrite's question, read at the position that predicts the answer's
+        first token; the subject is that position (``"readout"``) or the image tokens."""
+        K, R = _check_edit_request(request, needs_values=False)
+        pixels = request.pixels_KRCHW.flatten(0, 1)
+        prompts = [p for p in request.prompts for _ in range(R)]
+        # the fed tokens stop before the answer: the new and the old answer share the inputs
+        inp = self.answer_inputs(prompts, [a for a in request.new for _ in range(R)])
+        old_B = self.answer_inputs(prompts, [a for a in request.old for _ in range(R)]).answer_B
+        B, L = inp.ids_BL.shape
+
+        def logits(idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            if idx is None:
+                rows = torch.arange(B)
+                out = self.forward_tokens(pixels, inp.ids_BL, inp.mask_BL)
+            else:
+                rows = idx
+                out = self.forward_tokens(pixels[rows], inp.ids_BL[rows], inp.mask_BL[rows])
+            return out[torch.arange(len(rows)), inp.pos_B[rows]], rows
+
+        def loss(idx: torch.Tensor | None) -> torch.Tensor:
+            z_BV, rows = logits(idx)
+            return F.cross_entropy(z_BV, inp.answer_B[rows], reduction="none")
+
+        def margin(idx: torch.Tensor | None) -> torch.Tensor:
+            z_BV, rows = logits(idx)
+            r = torch.arange(len(rows))
+            return z_BV[r, inp.answer_B[rows]] - z_BV[r, old_B[rows]]
+
+        def prefers_new(idx: torch.Tensor | None) -> torch.Tensor:
+            if len(request.values) != K:
+                raise BenchError("reading the preferred value needs each rewrite's values (EditRequest.values)")
+            z_BV, rows = logits(idx)
+            ids = [self.word_token_ids(list(vals)) for vals in request.values]
+            target = [request.values[k].index(request.new[k]) for k in range(K)]
+            k_B = (rows // R).tolist()
+            return torch.tensor([int(z_BV[j, ids[k]].argmax()) == target[k] for j, k in enumerate(k_B)])
+
+        def subject(positions: str) -> torch.Tensor:
+            out = torch.zeros(B, L, dtype=torch.bool)
+            if positions == "readout":
+                out[torch.arange(B), inp.pos_B] = True
+            else:
+                img = self.image_positions(prompts)
+                w = min(L, img.shape[1])
+                out[:, :w] = img[:, :w]
+            return out
+
+        return EditObjective(K, R, 1, torch.arange(K).repeat_interleave(R), loss, margin, prefers_new, subject,
+                             inp.mask_BL.bool())
 
 
 @dataclass(frozen=True)
@@ -356,6 +495,58 @@ class DiffusionModel(Model):
         Model is Secretly a Zero-Shot Classifier")."""
         pred = self.noise_pred(self.add_noise(x0_BCHW, noise_BCHW, t), t, prompts)
         return (pred - self.training_target(x0_BCHW, noise_BCHW, t)).pow(2).flatten(1).mean(1)
+
+    def edit_objective(self, request: EditRequest, options: ObjectiveOptions) -> EditObjective:
+        """The renders are what each rewrite's prompt should now draw: their denoising error under
+        the prompt at (timestep, noise) draws from a seeded generator (:class:`ObjectiveOptions`);
+        the subject is the prompt's entity word (:func:`subject_word`) in the text encoder's stream."""
+        K, R = _check_edit_request(request, needs_values=False)
+        o = options
+        if o.draws < 1 or o.prompt_rows not in ("row", "rewrite") or (o.resample and o.draws != 1):
+            raise BenchError(f"edit objective: draws must be ≥ 1 (1 when resampling) and prompt_rows "
+                             f"'row' or 'rewrite', got {o}")
+        T = self.num_train_timesteps
+        lo, hi = (0, T) if o.t_range is None else (int(o.t_range[0] * (T - 1)), int(o.t_range[1] * (T - 1)) + 1)
+        with torch.no_grad():
+            x0 = self.to_sample(request.pixels_KRCHW.flatten(0, 1))
+            if not o.resample:  # draw-major copies (a copy also fixes the memory layout the denoiser sees)
+                x0 = x0.repeat(o.draws, 1, 1, 1)
+        B = x0.shape[0]
+        request_B = torch.arange(K).repeat_interleave(R).repeat(o.draws)
+        texts = [p for p in request.prompts for _ in range(R)] * o.draws
+        g = torch.Generator().manual_seed(o.seed)
+        fixed = None if o.resample else (torch.randn(x0.shape, generator=g),
+                                         torch.randint(lo, hi, (B,), generator=g))
+
+        def loss(idx: torch.Tensor | None) -> torch.Tensor:
+            noise, t = fixed if fixed is not None else (torch.randn(x0.shape, generator=g),
+                                                       torch.randint(lo, hi, (B,), generator=g))
+            rows = _rows(idx, B)
+            if o.prompt_rows == "rewrite":  # the text sites fire once per rewrite
+                enc = self.encode_prompts(list(request.prompts))
+                prompts: Prompts = PromptEncoding(enc.hidden_BLD[request_B[rows]], enc.mask_BL[request_B[rows]])
+            else:
+                prompts = texts if idx is None else [texts[i] for i in rows.tolist()]
+            if idx is None:
+                return self.denoising_error_B(x0, noise, t, prompts)
+            return self.denoising_error_B(x0[rows], noise[rows], t[rows], prompts)
+
+        def prefers_new(idx: torch.Tensor | None) -> torch.Tensor:
+            raise BenchError("a diffusion model's answers are read by a judge, not by the edit objective")
+
+        stream = texts if o.prompt_rows == "row" else list(request.prompts)
+        with torch.no_grad():
+            valid = self.encode_prompts(stream).mask_BL.bool()
+        stream_B = request_B if o.prompt_rows == "row" else torch.arange(K)
+
+        def subject(positions: str) -> torch.Tensor:
+            out = torch.zeros_like(valid)
+            for k, (p, old) in enumerate(zip(request.prompts, request.old)):
+                pos = self.prompt_token_positions([p], subject_word(p, old))[0]
+                out[(stream_B == k).nonzero()[:, 0][:, None], torch.tensor(pos)[None]] = True
+            return out
+
+        return EditObjective(K, R, o.draws, request_B, loss, lambda idx: -loss(idx), prefers_new, subject, valid)
 
     def attention_grid(self, site: str) -> tuple[int, int]:
         """``(h, w)`` of the query positions of an attention site (row-major), to fold maps."""

@@ -16,15 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from bench.capabilities import EditRequest
+from bench.capabilities import EditRequest, ObjectiveOptions
 from bench.kit.editing import constrained_finetune, middle_fact_mlp
 from bench.errors import BenchError
 from bench.method import Method, MethodConfig
-from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
+from bench.model import Model
 
 
 @dataclass(frozen=True)
@@ -59,43 +57,6 @@ class ConstrainedFinetune(Method):
 
     @staticmethod
     def _loss(model: Model, request: EditRequest) -> Callable[[], torch.Tensor]:
-        K, R = request.pixels_KRCHW.shape[:2]
-        pixels = request.pixels_KRCHW.flatten(0, 1)
-        if isinstance(model, ContrastiveModel):
-            if len(request.values) != K:
-                raise BenchError("finetune: a contrastive edit request must list each relation's values")
-            texts = [p.format(value=v) for p, vals in zip(request.prompts, request.values) for v in vals]
-            offsets = np.cumsum([0] + [len(v) for v in request.values])
-            target_B = torch.tensor([int(offsets[k]) + request.values[k].index(request.new[k])
-                                     for k in range(K) for _ in range(R)])
-            own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool)  # each image vs its own relation's texts
-            for k in range(K):
-                own_BT[k * R : (k + 1) * R, int(offsets[k]) : int(offsets[k + 1])] = True
-
-            def con() -> torch.Tensor:
-                sims = model.similarity_to(model.encode_image(pixels), model.encode_text(texts))
-                return F.cross_entropy(sims.masked_fill(~own_BT, float("-inf")), target_B)
-            return con
-        if isinstance(model, DiffusionModel):
-            # the renders are what the prompt should now draw: the denoising loss on them, at
-            # (timestep, noise) draws from a fixed generator (deterministic)
-            with torch.no_grad():
-                x0 = model.to_sample(pixels)
-            texts = [p for p in request.prompts for _ in range(R)]
-            g = torch.Generator().manual_seed(0)
-
-            def dif() -> torch.Tensor:
-                noise = torch.randn(x0.shape, generator=g)
-                t = torch.randint(0, model.num_train_timesteps, (len(texts),), generator=g)
-                return model.denoising_error_B(x0, noise, t, texts).mean()
-            return dif
-        if not isinstance(model, GenerativeModel):
-            raise BenchError(f"finetune cannot edit a {model.family} model")
-        prompts = [p for p in request.prompts for _ in range(R)]
-        inp = model.answer_inputs(prompts, [a for a in request.new for _ in range(R)])
-        rows = torch.arange(len(prompts))
-
-        def gen() -> torch.Tensor:
-            logits = model.forward_tokens(pixels, inp.ids_BL, inp.mask_BL)
-            return F.cross_entropy(logits[rows, inp.pos_B], inp.answer_B)
-        return gen
+        # diffusion: fresh (timestep, noise) draws at every step from a fixed generator, as in training
+        objective = request.objective(model, ObjectiveOptions(draws=1, seed=0, resample=True))
+        return lambda: objective.loss_B(None).mean()

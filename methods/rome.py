@@ -50,20 +50,19 @@ already edited. Deterministic: full-batch Adam from zero, fixed draws from a see
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bench.capabilities import EditRequest
+from bench.capabilities import EditRequest, ObjectiveOptions
 from bench.kit.editing import FACT_TOWER, fact_mlp_sites, middle_fact_mlp
 from bench.errors import BenchError
 from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
-from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
+from bench.model import DiffusionModel, Model
 
 POSITIONS = ("readout", "subject")
 
@@ -125,96 +124,13 @@ class EditBatch:
     K: int
 
 
-def subject_word(prompt: str, old: str) -> str:
-    """The word a diffusion prompt is about: ``old`` when the prompt names it (a concept edit,
-    "a red circle"), else the prompt's last word ("a <entity>")."""
-    if old and re.search(rf"(?<!\w){re.escape(old)}(?!\w)", prompt, re.IGNORECASE):
-        return old
-    words = prompt.split()
-    if not words:
-        raise BenchError("an edit request has an empty prompt")
-    return words[-1]
-
-
 def edit_batch(model: Model, request: EditRequest, positions: str, draws: int = 4, seed: int = 0) -> EditBatch:
-    """Build :class:`EditBatch` for any family (see the module docstring)."""
+    """The request's read-out (:meth:`bench.capabilities.EditRequest.objective`) as one batch at
+    ``draws`` fixed (timestep, noise) draws per render (diffusion), its subject at ``positions``."""
     if positions not in POSITIONS:
         raise BenchError(f"positions must be one of {POSITIONS}, got {positions!r}")
-    K, R = request.pixels_KRCHW.shape[:2]
-    if not (len(request.prompts) == len(request.new) == len(request.old) == K):
-        raise BenchError(f"edit request: {K} subjects but {len(request.prompts)} prompts, "
-                         f"{len(request.old)} old and {len(request.new)} new answers")
-    pixels = request.pixels_KRCHW.flatten(0, 1)
-    request_B = torch.arange(K).repeat_interleave(R)
-    if isinstance(model, GenerativeModel):
-        prompts = [p for p in request.prompts for _ in range(R)]
-        inp = model.answer_inputs(prompts, [a for a in request.new for _ in range(R)])
-        B, L = inp.ids_BL.shape
-        rows = torch.arange(B)
-        if positions == "readout":
-            subject = torch.zeros(B, L, dtype=torch.bool)
-            subject[rows, inp.pos_B] = True
-        else:
-            img = model.image_positions(prompts)
-            subject = torch.zeros(B, L, dtype=torch.bool)
-            w = min(L, img.shape[1])
-            subject[:, :w] = img[:, :w]
-
-        def gen() -> torch.Tensor:
-            logits = model.forward_tokens(pixels, inp.ids_BL, inp.mask_BL)
-            ce = F.cross_entropy(logits[rows, inp.pos_B], inp.answer_B, reduction="none")
-            return torch.zeros(K).index_add(0, request_B, ce) / R
-        return EditBatch(gen, subject, inp.mask_BL.bool(), request_B, K)
-    if isinstance(model, ContrastiveModel):
-        if len(request.values) != K:
-            raise BenchError("a contrastive edit request must list each relation's values")
-        texts = [p.format(value=v) for p, vals in zip(request.prompts, request.values) for v in vals]
-        offsets = np.cumsum([0] + [len(v) for v in request.values])
-        if any(n not in vals for n, vals in zip(request.new, request.values)):
-            raise BenchError("a contrastive edit's new answer must be one of its values")
-        target_B = torch.tensor([int(offsets[k]) + request.values[k].index(request.new[k]) for k in range(K)
-                                 for _ in range(R)])
-        own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool)
-        for k in range(K):
-            own_BT[k * R : (k + 1) * R, int(offsets[k]) : int(offsets[k + 1])] = True
-        with torch.no_grad():  # the text tower is not edited: its embeddings are constants
-            text_TD = model.encode_text(texts)
-        layout = model.token_layout()
-        if layout is None:
-            raise BenchError(f"{model.name!r} declares no token layout for its image tokens")
-        L = layout.image.stop
-        subject = torch.zeros(K * R, L, dtype=torch.bool)
-        if positions == "readout" and layout.cls is not None:
-            subject[:, layout.cls] = True
-        else:
-            subject[:, layout.image] = True
-
-        def con() -> torch.Tensor:
-            sims = model.similarity_to(model.encode_image(pixels), text_TD)
-            ce = F.cross_entropy(sims.masked_fill(~own_BT, float("-inf")), target_B, reduction="none")
-            return torch.zeros(K).index_add(0, request_B, ce) / R
-        return EditBatch(con, subject, torch.ones(K * R, L, dtype=torch.bool), request_B, K)
-    if isinstance(model, DiffusionModel):
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            x0 = model.to_sample(pixels).repeat(draws, 1, 1, 1)  # draw-major: row d·KR + i
-        texts = [p for p in request.prompts for _ in range(R)] * draws
-        request_B = request_B.repeat(draws)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, model.num_train_timesteps, (len(texts),), generator=g)
-        with torch.no_grad():
-            mask_BL = model.encode_prompts(texts).mask_BL.bool()
-        subject = torch.zeros_like(mask_BL)
-        for k, (p, old) in enumerate(zip(request.prompts, request.old)):
-            pos = model.prompt_token_positions([p], subject_word(p, old))[0]
-            subject[(request_B == k).nonzero()[:, 0][:, None], torch.tensor(pos)[None]] = True
-        n = R * draws
-
-        def dif() -> torch.Tensor:
-            err = model.denoising_error_B(x0, noise, t, texts)
-            return torch.zeros(K).index_add(0, request_B, err) / n
-        return EditBatch(dif, subject, mask_BL, request_B, K)
-    raise BenchError(f"cannot build an edit for a {model.family} model")
+    obj = request.objective(model, ObjectiveOptions(draws=draws, seed=seed))
+    return EditBatch(obj.loss_K, obj.subject_BL(positions), obj.valid_BL, obj.request_B, obj.K)
 
 
 # ----------------------------------------------------------------------------- v*: the target value
@@ -383,8 +299,7 @@ class ROME(Method):
         K = request.pixels_KRCHW.shape[0]
         stats: list[dict[str, float]] = []
         for k in range(K):  # sequential rewrites, each on the model as already edited
-            sub = EditRequest(request.pixels_KRCHW[k : k + 1], request.prompts[k : k + 1], request.old[k : k + 1],
-                              request.new[k : k + 1], site, request.batch_size, list(request.values[k : k + 1]))
+            sub = replace(request.select([k]), site=site)
             batch = edit_batch(model, sub, cfg.positions, cfg.draws, cfg.seed + k)
             keys = read_keys(model, batch, [nsite])[nsite]
             k_F, all_NF = keys[0][0], keys[1]

@@ -72,12 +72,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.capabilities import DebiasRequest, EditRequest, HallucinationRequest, Intervention, LocalizeRequest
+from bench.capabilities import DebiasRequest, EditRequest, HallucinationRequest, Intervention, LocalizeRequest, ObjectiveOptions
 from bench.kit.editing import middle_fact_mlp
 from bench.errors import BenchError
 from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
-from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
+from bench.model import ContrastiveModel, GenerativeModel, Model
 from bench.kit.sae import SAE, KINDS, SAEConfig, cached_sae, loss_recovered, sae_stats, subsample_rows
 
 AGGREGATES = ("abs", "signed", "max")
@@ -479,45 +479,8 @@ def objective_no_grad(objective: Callable[[], torch.Tensor], model: Model, write
 
 def _edit_objective(model: Model, request: EditRequest) -> Callable[[], torch.Tensor]:
     """``() -> J_K``: per request, how much the model prefers the new answer to the old on its inputs
-    (mean over renders), from a fixed computation (deterministic)."""
-    K, R = request.pixels_KRCHW.shape[:2]
-    pixels = request.pixels_KRCHW.flatten(0, 1)
-    if isinstance(model, GenerativeModel):
-        prompts = [p for p in request.prompts for _ in range(R)]
-        new = model.answer_inputs(prompts, [a for a in request.new for _ in range(R)])
-        old_ids = model.answer_inputs(prompts, [a for a in request.old for _ in range(R)]).answer_B
-        rows = torch.arange(K * R)
-
-        def gen() -> torch.Tensor:
-            logits = model.forward_tokens(pixels, new.ids_BL, new.mask_BL)[rows, new.pos_B]
-            return (logits[rows, new.answer_B] - logits[rows, old_ids]).view(K, R).mean(1)
-        return gen
-    if isinstance(model, ContrastiveModel):
-        # per request: its template filled with the new value, then with the old one
-        texts = [p.format(value=v) for k, p in enumerate(request.prompts) for v in (request.new[k], request.old[k])]
-
-        def con() -> torch.Tensor:
-            sims = model.similarity_to(model.encode_image(pixels), model.encode_text(texts)).view(K, R, K, 2)
-            own = sims[torch.arange(K), :, torch.arange(K)]  # [K, R, 2]: each render vs its own request's texts
-            return (own[..., 0] - own[..., 1]).mean(1)
-        return con
-    if isinstance(model, DiffusionModel):
-        with torch.no_grad():
-            x0 = model.to_sample(pixels)
-        g = torch.Generator().manual_seed(0)
-        draws = 2
-        noise = torch.randn((draws, *x0.shape), generator=g)
-        T = model.num_train_timesteps
-        t = torch.randint(int(0.2 * (T - 1)), int(0.6 * (T - 1)) + 1, (draws, K * R), generator=g)
-        prompts = list(request.prompts)
-
-        def dif() -> torch.Tensor:
-            enc = model.encode_prompts(prompts)  # text sites fire once, on the K prompts
-            from bench.model import PromptEncoding
-
-            idx = torch.arange(K).repeat_interleave(R).repeat(draws)
-            both = PromptEncoding(enc.hidden_BLD[idx], enc.mask_BL[idx])
-            err = model.denoising_error_B(x0.repeat(draws, 1, 1, 1), noise.flatten(0, 1), t.flatten(), both)
-            return -err.view(draws, K, R).mean((0, 2))
-        return dif
-    raise BenchError(f"sae cannot edit a {model.family} model")
+    (mean over renders and draws), from a fixed computation (deterministic; diffusion: minus the
+    denoising error at 2 fixed draws per render in the middle of the schedule, the text encoder run
+    once per request so the edit site's rows split over the requests)."""
+    obj = request.objective(model, ObjectiveOptions(draws=2, seed=0, t_range=(0.2, 0.6), prompt_rows="rewrite"))
+    return lambda: obj.margin_B(None).view(obj.draws, obj.K, obj.R).mean((0, 2))

@@ -140,39 +140,16 @@ class Steering(Method):
         n_grid = int(torch.floor(torch.log2(torch.tensor(self.config.max_alpha / 0.25)) * 2)) + 1
         grid_G = 0.25 * 2.0 ** (torch.arange(n_grid, dtype=torch.float64) / 2)
         K, R = request.pixels_KRCHW.shape[:2]
-        pixels = request.pixels_KRCHW.flatten(0, 1)
         n = K * R
         G = len(grid_G)
         rows_alpha = grid_G.repeat_interleave(n)  # copy-major: row g·n + i is render i at grid_G[g]
-        target = [request.values[k].index(request.new[k]) for k in range(K) for _ in range(R)]
         prefers_new = torch.zeros(G * n, dtype=torch.bool)
         bs = max(1, request.batch_size)
-        if isinstance(model, ContrastiveModel):
-            texts = [p.format(value=v) for p, vals in zip(request.prompts, request.values) for v in vals]
-            offsets = [0]
-            for vals in request.values:
-                offsets.append(offsets[-1] + len(vals))
-            text_TD = model.encode_text(texts)
-            for i in range(0, G * n, bs):
-                idx = torch.arange(i, min(i + bs, G * n))
-                with model.trace(write={direction.site: steering.add(direction, rows_alpha[idx], pos)}):
-                    sims = model.similarity_to(model.encode_image(pixels[idx % n]), text_TD)
-                for j, r in enumerate(idx.tolist()):
-                    k = (r % n) // R
-                    prefers_new[r] = int(sims[j, offsets[k] : offsets[k + 1]].argmax()) == target[r % n]
-        elif isinstance(model, GenerativeModel):
-            prompts = [p for p in request.prompts for _ in range(R)]
-            inp = model.answer_inputs(prompts, [request.values[k][0] for k in range(K) for _ in range(R)])
-            ids = [model.word_token_ids(list(vals)) for vals in request.values]
-            for i in range(0, G * n, bs):
-                idx = torch.arange(i, min(i + bs, G * n))
-                src = idx % n
-                with model.trace(write={direction.site: steering.add(direction, rows_alpha[idx], pos)}):
-                    logits = model.forward_tokens(pixels[src], inp.ids_BL[src], inp.mask_BL[src])
-                last = logits[torch.arange(len(idx)), inp.pos_B[src]]
-                for j, r in enumerate(idx.tolist()):
-                    k = (r % n) // R
-                    prefers_new[r] = int(last[j, ids[k]].argmax()) == target[r % n]
+        objective = request.objective(model)
+        for i in range(0, G * n, bs):
+            idx = torch.arange(i, min(i + bs, G * n))
+            with model.trace(write={direction.site: steering.add(direction, rows_alpha[idx], pos)}):
+                prefers_new[idx] = objective.prefers_new_B(idx % n)
         ok_G = prefers_new.view(G, n).all(1)
         self.report(steering_calibrated=float(ok_G.any()))
         return float(grid_G[int(ok_G.float().argmax())] if ok_G.any() else grid_G[-1])

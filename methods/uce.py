@@ -42,7 +42,7 @@ Diffusion models only. Deterministic (seeded draws, full-batch Adam from zero).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -51,8 +51,8 @@ from bench.capabilities import EditRequest
 from bench.errors import BenchError
 from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
-from bench.model import DiffusionModel, Model
-from methods.rome import edit_batch, subject_word
+from bench.model import DiffusionModel, Model, subject_word
+from methods.rome import edit_batch
 
 VARIANTS = ("uce", "time")
 
@@ -206,9 +206,7 @@ class UCE(Method):
                       v_sites: list[str], C_in: dict[str, list[torch.Tensor]], V_out: dict[str, list[torch.Tensor]],
                       P_in: list[torch.Tensor]) -> None:
         cfg = self.config
-        sub = EditRequest(request.pixels_KRCHW[ks], [request.prompts[k] for k in ks], [request.old[k] for k in ks],
-                          [request.new[k] for k in ks], None, request.batch_size,
-                          [request.values[k] for k in ks] if len(request.values) == len(request.prompts) else [])
+        sub = replace(request.select(ks), site=None)
         batch = edit_batch(model, sub, "subject", cfg.draws, cfg.seed)
         H, n = self._embed(model, sub.prompts)
         sel_BL = torch.zeros_like(batch.subject_BL)
