@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator, Literal, Mapping, Protocol, Sequence, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping, Protocol, Sequence, Union, cast
 
 import re
 
@@ -149,6 +149,21 @@ class Model(ABC):
         implemented once per family, so editing methods never branch on the family."""
         raise BenchError(f"model {self.name!r} ({self.family}) has no edit read-out")
 
+    def value_readout(self, question: str, values: Sequence[str]) -> "Callable[[Any], torch.Tensor]":
+        """``subject -> logits_NV``: the model's preference among ``values`` for the fact a subject
+        shows (generative: first answer-token logits of ``question``; contrastive: similarity to
+        ``question`` filled with each value; diffusion: minus the denoising error of each value's
+        render of a :class:`DiffusionSubject`, a diffusion classifier, Li et al., 2023)."""
+        raise BenchError(f"no fact read-out for a {self.family} model")
+
+    def value_loss(self, question: str, values: Sequence[str], shown: Any, new_index: int
+                   ) -> "Callable[[], torch.Tensor]":
+        """The constrained fine-tune's objective on a subject: cross-entropy of value ``new_index``
+        among ``values`` (diffusion: the denoising error of the renders showing it)."""
+        logits_of = self.value_readout(question, values)
+        target = torch.full((len(shown),), new_index)
+        return lambda: F.cross_entropy(logits_of(shown), target)
+
 
 def _check_edit_request(request: EditRequest, needs_values: bool) -> tuple[int, int]:
     K, R = request.pixels_KRCHW.shape[:2]
@@ -251,6 +266,13 @@ class ContrastiveModel(Model):
 
         valid = torch.ones(K * R, layout.image.stop if layout is not None else 0, dtype=torch.bool)
         return EditObjective(K, R, 1, torch.arange(K).repeat_interleave(R), loss, margin, prefers_new, subject, valid)
+
+    def value_readout(self, question: str, values: Sequence[str]) -> Callable[[Any], torch.Tensor]:
+        texts = [question.format(value=v) for v in values]
+
+        def con(pixels_NCHW: torch.Tensor) -> torch.Tensor:
+            return self.similarity_to(self.encode_image(pixels_NCHW), self.encode_text(texts))
+        return con
 
 
 @dataclass(frozen=True)
@@ -386,6 +408,15 @@ class GenerativeModel(Model):
         return EditObjective(K, R, 1, torch.arange(K).repeat_interleave(R), loss, margin, prefers_new, subject,
                              inp.mask_BL.bool())
 
+    def value_readout(self, question: str, values: Sequence[str]) -> Callable[[Any], torch.Tensor]:
+        ids_V = self.word_token_ids(list(values))
+
+        def gen(pixels_NCHW: torch.Tensor) -> torch.Tensor:
+            inp = self.answer_inputs([question] * len(pixels_NCHW), [values[0]] * len(pixels_NCHW))
+            logits = self.forward_tokens(pixels_NCHW, inp.ids_BL, inp.mask_BL)
+            return logits[torch.arange(len(inp.pos_B)), inp.pos_B][:, ids_V]
+        return gen
+
 
 @dataclass(frozen=True)
 class PromptEncoding:
@@ -405,6 +436,17 @@ class PromptEncoding:
 
 Prompts = Union[Sequence[str], PromptEncoding]
 Timesteps = Union[int, torch.Tensor]
+
+
+@dataclass
+class DiffusionSubject:
+    """An entity as a diffusion model sees it: its prompt, and per row one layout rendered with
+    every value's shape (``x0_VNCHW``), scored at shared (timestep, noise) draws."""
+
+    prompts: list[str]
+    x0_VNCHW: torch.Tensor
+    noise_RNCHW: torch.Tensor
+    t_RN: torch.Tensor
 
 
 class ImageJudge(Protocol):
@@ -547,6 +589,28 @@ class DiffusionModel(Model):
             return out
 
         return EditObjective(K, R, o.draws, request_B, loss, lambda idx: -loss(idx), prefers_new, subject, valid)
+
+    def subject_errors(self, sub: DiffusionSubject, values: Sequence[int] | None = None) -> torch.Tensor:
+        """Denoising error ``[R, V, N]`` of every (draw, value render, row) of a subject."""
+        V, N = sub.x0_VNCHW.shape[:2]
+        R = sub.t_RN.shape[0]
+        vs = list(range(V)) if values is None else list(values)
+        x0 = torch.cat([sub.x0_VNCHW[v] for _ in range(R) for v in vs])
+        noise = torch.cat([sub.noise_RNCHW[r] for r in range(R) for _ in vs])
+        t = torch.cat([sub.t_RN[r] for r in range(R) for _ in vs])
+        enc = self.encode_prompts(sub.prompts)
+        rep = R * len(vs)
+        both = PromptEncoding(enc.hidden_BLD.repeat(rep, 1, 1), enc.mask_BL.repeat(rep, 1))
+        return self.denoising_error_B(x0, noise, t, both).view(R, len(vs), N)
+
+    def value_readout(self, question: str, values: Sequence[str]) -> Callable[[Any], torch.Tensor]:
+        def dif(sub: DiffusionSubject) -> torch.Tensor:
+            return -self.subject_errors(sub).mean(0).T  # [N, V]
+        return dif
+
+    def value_loss(self, question: str, values: Sequence[str], shown: Any, new_index: int
+                   ) -> Callable[[], torch.Tensor]:
+        return lambda: self.subject_errors(shown, [new_index]).mean()
 
     def attention_grid(self, site: str) -> tuple[int, int]:
         """``(h, w)`` of the query positions of an attention site (row-major), to fold maps."""

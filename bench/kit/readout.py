@@ -10,16 +10,18 @@ the entity drawn with its value's shape better than renders with the other value
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from bench.errors import BenchError
-from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
+from bench.model import DiffusionModel, DiffusionSubject, Model, PlantedRelation
 from bench.kit.world import World
 from bench.kit.world.facts import drawings
+
+# DiffusionSubject lives on the model contract; importers of this module find it here too
+__all__ = ["DiffusionSubject", "Subject", "diffusion_errors", "diffusion_subject", "edit_loss", "pixels_of",
+           "value_logits"]
 
 
 def pixels_of(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -27,69 +29,25 @@ def pixels_of(images: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
 
 
-@dataclass
-class DiffusionSubject:
-    """An entity as a diffusion model sees it: its prompt, and per row one layout rendered with
-    every value's shape (``x0_VNCHW``), scored at shared (timestep, noise) draws."""
-
-    prompts: list[str]
-    x0_VNCHW: torch.Tensor
-    noise_RNCHW: torch.Tensor
-    t_RN: torch.Tensor
-
-
 Subject = Any  # pixels_NCHW (generative, contrastive) or DiffusionSubject
 
 
 def value_logits(model: Model, rel: PlantedRelation) -> Callable[[Subject], torch.Tensor]:
-    """``subject -> logits_NV``: the model's preference among ``rel.values`` for the fact shown
-    (generative: first answer-token logits; contrastive: similarity to the filled templates;
-    diffusion: minus the denoising error of each value's render, a diffusion classifier)."""
-    if isinstance(model, GenerativeModel):
-        ids_V = model.word_token_ids(list(rel.values))
-
-        def gen(pixels_NCHW: torch.Tensor) -> torch.Tensor:
-            inp = model.answer_inputs([rel.question] * len(pixels_NCHW), [rel.values[0]] * len(pixels_NCHW))
-            logits = model.forward_tokens(pixels_NCHW, inp.ids_BL, inp.mask_BL)
-            return logits[torch.arange(len(inp.pos_B)), inp.pos_B][:, ids_V]
-        return gen
-    if isinstance(model, ContrastiveModel):
-        texts = [rel.question.format(value=v) for v in rel.values]
-
-        def con(pixels_NCHW: torch.Tensor) -> torch.Tensor:
-            return model.similarity_to(model.encode_image(pixels_NCHW), model.encode_text(texts))
-        return con
-    if isinstance(model, DiffusionModel):
-        def dif(sub: DiffusionSubject) -> torch.Tensor:
-            return -diffusion_errors(model, sub).mean(0).T  # [N, V]
-        return dif
-    raise BenchError(f"no fact read-out for a {model.family} model")
+    """``subject -> logits_NV``: the model's preference among ``rel.values`` for the fact shown,
+    the family's read-out (:meth:`bench.model.Model.value_readout`)."""
+    return model.value_readout(rel.question, rel.values)
 
 
 def diffusion_errors(model: DiffusionModel, sub: DiffusionSubject,
-                      values: Sequence[int] | None = None) -> torch.Tensor:
+                     values: Sequence[int] | None = None) -> torch.Tensor:
     """Denoising error ``[R, V, N]`` of every (draw, value render, row)."""
-    V, N = sub.x0_VNCHW.shape[:2]
-    R = sub.t_RN.shape[0]
-    vs = list(range(V)) if values is None else list(values)
-    x0 = torch.cat([sub.x0_VNCHW[v] for _ in range(R) for v in vs])
-    noise = torch.cat([sub.noise_RNCHW[r] for r in range(R) for _ in vs])
-    t = torch.cat([sub.t_RN[r] for r in range(R) for _ in vs])
-    enc = model.encode_prompts(sub.prompts)
-    rep = R * len(vs)
-    both = PromptEncoding(enc.hidden_BLD.repeat(rep, 1, 1), enc.mask_BL.repeat(rep, 1))
-    return model.denoising_error_B(x0, noise, t, both).view(R, len(vs), N)
+    return model.subject_errors(sub, values)
 
 
 def edit_loss(model: Model, rel: PlantedRelation, shown: Subject, new_index: int) -> Callable[[], torch.Tensor]:
-    """The constrained fine-tune's objective: cross-entropy of the new value among the relation's
-    values; for diffusion, the denoising error of the renders showing the new value (fine-tuning
-    on target images)."""
-    if isinstance(model, DiffusionModel):
-        return lambda: diffusion_errors(model, shown, [new_index]).mean()
-    logits_of = value_logits(model, rel)
-    target = torch.full((len(shown),), new_index)
-    return lambda: torch.nn.functional.cross_entropy(logits_of(shown), target)
+    """The constrained fine-tune's objective: the family's loss of the new value among the
+    relation's values (:meth:`bench.model.Model.value_loss`)."""
+    return model.value_loss(rel.question, rel.values, shown, new_index)
 
 
 def diffusion_subject(model: DiffusionModel, rel: PlantedRelation, world: World, names: Sequence[str],
