@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, cast
 
 import torch
 
@@ -16,7 +17,7 @@ from bench.capabilities import (
     Intervention,
     LocalizeRequest,
 )
-from bench.errors import BenchError
+from bench.errors import BenchError, Incompatible
 from bench.model import Model
 
 if TYPE_CHECKING:
@@ -35,11 +36,20 @@ class Method:
     :data:`bench.capabilities.CAPABILITIES`), ``families`` they work on, a
     ``Config`` dataclass, a docstring citing the paper they follow, and implement
     one method per capability (``attribute``, ``localize``, ...).
+
+    The contract guards every capability call: before ``edit(model, request)`` (and the
+    others) runs, :meth:`unsupported` checks the model's family against the capability's
+    families and asks :meth:`supports`; a model the method cannot handle is an
+    :class:`~bench.errors.Incompatible` error with the reason, so a capability's body never
+    needs to test the model's family.
     """
 
     name: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset()
     families: ClassVar[frozenset[str]] = frozenset({"contrastive", "generative", "diffusion"})
+    # per capability, the families it runs on where narrower than ``families`` (a method that edits
+    # every family but debiases only contrastive models: {"debias": frozenset({"contrastive"})})
+    capability_families: ClassVar[Mapping[str, frozenset[str]]] = {}
     Config: ClassVar[type] = MethodConfig
     reference: ClassVar[bool] = False  # random / oracle: answered by the task itself
     # what a reference stands for, which is what a task answers for it (never its name): "chance"
@@ -85,6 +95,22 @@ class Method:
             return f"method {self.name!r} does not support the {model.family} family"
         return None
 
+    def unsupported(self, model: Model, capability: str) -> str | None:
+        """Why ``capability`` cannot run on ``model`` (``None`` if it can): the capability's
+        families, then :meth:`supports`."""
+        families = self.capability_families.get(capability, self.families)
+        if model.family not in families:
+            return (f"method {self.name!r} can {capability} {', '.join(sorted(families))} models, "
+                    f"not {model.name!r} ({model.family})")
+        return self.supports(model)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for capability in CAPABILITIES:
+            fn = cls.__dict__.get(capability)
+            if callable(fn) and not getattr(fn, "_guarded", False):
+                setattr(cls, capability, _guarded(capability, fn))
+
     # Capabilities (override the ones in ``capabilities``).
     def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
         raise NotImplementedError
@@ -106,6 +132,20 @@ class Method:
     def detect_hallucination(self, model: Model, request: HallucinationRequest) -> torch.Tensor:
         """A hallucination score per item ``[N]`` (higher = more likely hallucinated)."""
         raise NotImplementedError
+
+
+def _guarded(capability: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a capability of a method class) behind :meth:`Method.unsupported`."""
+    @functools.wraps(fn)
+    def call(self: Method, model: Model, request: Any) -> Any:
+        # a model-free call (an attribution method on a request's score alone) has nothing to check
+        reason = None if model is None else self.unsupported(model, capability)
+        if reason:
+            raise Incompatible(reason)
+        return fn(self, model, request)
+
+    call._guarded = True  # type: ignore[attr-defined]
+    return call
 
 
 def _check_caps(cls: type[Method]) -> None:

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.capabilities import AttributionRequest
-from bench.errors import BenchError, Incompatible
+from bench.errors import BenchError
 from bench.method import Method, MethodConfig
-from bench.model import DiffusionModel, Model
+from bench.model import Model
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,6 @@ class CrossAttention(Method):
         return None
 
     def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
-        reason = self.supports(model)
-        if reason or not isinstance(model, DiffusionModel):
-            raise Incompatible(reason or f"cross_attention needs a diffusion model, not {model.name!r}")
         B, _, H, W = request.pixels_BCHW.shape
         if len(request.prompts) != B or len(request.target_words) != B:
             raise BenchError("cross_attention needs a prompt and a target word per example "

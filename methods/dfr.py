@@ -27,7 +27,7 @@ from bench.capabilities import DebiasRequest, Intervention
 from bench.errors import BenchError
 from bench.kit.fitting import cached, content_hash, record_fit
 from bench.method import Method, MethodConfig
-from bench.model import ContrastiveModel, Model
+from bench.model import Model
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,6 @@ class DFR(Method):
     fits = True
 
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
-        if not isinstance(model, ContrastiveModel):
-            raise BenchError(f"dfr debiases contrastive models only, not {model.family}")
         cfg = self.config
         if cfg.C <= 0 or cfg.n_subsamples < 1:
             raise BenchError(f"dfr: C must be > 0 and n_subsamples ≥ 1 (got C={cfg.C}, n_subsamples={cfg.n_subsamples})")

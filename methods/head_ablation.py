@@ -61,8 +61,7 @@ def vision_heads(model: Model) -> list[str]:
 
 def check_decomposable(model: Model, embed_site: str) -> str | None:
     """Why the head decomposition cannot run on ``model`` (``None`` if it can)."""
-    if not isinstance(model, ContrastiveModel):
-        return f"the head decomposition needs a contrastive model, not {model.family}"
+    # the family (contrastive) is checked by the method contract before any capability runs
     if not vision_heads(model):
         return f"model {model.name!r} has no vision attention-head sites"
     if not model.layer_sites("vision", "resid_post"):

@@ -122,6 +122,7 @@ class Probing(Method):
     answers = {"localize": "decodability"}
     capabilities = frozenset({"localize", "detect_hallucination"})
     families = frozenset({"contrastive", "generative", "diffusion"})
+    capability_families = {"detect_hallucination": frozenset({"generative"})}
     Config = ProbingConfig
     fits = True
 
@@ -166,8 +167,6 @@ class Probing(Method):
     # ---------------------------------------------------- detect_hallucination
     def detect_hallucination(self, model: Model, request: HallucinationRequest) -> torch.Tensor:
         self._check()
-        if not isinstance(model, GenerativeModel):
-            raise BenchError("probing: detect_hallucination needs a generative model")
         site = model.layer_site_at("lm", "resid_post", self.config.layer)
         fit_y = request.fit_labels_B.long().numpy()
         if len(np.unique(fit_y)) < 2:

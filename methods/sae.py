@@ -138,6 +138,7 @@ class SAEMethod(Method):
     answers = {"localize": "mediation (SAE features)"}
     capabilities = frozenset({"localize", "detect_hallucination", "edit", "debias"})
     families = frozenset({"contrastive", "generative", "diffusion"})
+    capability_families = {"detect_hallucination": frozenset({"generative"}), "debias": frozenset({"contrastive"})}
     Config = SAEMethodConfig
     fits = True
 
@@ -274,8 +275,6 @@ class SAEMethod(Method):
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        if not isinstance(model, GenerativeModel):
-            raise BenchError("sae: detect_hallucination needs a generative model")
         self._figs = []
         site, bs = self._lm_site(model), request.batch_size
         fit_acts, fit_masks, fit_spans = self._span_acts(model, request.fit, site, bs)
@@ -349,8 +348,6 @@ class SAEMethod(Method):
 
     # ------------------------------------------------------------ debias
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
-        if not isinstance(model, ContrastiveModel):
-            raise BenchError("sae: debias needs a contrastive model")
         self._figs = []
         c = self.config
         site = c.debias_site or (model.layer_sites("vision", "resid_post") or [""])[-1]

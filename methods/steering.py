@@ -84,6 +84,7 @@ class Steering(Method):
     name = "steering"
     capabilities = frozenset({"edit", "debias", "detect_hallucination"})
     families = frozenset({"contrastive", "generative", "diffusion"})
+    capability_families = {"detect_hallucination": frozenset({"generative"}), "debias": frozenset({"contrastive"})}
     Config = SteeringConfig
     fits = True
 
@@ -227,8 +228,6 @@ class Steering(Method):
 
     # ------------------------------------------------------------------ debias
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
-        if not isinstance(model, ContrastiveModel):
-            raise BenchError(f"steering can debias contrastive models only, not {model.family}")
         site = self.config.debias_site
         model.site(site)
         with torch.no_grad(), model.trace(read=[site]) as t:
@@ -264,8 +263,6 @@ class Steering(Method):
         return torch.cat(outs) if outs else torch.zeros(0)
 
     def detect_hallucination(self, model: Model, request: HallucinationRequest) -> torch.Tensor:
-        if not isinstance(model, GenerativeModel):
-            raise BenchError(f"steering detects hallucinations in generative models only, not {model.family}")
         site = self.config.detect_site or _middle(model, "lm", "resid_post")
         model.site(site)
         y = request.fit_labels_B.bool()

@@ -133,8 +133,6 @@ class UCE(Method):
 
     # ------------------------------------------------------------------ the edit
     def edit(self, model: Model, request: EditRequest) -> None:
-        if not isinstance(model, DiffusionModel):
-            raise BenchError(f"uce edits diffusion models only, not a {model.family} model")
         cfg = self.config
         k_sites, v_sites = model.layer_sites("unet", "cross_k"), model.layer_sites("unet", "cross_v")
         lin = {s: model.module.get_submodule(model.site_specs[s].module) for s in k_sites + v_sites}
