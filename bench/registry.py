@@ -210,8 +210,9 @@ def plugin_provenance(kind: str, name: str) -> dict[str, str] | None:
 # declare themselves: a method class whose body assigns ``name`` a string and ``capabilities`` a
 # literal ``frozenset({...})`` (with ``families`` and ``reference`` when not the defaults); a task
 # class whose body assigns ``spec = TaskSpec(name="...", version="...", families=frozenset({...}),
-# capability="...", main_score="...")`` (and ``data_kinds``). So a new method is one file and nothing
-# else. What planning and listing read (capabilities, families, a task's version...) comes with the
+# capability="...", main_score="...")`` (and ``data_kinds``); a ``models`` module that assigns the
+# literal dicts ``MMI_BENCH_MODELS`` (the zoo) or ``MMI_BENCH_MODEL_SOURCES`` (``hf:``). So a new
+# method is one file and nothing else, and this core module names no built-in. What planning and listing read (capabilities, families, a task's version...) comes with the
 # discovery, so neither imports a module; the result is kept by :mod:`bench.answers` (any edit to the
 # project's code is a new stamp). tests/test_cli_traps.py checks the declarations against the
 # classes, and that every Method/Task subclass defined in those folders is discovered.
@@ -240,10 +241,25 @@ def _assigned(body: list[ast.stmt]) -> dict[str, ast.expr]:
 
 
 def declared(source: str, module: str, kind: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """``(name, "module:Class", meta)`` of each ``kind`` (``task`` or ``method``) a module's source
-    declares (see above); a declaration that is not a literal is skipped."""
-    out = []
-    for node in ast.parse(source).body:
+    """``(name, "module:Class", meta)`` of each ``kind`` (``task``, ``method``, ``model`` or
+    ``source``) a module's source declares (see above; models and sources: the module-level literal
+    dicts ``MMI_BENCH_MODELS`` / ``MMI_BENCH_MODEL_SOURCES``, name → {"load": function, ...meta});
+    a declaration that is not a literal is skipped."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    tree = ast.parse(source)
+    if kind in ("model", "source"):
+        value = _assigned(tree.body).get("MMI_BENCH_MODELS" if kind == "model" else "MMI_BENCH_MODEL_SOURCES")
+        try:
+            table = _literal(value) if value is not None else {}
+        except (ValueError, TypeError, SyntaxError):
+            table = {}
+        for name, meta in table.items() if isinstance(table, dict) else ():
+            if isinstance(name, str) and isinstance(meta, dict) and isinstance(meta.get("load"), str):
+                meta = dict(meta)
+                target = meta.pop("load")
+                out.append((name, target if ":" in target else f"{module}:{target}", meta))
+        return out
+    for node in tree.body:
         if not isinstance(node, ast.ClassDef):
             continue
         a = _assigned(node.body)
@@ -286,22 +302,16 @@ def _register_builtins() -> None:
                      families=ALL_FAMILIES, reference=True)
     METHODS.register("oracle", "bench.method:OracleReference", capabilities=ALL_CAPABILITIES,
                      families=ALL_FAMILIES, reference=True)
-    for reg, package, kind in ((TASKS, "tasks", "task"), (METHODS, "methods", "method")):
+    for reg, package, kind in ((TASKS, "tasks", "task"), (METHODS, "methods", "method"), (MODELS, "models", "model")):
         for name, target, meta in discover(package, kind):
             if kind == "task":
                 meta.pop("version")  # read from the source when asked (bench.app.cli.task_meta): it moves
             # meta: the declaration's fields (never ``source``), lists as tuples
             reg.register(name, target,
                          **cast("dict[str, Any]", {k: tuple(v) if isinstance(v, list) else v for k, v in meta.items()}))
+    # model sources (``hf:FOLDER``): every name ``prefix:rest`` resolves through the declared functions
+    for prefix, load, meta in discover("models", "source"):
+        MODELS.register_source(prefix, load=load, **meta)
 
 
 _register_builtins()
-# the zoo (``zoo=True``: shipped weights whose hash the records carry, models/zoo/weights/NAME.json)
-MODELS.register("zoo-clip", "models.zoo_models:load_zoo_clip_model", family="contrastive", zoo=True)
-MODELS.register("zoo-clip-spurious", "models.zoo_models:load_zoo_clip_model", family="contrastive", zoo=True)
-MODELS.register("zoo-vlm", "models.zoo_models:load_zoo_vlm_model", family="generative", zoo=True)
-MODELS.register("zoo-diffusion", "models.zoo_models:load_zoo_diffusion_model", family="diffusion", zoo=True)
-# local Hugging Face checkpoints: ``--model hf:FOLDER``
-MODELS.register_source("hf", load="models.hf_loader:load_hf", family="models.hf_source:family_of",
-                       canonical="models.hf_source:canonical", digest="models.hf_source:weights_digest",
-                       code="models.hf_loader")

@@ -97,3 +97,12 @@ def folder_digest(folder: Path) -> str:
 def weights_digest(name: str) -> str:
     """:func:`folder_digest` of ``hf:<path>``."""
     return folder_digest(path_of(name))
+
+
+# Declared for the registry (read with ast, not imported): ``hf:FOLDER`` names resolve through these
+# functions; :mod:`models.hf_loader` is the code a record's provenance covers.
+MMI_BENCH_MODEL_SOURCES = {
+    "hf": {"load": "models.hf_loader:load_hf", "family": "models.hf_source:family_of",
+           "canonical": "models.hf_source:canonical", "digest": "models.hf_source:weights_digest",
+           "code": "models.hf_loader"},
+}

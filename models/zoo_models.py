@@ -1,4 +1,4 @@
-"""Loaders for the zoo's shipped models (registered in ``bench.registry``)."""
+"""Loaders for the zoo's shipped models (declared below; ``bench.registry`` discovers them)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ from models.hf_diffusion import DiffusionWrapper, SamplingConfig
 from models.hf_llava import LlavaWrapper
 from models.zoo import WEIGHTS_DIR
 from models.zoo.io import records_hash
+
+
+# The zoo, declared for the registry (read with ast, not imported): name → loader and what planning
+# reads; ``zoo=True``: shipped weights whose hash the records carry (models/zoo/weights/NAME.json).
+MMI_BENCH_MODELS = {
+    "zoo-clip": {"load": "load_zoo_clip_model", "family": "contrastive", "zoo": True},
+    "zoo-clip-spurious": {"load": "load_zoo_clip_model", "family": "contrastive", "zoo": True},
+    "zoo-vlm": {"load": "load_zoo_vlm_model", "family": "generative", "zoo": True},
+    "zoo-diffusion": {"load": "load_zoo_diffusion_model", "family": "diffusion", "zoo": True},
+}
 
 
 def _tokenize(vocab: Vocab, max_len: int, texts: list[str]):  # type: ignore[no-untyped-def]

@@ -77,3 +77,15 @@ def test_every_import_goes_down_or_sideways():
 def test_the_package_init_imports_nothing():
     """``bench/__init__.py`` runs before every bench module: it names the API as a string (PEP 562)."""
     assert imports(ROOT / "bench" / "__init__.py", "bench") == set()
+
+
+def test_the_core_names_no_built_in() -> None:
+    """The core registry is empty: built-in tasks, methods, models and the ``hf:`` source are
+    declared in their own modules and discovered, so no core module names one as a string target
+    (``"models.zoo_models:..."``), which would be an upward dependency the import check cannot see."""
+    import re
+
+    pattern = re.compile(r"""["'](?:methods|tasks|models)\.[a-z_]+(?::|["'])""")
+    found = [f"{p.name}: {m.group(0)}" for p in sorted((ROOT / "bench").glob("*.py"))
+             for m in pattern.finditer(p.read_text())]
+    assert not found, found
