@@ -74,6 +74,28 @@ class DebiasRequest:
     spurious_prompts: list[str]
     batch_size: int = 64
 
+    def _batches(self) -> Iterator[torch.Tensor]:
+        for i in range(0, self.fit_pixels_BCHW.shape[0], max(1, self.batch_size)):
+            yield self.fit_pixels_BCHW[i : i + self.batch_size]
+
+    @torch.no_grad()
+    def fit_activations(self, model: Any, site: str) -> torch.Tensor:
+        """``site``'s activations over the fit images, in batches of ``batch_size`` (each forward
+        pass stops once the site is read)."""
+        out = []
+        for pixels in self._batches():
+            with model.trace(read=[site], stop_after_reads=True) as t:
+                model.encode_image(pixels)
+            out.append(t[site])
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def fit_embeddings(self, model: Any, write: "Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None" = None
+                       ) -> torch.Tensor:
+        """The fit images' unit-norm embeddings ``[N, D]``, with ``write`` edits applied."""
+        with model.trace(write=write or {}):
+            return torch.cat([model.encode_image(pixels) for pixels in self._batches()])
+
 
 @dataclass
 class Intervention:

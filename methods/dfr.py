@@ -89,9 +89,7 @@ class DFR(Method):
         cfg = self.config
         if cfg.C <= 0 or cfg.n_subsamples < 1:
             raise BenchError(f"dfr: C must be > 0 and n_subsamples ≥ 1 (got C={cfg.C}, n_subsamples={cfg.n_subsamples})")
-        with torch.no_grad():
-            x_ND = torch.cat([model.encode_image(request.fit_pixels_BCHW[i : i + request.batch_size])
-                              for i in range(0, request.fit_pixels_BCHW.shape[0], request.batch_size)])
+        x_ND = request.fit_embeddings(model)
         y_N = request.fit_labels_B.long()
         n_classes = len(request.class_prompts)
         if len(set(y_N.tolist())) < 2:

@@ -74,13 +74,7 @@ class Leace(Method):
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
         assert isinstance(model, ContrastiveModel)
         site = self.config.site
-        feats = []
-        with torch.no_grad():
-            for i in range(0, request.fit_pixels_BCHW.shape[0], request.batch_size):
-                with model.trace(read=[site], stop_after_reads=True) as t:
-                    model.encode_image(request.fit_pixels_BCHW[i : i + request.batch_size])
-                feats.append(t[site])
-        x = torch.cat(feats)
+        x = request.fit_activations(model, site)
         x_ND = x.reshape(x.shape[0], -1) if x.dim() == 2 else x[:, 0]  # token sites: erase at the CLS/first token
         z_NK = F.one_hot(request.fit_spurious_B, len(request.spurious_prompts)).float()
         mu, M, rank = leace_fit(x_ND, z_NK, self.config.rel_eps)

@@ -77,7 +77,7 @@ from bench.kit.editing import middle_fact_mlp
 from bench.errors import BenchError
 from bench.kit.fitting import record_fit
 from bench.method import Method, MethodConfig
-from bench.model import ContrastiveModel, GenerativeModel, Model
+from bench.model import GenerativeModel, Model
 from bench.kit.sae import SAE, KINDS, SAEConfig, cached_sae, loss_recovered, sae_stats, subsample_rows
 
 AGGREGATES = ("abs", "signed", "max")
@@ -353,14 +353,7 @@ class SAEMethod(Method):
         site = c.debias_site or (model.layer_sites("vision", "resid_post") or [""])[-1]
         if not site:
             raise BenchError(f"sae: {model.name!r} has no vision residual sites; set --config debias_site=...")
-        pix, bs = request.fit_pixels_BCHW, request.batch_size
-        with torch.no_grad():
-            acts = []
-            for i in range(0, pix.shape[0], bs):
-                with model.trace(read=[site], stop_after_reads=True) as t:
-                    model.encode_image(pix[i : i + bs])
-                acts.append(t[site])
-            a = torch.cat(acts)
+        a = request.fit_activations(model, site)
         sae = self._train(f"debias:{site}", _tokens(a))
         with torch.no_grad():
             f = sae.encode(a)
@@ -380,9 +373,7 @@ class SAEMethod(Method):
 
         @torch.no_grad()
         def fit_worst(iv: Intervention) -> float:
-            with model.trace(write=iv.writes):
-                img = torch.cat([model.encode_image(pix[i : i + bs]) for i in range(0, pix.shape[0], bs)])
-            pred = model.similarity_to(img, text_TD).argmax(-1)
+            pred = model.similarity_to(request.fit_embeddings(model, iv.writes), text_TD).argmax(-1)
             groups = y * (int(s.max()) + 1) + s
             return min(float((pred[groups == gr] == y[groups == gr]).float().mean()) for gr in groups.unique())
 
@@ -395,7 +386,7 @@ class SAEMethod(Method):
         record_fit(self, "debias:ablated", order[:n])
         with torch.no_grad():
             ce = lambda w: float(F.cross_entropy(  # noqa: E731
-                model.similarity_to(_encode(model, pix, bs, w), text_TD), y))
+                model.similarity_to(request.fit_embeddings(model, w), text_TD), y))
             self._note_recovered(loss_recovered(ce({}), ce({site: sae.splice()}), ce({site: torch.zeros_like})))
         self._report()
         return intervention(n)
@@ -451,11 +442,6 @@ class SAEMethod(Method):
 
 
 # ------------------------------------------------------------------ helpers
-def _encode(model: ContrastiveModel, pix: torch.Tensor, bs: int, write: dict) -> torch.Tensor:
-    with model.trace(write=write):
-        return torch.cat([model.encode_image(pix[i : i + bs]) for i in range(0, pix.shape[0], bs)])
-
-
 def _eta_within(x_BF: torch.Tensor, target_B: torch.Tensor, within_B: torch.Tensor) -> torch.Tensor:
     """Correlation ratio η of each feature with ``target``, computed inside each value of ``within``
     and averaged (η² = between-group variance / total variance)."""

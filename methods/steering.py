@@ -230,10 +230,8 @@ class Steering(Method):
     def debias(self, model: Model, request: DebiasRequest) -> Intervention:
         site = self.config.debias_site
         model.site(site)
-        with torch.no_grad(), model.trace(read=[site]) as t:
-            for i in range(0, request.fit_pixels_BCHW.shape[0], request.batch_size):
-                model.encode_image(request.fit_pixels_BCHW[i : i + request.batch_size])
-        x_ND = _first_token(t[site]).double()
+        acts = request.fit_activations(model, site)
+        x_ND = _first_token(acts).double()
         values = sorted(set(request.fit_spurious_B.tolist()))
         if len(values) < 2:
             raise BenchError("steering: the fit split shows only one value of the spurious attribute")
@@ -248,7 +246,7 @@ class Steering(Method):
         basis = steering.orthonormal_basis(dirs)
         record_fit(self, "debias_basis", {"basis": basis, "center": mean_D})
         dirs32 = [steering.Direction(site, d.vector_D.float(), d.label) for d in dirs]
-        pos = [0] if t[site].dim() == 3 else None
+        pos = [0] if acts.dim() == 3 else None
         edit = steering.project_out(dirs32, center_D=mean_D.float(), positions=pos)
         return Intervention({site: edit}, components=int(basis.shape[1]),
                             description=f"mean-difference projection at {site}, rank {basis.shape[1]}")
