@@ -1,6 +1,6 @@
 """Generative wrapper over transformers' ``LlavaForConditionalGeneration`` (zoo-vlm and ``hf:`` LLaVAs).
 
-The site map is data (:class:`models.site_maps.TowerMap`): vision tower blocks
+The site map is data (the ``llava`` adapter, :mod:`models.adapters.llava`): vision tower blocks
 (``vision.*``), the projector (``projector``) and the language model
 (``lm.blocks.{i}.*``, ``lm.embed``, ``lm.final``). LLaVA splices image features
 into the token sequence, so LM sites are ``stream="mixed"`` and
@@ -9,7 +9,6 @@ into the token sequence, so LM sites are ``stream="mixed"`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -17,33 +16,19 @@ import torch
 from bench.errors import BenchError
 from bench.model import GenerativeModel, SpanInputs, TokenLayout
 from bench.sites import Site, SiteSpec
-from models.site_maps import TowerMap, build_sites
+from models.adapters._format import Adapter
+from models.adapters._vlm import VISION_TOWERS, VisionTowerMap
+from models.adapters.llava import ADAPTER as LLAVA_ADAPTER
 
 Encode = Callable[[list[str], list[str] | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 Decode = Callable[[list[int]], str]
-
-
-@dataclass(frozen=True)
-class VisionTowerMap:
-    """How one kind of vision tower inside a LLaVA names its modules (data, per ``model_type``)."""
-
-    embed: str  # module whose output is the token sequence entering the first block
-    has_cls: bool  # a class token at position 0 (dropped by the "default" feature strategy)
-
-
-# A LLaVA with another vision tower is one more entry here; the LM side (Llama, Mistral, Qwen2,
-# Vicuna: ``self_attn.o_proj``, a gated MLP ending in ``down_proj``, a final ``norm``) is shared.
-VISION_TOWERS: dict[str, VisionTowerMap] = {
-    "clip_vision_model": VisionTowerMap("pre_layrnorm", has_cls=True),
-    "siglip_vision_model": VisionTowerMap("embeddings", has_cls=False),
-}
 
 
 def vision_tower_map(config: Any) -> VisionTowerMap:
     kind = getattr(config.vision_config, "model_type", "clip_vision_model")
     if kind not in VISION_TOWERS:
         raise BenchError(f"LLaVA with a {kind!r} vision tower has no site map yet "
-                         f"(known: {', '.join(VISION_TOWERS)}); add one to models.hf_llava.VISION_TOWERS")
+                         f"(known: {', '.join(VISION_TOWERS)}); add one to models.adapters._vlm.VISION_TOWERS")
     return VISION_TOWERS[kind]
 
 
@@ -56,17 +41,10 @@ def llava_image_features(config: Any) -> int:
     return n + int(keep_cls)
 
 
-def llava_site_map(vision_layers: int, vision_heads: int, lm_layers: int, lm_heads: int,
-                   vision: VisionTowerMap = VISION_TOWERS["clip_vision_model"]) -> tuple[list[Site], dict[str, SiteSpec]]:
-    return build_sites([
-        TowerMap("vision", "image", "model.vision_tower.encoder.layers", vision_layers, vision_heads,
-                 embed=SiteSpec(f"model.vision_tower.{vision.embed}"),
-                 extra=(("projector", "projector", SiteSpec("model.multi_modal_projector")),)),
-        TowerMap("lm", "mixed", "model.language_model.layers", lm_layers, lm_heads,
-                 # the LM's input after image features are spliced in (embed_tokens alone holds placeholders)
-                 embed=SiteSpec("model.language_model.layers.0", hook="input"), o_proj="o_proj",
-                 neurons=SiteSpec("down_proj", hook="input"), final=SiteSpec("model.language_model.norm")),
-    ])
+def llava_site_map(config: Any, adapter: Adapter = LLAVA_ADAPTER) -> tuple[list[Site], dict[str, SiteSpec]]:
+    """Sites of a LLaVA-shaped checkpoint, from its adapter (default :mod:`models.adapters.llava`)."""
+    vision_tower_map(config)  # an unknown vision tower: one line naming the known ones
+    return adapter.site_map(config)
 
 
 class LlavaWrapper(GenerativeModel):
@@ -82,10 +60,8 @@ class LlavaWrapper(GenerativeModel):
                  pad_id: int) -> None:
         llava.set_attn_implementation("eager")
         llava.eval()
-        vc, tc = llava.config.vision_config, llava.config.text_config
         self.vision_map = vision_tower_map(llava.config)
-        sites, specs = llava_site_map(vc.num_hidden_layers, vc.num_attention_heads,
-                                      tc.num_hidden_layers, tc.num_attention_heads, self.vision_map)
+        sites, specs = llava_site_map(llava.config, self.adapter)
         super().__init__(name, llava, specs, sites)
         self.llava = llava
         self.encode = encode
@@ -94,6 +70,8 @@ class LlavaWrapper(GenerativeModel):
         self._hash = weights_hash
         self.eos_id = eos_id
         self.pad_id = pad_id
+
+    adapter: Adapter = LLAVA_ADAPTER
 
     @property
     def weights_hash(self) -> str:

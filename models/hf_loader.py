@@ -48,6 +48,9 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.model import Model
+from bench.registry import resolve
+from models import adapters
+from models.adapters._format import Adapter, check_sites
 from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
 
 __all__ = ["FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf", "load_hf"]
@@ -73,17 +76,53 @@ def weights_hash(path: Path) -> str:
 
 
 def load_hf(name: str) -> Model:
-    """Load ``hf:<path>`` with the wrapper its config names."""
+    """Load ``hf:<path>`` through the adapter its config names (:mod:`models.adapters`), and check
+    every site of the result against one real forward (:func:`check_model_sites`)."""
     path = path_of(name)
     kind = checkpoint_type(path)
-    loader: Callable[[str, Path, str, dict[str, Any]], Model] = {
-        "clip": _load_contrastive, "siglip": _load_contrastive, "llava": _load_llava,
-        "stable-diffusion": _load_diffusion}[kind]
+    adapter = adapter_for(kind)
+    loader: Callable[[Adapter, str, Path, dict[str, Any]], Model] = resolve(adapter.load)
     sidecar = read_sidecar(path)
     with _quiet():
-        model = loader(name, path, kind, sidecar)
+        model = loader(adapter, name, path, sidecar)
+        check_model_sites(model, adapter)
     apply_sidecar(model, sidecar, path)
     return model
+
+
+def adapter_for(kind: str) -> Adapter:
+    name = adapters.adapter_name_for(kind)
+    if name is None:
+        raise BenchError(adapters.missing(kind))
+    adapter = adapters.get(name)
+    if not isinstance(adapter, Adapter):
+        raise BenchError(f"hf: adapter {name!r} is a {type(adapter).__name__}, not a models.adapters.Adapter")
+    return adapter
+
+
+def probe_forward(model: Model) -> Callable[[], Any]:
+    """One small forward of the family's operation (deterministic inputs: no random state is used)."""
+    from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel
+
+    def pixels(side: int) -> torch.Tensor:
+        return torch.linspace(0, 1, 2 * 3 * side * side).reshape(2, 3, side, side)
+
+    if isinstance(model, ContrastiveModel):
+        return lambda: model.similarity(pixels(model.image_size), ["a red circle", "a blue square"])
+    if isinstance(model, GenerativeModel):
+        return lambda: model.logprobs(pixels(32), ["what is it?", "is there a circle?"], ["a circle", "yes"])
+    if isinstance(model, DiffusionModel):
+        shape = model.sample_shape
+        x = torch.linspace(-1, 1, 2 * shape[0] * shape[1] * shape[2]).reshape(2, *shape)
+        return lambda: model.noise_pred(x, model.num_train_timesteps // 2, ["a red circle", "a blue square"])
+    raise BenchError(f"hf: {model.name} is a {model.family} model, which has no probe forward")
+
+
+def check_model_sites(model: Model, adapter: Adapter) -> None:
+    """Every site's module, hook, tuple index and shape checked against one real forward
+    (:func:`models.adapters._format.check_sites`): a wrong index is a load error, not a wrong read."""
+    config = getattr(model.module, "config", None)
+    check_sites(adapter, config, model.module, model.sites(), model.site_specs, probe_forward(model))
 
 
 SIDECAR = "mmi_bench.json"
@@ -221,12 +260,12 @@ def _tokenizer(path: Path, kind: str) -> Any:
 
 
 # ------------------------------------------------------------------------- contrastive
-def _load_contrastive(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
-    from transformers import CLIPModel, SiglipModel
-
+def load_contrastive(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> Model:
     from models.hf_clip import CLIPWrapper, SiglipWrapper
 
-    cls, wrapper = (CLIPModel, CLIPWrapper) if kind == "clip" else (SiglipModel, SiglipWrapper)
+    kind = adapter.name
+    wrapper = {"clip": CLIPWrapper, "siglip": SiglipWrapper}[adapter.options.get("wrapper", "clip")]
+    cls = resolve(adapter.model_class)
     try:
         model = cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
@@ -241,12 +280,12 @@ def _load_contrastive(name: str, path: Path, kind: str, sidecar: dict[str, Any])
         return ids, enc.get("attention_mask", torch.ones_like(ids))
 
     mean, std = _normalisation(path)
-    return wrapper(name, model, tokenize, weights_hash(path), mean, std)
+    return wrapper(name, model, tokenize, weights_hash(path), mean, std, adapter=adapter)
 
 
 # -------------------------------------------------------------------------- generative
-def _load_llava(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
-    template = str(sidecar.get("prompt_template") or LLAVA_TEMPLATE)
+def load_llava(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> Model:
+    template = str(sidecar.get("prompt_template") or adapter.prompt_template or LLAVA_TEMPLATE)
     from transformers import LlavaForConditionalGeneration
 
     from models.hf_llava import LlavaWrapper, llava_image_features
@@ -297,7 +336,7 @@ def _load_llava(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Mo
 
 
 # --------------------------------------------------------------------------- diffusion
-def _load_diffusion(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
+def load_diffusion(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> Model:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -325,6 +364,5 @@ def _load_diffusion(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -
         return ids, enc.get("attention_mask", (ids != tok.pad_token_id).long())
 
     # Stable Diffusion attends to padding (no prompt mask) and samples with guidance 7.5
-    sampling = SamplingConfig(**{"steps": 25, "guidance": 7.5, "mask_padding": False,
-                                 **sidecar.get("sampling", {})})
+    sampling = SamplingConfig(**{**adapter.options.get("sampling", {}), **sidecar.get("sampling", {})})
     return DiffusionWrapper(name, unet, text, tokenize, sched, weights_hash(path), vae=vae, sampling=sampling)
