@@ -60,8 +60,8 @@ class LlavaWrapper(GenerativeModel):
                  pad_id: int) -> None:
         llava.set_attn_implementation("eager")
         llava.eval()
-        self.vision_map = vision_tower_map(llava.config)
-        sites, specs = llava_site_map(llava.config, self.adapter)
+        self.vision_map = self.vision_tower_map(llava.config)
+        sites, specs = self.adapter.site_map(llava.config)
         super().__init__(name, llava, specs, sites)
         self.llava = llava
         self.encode = encode
@@ -73,6 +73,10 @@ class LlavaWrapper(GenerativeModel):
 
     adapter: Adapter = LLAVA_ADAPTER
 
+    def vision_tower_map(self, config: Any) -> VisionTowerMap | None:
+        """The vision tower's map (an unknown tower is one line naming the known ones)."""
+        return vision_tower_map(config)
+
     @property
     def weights_hash(self) -> str:
         return self._hash
@@ -80,12 +84,16 @@ class LlavaWrapper(GenerativeModel):
     def token_layout(self) -> TokenLayout:
         vc = self.llava.config.vision_config
         g = vc.image_size // vc.patch_size
-        c = int(self.vision_map.has_cls)
+        c = int(self.vision_map is not None and self.vision_map.has_cls)
         return TokenLayout(cls=0 if c else None, image=slice(c, c + g * g), grid=(g, g), patch_size=vc.patch_size)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.llava.config.image_token_index)
 
     def image_positions(self, prompts: list[str]) -> torch.Tensor:
         ids, _, _ = self.encode(prompts, None)
-        return ids == self.llava.config.image_token_index
+        return ids == self.image_token_id
 
     @torch.no_grad()
     def generate(self, pixels_BCHW: torch.Tensor, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
@@ -98,8 +106,7 @@ class LlavaWrapper(GenerativeModel):
                 for i, text in zip(rows, self.generate(pixels_BCHW[rows], [prompts[i] for i in rows], max_new_tokens)):
                     out[i] = text
             return out
-        gen = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW),
-                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
+        gen = self.llava.generate(**self.model_inputs(pixels_BCHW, ids, mask), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
                                   pad_token_id=self.pad_id)
         texts = []
         for row in gen[:, ids.shape[1]:].tolist():
@@ -108,7 +115,7 @@ class LlavaWrapper(GenerativeModel):
 
     def logprobs(self, pixels_BCHW: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
         ids, mask, labels = self.encode(prompts, targets)
-        logits = self.llava(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW)).logits
+        logits = self.llava(**self.model_inputs(pixels_BCHW, ids, mask)).logits
         lp = logits[:, :-1].log_softmax(-1)
         tgt = labels[:, 1:]
         keep = tgt != -100
@@ -130,10 +137,15 @@ class LlavaWrapper(GenerativeModel):
         span = (pos >= (start + n_prefix)[:, None]) & (pos < (start + n_answer)[:, None])
         if (span.sum(1) == 0).any():
             raise ValueError("a span tokenised to nothing")
-        return SpanInputs(ids, mask, span, ids == self.llava.config.image_token_index)
+        return SpanInputs(ids, mask, span, ids == self.image_token_id)
 
     def forward_tokens(self, pixels_BCHW: torch.Tensor, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
-        return self.llava(input_ids=ids_BL, attention_mask=mask_BL, pixel_values=self.preprocess(pixels_BCHW)).logits
+        return self.llava(**self.model_inputs(pixels_BCHW, ids_BL, mask_BL)).logits
+
+    def model_inputs(self, pixels_BCHW: torch.Tensor, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> dict[str, Any]:
+        """The forward's keyword arguments for images and token ids (architectures with extra inputs,
+        :mod:`models.hf_vlm`, add theirs here)."""
+        return {"input_ids": ids_BL, "attention_mask": mask_BL, "pixel_values": self.preprocess(pixels_BCHW)}
 
     def unembed(self, hidden_BPD: torch.Tensor) -> torch.Tensor:
         return self.llava.lm_head(self.llava.model.language_model.norm(hidden_BPD))

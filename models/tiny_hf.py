@@ -147,3 +147,93 @@ def write_sidecar(out: Path, family: str) -> Path:
         sidecar["judge"] = "zoo-oracle"
     (out / "mmi_bench.json").write_text(json.dumps(sidecar, indent=1))
     return out
+
+
+# ------------------------------------------------------------------ the adapters' other architectures
+def _lm(vocab: dict[str, int], **kw: object) -> dict:  # type: ignore[type-arg]
+    """A tiny decoder LM config (Llama-shaped fields every supported LM reads)."""
+    return dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, bos_token_id=2,
+                eos_token_id=3, pad_token_id=0, **kw)
+
+
+PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+
+
+def save_tiny_llava_next(out: Path, seed: int = 0) -> Path:
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", **TOWER, image_size=32, patch_size=8),
+                          text_config=dict(model_type="llama", **_lm(vocab)), image_token_index=vocab["<image>"],
+                          image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
+                          vision_feature_select_strategy="default")
+    LlavaNextForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def save_tiny_llava_onevision(out: Path, seed: int = 0) -> Path:
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = LlavaOnevisionConfig(vision_config=dict(model_type="siglip_vision_model", **TOWER, image_size=32,
+                                                  patch_size=8),
+                               text_config=dict(model_type="qwen2", **_lm(vocab)), image_token_index=vocab["<image>"],
+                               image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
+                               vision_feature_select_strategy="full")
+    LlavaOnevisionForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def save_tiny_paligemma(out: Path, seed: int = 0) -> Path:
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    lm = _lm(vocab)
+    lm.update(num_key_value_heads=1, head_dim=8)
+    cfg = PaliGemmaConfig(vision_config=dict(model_type="siglip_vision_model", **TOWER, image_size=32, patch_size=8,
+                                             projection_dim=32),
+                          text_config=dict(model_type="gemma", **lm), image_token_index=vocab["<image>"],
+                          projection_dim=32)
+    PaliGemmaForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def _qwen_ids(vocab: dict[str, int]) -> dict:  # type: ignore[type-arg]
+    return dict(image_token_id=vocab["<image>"], video_token_id=1, vision_start_token_id=vocab["USER"],
+                vision_end_token_id=vocab["ASSISTANT"])
+
+
+def save_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = Qwen2VLConfig(vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
+                                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2),
+                        text_config=_lm(vocab, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+                        **_qwen_ids(vocab))
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def save_tiny_qwen2_5_vl(out: Path, seed: int = 0) -> Path:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = Qwen2_5_VLConfig(vision_config=dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64,
+                                              num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+                                              window_size=16, fullatt_block_indexes=[1]),
+                           text_config=_lm(vocab, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+                           **_qwen_ids(vocab))
+    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
