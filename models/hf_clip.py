@@ -9,6 +9,7 @@ another CLIP-like architecture is an adapter plus, where its similarity differs,
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from bench.sites import Site, SiteSpec
 from models.adapters._format import Adapter
 from models.adapters.clip import ADAPTER as CLIP_ADAPTER
 from models.adapters.siglip import ADAPTER as SIGLIP_ADAPTER
+from models.adapters.siglip2 import ADAPTER as SIGLIP2_ADAPTER
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
@@ -130,3 +132,48 @@ class SiglipWrapper(CLIPWrapper):
         fresh = SiglipModel(self.clip.config)
         return SiglipWrapper(f"{self.name}[randomized:{seed}]", fresh, self.tokenize, f"random-init:{seed}",
                              self._mean, self._std, adapter=self.adapter)
+
+
+class Siglip2Wrapper(SiglipWrapper):
+    """A ``transformers.Siglip2Model`` (Tschannen et al., 2025) behind the contrastive contract.
+
+    SigLIP 2's NaFlex vision tower takes patches, not pixels: ``[B, max_patches, p·p·C]`` (row-major
+    patches, channels last, as ``Siglip2ImageProcessor`` cuts them) with a patch mask and each
+    image's ``spatial_shapes``. Every image is resized to the square grid that fills
+    ``num_patches`` (no padding patches), so the token layout is a fixed ``g × g`` grid.
+    """
+
+    adapter: Adapter = SIGLIP2_ADAPTER
+
+    @property
+    def grid(self) -> int:
+        return math.isqrt(int(self.clip.config.vision_config.num_patches))
+
+    @property
+    def image_size(self) -> int:
+        return self.grid * int(self.clip.config.vision_config.patch_size)
+
+    def token_layout(self) -> TokenLayout:
+        g, p = self.grid, int(self.clip.config.vision_config.patch_size)
+        return TokenLayout(cls=None, image=slice(0, g * g), grid=(g, g), patch_size=p)
+
+    def patches(self, pixels_BCHW: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The vision tower's inputs for [0, 1] pixels of side :attr:`image_size`."""
+        x = (pixels_BCHW - self._mean) / self._std
+        B, C, H, W = x.shape
+        p = int(self.clip.config.vision_config.patch_size)
+        g = self.grid
+        if (H, W) != (g * p, g * p):
+            raise ValueError(f"{self.name} takes {g * p}×{g * p} images, got {H}×{W}")
+        patches = x.reshape(B, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * C)
+        return {"pixel_values": patches, "pixel_attention_mask": torch.ones(B, g * g, dtype=torch.long),
+                "spatial_shapes": torch.tensor([[g, g]] * B, dtype=torch.long)}
+
+    def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.get_image_features(**self.patches(pixels_BCHW)).pooler_output, dim=-1)
+
+    def randomized(self, seed: int) -> "Siglip2Wrapper":
+        torch.manual_seed(seed)
+        fresh = type(self.clip)(self.clip.config)
+        return Siglip2Wrapper(f"{self.name}[randomized:{seed}]", fresh, self.tokenize, f"random-init:{seed}",
+                              self._mean, self._std, adapter=self.adapter)

@@ -261,15 +261,16 @@ def _tokenizer(path: Path, kind: str) -> Any:
 
 # ------------------------------------------------------------------------- contrastive
 def load_contrastive(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> Model:
-    from models.hf_clip import CLIPWrapper, SiglipWrapper
+    from models.hf_clip import CLIPWrapper, Siglip2Wrapper, SiglipWrapper
 
     kind = adapter.name
-    wrapper = {"clip": CLIPWrapper, "siglip": SiglipWrapper}[adapter.options.get("wrapper", "clip")]
+    wrapper = {"clip": CLIPWrapper, "siglip": SiglipWrapper,
+               "siglip2": Siglip2Wrapper}[adapter.options.get("wrapper", "clip")]
     cls = resolve(adapter.model_class)
     try:
         model = cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise _fail(kind.upper() if kind == "clip" else "SigLIP", path, e) from None
+        raise _fail({"clip": "CLIP", "siglip": "SigLIP"}.get(kind, kind), path, e) from None
     tok = _tokenizer(path, kind)
     # both were trained on fixed-length padded text (CLIP: 77 tokens); SigLIP pools the last position
     max_len = min(int(model.config.text_config.max_position_embeddings), int(tok.model_max_length))

@@ -92,7 +92,13 @@ class VlmWrapper(LlavaWrapper):
 
     def token_layout(self) -> Any:
         if self.adapter.image_layout == "dynamic":
-            return None  # packed patches: no [B, P, D] grid in the vision tower
+            # the grid the LM sees (merged patches); the ViT's own sites are packed (vision_packed.*)
+            from bench.model import TokenLayout
+
+            vc = self.llava.config.vision_config
+            patch = int(vc.patch_size) * int(vc.spatial_merge_size)
+            g = self.side // patch
+            return TokenLayout(cls=None, image=slice(0, g * g), grid=(g, g), patch_size=patch)
         return super().token_layout()
 
     def randomized(self, seed: int) -> "VlmWrapper":

@@ -237,3 +237,54 @@ def save_tiny_qwen2_5_vl(out: Path, seed: int = 0) -> Path:
     Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(out)
     write_normalisation(out)
     return out
+
+
+def save_tiny_siglip2(out: Path, seed: int = 0) -> Path:
+    from transformers import Siglip2Config, Siglip2Model
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = Siglip2Config(text_config=dict(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
+                                         bos_token_id=2, eos_token_id=3),
+                        vision_config=dict(**TOWER, num_patches=16, patch_size=8))
+    Siglip2Model(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def _pipeline_folder(out: Path, cls: str, transformer: object) -> Path:
+    """A pipeline folder holding only its transformer (what the DiT adapters' tests need) and
+    ``model_index.json``; its text encoders, scheduler and VAE are left out."""
+    out.mkdir(parents=True, exist_ok=True)
+    transformer.save_pretrained(out / "transformer")  # type: ignore[attr-defined]
+    (out / "model_index.json").write_text(json.dumps({"_class_name": cls, "_diffusers_version": "0.42.1",
+                                                      "transformer": ["diffusers", type(transformer).__name__]}))
+    return out
+
+
+def save_tiny_sd3(out: Path, seed: int = 0) -> Path:
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return _pipeline_folder(out, "StableDiffusion3Pipeline", SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
+        pos_embed_max_size=16))
+
+
+def save_tiny_pixart(out: Path, seed: int = 0) -> Path:
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    return _pipeline_folder(out, "PixArtSigmaPipeline", PixArtTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, cross_attention_dim=16, caption_channels=32, norm_num_groups=8))
+
+
+def save_tiny_flux(out: Path, seed: int = 0) -> Path:
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return _pipeline_folder(out, "FluxPipeline", FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4)))

@@ -73,6 +73,7 @@ class BlockSite:
     kind: str  # "block" | "attn" | "cross_attn" | "joint_attn" | "mlp" | ...
     spec: SiteSpec  # module path relative to the block
     stream: str = "image"
+    all_but_last: bool = False  # absent from the last block (SD3's last block drops the text stream)
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,11 @@ class Adapter:
             specs = {n: replace(sp, module=sp.module.format(**subs)) if "{" in sp.module else sp
                      for n, sp in specs.items()}
         for b in self.blocks:
-            for i in range(int(config_value(config, b.n_layers))):
+            n = int(config_value(config, b.n_layers))
+            for i in range(n):
                 for s in b.sites:
+                    if s.all_but_last and i == n - 1:
+                        continue
                     name = f"{b.prefix}.{i}" + (f".{s.suffix}" if s.suffix else "")
                     module = f"{b.layers}.{i}" + (f".{s.spec.module}" if s.spec.module else "")
                     sites.append(Site(name, b.tower, i, s.kind, stream=s.stream))

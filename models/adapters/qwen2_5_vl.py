@@ -7,7 +7,7 @@ from models.adapters._format import Adapter, Tower
 from models.adapters._vlm import decoder_lm
 from models.adapters.qwen2_vl import ADAPTER as QWEN2_VL
 
-VISION = Tower("vision", "packed", "model.visual.blocks", "vision_config.depth", "vision_config.num_heads",
+VISION = Tower("vision_packed", "packed", "model.visual.blocks", "vision_config.depth", "vision_config.num_heads",
                d_model="vision_config.hidden_size", embed=SiteSpec("model.visual.blocks.0", hook="input"), attn="attn",
                o_proj="proj", mlp="mlp", neurons=SiteSpec("down_proj", hook="input"), attn_index=None,
                pattern_index=None, extra=(("projector", "projector", SiteSpec("model.visual.merger")),))
