@@ -38,7 +38,6 @@ checkpoint is read once per process, when a cell first needs it (planning reads 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -51,28 +50,15 @@ from bench.model import Model
 from bench.registry import resolve
 from models import adapters
 from models.adapters._format import Adapter, check_sites
+from models import hf_dit, hf_vlm  # noqa: F401  adapters' loaders: part of the hf source's code (its digest)
+from models.hf_common import CLIP_MEAN, CLIP_STD, load_error, load_tokenizer, normalisation, weights_hash
 from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
 
-__all__ = ["FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf", "load_hf"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf",
+           "load_hf", "weights_hash"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # used when a checkpoint names none
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # LLaVA-1.5's conversation format; ``<image>`` is expanded to the vision tower's feature count
 LLAVA_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
-
-
-def weights_hash(path: Path) -> str:
-    """sha256 over the checkpoint's weight files (relative path and bytes, in path order)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        raise BenchError(f"hf: {str(path)!r} holds no weight files (*.safetensors / *.bin)")
-    for p in files:
-        h.update(str(p.relative_to(path)).encode())
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 def load_hf(name: str) -> Model:
@@ -237,28 +223,6 @@ def _quiet() -> Iterator[None]:
         diffusers.utils.logging.enable_progress_bar()
 
 
-def _fail(kind: str, path: Path, e: Exception) -> BenchError:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return BenchError(f"hf: could not load the {kind} in {str(path)!r}: {first}")
-
-
-def _normalisation(path: Path) -> tuple[Any, Any]:
-    pre = path / "preprocessor_config.json"
-    if not pre.exists():
-        return CLIP_MEAN, CLIP_STD
-    p = read_json(pre)
-    return p.get("image_mean", CLIP_MEAN), p.get("image_std", CLIP_STD)
-
-
-def _tokenizer(path: Path, kind: str) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise _fail(f"{kind} tokenizer", path, e) from None
-
-
 # ------------------------------------------------------------------------- contrastive
 def load_contrastive(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> Model:
     from models.hf_clip import CLIPWrapper, Siglip2Wrapper, SiglipWrapper
@@ -270,8 +234,8 @@ def load_contrastive(adapter: Adapter, name: str, path: Path, sidecar: dict[str,
     try:
         model = cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise _fail({"clip": "CLIP", "siglip": "SigLIP"}.get(kind, kind), path, e) from None
-    tok = _tokenizer(path, kind)
+        raise load_error({"clip": "CLIP", "siglip": "SigLIP"}.get(kind, kind), path, e) from None
+    tok = load_tokenizer(path, kind)
     # both were trained on fixed-length padded text (CLIP: 77 tokens); SigLIP pools the last position
     max_len = min(int(model.config.text_config.max_position_embeddings), int(tok.model_max_length))
 
@@ -280,7 +244,7 @@ def load_contrastive(adapter: Adapter, name: str, path: Path, sidecar: dict[str,
         ids = enc["input_ids"]
         return ids, enc.get("attention_mask", torch.ones_like(ids))
 
-    mean, std = _normalisation(path)
+    mean, std = normalisation(path)
     return wrapper(name, model, tokenize, weights_hash(path), mean, std, adapter=adapter)
 
 
@@ -294,8 +258,8 @@ def load_llava(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any])
     try:
         llava = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise _fail("LLaVA", path, e) from None
-    tok = _tokenizer(path, "LLaVA")
+        raise load_error("LLaVA", path, e) from None
+    tok = load_tokenizer(path, "LLaVA")
     cfg = llava.config
     image_id = int(cfg.image_token_index)
     n_image = llava_image_features(cfg)
@@ -325,7 +289,7 @@ def load_llava(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any])
         return str(tok.decode(ids, skip_special_tokens=True)).strip()
 
     size = int(cfg.vision_config.image_size)
-    mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in _normalisation(path))
+    mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in normalisation(path))
 
     def preprocess(pixels_BCHW: torch.Tensor) -> torch.Tensor:
         if pixels_BCHW.shape[-1] != size or pixels_BCHW.shape[-2] != size:
@@ -355,8 +319,8 @@ def load_diffusion(adapter: Adapter, name: str, path: Path, sidecar: dict[str, A
         # any scheduler config → DDIM with eta 0: deterministic sampling from a seed
         sched = DDIMScheduler.from_config(DDIMScheduler.load_config(parts["scheduler"], local_files_only=True))
     except (OSError, ValueError, RuntimeError, TypeError) as e:
-        raise _fail("Stable Diffusion pipeline", path, e) from None
-    tok = _tokenizer(parts["tokenizer"], "Stable Diffusion")
+        raise load_error("Stable Diffusion pipeline", path, e) from None
+    tok = load_tokenizer(parts["tokenizer"], "Stable Diffusion")
     max_len = min(int(getattr(tok, "model_max_length", 77) or 77), int(text.config.max_position_embeddings))
 
     def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.registry import resolve
 from models.adapters._format import Adapter, config_value
+from models.hf_common import load_error, normalisation, load_tokenizer, weights_hash
+from models.hf_source import read_json
 from models.hf_llava import Decode, Encode, LlavaWrapper
 
 
@@ -153,22 +155,20 @@ def pack_patches(x_BCHW: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch
 # ---------------------------------------------------------------------------------- the loader
 def load_vlm(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> VlmWrapper:
     """``hf:`` loader of the adapters whose ``load`` names it (see the module docstring)."""
-    from models.hf_loader import _fail, _normalisation, _tokenizer, weights_hash
-
     cls = resolve(adapter.model_class)
     try:
         model = cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise _fail(adapter.name, path, e) from None
+        raise load_error(adapter.name, path, e) from None
     model.set_attn_implementation("eager")
     model.eval()
-    tok = _tokenizer(path, adapter.name)
+    tok = load_tokenizer(path, adapter.name)
     cfg = model.config
     eos = tok.eos_token_id
     if eos is None:
         raise BenchError(f"hf: the {adapter.name} tokenizer in {str(path)!r} has no end-of-sequence token")
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    mean, std = _normalisation(path)
+    mean, std = normalisation(path)
     side = input_side(adapter, cfg, path)
     image_id = int(getattr(cfg, "image_token_index", None) or getattr(cfg, "image_token_id"))
     n_image = count_image_tokens(adapter, model, side, torch.as_tensor(mean).reshape(-1, 1, 1),
@@ -191,8 +191,6 @@ def input_side(adapter: Adapter, config: Any, path: Path) -> int:
     ones the smallest multiple of ``patch × merge`` that holds 32 pixels and ``min_pixels``."""
     if adapter.image_layout != "dynamic":
         return int(config_value(config, "vision_config.image_size")) if adapter.image_layout == "fixed" else 32
-    from models.hf_source import read_json
-
     vc = config.vision_config
     factor = int(vc.patch_size) * int(vc.spatial_merge_size)
     pre = read_json(path / "preprocessor_config.json") if (path / "preprocessor_config.json").exists() else {}
