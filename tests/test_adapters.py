@@ -256,3 +256,55 @@ def test_component_sites_read_write_and_refuse_to_load_as_a_model(name, tiny_roo
                 assert torch.equal(module(**kw).sample, base), s.name
             with trace(module, specs, write={s.name: _ramp}):
                 assert not torch.allclose(module(**kw).sample, base), s.name
+
+
+PLUGIN_ADAPTER = '''
+"""A third party's adapter: CLIP's sites for checkpoints whose config says model_type "clip_twin"."""
+from models.adapters._format import Adapter
+from models.adapters.clip import ADAPTER as CLIP
+
+ADAPTER = Adapter(name="clip_twin", model_types=("clip_twin",), family="contrastive", load=CLIP.load,
+                  model_class=CLIP.model_class, towers=CLIP.towers, options=CLIP.options, tiny=CLIP.tiny)
+'''
+
+PLUGIN_CHECK = '''
+import json, sys
+from pathlib import Path
+from models import adapters
+from models.hf_loader import family_of, load_hf
+folder = Path(sys.argv[1])
+e = adapters.ADAPTERS.entry("clip_twin")
+m = load_hf(f"hf:{folder}")
+print(json.dumps({"dist": e.dist, "family": family_of(f"hf:{folder}"), "n_sites": len(m.sites()),
+                  "adapter": m.adapter.name, "has": "vision.blocks.1.attn.pattern" in m.site_specs}))
+'''
+
+
+def test_a_plugin_adapter_registers_through_its_entry_point(tmp_path):
+    """A distribution with ``[mmi_bench.adapters]`` in its entry points adds an architecture: ``hf:``
+    folders of its model type get their family at planning and load through it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from models.tiny_hf import save_tiny_clip
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mmi_demo_adapter.py").write_text(PLUGIN_ADAPTER)
+    dist = site / "mmi_demo_adapter-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mmi-demo-adapter\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mmi_bench.adapters]\nclip_twin = mmi_demo_adapter:ADAPTER\n")
+    folder = save_tiny_clip(tmp_path / "twin")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "clip_twin"}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    cp = subprocess.run([sys.executable, "-c", PLUGIN_CHECK, str(folder)], capture_output=True, text=True,
+                        env=env, timeout=300)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    got = json.loads(cp.stdout.strip().splitlines()[-1])
+    assert got == {"dist": "mmi-demo-adapter", "family": "contrastive", "n_sites": 34, "adapter": "clip_twin",
+                   "has": True}
