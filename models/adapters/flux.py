@@ -14,8 +14,9 @@ SINGLE = (BlockSite("", "block", SiteSpec("", index=1)),
 
 ADAPTER = Adapter(
     name="flux", model_types=("FluxPipeline",), family="diffusion",
-    refusal="the Flux pipeline (CLIP and T5 text encoders, flow-matching sampler with guidance embedding, packed "
-            "latents) has no wrapper yet; its transformer's sites are declared and checked (tests/test_adapters.py)",
+    refusal="Flux predicts a flow-matching velocity, which the diffusion contract (bench.model.DiffusionModel: "
+            "epsilon, v_prediction or sample) cannot express yet, so its pipeline (CLIP and T5 text encoders, packed "
+            "latents) has no wrapper; its transformer's sites are declared and checked (tests/test_adapters.py)",
     model_class="diffusers:FluxTransformer2DModel", component="transformer",
     blocks=(Blocks("dit.blocks", "dit", "transformer_blocks", "num_layers", joint_block(context_in_last=True)),
             Blocks("dit.single_blocks", "dit", "single_transformer_blocks", "num_single_layers", SINGLE)),

@@ -8,8 +8,9 @@ from models.adapters._format import Adapter, Blocks
 
 ADAPTER = Adapter(
     name="sd3", model_types=("StableDiffusion3Pipeline",), family="diffusion",
-    refusal="the SD3 pipeline (two CLIP and one T5 text encoder, flow-matching sampler) has no wrapper yet; its "
-            "transformer's sites are declared and checked (tests/test_adapters.py)",
+    refusal="SD3 predicts a flow-matching velocity, which the diffusion contract (bench.model.DiffusionModel: "
+            "epsilon, v_prediction or sample) cannot express yet, so its pipeline (two CLIP and one T5 text encoder) "
+            "has no wrapper; its transformer's sites are declared and checked (tests/test_adapters.py)",
     model_class="diffusers:SD3Transformer2DModel", component="transformer",
     blocks=(Blocks("dit.blocks", "dit", "transformer_blocks", "num_layers", joint_block(context_in_last=False)),),
     image_layout="none", options={"probe": "models.hf_dit:sd3_inputs"},
