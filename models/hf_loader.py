@@ -49,7 +49,7 @@ from bench.errors import BenchError
 from bench.model import Model
 from bench.registry import resolve
 from models import adapters
-from models.adapters._format import Adapter, check_sites
+from models.adapters._format import Adapter, check_sites, site_config
 from models import hf_dit, hf_vlm  # noqa: F401  adapters' loaders: part of the hf source's code (its digest)
 from models.hf_common import CLIP_MEAN, CLIP_STD, load_error, load_tokenizer, normalisation, weights_hash
 from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
@@ -107,8 +107,7 @@ def probe_forward(model: Model) -> Callable[[], Any]:
 def check_model_sites(model: Model, adapter: Adapter) -> None:
     """Every site's module, hook, tuple index and shape checked against one real forward
     (:func:`models.adapters._format.check_sites`): a wrong index is a load error, not a wrong read."""
-    config = getattr(model.module, "config", None)
-    check_sites(adapter, config, model.module, model.sites(), model.site_specs, probe_forward(model))
+    check_sites(adapter, site_config(model), model.module, model.sites(), model.site_specs, probe_forward(model))
 
 
 SIDECAR = "mmi_bench.json"

@@ -252,13 +252,14 @@ def save_tiny_siglip2(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def _pipeline_folder(out: Path, cls: str, transformer: object) -> Path:
-    """A pipeline folder holding only its transformer (what the DiT adapters' tests need) and
-    ``model_index.json``; its text encoders, scheduler and VAE are left out."""
+def _pipeline_folder(out: Path, cls: str, transformer: object, **parts: list[str]) -> Path:
+    """A pipeline folder with its transformer and ``model_index.json`` naming ``parts`` besides it (SD3
+    and Flux: the transformer alone, all their adapters' tests need)."""
     out.mkdir(parents=True, exist_ok=True)
     transformer.save_pretrained(out / "transformer")  # type: ignore[attr-defined]
     (out / "model_index.json").write_text(json.dumps({"_class_name": cls, "_diffusers_version": "0.42.1",
-                                                      "transformer": ["diffusers", type(transformer).__name__]}))
+                                                      "transformer": ["diffusers", type(transformer).__name__],
+                                                      **parts}))
     return out
 
 
@@ -273,12 +274,30 @@ def save_tiny_sd3(out: Path, seed: int = 0) -> Path:
 
 
 def save_tiny_pixart(out: Path, seed: int = 0) -> Path:
-    from diffusers import PixArtTransformer2DModel
+    """A PixArt-Σ-shaped pipeline folder: the DiT, a T5 encoder, tokenizer, VAE, scheduler."""
+    from diffusers import AutoencoderKL, DDIMScheduler, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
 
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = save_tokenizer(out / "tokenizer")
     torch.manual_seed(seed)
+    T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                            pad_token_id=0, eos_token_id=3)).save_pretrained(out / "text_encoder")
+    _save_tiny_vae(out / "vae")
+    DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02).save_pretrained(out / "scheduler")
     return _pipeline_folder(out, "PixArtSigmaPipeline", PixArtTransformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=2, attention_head_dim=8,
-        num_attention_heads=2, cross_attention_dim=16, caption_channels=32, norm_num_groups=8))
+        num_attention_heads=2, cross_attention_dim=16, caption_channels=32, norm_num_groups=8),
+        text_encoder=["transformers", "T5EncoderModel"], tokenizer=["transformers", "T5Tokenizer"],
+        vae=["diffusers", "AutoencoderKL"], scheduler=["diffusers", "DDIMScheduler"])
+
+
+def _save_tiny_vae(out: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
+                  norm_num_groups=8, sample_size=32).save_pretrained(out)
 
 
 def save_tiny_flux(out: Path, seed: int = 0) -> Path:

@@ -26,7 +26,7 @@ from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel
 from bench.registry import resolve
 from models import adapters
-from models.adapters._format import Adapter
+from models.adapters._format import Adapter, site_config
 
 NAMES = adapters.ADAPTERS.names()
 LOADABLE = [n for n in NAMES if adapters.refusal(n) == ""]
@@ -163,7 +163,7 @@ def test_reads_equal_the_module_computation(name, tiny_root):
 def test_identity_writes_are_bit_identical_and_perturbing_writes_act(name, tiny_root):
     m = _model(name, tiny_root)
     run = _run(m)
-    inert = adapters.get(name).inert_sites(getattr(m.module, "config", None), [s.name for s in m.sites()])
+    inert = adapters.get(name).inert_sites(site_config(m), [s.name for s in m.sites()])
     with torch.no_grad():
         base = run()
         for site in m.sites():
@@ -260,7 +260,7 @@ def test_component_sites_read_write_and_refuse_to_load_as_a_model(name, tiny_roo
 
 PLUGIN_ADAPTER = '''
 """A third party's adapter: CLIP's sites for checkpoints whose config says model_type "clip_twin"."""
-from models.adapters._format import Adapter
+from models.adapters._format import Adapter, site_config
 from models.adapters.clip import ADAPTER as CLIP
 
 ADAPTER = Adapter(name="clip_twin", model_types=("clip_twin",), family="contrastive", load=CLIP.load,

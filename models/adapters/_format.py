@@ -186,6 +186,12 @@ class Adapter:
         return out
 
 
+def site_config(model: Any) -> Any:
+    """The config a wrapper's adapter reads its counts from: ``model.site_config`` where the wrapper
+    assembles several modules (a pipeline), else its module's ``config``."""
+    return getattr(model, "site_config", None) or getattr(model.module, "config", None)
+
+
 # --------------------------------------------------------------------------- the load-time check
 RESIDUAL_KINDS = ("resid_post", "attn", "mlp", "embed", "final")
 
