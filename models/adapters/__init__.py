@@ -117,4 +117,4 @@ def get(name: str) -> Any:
 def missing(kind: str) -> str:
     """The one-line refusal for a checkpoint that loads but has no adapter."""
     return (f"hf: model_type {kind!r} is not supported yet: no adapter claims it (supported: "
-            f"{', '.join(sorted(by_type()))}); an adapter is one data file, {HOWTO}")
+            f"{', '.join(sorted(families()))}); an adapter is one data file, {HOWTO}")
