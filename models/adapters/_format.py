@@ -172,7 +172,8 @@ class Adapter:
             layers = [layer] if isinstance(layer, int) else list(layer)
             n = int(config_value(config, "vision_config.num_hidden_layers"))
             last = max(l % (n + 1) for l in layers)  # hidden state index: 0 = embeddings, l = after block l-1
-            out |= {x for x in names if x.startswith("vision.blocks.") and int(x.split(".")[2]) >= last}
+            vision = self.towers[0].tower  # the vision tower comes first in a VLM's adapter
+            out |= {x for x in names if x.startswith(f"{vision}.blocks.") and int(x.split(".")[2]) >= last}
         return out
 
     def widths(self, config: Any) -> dict[str, tuple[int, int]]:

@@ -26,8 +26,12 @@ VISION_TOWERS: dict[str, VisionTowerMap] = {
 PLACEHOLDERS = {"vision_embed": ("vision_config.model_type", {k: v.embed for k, v in VISION_TOWERS.items()})}
 
 
-def vision_tower(root: str = "model.vision_tower", extra: tuple = ()) -> Tower:  # type: ignore[type-arg]
-    return Tower("vision", "image", f"{root}.encoder.layers", "vision_config.num_hidden_layers",
+def vision_tower(root: str = "model.vision_tower", extra: tuple = (), tower: str = "vision",  # type: ignore[type-arg]
+                 stream: str = "image") -> Tower:
+    """The vision tower; tiled models name it ``vision_tiles`` (stream ``"tiles"``): its batch axis
+    holds every tile of every image, so methods that pair a vision site's rows with images refuse
+    it instead of misreading it."""
+    return Tower(tower, stream, f"{root}.encoder.layers", "vision_config.num_hidden_layers",
                  "vision_config.num_attention_heads", d_model="vision_config.hidden_size",
                  embed=SiteSpec(f"{root}.{{vision_embed}}"), extra=extra)
 

@@ -9,7 +9,8 @@ from models.adapters._vlm import PLACEHOLDERS, decoder_lm, vision_tower
 ADAPTER = Adapter(
     name="llava_onevision", model_types=("llava_onevision",), family="generative",
     load="models.hf_vlm:load_vlm", model_class="transformers:LlavaOnevisionForConditionalGeneration",
-    towers=(vision_tower(extra=(("projector", "projector", SiteSpec("model.multi_modal_projector")),)),
+    towers=(vision_tower(extra=(("projector", "projector", SiteSpec("model.multi_modal_projector")),),
+                         tower="vision_tiles", stream="tiles"),
             decoder_lm()),
     prompt_template="<|im_start|>user <image>\n{prompt}<|im_end|>\n<|im_start|>assistant\n", image_layout="tiled",
     extra_inputs=("image_sizes", "batch_num_images"),
