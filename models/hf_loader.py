@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,23 @@ from models.adapters._format import Adapter, check_sites, site_config
 from models import hf_dit, hf_vlm  # noqa: F401  adapters' loaders: part of the hf source's code (its digest)
 from models.hf_common import CLIP_MEAN, CLIP_STD, load_error, load_tokenizer, normalisation, weights_hash
 from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
+
+if TYPE_CHECKING:  # never imported at run time (adapters are discovered); read by the code digest
+    # (bench.kit.digests.closure follows imports statically), so editing an adapter re-runs its cells.
+    # tests/test_adapters.py checks that every built-in adapter is listed here.
+    import models.adapters.clip  # noqa: F401
+    import models.adapters.flux  # noqa: F401
+    import models.adapters.llava  # noqa: F401
+    import models.adapters.llava_next  # noqa: F401
+    import models.adapters.llava_onevision  # noqa: F401
+    import models.adapters.paligemma  # noqa: F401
+    import models.adapters.pixart  # noqa: F401
+    import models.adapters.qwen2_5_vl  # noqa: F401
+    import models.adapters.qwen2_vl  # noqa: F401
+    import models.adapters.sd3  # noqa: F401
+    import models.adapters.siglip  # noqa: F401
+    import models.adapters.siglip2  # noqa: F401
+    import models.adapters.stable_diffusion  # noqa: F401
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf",
            "load_hf", "weights_hash"]

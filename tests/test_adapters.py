@@ -92,6 +92,17 @@ def test_every_adapter_is_registered_consistently():
             claimed[t] = n
 
 
+def test_every_builtin_adapter_is_in_the_hf_sources_code_digest():
+    """A stored ``hf:`` result is reused only while the code that produced it is unchanged: the
+    source's code is the import closure of ``models.hf_loader``, which names every built-in adapter."""
+    from bench.kit.digests import closure
+
+    mods = closure("models.hf_loader")
+    missing = [n for n in adapters.ADAPTERS.builtin_names()
+               if adapters.ADAPTERS.entry(n).target.partition(":")[0] not in mods]
+    assert not missing, f"add {missing} to the TYPE_CHECKING import in models/hf_loader.py"
+
+
 @pytest.mark.parametrize("name", LOADABLE)
 def test_reads_equal_the_module_computation(name, tiny_root):
     m = _model(name, tiny_root)
