@@ -26,7 +26,7 @@ from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel
 from bench.registry import resolve
 from models import adapters
-from models.adapters._format import Adapter, site_config
+from models.adapters._format import Adapter, capture, site_config
 
 NAMES = adapters.ADAPTERS.names()
 LOADABLE = [n for n in NAMES if adapters.refusal(n) == ""]
@@ -111,11 +111,7 @@ def test_reads_equal_the_module_computation(name, tiny_root):
     captured: dict[tuple[str, str], Any] = {}
     handles = []
     for spec in {(s.module, s.hook) for s in m.site_specs.values()}:
-        mod = m.module.get_submodule(spec[0])
-        if spec[1] == "input":
-            handles.append(mod.register_forward_pre_hook(lambda _m, a, k=spec: captured.setdefault(k, a[0])))
-        else:
-            handles.append(mod.register_forward_hook(lambda _m, a, o, k=spec: captured.setdefault(k, o)))
+        handles.append(capture(m.module.get_submodule(spec[0]), spec, captured))
     try:
         with torch.no_grad(), m.trace(read=names) as t:
             run()
@@ -252,14 +248,13 @@ def test_component_sites_read_write_and_refuse_to_load_as_a_model(name, tiny_roo
     assert sites and all(s.name.startswith("dit.") for s in sites)
     kw = probe_inputs(a, module)
     captured: dict[str, Any] = {}
-    handles = [module.get_submodule(specs[s.name].module).register_forward_hook(
-        lambda _m, _a, o, n=s.name: captured.setdefault(n, o)) for s in sites]
+    handles = [capture(module.get_submodule(specs[s.name].module), (s.name, "output"), captured) for s in sites]
     with torch.no_grad(), trace(module, specs, read=[s.name for s in sites]) as t:
         base = module(**kw).sample
     for h in handles:
         h.remove()
     for s in sites:
-        spec, v = specs[s.name], captured[s.name]
+        spec, v = specs[s.name], captured[(s.name, "output")]
         assert torch.equal(t[s.name], v[spec.index] if spec.index is not None else v), s.name
     with torch.no_grad():
         for s in sites:
@@ -271,7 +266,7 @@ def test_component_sites_read_write_and_refuse_to_load_as_a_model(name, tiny_roo
 
 PLUGIN_ADAPTER = '''
 """A third party's adapter: CLIP's sites for checkpoints whose config says model_type "clip_twin"."""
-from models.adapters._format import Adapter, site_config
+from models.adapters._format import Adapter, capture, site_config
 from models.adapters.clip import ADAPTER as CLIP
 
 ADAPTER = Adapter(name="clip_twin", model_types=("clip_twin",), family="contrastive", load=CLIP.load,

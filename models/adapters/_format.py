@@ -220,13 +220,7 @@ def check_sites(adapter: Adapter, config: Any, root: nn.Module, sites: list[Site
             except AttributeError:
                 raise BenchError(f"{where(by_module[(path, hook)][0])} names module {path!r}, which the checkpoint "
                                  f"lacks") from None
-            key = (path, hook)
-            if hook == "input":
-                handles.append(module.register_forward_pre_hook(
-                    lambda m, args, key=key: seen.setdefault(key, args[0] if args else None)))
-            else:
-                handles.append(module.register_forward_hook(
-                    lambda m, args, out, key=key: seen.setdefault(key, out)))
+            handles.append(capture(module, (path, hook), seen))
         with torch.no_grad():
             run()
     finally:
@@ -238,6 +232,19 @@ def check_sites(adapter: Adapter, config: Any, root: nn.Module, sites: list[Site
             raise BenchError(f"{where(names[0])}: module {key[0]!r} did not run in a forward pass")
         for name in names:
             _check_one(where(name), name, specs[name], seen[key], named[name], widths)
+
+
+def capture(module: nn.Module, key: tuple[str, str], seen: dict[tuple[str, str], Any]) -> Any:
+    """A plain hook keeping the first value of ``module``'s input or output (and changing nothing:
+    it returns None)."""
+    if key[1] == "input":
+        def pre(m: nn.Module, args: tuple) -> None:  # type: ignore[type-arg]
+            seen.setdefault(key, args[0] if args else None)
+        return module.register_forward_pre_hook(pre)
+
+    def post(m: nn.Module, args: tuple, out: Any) -> None:  # type: ignore[type-arg]
+        seen.setdefault(key, out)
+    return module.register_forward_hook(post)
 
 
 def _describe(v: Any) -> str:
