@@ -4,10 +4,10 @@ answer: one class, the differences as data in each architecture's adapter).
 What the adapters of :mod:`models.adapters` declare and this module acts on:
 
 - ``image_layout="fixed"`` (PaliGemma): one ``[B, 3, S, S]`` image, a fixed count of image tokens;
-- ``"tiled"`` (LLaVA-NeXT, LLaVA-OneVision): the image at any resolution is resized to the best
-  of ``image_grid_pinpoints`` and cut into ``S × S`` tiles after a resized base view
+- ``"tiled"`` (LLaVA-NeXT, LLaVA-OneVision): the image is fitted into the best of
+  ``image_grid_pinpoints`` and cut into ``S × S`` tiles after a resized base view
   (``pixel_values [B, 1 + tiles, 3, S, S]`` and ``image_sizes``); the image-token count depends on
-  the image's size, and is measured once per size by running the model's own feature packing;
+  the image's size, and is measured once at load by running the model's own feature packing;
 - ``"dynamic"`` (Qwen2-VL, Qwen2.5-VL): patches packed without a batch axis (``[Σpatches, C·T·p·p]``)
   with ``image_grid_thw`` per image; ``mm_token_type_ids`` marks image tokens for M-RoPE;
 - ``extra_inputs``: ``token_type_ids`` (PaliGemma's prefix-LM: 0 on image and prompt tokens, which
@@ -62,7 +62,9 @@ class VlmWrapper(LlavaWrapper):
         out: dict[str, Any] = {"input_ids": ids_BL, "attention_mask": mask_BL}
         layout = self.adapter.image_layout
         if layout == "tiled":
-            out["pixel_values"], out["image_sizes"] = tile(pixels_BCHW, self.llava.config, self._mean, self._std)
+            # one input size, so the image-token count encode() used holds for every image
+            out["pixel_values"], out["image_sizes"] = tile(_resize(pixels_BCHW, self.side, self.side),
+                                                           self.llava.config, self._mean, self._std)
             if "batch_num_images" in self.adapter.extra_inputs:
                 out["batch_num_images"] = torch.ones(pixels_BCHW.shape[0], dtype=torch.long)
         elif layout == "dynamic":
@@ -187,10 +189,11 @@ def load_vlm(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -
 
 def input_side(adapter: Adapter, config: Any, path: Path) -> int:
     """The one square input size every image is brought to: the vision tower's ``image_size`` for
-    fixed and tiled layouts (tiles are that size; a 32-pixel image is one tile), and for dynamic
-    ones the smallest multiple of ``patch × merge`` that holds 32 pixels and ``min_pixels``."""
+    fixed and tiled layouts (a tiled model then sees the base view and the tiles of the best
+    pinpoint for a square image), and for dynamic ones the smallest multiple of ``patch × merge``
+    that holds 32 pixels and ``min_pixels``."""
     if adapter.image_layout != "dynamic":
-        return int(config_value(config, "vision_config.image_size")) if adapter.image_layout == "fixed" else 32
+        return int(config_value(config, "vision_config.image_size"))
     vc = config.vision_config
     factor = int(vc.patch_size) * int(vc.spatial_merge_size)
     pre = read_json(path / "preprocessor_config.json") if (path / "preprocessor_config.json").exists() else {}
