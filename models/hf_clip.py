@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from bench.errors import BenchError
 from bench.model import ContrastiveModel, TokenLayout
 from bench.sites import Site, SiteSpec
 from models.adapters._format import Adapter
@@ -164,7 +165,7 @@ class Siglip2Wrapper(SiglipWrapper):
         p = int(self.clip.config.vision_config.patch_size)
         g = self.grid
         if (H, W) != (g * p, g * p):
-            raise ValueError(f"{self.name} takes {g * p}×{g * p} images, got {H}×{W}")
+            raise BenchError(f"{self.name} takes {g * p}×{g * p} images (its num_patches grid), got {H}×{W}")
         patches = x.reshape(B, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * C)
         return {"pixel_values": patches, "pixel_attention_mask": torch.ones(B, g * g, dtype=torch.long),
                 "spatial_shapes": torch.tensor([[g, g]] * B, dtype=torch.long)}
