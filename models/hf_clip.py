@@ -1,51 +1,48 @@
 """Contrastive wrappers over transformers' ``CLIPModel`` (zoo-clip and ``hf:`` CLIPs) and
 ``SiglipModel`` (``hf:`` SigLIPs).
 
-The site maps are data: :func:`clip_site_map` and :func:`siglip_site_map` turn a config into
-site names → module paths, so another CLIP-like architecture is a new mapping plus, where its
-similarity differs, one method (:class:`SiglipWrapper` is 30 lines).
+The site maps are data, the adapters :mod:`models.adapters.clip` and :mod:`models.adapters.siglip`
+(:func:`clip_site_map` and :func:`siglip_site_map` expand them from layer and head counts), so
+another CLIP-like architecture is an adapter plus, where its similarity differs, one method
+(:class:`SiglipWrapper` is 30 lines).
 """
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from bench.errors import BenchError
 from bench.model import ContrastiveModel, TokenLayout
 from bench.sites import Site, SiteSpec
-from models.site_maps import TowerMap, build_sites
+from models.adapters._format import Adapter
+from models.adapters.clip import ADAPTER as CLIP_ADAPTER
+from models.adapters.siglip import ADAPTER as SIGLIP_ADAPTER
+from models.adapters.siglip2 import ADAPTER as SIGLIP2_ADAPTER
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
+def _counts(n_layers: dict[str, int], n_heads: dict[str, int]) -> Any:
+    """A stand-in config carrying only the counts a tower map reads."""
+    return SimpleNamespace(**{f"{t}_config": SimpleNamespace(num_hidden_layers=n_layers[t], num_attention_heads=n_heads[t],
+                                                             hidden_size=0) for t in ("vision", "text")})
+
+
 def clip_site_map(n_layers: dict[str, int], n_heads: dict[str, int]) -> tuple[list[Site], dict[str, SiteSpec]]:
-    """Sites of a CLIP: per tower, embeddings, every block's residual output,
-    attention output, attention pattern, each head's output (the per-head values
-    entering ``out_proj``), MLP output and MLP neurons, the final norm and projection."""
-    return build_sites([
-        TowerMap("vision", "image", "vision_model.encoder.layers", n_layers["vision"], n_heads["vision"],
-                 embed=SiteSpec("vision_model.pre_layrnorm"), final=SiteSpec("vision_model.post_layernorm"),
-                 extra=(("vision.proj", "proj", SiteSpec("visual_projection")),)),
-        TowerMap("text", "text", "text_model.encoder.layers", n_layers["text"], n_heads["text"],
-                 embed=SiteSpec("text_model.embeddings"), final=SiteSpec("text_model.final_layer_norm"),
-                 extra=(("text.proj", "proj", SiteSpec("text_projection")),)),
-    ])
+    """Sites of a CLIP (the ``clip`` adapter, :mod:`models.adapters.clip`): per tower, embeddings,
+    every block's residual output, attention output, attention pattern, each head's output (the
+    per-head values entering ``out_proj``), MLP output and MLP neurons, the final norm and projection."""
+    return CLIP_ADAPTER.site_map(_counts(n_layers, n_heads))
 
 
 def siglip_site_map(n_layers: dict[str, int], n_heads: dict[str, int]) -> tuple[list[Site], dict[str, SiteSpec]]:
-    """Sites of a SigLIP: the CLIP map's names on SigLIP's modules. SigLIP has no class token,
-    no pre-norm and no projection matrices: ``vision.proj`` is its attention-pooling head
-    (``vision_model.head``: the image embedding before normalisation, as CLIP's
-    ``visual_projection`` output is) and ``text.proj`` the linear head on the last token."""
-    return build_sites([
-        TowerMap("vision", "image", "vision_model.encoder.layers", n_layers["vision"], n_heads["vision"],
-                 embed=SiteSpec("vision_model.embeddings"), final=SiteSpec("vision_model.post_layernorm"),
-                 extra=(("vision.proj", "proj", SiteSpec("vision_model.head")),)),
-        TowerMap("text", "text", "text_model.encoder.layers", n_layers["text"], n_heads["text"],
-                 embed=SiteSpec("text_model.embeddings"), final=SiteSpec("text_model.final_layer_norm"),
-                 extra=(("text.proj", "proj", SiteSpec("text_model.head")),)),
-    ])
+    """Sites of a SigLIP (the ``siglip`` adapter, :mod:`models.adapters.siglip`): the CLIP map's names
+    on SigLIP's modules."""
+    return SIGLIP_ADAPTER.site_map(_counts(n_layers, n_heads))
 
 
 class CLIPWrapper(ContrastiveModel):
@@ -56,14 +53,12 @@ class CLIPWrapper(ContrastiveModel):
     """
 
     def __init__(self, name: str, clip: Any, tokenize: Tokenize, weights_hash: str,
-                 pixel_mean: Any = 0.5, pixel_std: Any = 0.25) -> None:
+                 pixel_mean: Any = 0.5, pixel_std: Any = 0.25, adapter: Adapter | None = None) -> None:
+        if adapter is not None:  # another architecture's sites on this wrapper (a plugin adapter)
+            self.adapter = adapter
         clip.set_attn_implementation("eager")
         clip.eval()
-        cfg = clip.config
-        sites, specs = self.site_map(
-            {"vision": cfg.vision_config.num_hidden_layers, "text": cfg.text_config.num_hidden_layers},
-            {"vision": cfg.vision_config.num_attention_heads, "text": cfg.text_config.num_attention_heads},
-        )
+        sites, specs = self.adapter.site_map(clip.config)
         super().__init__(name, clip, specs, sites)
         self.clip = clip
         self.tokenize = tokenize
@@ -71,6 +66,7 @@ class CLIPWrapper(ContrastiveModel):
         self._mean = torch.as_tensor(pixel_mean, dtype=torch.float32).reshape(-1, 1, 1)
         self._std = torch.as_tensor(pixel_std, dtype=torch.float32).reshape(-1, 1, 1)
 
+    adapter: Adapter = CLIP_ADAPTER
     site_map = staticmethod(clip_site_map)
 
     @property
@@ -103,7 +99,7 @@ class CLIPWrapper(ContrastiveModel):
         torch.manual_seed(seed)
         fresh = CLIPModel(self.clip.config)
         return CLIPWrapper(f"{self.name}[randomized:{seed}]", fresh, self.tokenize, f"random-init:{seed}",
-                           self._mean, self._std)
+                           self._mean, self._std, adapter=self.adapter)
 
 
 class SiglipWrapper(CLIPWrapper):
@@ -115,6 +111,7 @@ class SiglipWrapper(CLIPWrapper):
     SigLIP was trained (the loader pads to ``max_position_embeddings``).
     """
 
+    adapter: Adapter = SIGLIP_ADAPTER
     site_map = staticmethod(siglip_site_map)
 
     def token_layout(self) -> TokenLayout:
@@ -135,4 +132,49 @@ class SiglipWrapper(CLIPWrapper):
         torch.manual_seed(seed)
         fresh = SiglipModel(self.clip.config)
         return SiglipWrapper(f"{self.name}[randomized:{seed}]", fresh, self.tokenize, f"random-init:{seed}",
-                             self._mean, self._std)
+                             self._mean, self._std, adapter=self.adapter)
+
+
+class Siglip2Wrapper(SiglipWrapper):
+    """A ``transformers.Siglip2Model`` (Tschannen et al., 2025) behind the contrastive contract.
+
+    SigLIP 2's NaFlex vision tower takes patches, not pixels: ``[B, max_patches, p·p·C]`` (row-major
+    patches, channels last, as ``Siglip2ImageProcessor`` cuts them) with a patch mask and each
+    image's ``spatial_shapes``. Every image is resized to the square grid that fills
+    ``num_patches`` (no padding patches), so the token layout is a fixed ``g × g`` grid.
+    """
+
+    adapter: Adapter = SIGLIP2_ADAPTER
+
+    @property
+    def grid(self) -> int:
+        return math.isqrt(int(self.clip.config.vision_config.num_patches))
+
+    @property
+    def image_size(self) -> int:
+        return self.grid * int(self.clip.config.vision_config.patch_size)
+
+    def token_layout(self) -> TokenLayout:
+        g, p = self.grid, int(self.clip.config.vision_config.patch_size)
+        return TokenLayout(cls=None, image=slice(0, g * g), grid=(g, g), patch_size=p)
+
+    def patches(self, pixels_BCHW: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The vision tower's inputs for [0, 1] pixels of side :attr:`image_size`."""
+        x = (pixels_BCHW - self._mean) / self._std
+        B, C, H, W = x.shape
+        p = int(self.clip.config.vision_config.patch_size)
+        g = self.grid
+        if (H, W) != (g * p, g * p):
+            raise BenchError(f"{self.name} takes {g * p}×{g * p} images (its num_patches grid), got {H}×{W}")
+        patches = x.reshape(B, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * C)
+        return {"pixel_values": patches, "pixel_attention_mask": torch.ones(B, g * g, dtype=torch.long),
+                "spatial_shapes": torch.tensor([[g, g]] * B, dtype=torch.long)}
+
+    def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.get_image_features(**self.patches(pixels_BCHW)).pooler_output, dim=-1)
+
+    def randomized(self, seed: int) -> "Siglip2Wrapper":
+        torch.manual_seed(seed)
+        fresh = type(self.clip)(self.clip.config)
+        return Siglip2Wrapper(f"{self.name}[randomized:{seed}]", fresh, self.tokenize, f"random-init:{seed}",
+                              self._mean, self._std, adapter=self.adapter)

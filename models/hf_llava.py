@@ -1,6 +1,6 @@
 """Generative wrapper over transformers' ``LlavaForConditionalGeneration`` (zoo-vlm and ``hf:`` LLaVAs).
 
-The site map is data (:class:`models.site_maps.TowerMap`): vision tower blocks
+The site map is data (the ``llava`` adapter, :mod:`models.adapters.llava`): vision tower blocks
 (``vision.*``), the projector (``projector``) and the language model
 (``lm.blocks.{i}.*``, ``lm.embed``, ``lm.final``). LLaVA splices image features
 into the token sequence, so LM sites are ``stream="mixed"`` and
@@ -9,7 +9,6 @@ into the token sequence, so LM sites are ``stream="mixed"`` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -17,33 +16,19 @@ import torch
 from bench.errors import BenchError
 from bench.model import GenerativeModel, SpanInputs, TokenLayout
 from bench.sites import Site, SiteSpec
-from models.site_maps import TowerMap, build_sites
+from models.adapters._format import Adapter
+from models.adapters._vlm import VISION_TOWERS, VisionTowerMap
+from models.adapters.llava import ADAPTER as LLAVA_ADAPTER
 
 Encode = Callable[[list[str], list[str] | None], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 Decode = Callable[[list[int]], str]
-
-
-@dataclass(frozen=True)
-class VisionTowerMap:
-    """How one kind of vision tower inside a LLaVA names its modules (data, per ``model_type``)."""
-
-    embed: str  # module whose output is the token sequence entering the first block
-    has_cls: bool  # a class token at position 0 (dropped by the "default" feature strategy)
-
-
-# A LLaVA with another vision tower is one more entry here; the LM side (Llama, Mistral, Qwen2,
-# Vicuna: ``self_attn.o_proj``, a gated MLP ending in ``down_proj``, a final ``norm``) is shared.
-VISION_TOWERS: dict[str, VisionTowerMap] = {
-    "clip_vision_model": VisionTowerMap("pre_layrnorm", has_cls=True),
-    "siglip_vision_model": VisionTowerMap("embeddings", has_cls=False),
-}
 
 
 def vision_tower_map(config: Any) -> VisionTowerMap:
     kind = getattr(config.vision_config, "model_type", "clip_vision_model")
     if kind not in VISION_TOWERS:
         raise BenchError(f"LLaVA with a {kind!r} vision tower has no site map yet "
-                         f"(known: {', '.join(VISION_TOWERS)}); add one to models.hf_llava.VISION_TOWERS")
+                         f"(known: {', '.join(VISION_TOWERS)}); add one to models.adapters._vlm.VISION_TOWERS")
     return VISION_TOWERS[kind]
 
 
@@ -56,17 +41,10 @@ def llava_image_features(config: Any) -> int:
     return n + int(keep_cls)
 
 
-def llava_site_map(vision_layers: int, vision_heads: int, lm_layers: int, lm_heads: int,
-                   vision: VisionTowerMap = VISION_TOWERS["clip_vision_model"]) -> tuple[list[Site], dict[str, SiteSpec]]:
-    return build_sites([
-        TowerMap("vision", "image", "model.vision_tower.encoder.layers", vision_layers, vision_heads,
-                 embed=SiteSpec(f"model.vision_tower.{vision.embed}"),
-                 extra=(("projector", "projector", SiteSpec("model.multi_modal_projector")),)),
-        TowerMap("lm", "mixed", "model.language_model.layers", lm_layers, lm_heads,
-                 # the LM's input after image features are spliced in (embed_tokens alone holds placeholders)
-                 embed=SiteSpec("model.language_model.layers.0", hook="input"), o_proj="o_proj",
-                 neurons=SiteSpec("down_proj", hook="input"), final=SiteSpec("model.language_model.norm")),
-    ])
+def llava_site_map(config: Any, adapter: Adapter = LLAVA_ADAPTER) -> tuple[list[Site], dict[str, SiteSpec]]:
+    """Sites of a LLaVA-shaped checkpoint, from its adapter (default :mod:`models.adapters.llava`)."""
+    vision_tower_map(config)  # an unknown vision tower: one line naming the known ones
+    return adapter.site_map(config)
 
 
 class LlavaWrapper(GenerativeModel):
@@ -82,10 +60,8 @@ class LlavaWrapper(GenerativeModel):
                  pad_id: int) -> None:
         llava.set_attn_implementation("eager")
         llava.eval()
-        vc, tc = llava.config.vision_config, llava.config.text_config
-        self.vision_map = vision_tower_map(llava.config)
-        sites, specs = llava_site_map(vc.num_hidden_layers, vc.num_attention_heads,
-                                      tc.num_hidden_layers, tc.num_attention_heads, self.vision_map)
+        self.vision_map = self.vision_tower_map(llava.config)
+        sites, specs = self.adapter.site_map(llava.config)
         super().__init__(name, llava, specs, sites)
         self.llava = llava
         self.encode = encode
@@ -95,6 +71,12 @@ class LlavaWrapper(GenerativeModel):
         self.eos_id = eos_id
         self.pad_id = pad_id
 
+    adapter: Adapter = LLAVA_ADAPTER
+
+    def vision_tower_map(self, config: Any) -> VisionTowerMap | None:
+        """The vision tower's map (an unknown tower is one line naming the known ones)."""
+        return vision_tower_map(config)
+
     @property
     def weights_hash(self) -> str:
         return self._hash
@@ -102,12 +84,16 @@ class LlavaWrapper(GenerativeModel):
     def token_layout(self) -> TokenLayout:
         vc = self.llava.config.vision_config
         g = vc.image_size // vc.patch_size
-        c = int(self.vision_map.has_cls)
+        c = int(self.vision_map is not None and self.vision_map.has_cls)
         return TokenLayout(cls=0 if c else None, image=slice(c, c + g * g), grid=(g, g), patch_size=vc.patch_size)
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.llava.config.image_token_index)
 
     def image_positions(self, prompts: list[str]) -> torch.Tensor:
         ids, _, _ = self.encode(prompts, None)
-        return ids == self.llava.config.image_token_index
+        return ids == self.image_token_id
 
     @torch.no_grad()
     def generate(self, pixels_BCHW: torch.Tensor, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
@@ -120,8 +106,7 @@ class LlavaWrapper(GenerativeModel):
                 for i, text in zip(rows, self.generate(pixels_BCHW[rows], [prompts[i] for i in rows], max_new_tokens)):
                     out[i] = text
             return out
-        gen = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW),
-                                  max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
+        gen = self.llava.generate(**self.model_inputs(pixels_BCHW, ids, mask), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
                                   pad_token_id=self.pad_id)
         texts = []
         for row in gen[:, ids.shape[1]:].tolist():
@@ -130,7 +115,7 @@ class LlavaWrapper(GenerativeModel):
 
     def logprobs(self, pixels_BCHW: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
         ids, mask, labels = self.encode(prompts, targets)
-        logits = self.llava(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW)).logits
+        logits = self.llava(**self.model_inputs(pixels_BCHW, ids, mask)).logits
         lp = logits[:, :-1].log_softmax(-1)
         tgt = labels[:, 1:]
         keep = tgt != -100
@@ -152,10 +137,15 @@ class LlavaWrapper(GenerativeModel):
         span = (pos >= (start + n_prefix)[:, None]) & (pos < (start + n_answer)[:, None])
         if (span.sum(1) == 0).any():
             raise ValueError("a span tokenised to nothing")
-        return SpanInputs(ids, mask, span, ids == self.llava.config.image_token_index)
+        return SpanInputs(ids, mask, span, ids == self.image_token_id)
 
     def forward_tokens(self, pixels_BCHW: torch.Tensor, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
-        return self.llava(input_ids=ids_BL, attention_mask=mask_BL, pixel_values=self.preprocess(pixels_BCHW)).logits
+        return self.llava(**self.model_inputs(pixels_BCHW, ids_BL, mask_BL)).logits
+
+    def model_inputs(self, pixels_BCHW: torch.Tensor, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> dict[str, Any]:
+        """The forward's keyword arguments for images and token ids (architectures with extra inputs,
+        :mod:`models.hf_vlm`, add theirs here)."""
+        return {"input_ids": ids_BL, "attention_mask": mask_BL, "pixel_values": self.preprocess(pixels_BCHW)}
 
     def unembed(self, hidden_BPD: torch.Tensor) -> torch.Tensor:
         return self.llava.lm_head(self.llava.model.language_model.norm(hidden_BPD))

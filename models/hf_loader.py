@@ -38,52 +38,93 @@ checkpoint is read once per process, when a cell first needs it (planning reads 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.model import Model
+from bench.registry import resolve
+from models import adapters
+from models.adapters._format import Adapter, check_sites, site_config
+from models import hf_dit, hf_vlm  # noqa: F401  adapters' loaders: part of the hf source's code (its digest)
+from models.hf_common import CLIP_MEAN, CLIP_STD, load_error, load_tokenizer, normalisation, weights_hash
 from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
 
-__all__ = ["FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf", "load_hf"]
+if TYPE_CHECKING:  # never imported at run time (adapters are discovered); read by the code digest
+    # (bench.kit.digests.closure follows imports statically), so editing an adapter re-runs its cells.
+    # tests/test_adapters.py checks that every built-in adapter is listed here.
+    import models.adapters.clip  # noqa: F401
+    import models.adapters.flux  # noqa: F401
+    import models.adapters.llava  # noqa: F401
+    import models.adapters.llava_next  # noqa: F401
+    import models.adapters.llava_onevision  # noqa: F401
+    import models.adapters.paligemma  # noqa: F401
+    import models.adapters.pixart  # noqa: F401
+    import models.adapters.qwen2_5_vl  # noqa: F401
+    import models.adapters.qwen2_vl  # noqa: F401
+    import models.adapters.sd3  # noqa: F401
+    import models.adapters.siglip  # noqa: F401
+    import models.adapters.siglip2  # noqa: F401
+    import models.adapters.stable_diffusion  # noqa: F401
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # used when a checkpoint names none
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["CLIP_MEAN", "CLIP_STD", "FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf",
+           "load_hf", "weights_hash"]
+
 # LLaVA-1.5's conversation format; ``<image>`` is expanded to the vision tower's feature count
 LLAVA_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
 
 
-def weights_hash(path: Path) -> str:
-    """sha256 over the checkpoint's weight files (relative path and bytes, in path order)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if not files:
-        raise BenchError(f"hf: {str(path)!r} holds no weight files (*.safetensors / *.bin)")
-    for p in files:
-        h.update(str(p.relative_to(path)).encode())
-        with p.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def load_hf(name: str) -> Model:
-    """Load ``hf:<path>`` with the wrapper its config names."""
+    """Load ``hf:<path>`` through the adapter its config names (:mod:`models.adapters`), and check
+    every site of the result against one real forward (:func:`check_model_sites`)."""
     path = path_of(name)
     kind = checkpoint_type(path)
-    loader: Callable[[str, Path, str, dict[str, Any]], Model] = {
-        "clip": _load_contrastive, "siglip": _load_contrastive, "llava": _load_llava,
-        "stable-diffusion": _load_diffusion}[kind]
+    adapter = adapter_for(kind)
+    loader: Callable[[Adapter, str, Path, dict[str, Any]], Model] = resolve(adapter.load)
     sidecar = read_sidecar(path)
     with _quiet():
-        model = loader(name, path, kind, sidecar)
+        model = loader(adapter, name, path, sidecar)
+        check_model_sites(model, adapter)
     apply_sidecar(model, sidecar, path)
     return model
+
+
+def adapter_for(kind: str) -> Adapter:
+    name = adapters.adapter_name_for(kind)
+    if name is None:
+        raise BenchError(adapters.missing(kind))
+    adapter = adapters.get(name)
+    if not isinstance(adapter, Adapter):
+        raise BenchError(f"hf: adapter {name!r} is a {type(adapter).__name__}, not a models.adapters.Adapter")
+    return adapter
+
+
+def probe_forward(model: Model) -> Callable[[], Any]:
+    """One small forward of the family's operation (deterministic inputs: no random state is used)."""
+    from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel
+
+    def pixels(side: int) -> torch.Tensor:
+        return torch.linspace(0, 1, 2 * 3 * side * side).reshape(2, 3, side, side)
+
+    if isinstance(model, ContrastiveModel):
+        return lambda: model.similarity(pixels(model.image_size), ["a red circle", "a blue square"])
+    if isinstance(model, GenerativeModel):
+        return lambda: model.logprobs(pixels(32), ["what is it?", "is there a circle?"], ["a circle", "yes"])
+    if isinstance(model, DiffusionModel):
+        shape = model.sample_shape
+        x = torch.linspace(-1, 1, 2 * shape[0] * shape[1] * shape[2]).reshape(2, *shape)
+        return lambda: model.noise_pred(x, model.num_train_timesteps // 2, ["a red circle", "a blue square"])
+    raise BenchError(f"hf: {model.name} is a {model.family} model, which has no probe forward")
+
+
+def check_model_sites(model: Model, adapter: Adapter) -> None:
+    """Every site's module, hook, tuple index and shape checked against one real forward
+    (:func:`models.adapters._format.check_sites`): a wrong index is a load error, not a wrong read."""
+    check_sites(adapter, site_config(model), model.module, model.sites(), model.site_specs, probe_forward(model))
 
 
 SIDECAR = "mmi_bench.json"
@@ -198,40 +239,19 @@ def _quiet() -> Iterator[None]:
         diffusers.utils.logging.enable_progress_bar()
 
 
-def _fail(kind: str, path: Path, e: Exception) -> BenchError:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return BenchError(f"hf: could not load the {kind} in {str(path)!r}: {first}")
-
-
-def _normalisation(path: Path) -> tuple[Any, Any]:
-    pre = path / "preprocessor_config.json"
-    if not pre.exists():
-        return CLIP_MEAN, CLIP_STD
-    p = read_json(pre)
-    return p.get("image_mean", CLIP_MEAN), p.get("image_std", CLIP_STD)
-
-
-def _tokenizer(path: Path, kind: str) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as e:
-        raise _fail(f"{kind} tokenizer", path, e) from None
-
-
 # ------------------------------------------------------------------------- contrastive
-def _load_contrastive(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
-    from transformers import CLIPModel, SiglipModel
+def load_contrastive(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> Model:
+    from models.hf_clip import CLIPWrapper, Siglip2Wrapper, SiglipWrapper
 
-    from models.hf_clip import CLIPWrapper, SiglipWrapper
-
-    cls, wrapper = (CLIPModel, CLIPWrapper) if kind == "clip" else (SiglipModel, SiglipWrapper)
+    kind = adapter.name
+    wrapper = {"clip": CLIPWrapper, "siglip": SiglipWrapper,
+               "siglip2": Siglip2Wrapper}[adapter.options.get("wrapper", "clip")]
+    cls = resolve(adapter.model_class)
     try:
         model = cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise _fail(kind.upper() if kind == "clip" else "SigLIP", path, e) from None
-    tok = _tokenizer(path, kind)
+        raise load_error({"clip": "CLIP", "siglip": "SigLIP"}.get(kind, kind), path, e) from None
+    tok = load_tokenizer(path, kind)
     # both were trained on fixed-length padded text (CLIP: 77 tokens); SigLIP pools the last position
     max_len = min(int(model.config.text_config.max_position_embeddings), int(tok.model_max_length))
 
@@ -240,13 +260,13 @@ def _load_contrastive(name: str, path: Path, kind: str, sidecar: dict[str, Any])
         ids = enc["input_ids"]
         return ids, enc.get("attention_mask", torch.ones_like(ids))
 
-    mean, std = _normalisation(path)
-    return wrapper(name, model, tokenize, weights_hash(path), mean, std)
+    mean, std = normalisation(path)
+    return wrapper(name, model, tokenize, weights_hash(path), mean, std, adapter=adapter)
 
 
 # -------------------------------------------------------------------------- generative
-def _load_llava(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
-    template = str(sidecar.get("prompt_template") or LLAVA_TEMPLATE)
+def load_llava(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> Model:
+    template = str(sidecar.get("prompt_template") or adapter.prompt_template or LLAVA_TEMPLATE)
     from transformers import LlavaForConditionalGeneration
 
     from models.hf_llava import LlavaWrapper, llava_image_features
@@ -254,8 +274,8 @@ def _load_llava(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Mo
     try:
         llava = LlavaForConditionalGeneration.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise _fail("LLaVA", path, e) from None
-    tok = _tokenizer(path, "LLaVA")
+        raise load_error("LLaVA", path, e) from None
+    tok = load_tokenizer(path, "LLaVA")
     cfg = llava.config
     image_id = int(cfg.image_token_index)
     n_image = llava_image_features(cfg)
@@ -285,7 +305,7 @@ def _load_llava(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Mo
         return str(tok.decode(ids, skip_special_tokens=True)).strip()
 
     size = int(cfg.vision_config.image_size)
-    mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in _normalisation(path))
+    mean, std = (torch.as_tensor(v, dtype=torch.float32).reshape(-1, 1, 1) for v in normalisation(path))
 
     def preprocess(pixels_BCHW: torch.Tensor) -> torch.Tensor:
         if pixels_BCHW.shape[-1] != size or pixels_BCHW.shape[-2] != size:
@@ -297,7 +317,7 @@ def _load_llava(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Mo
 
 
 # --------------------------------------------------------------------------- diffusion
-def _load_diffusion(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -> Model:
+def load_diffusion(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> Model:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -315,8 +335,8 @@ def _load_diffusion(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -
         # any scheduler config → DDIM with eta 0: deterministic sampling from a seed
         sched = DDIMScheduler.from_config(DDIMScheduler.load_config(parts["scheduler"], local_files_only=True))
     except (OSError, ValueError, RuntimeError, TypeError) as e:
-        raise _fail("Stable Diffusion pipeline", path, e) from None
-    tok = _tokenizer(parts["tokenizer"], "Stable Diffusion")
+        raise load_error("Stable Diffusion pipeline", path, e) from None
+    tok = load_tokenizer(parts["tokenizer"], "Stable Diffusion")
     max_len = min(int(getattr(tok, "model_max_length", 77) or 77), int(text.config.max_position_embeddings))
 
     def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,6 +345,5 @@ def _load_diffusion(name: str, path: Path, kind: str, sidecar: dict[str, Any]) -
         return ids, enc.get("attention_mask", (ids != tok.pad_token_id).long())
 
     # Stable Diffusion attends to padding (no prompt mask) and samples with guidance 7.5
-    sampling = SamplingConfig(**{"steps": 25, "guidance": 7.5, "mask_padding": False,
-                                 **sidecar.get("sampling", {})})
+    sampling = SamplingConfig(**{**adapter.options.get("sampling", {}), **sidecar.get("sampling", {})})
     return DiffusionWrapper(name, unet, text, tokenize, sched, weights_hash(path), vae=vae, sampling=sampling)

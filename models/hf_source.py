@@ -12,9 +12,12 @@ from typing import Any
 
 from bench.errors import BenchError
 from bench.kit.digests import stat_key
+from models import adapters
 
 PREFIX = "hf:"
-FAMILIES = {"clip": "contrastive", "siglip": "contrastive", "llava": "generative", "stable-diffusion": "diffusion"}
+# checkpoint type (config.json model_type, or "stable-diffusion" / a diffusers pipeline class) -> family,
+# one entry per type a registered adapter claims and can load (models/adapters/, read without importing)
+FAMILIES = adapters.families()
 SUPPORTED = tuple(FAMILIES)
 # what an hf: folder's digest covers: weights, configs, tokenizer vocabularies
 HF_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
@@ -46,28 +49,43 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def checkpoint_type(path: Path) -> str:
-    """``clip`` | ``siglip`` | ``llava`` | ``stable-diffusion`` for a checkpoint folder (from its
-    config alone); a one-line ``BenchError`` for anything else."""
+    """The checkpoint type of a folder, from its config alone: ``model_type`` of ``config.json``, or
+    for a diffusers pipeline ``stable-diffusion`` (Stable Diffusion 1.x/2.x) or its class name; a
+    one-line ``BenchError`` when no adapter claims it or its adapter cannot load it yet."""
     if not path.is_dir():
         raise BenchError(f"hf: {str(path)!r} is not a folder (a checkpoint saved with save_pretrained)")
     if (path / "model_index.json").exists():
         cls = str(read_json(path / "model_index.json").get("_class_name", ""))
-        if cls.startswith("StableDiffusion") and "XL" not in cls and "3" not in cls:
-            return "stable-diffusion"
-        raise BenchError(f"hf: {str(path)!r} is a diffusers {cls or 'pipeline'}; supported diffusion pipelines: "
-                         f"Stable Diffusion 1.x/2.x (UNet2DConditionModel + CLIP text encoder)")
+        kind = "stable-diffusion" if cls.startswith("StableDiffusion") and "XL" not in cls and "3" not in cls else cls
+        name = adapters.adapter_name_for(kind) if kind else None
+        if name is None:
+            pipelines = [t for t, f in FAMILIES.items() if f == "diffusion"]
+            raise BenchError(f"hf: {str(path)!r} is a diffusers {cls or 'pipeline'}; supported diffusion pipelines: "
+                             f"Stable Diffusion 1.x/2.x (UNet2DConditionModel + CLIP text encoder) and "
+                             f"{', '.join(pipelines)}; no adapter claims {cls or 'it'}: an adapter is one data file, "
+                             f"{adapters.HOWTO}")
+        return _loadable(kind, name, path)
     cfg = path / "config.json"
     if not cfg.exists():
         raise BenchError(f"hf: {str(path)!r} has no config.json (save the model with save_pretrained)")
     model_type = str(read_json(cfg).get("model_type", ""))
-    if model_type not in FAMILIES or model_type == "stable-diffusion":
-        raise BenchError(f"hf: model_type {model_type!r} is not supported yet (supported: {', '.join(SUPPORTED)})")
-    return model_type
+    name = adapters.adapter_name_for(model_type)
+    if name is None:
+        raise BenchError(adapters.missing(model_type))
+    return _loadable(model_type, name, path)
+
+
+def _loadable(kind: str, name: str, path: Path) -> str:
+    why = adapters.refusal(name)
+    if why:
+        raise BenchError(f"hf: {str(path)!r} is a {kind} checkpoint; adapter {name!r} declares its sites but "
+                         f"cannot load it yet: {why}")
+    return kind
 
 
 def family_of(name: str) -> str:
     """The family of an ``hf:`` checkpoint, from its config alone (nothing is loaded)."""
-    return FAMILIES[checkpoint_type(path_of(name))]
+    return adapters.family_for(checkpoint_type(path_of(name)))
 
 
 _DIGESTS: dict[tuple[Any, ...], str] = {}

@@ -27,6 +27,12 @@ class TowerMap:
     neurons: SiteSpec | None = None  # relative to the MLP module; default: output of ``activation_fn``
     final: SiteSpec | None = None
     extra: tuple[tuple[str, str, SiteSpec], ...] = ()  # (name, kind, spec) of tower-level sites
+    # which element of the attention module's output is its output, and which its probabilities
+    # (``None``: the module returns a bare tensor / no weights, so there is no ``attn.pattern``
+    # site); checked against a real forward when an ``hf:`` checkpoint loads (models.adapters)
+    attn_index: int | None = 0
+    pattern_index: int | None = 1
+    d_model: int = 0  # width of the residual stream (0: unknown; load-time checks skip it)
 
 
 def build_sites(towers: list[TowerMap]) -> tuple[list[Site], dict[str, SiteSpec]]:
@@ -44,11 +50,12 @@ def build_sites(towers: list[TowerMap]) -> tuple[list[Site], dict[str, SiteSpec]
             b = f"{t.layers}.{i}"
             n = f"{t.tower}.blocks.{i}"
             add(Site(f"{n}.resid_post", t.tower, i, "resid_post", stream=t.stream), SiteSpec(b))
-            add(Site(f"{n}.attn", t.tower, i, "attn", stream=t.stream), SiteSpec(f"{b}.{t.attn}", index=0))
-            add(Site(f"{n}.attn.pattern", t.tower, i, "pattern", stream=t.stream),
-                SiteSpec(f"{b}.{t.attn}", index=1,
-                         read_only="transformers returns the attention pattern after applying it; "
-                                   "write the attention output or the heads instead"))
+            add(Site(f"{n}.attn", t.tower, i, "attn", stream=t.stream), SiteSpec(f"{b}.{t.attn}", index=t.attn_index))
+            if t.pattern_index is not None:
+                add(Site(f"{n}.attn.pattern", t.tower, i, "pattern", stream=t.stream),
+                    SiteSpec(f"{b}.{t.attn}", index=t.pattern_index,
+                             read_only="transformers returns the attention pattern after applying it; "
+                                       "write the attention output or the heads instead"))
             for h in range(t.n_heads):
                 add(Site(f"{n}.attn.head.{h}", t.tower, i, "head", head=h, stream=t.stream),
                     SiteSpec(f"{b}.{t.attn}.{t.o_proj}", hook="input", head=(h, t.n_heads)))

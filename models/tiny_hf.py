@@ -147,3 +147,163 @@ def write_sidecar(out: Path, family: str) -> Path:
         sidecar["judge"] = "zoo-oracle"
     (out / "mmi_bench.json").write_text(json.dumps(sidecar, indent=1))
     return out
+
+
+# ------------------------------------------------------------------ the adapters' other architectures
+def _lm(vocab: dict[str, int], **kw: object) -> dict:  # type: ignore[type-arg]
+    """A tiny decoder LM config (Llama-shaped fields every supported LM reads)."""
+    return dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, bos_token_id=2,
+                eos_token_id=3, pad_token_id=0, **kw)
+
+
+PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+
+
+def save_tiny_llava_next(out: Path, seed: int = 0) -> Path:
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = LlavaNextConfig(vision_config=dict(model_type="clip_vision_model", **TOWER, image_size=32, patch_size=8),
+                          text_config=dict(model_type="llama", **_lm(vocab)), image_token_index=vocab["<image>"],
+                          image_grid_pinpoints=PINPOINTS, vision_feature_layer=-2,
+                          vision_feature_select_strategy="default")
+    LlavaNextForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def save_tiny_llava_onevision(out: Path, seed: int = 0) -> Path:
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = LlavaOnevisionConfig(vision_config=dict(model_type="siglip_vision_model", **TOWER, image_size=32,
+                                                  patch_size=8),
+                               text_config=dict(model_type="qwen2", **_lm(vocab)), image_token_index=vocab["<image>"],
+                               image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1,
+                               vision_feature_select_strategy="full")
+    LlavaOnevisionForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def save_tiny_paligemma(out: Path, seed: int = 0) -> Path:
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    lm = _lm(vocab)
+    lm.update(num_key_value_heads=1, head_dim=8)
+    cfg = PaliGemmaConfig(vision_config=dict(model_type="siglip_vision_model", **TOWER, image_size=32, patch_size=8,
+                                             projection_dim=32),
+                          text_config=dict(model_type="gemma", **lm), image_token_index=vocab["<image>"],
+                          projection_dim=32)
+    PaliGemmaForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def _qwen_ids(vocab: dict[str, int]) -> dict:  # type: ignore[type-arg]
+    return dict(image_token_id=vocab["<image>"], video_token_id=1, vision_start_token_id=vocab["USER"],
+                vision_end_token_id=vocab["ASSISTANT"])
+
+
+def save_tiny_qwen2_vl(out: Path, seed: int = 0) -> Path:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = Qwen2VLConfig(vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
+                                           patch_size=4, spatial_merge_size=2, temporal_patch_size=2),
+                        text_config=_lm(vocab, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+                        **_qwen_ids(vocab))
+    Qwen2VLForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def save_tiny_qwen2_5_vl(out: Path, seed: int = 0) -> Path:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = Qwen2_5_VLConfig(vision_config=dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64,
+                                              num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2,
+                                              window_size=16, fullatt_block_indexes=[1]),
+                           text_config=_lm(vocab, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+                           **_qwen_ids(vocab))
+    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def save_tiny_siglip2(out: Path, seed: int = 0) -> Path:
+    from transformers import Siglip2Config, Siglip2Model
+
+    vocab = save_tokenizer(out, template=False)
+    torch.manual_seed(seed)
+    cfg = Siglip2Config(text_config=dict(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
+                                         bos_token_id=2, eos_token_id=3),
+                        vision_config=dict(**TOWER, num_patches=16, patch_size=8))
+    Siglip2Model(cfg).save_pretrained(out)
+    write_normalisation(out)
+    return out
+
+
+def _pipeline_folder(out: Path, cls: str, transformer: object, **parts: list[str]) -> Path:
+    """A pipeline folder with its transformer and ``model_index.json`` naming ``parts`` besides it (SD3
+    and Flux: the transformer alone, all their adapters' tests need)."""
+    out.mkdir(parents=True, exist_ok=True)
+    transformer.save_pretrained(out / "transformer")  # type: ignore[attr-defined]
+    (out / "model_index.json").write_text(json.dumps({"_class_name": cls, "_diffusers_version": "0.42.1",
+                                                      "transformer": ["diffusers", type(transformer).__name__],
+                                                      **parts}))
+    return out
+
+
+def save_tiny_sd3(out: Path, seed: int = 0) -> Path:
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return _pipeline_folder(out, "StableDiffusion3Pipeline", SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
+        pos_embed_max_size=16))
+
+
+def save_tiny_pixart(out: Path, seed: int = 0) -> Path:
+    """A PixArt-Σ-shaped pipeline folder: the DiT, a T5 encoder, tokenizer, VAE, scheduler."""
+    from diffusers import AutoencoderKL, DDIMScheduler, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = save_tokenizer(out / "tokenizer")
+    torch.manual_seed(seed)
+    T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                            pad_token_id=0, eos_token_id=3)).save_pretrained(out / "text_encoder")
+    _save_tiny_vae(out / "vae")
+    DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02).save_pretrained(out / "scheduler")
+    return _pipeline_folder(out, "PixArtSigmaPipeline", PixArtTransformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, cross_attention_dim=16, caption_channels=32, norm_num_groups=8),
+        text_encoder=["transformers", "T5EncoderModel"], tokenizer=["transformers", "T5Tokenizer"],
+        vae=["diffusers", "AutoencoderKL"], scheduler=["diffusers", "DDIMScheduler"])
+
+
+def _save_tiny_vae(out: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
+                  norm_num_groups=8, sample_size=32).save_pretrained(out)
+
+
+def save_tiny_flux(out: Path, seed: int = 0) -> Path:
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return _pipeline_folder(out, "FluxPipeline", FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4)))
