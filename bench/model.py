@@ -470,6 +470,9 @@ class DiffusionModel(Model):
 
     family = "diffusion"
     judge: ImageJudge | None = None
+    # the tower the denoiser's sites are named under: "unet" (Stable Diffusion, the zoo) or "dit"
+    # (diffusion transformers); methods find cross-attention sites there by kind
+    denoiser_tower: ClassVar[str] = "unet"
 
     @property
     @abstractmethod
@@ -615,3 +618,9 @@ class DiffusionModel(Model):
     def attention_grid(self, site: str) -> tuple[int, int]:
         """``(h, w)`` of the query positions of an attention site (row-major), to fold maps."""
         raise BenchError(f"site {site!r} has no attention grid")
+
+    def cross_attention_context(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
+        """What the denoiser's cross-attention keys and values are computed from, given the text
+        encoder's hidden states (the ``cross_k`` / ``cross_v`` sites' input): the states themselves
+        in a UNet; a diffusion transformer may project them first (PixArt's caption projection)."""
+        return hidden_BLD

@@ -70,8 +70,8 @@ class CrossAttention(Method):
         reason = super().supports(model)
         if reason:
             return reason
-        if not model.layer_sites("unet", "cross_pattern"):
-            return f"model {model.name!r} exposes no unet cross-attention pattern sites"
+        if not model.layer_sites(getattr(model, "denoiser_tower", "unet"), "cross_pattern"):
+            return f"model {model.name!r} exposes no cross-attention pattern sites in its denoiser"
         return None
 
     def attribute(self, model: Model, request: AttributionRequest) -> torch.Tensor:
@@ -79,7 +79,7 @@ class CrossAttention(Method):
         if len(request.prompts) != B or len(request.target_words) != B:
             raise BenchError("cross_attention needs a prompt and a target word per example "
                              f"(got {len(request.prompts)} prompts, {len(request.target_words)} words for {B} images)")
-        sites = model.layer_sites("unet", "cross_pattern")
+        sites = model.layer_sites(model.denoiser_tower, "cross_pattern")
         grids = {s: model.attention_grid(s) for s in sites}
         positions = [model.prompt_token_positions([p], w)[0] for p, w in zip(request.prompts, request.target_words)]
         K = len(self.config.timesteps)

@@ -117,8 +117,8 @@ class UCE(Method):
         reason = super().supports(model)
         if reason:
             return reason
-        if not model.layer_sites("unet", "cross_v"):
-            return f"uce: {model.name!r} has no cross-attention value sites (unet.*.cross.v)"
+        if not model.layer_sites(getattr(model, "denoiser_tower", "unet"), "cross_v"):
+            return f"uce: {model.name!r} has no cross-attention value sites in its denoiser (unet.*.cross.v)"
         return None
 
     # ------------------------------------------------------------------ token positions
@@ -129,12 +129,15 @@ class UCE(Method):
     @torch.no_grad()
     def _embed(self, model: DiffusionModel, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
         enc = model.encode_prompts(prompts)
-        return enc.hidden_BLD.double(), [int(n) for n in enc.mask_BL.sum(1)]
+        # the vectors the cross-attention's key/value projections multiply (a DiT may project the
+        # text encoder's states first)
+        return model.cross_attention_context(enc.hidden_BLD).double(), [int(n) for n in enc.mask_BL.sum(1)]
 
     # ------------------------------------------------------------------ the edit
     def edit(self, model: Model, request: EditRequest) -> None:
         cfg = self.config
-        k_sites, v_sites = model.layer_sites("unet", "cross_k"), model.layer_sites("unet", "cross_v")
+        tower = model.denoiser_tower
+        k_sites, v_sites = model.layer_sites(tower, "cross_k"), model.layer_sites(tower, "cross_v")
         lin = {s: model.module.get_submodule(model.site_specs[s].module) for s in k_sites + v_sites}
         if not all(isinstance(m, nn.Linear) for m in lin.values()):
             raise BenchError("uce: the cross-attention key/value projections must be linear layers")

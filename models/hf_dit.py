@@ -83,6 +83,14 @@ class DiTModules(nn.Module):
 
 
 class PixArtWrapper(DiffusionWrapper):
+    denoiser_tower = "dit"
+
+    def cross_attention_context(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
+        proj = getattr(self.unet, "caption_projection", None)
+        if proj is None:
+            return hidden_BLD
+        out = proj(hidden_BLD.to(next(proj.parameters()).dtype))
+        return out.view(hidden_BLD.shape[0], -1, out.shape[-1])
     """A ``PixArtTransformer2DModel`` + T5 encoder + scheduler (+ VAE) behind the diffusion contract;
     sites from the ``pixart`` adapter. Sampling, noising and pixels are the UNet wrapper's."""
 

@@ -91,3 +91,41 @@ def test_cli_runs_every_task_of_its_family(name, tmp_path):
     # a refused cell (see the module docstring) makes the exit code non-zero; the records say why
     assert cp.returncode in (0, 1), cp.stderr[-2000:]
     _check(store, f"hf:{folder.resolve()}", tasks, a.family)
+
+
+@pytest.mark.slow
+def test_diffusion_methods_on_a_diffusion_transformer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """UCE and cross-attention maps find a DiT's cross-attention sites by kind under its denoiser
+    tower (``dit``), and UCE reads the context the keys and values are computed from (PixArt
+    projects the T5 states first): a replacement maps the edited word's value toward the target's."""
+    import torch
+
+    from bench.capabilities import AttributionRequest, EditRequest
+    from bench.harness.runner import load_model
+    from methods.cross_attention import CrossAttention
+    from methods.uce import UCE
+    from models.tiny_hf import save_tiny_pixart
+
+    model = load_model(f"hf:{save_tiny_pixart(tmp_path / 'pixart')}")
+    assert model.denoiser_tower == "dit"  # type: ignore[attr-defined]
+    S = model.image_size  # type: ignore[attr-defined]
+    maps = CrossAttention().attribute(model, AttributionRequest(
+        torch.rand(2, 3, S, S), lambda p, i: p.sum((1, 2, 3)), (4, 4),
+        prompts=["a red circle", "a blue square"], target_words=["circle", "square"]))
+    assert maps.shape[0] == 2 and bool(torch.isfinite(maps).all()) and float(maps.abs().sum()) > 0
+
+    site = model.layer_sites("dit", "cross_v")[0]
+    v_proj = model.module.get_submodule(model.site_specs[site].module)
+
+    @torch.no_grad()
+    def value_of(prompt: str, word: str) -> torch.Tensor:
+        enc = model.encode_prompts([prompt])  # type: ignore[attr-defined]
+        pos = model.prompt_token_positions([prompt], word)[0]  # type: ignore[attr-defined]
+        return v_proj(model.cross_attention_context(enc.hidden_BLD))[0, pos].mean(0)  # type: ignore[attr-defined]
+
+    target = value_of("a red square", "square")
+    gap_before = float((value_of("a red circle", "circle") - target).norm())
+    UCE(preserve_scale=0.0).edit(model, EditRequest(torch.rand(1, 2, 3, S, S), ["a red circle"], ["circle"], ["square"],
+                                                    values=[("circle", "square")]))
+    gap_after = float((value_of("a red circle", "circle") - target).norm())
+    assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
