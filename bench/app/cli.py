@@ -102,13 +102,29 @@ def check_jobs(jobs: int | None) -> int:
     return checked(jobs)
 
 
+def check_cluster(args: argparse.Namespace) -> Any:
+    """``--cluster`` and ``--retries`` checked (:func:`bench.harness.cluster.parse_cluster`): None
+    when no cluster is named; ``--jobs`` with ``--cluster`` is one line (workers come from the cluster)."""
+    from bench.harness.cluster import parse_cluster
+
+    if getattr(args, "cluster", None) is None:
+        if getattr(args, "retries", None) is not None:
+            raise BenchError("--retries applies to --cluster runs only (a process pool does not retry cells)")
+        return None
+    if args.jobs is not None:
+        raise BenchError("--jobs and --cluster exclude each other: the cluster's workers run the cells "
+                         "(e.g. --cluster local:2)")
+    return parse_cluster(args.cluster, args.retries)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench.harness import runner
     from bench.harness.store import Store
 
     # created at the first stored cell: a command refused below leaves no file behind
     store = Store(args.store, lazy=True)
-    jobs = check_jobs(args.jobs)
+    cluster = check_cluster(args)
+    jobs = check_jobs(args.jobs) if cluster is None else 1
     methods = list(args.method or [])
     overrides = scoped_overrides(args.config, methods)
     if not args.no_references:
@@ -136,7 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tqdm.write(f"\n{text}\n", file=sys.stderr)
 
     res = runner.run_grid(p.cells, store, jobs=jobs, force=args.force, progress=not args.no_progress,
-                          on_table=show_table if several and not args.no_table else None)
+                          on_table=show_table if several and not args.no_table else None, cluster=cluster)
     failed = [r for r in res.ran if r.status != "ok"]
     if res.interrupted:  # one line: what is kept, and how to go on
         print(f"{runner.signal_word(res.interrupted)}: {len(res.ran) - len(failed)} cells ran and are stored, "
@@ -603,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", action="append", metavar="KIND=PATH",
                     help="run the tasks that read this kind of data file on it instead of the world, "
                     "repeatable (`bench data kinds` lists the kinds); other tasks are skipped")
+    _add_cluster_options(ev)
     ev.add_argument("--device", default="cpu", help="where cells run (default: %(default)s)")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="compute precision; others than float32 run under torch.autocast (default: %(default)s)")
@@ -724,6 +741,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_perf_command(sub)
     _add_scale_command(sub)
     return ap
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="SPEC", default=None,
+                   help="run the cells on Dask: local:N (a local cluster of N workers), tcp://HOST:PORT (a running "
+                        "scheduler), slurm[:CONFIG.toml] (also pbs, sge; dask-jobqueue); needs the 'cluster' extra")
+    p.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="with --cluster: times a cell may lose its worker before it is a failed record (default 2)")
 
 
 # ------------------------------------------- regress / reproduce / manifests

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from bench import answers
 from bench.errors import BenchError
+from bench.harness.cluster import ClusterSpec
 from bench.harness.identity import canonical_model
 from bench.records import CellKey, RunRecord, config_hash, environment
 from bench.registry import METHODS, MODELS, TASKS
@@ -524,6 +525,20 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
     return record
 
 
+def lost_record(cell: Cell, fingerprint: dict[str, str], error: str) -> RunRecord:
+    """The failed record of a cell that returned none (its worker died, more than the allowed
+    times): built from kept facts, nothing loaded, so the driver of a cluster stays light."""
+    main = (make_task(cell.task, cell.data).spec.main_score if cell.data
+            else str(task_facts(cell.task)["main_score"]))
+    record = RunRecord(key=cell_key(cell), status="failed", main_score=main,
+                       method_config=method_config(cell.method, cell.method_overrides),
+                       provenance=dict(environment()))
+    record.provenance["fingerprint"] = dict(fingerprint)
+    record.error = error
+    record.device, record.dtype = cell.runtime.device, cell.runtime.dtype
+    return record
+
+
 def _reset_peak_memory() -> bool:
     """Reset this process's peak resident memory (Linux ``VmHWM``) to its current resident memory,
     by writing ``5`` to ``/proc/self/clear_refs``: True when done, False where /proc offers no
@@ -577,6 +592,8 @@ class GridResult:
     # (the retrained ones included), e.g. ["method code changed since the stored record"]
     rerun: dict[str, list[str]] = field(default_factory=dict)
     interrupted: int = 0  # the signal that stopped the grid (SIGINT 2, SIGTERM 15); 0: it ran to the end
+    # a Dask run's own costs (:func:`bench.harness.cluster.run_cells`): connect_s, first_cell_s, overhead_s
+    cluster_timings: dict[str, float] = field(default_factory=dict)
 
     def rerun_lines(self) -> list[str]:
         """The reasons of :attr:`rerun`, one line per (reason, task/model/method) group with a count."""
@@ -828,8 +845,13 @@ def run_grid(
     on_record: Callable[[RunRecord], None] | None = None,
     jobs: int | None = None,
     on_table: Callable[[str, str], None] | None = None,
+    cluster: ClusterSpec | None = None,
 ) -> GridResult:
     """Run the cells not yet stored; write each record as soon as its cell completes.
+
+    ``cluster``: run the cells on a Dask cluster instead (:mod:`bench.harness.cluster`): workers
+    return records and this process alone writes them, exactly as with the process pool; a cell
+    whose worker died more than the allowed times is stored as a failed record.
 
     ``executor``: where cells run (None: in this process), or ``jobs``: worker processes started
     here for the cells left to run (never more than those cells; none when every cell is stored)
@@ -917,7 +939,15 @@ def run_grid(
         try:
             if own:
                 executor = default_executor(min(jobs or 1, len(todo)))
-            if executor is None:
+            if cluster is not None:
+                from bench.harness.cluster import connect, run_cells
+
+                gpu = any(c.runtime.device.startswith("cuda") for c in todo)
+                with connect(cluster, gpu=gpu) as session:
+                    out.cluster_timings = run_cells(
+                        session, todo, lambda c: (c, 1, fp_of[c]), run_cell, stored_meanwhile, finish,
+                        lambda c, err: lost_record(c, fp_of[c], err), bar, {"GPU": 1} if gpu else None)
+            elif executor is None:
                 for c in todo:
                     if stored_meanwhile(c):
                         continue
