@@ -117,6 +117,19 @@ def check_cluster(args: argparse.Namespace) -> Any:
     return parse_cluster(args.cluster, args.retries)
 
 
+def runtime_from(args: argparse.Namespace, cluster: Any = None) -> Any:
+    """``--device``, ``--dtype`` (and ``--batch-size``) as a runner Runtime, checked; the device is
+    resolved here (``cuda`` on a machine without one is one line now, not a failed cell per cell)
+    unless the cells run on a remote cluster, whose workers resolve it."""
+    from bench.harness import runner
+
+    rt = runner.check_runtime(runner.Runtime(device=args.device, dtype=args.dtype,
+                                             batch_size=getattr(args, "batch_size", None)))
+    if cluster is None or cluster.kind == "local":
+        rt = runner.resolve_runtime(rt)
+    return rt
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench.harness import runner
     from bench.harness.store import Store
@@ -129,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = scoped_overrides(args.config, methods)
     if not args.no_references:
         methods = runner.with_references(methods)
-    rt = runner.Runtime(device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    rt = runtime_from(args, cluster)
     p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
                     runtime=rt, data=_parse_data(args.data), overrides_by_method=overrides)
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
@@ -484,7 +497,7 @@ def cmd_validity(args: argparse.Namespace) -> int:
     if args.seeds < 2:
         raise BenchError("--seeds must be at least 2 (the noise is a standard deviation over seeds)")
     rows, skipped = check_validity(args.task, args.model, seeds=args.seeds, widths=args.widths,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, runtime=runtime_from(args))
     for label, reason in skipped:
         print(f"skipped {label}: {reason}", file=sys.stderr)
     if not rows:
@@ -620,9 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run the tasks that read this kind of data file on it instead of the world, "
                     "repeatable (`bench data kinds` lists the kinds); other tasks are skipped")
     _add_cluster_options(ev)
-    ev.add_argument("--device", default="cpu", help="where cells run (default: %(default)s)")
-    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                    help="compute precision; others than float32 run under torch.autocast (default: %(default)s)")
+    _add_device_options(ev)
     ev.add_argument("--batch-size", type=int, default=None, metavar="N",
                     help="examples per forward pass (default: the model's own, 64 for the zoo)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -694,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--seeds", type=int, default=5, help="seeds per reference (default: %(default)s)")
     va.add_argument("--widths", type=float, default=5.0, help="separation needed, in noise widths (default: %(default)s)")
     va.add_argument("--no-progress", action="store_true")
+    _add_device_options(va)
     va.set_defaults(fn=cmd_validity)
 
     wo = sub.add_parser("world", help="the procedural world")
@@ -743,6 +755,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="where the model and every tensor of a cell live: cpu, cuda, cuda:N, mps, auto "
+                        "(default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision: on a GPU the weights are loaded in it, on the CPU autocast only "
+                        "(default: %(default)s)")
+
+
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cluster", metavar="SPEC", default=None,
                    help="run the cells on Dask: local:N (a local cluster of N workers), tcp://HOST:PORT (a running "
@@ -755,16 +776,19 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
 def cmd_regress(args: argparse.Namespace) -> int:
     from leaderboard.regress import regress
 
+    cluster = check_cluster(args)
     jobs = check_jobs(args.jobs) if args.jobs is not None else None
     return regress(args.baseline, args.tolerance_file, update=args.update, store=args.store, jobs=jobs,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, runtime=runtime_from(args, cluster), cluster=cluster)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from leaderboard.regress import reproduce
 
+    cluster = check_cluster(args)
     jobs = check_jobs(args.jobs) if args.jobs is not None else None
-    return reproduce(args.manifest, store=args.store, jobs=jobs, progress=not args.no_progress)
+    return reproduce(args.manifest, store=args.store, jobs=jobs, progress=not args.no_progress,
+                     runtime=runtime_from(args, cluster), cluster=cluster)
 
 
 def cmd_export_manifest(args: argparse.Namespace) -> int:
@@ -799,6 +823,8 @@ def _add_grid_commands(sub: Any) -> None:
     rg.add_argument("--store", help="results file to run into (default: a fresh temporary one)")
     rg.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")
     rg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cluster_options(rg)
+    _add_device_options(rg)
     rg.set_defaults(fn=cmd_regress)
 
     rp = sub.add_parser("reproduce", help="re-run a manifest's grid and check every figure against it")
@@ -806,6 +832,8 @@ def _add_grid_commands(sub: Any) -> None:
     rp.add_argument("--store", help="results file to run into (default: a fresh temporary one)")
     rp.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cluster_options(rp)
+    _add_device_options(rp)
     rp.set_defaults(fn=cmd_reproduce)
 
     ex = sub.add_parser("export-manifest", help="write a manifest (.toml) or baseline (.json) from a results store")

@@ -179,8 +179,12 @@ def jobqueue_cluster(spec: ClusterSpec, gpu: bool = False, host: str | None = No
     try:
         return cls(worker_extra_args=extra, job_script_prologue=prologue, scheduler_options=sched,
                    python=opts.pop("python", sys.executable), **opts)
-    except TypeError as e:  # an unknown keyword in [cluster]
-        raise BenchError(f"cluster config {spec.config!r}: {e}") from None
+    except (TypeError, ValueError) as e:  # an unknown keyword in [cluster] (dask-jobqueue: a ValueError)
+        text = str(e)
+        bad = text[text.index("unexpected keyword"):].split(".")[0].split("\n")[0] if "unexpected keyword" in text \
+            else _one_line(e)
+        raise BenchError(f"cluster config {spec.config or '(dask-jobqueue defaults)'!r}: [cluster] {bad} "
+                         f"(its keys are {cls.__name__}'s keywords)") from None
 
 
 def job_script(spec: ClusterSpec, gpu: bool = False, host: str | None = None) -> str:
@@ -232,8 +236,14 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
     client: Any = None
     # the scheduler of a local or jobqueue cluster runs in this process: its allowed-failures is
     # the number of times a cell may take its worker down with it before it is a failed record
+    # Workers started here run as the pool's do: no statistical profiler (it samples every thread's
+    # stack each 10 ms), and glibc's own malloc trimming rather than the nanny's
+    # MALLOC_TRIM_THRESHOLD_=65536, which returns memory to the system at every free of a tensor
+    # over 64 kB (system time) -- the runner trims once per cell instead. One thread for BLAS/OpenMP.
+    environ = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
     with dask.config.set({"distributed.scheduler.allowed-failures": spec.retries,
-                          "distributed.worker.daemon": False}):
+                          "distributed.worker.profile.enabled": False,
+                          "distributed.nanny.pre-spawn-environ": environ}):
         try:
             if spec.kind == "local":
                 old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}

@@ -65,15 +65,69 @@ class Runtime:
     """How a cell runs, not what it measures: recorded in every RunRecord, not part of its key
     (a re-run under other settings needs ``--force``, or another store, to be compared).
 
-    ``dtype`` other than float32 runs the task under ``torch.autocast`` at that precision
-    (weights stay float32; matmuls and convolutions run reduced), so every method and site
-    works unchanged. ``batch_size`` overrides the model's default (examples per forward pass).
-    ``device``: only ``cpu`` for now (see :func:`check_runtime`).
+    ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (the first of cuda, mps, cpu this
+    process has): the model's weights and every tensor a cell creates live there; results come back
+    to the CPU only to be scored and stored. ``dtype`` other than float32: on a GPU (cuda, mps) the
+    weights are loaded in that dtype and the cell runs under ``torch.autocast`` at it; on the CPU
+    the weights stay float32 and only autocast applies (the record's ``provenance["weights_dtype"]``
+    says which). ``batch_size`` overrides the model's default (examples per forward pass).
+    ``meta_check``: the device-discipline mode (:func:`device_check`), for tests.
     """
 
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int | None = None
+    meta_check: bool = False
+
+
+DEVICE_FORMS = "cpu, cuda, cuda:N, mps, auto"
+
+
+def check_device(device: str) -> str:
+    """``device`` checked for its form (not whether this machine has it): one line otherwise."""
+    head, sep, index = device.partition(":")
+    if head in ("cpu", "mps", "auto") and not sep:
+        return device
+    if head == "cuda" and (not sep or index.isdigit()):
+        return device
+    raise BenchError(f"unknown device {device!r} (known: {DEVICE_FORMS})")
+
+
+def resolve_device(device: str) -> str:
+    """The device this process will use for ``device``: ``auto`` becomes the first of cuda, mps, cpu
+    that torch sees; a device this machine lacks is one line (e.g. ``cuda`` on a CPU-only build)."""
+    check_device(device)
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            built = torch.version.cuda or "no CUDA (a CPU-only build)"
+            raise BenchError(f"device {device!r} is not available here: torch {torch.__version__} sees no CUDA "
+                             f"GPU (built with {built}); use --device cpu, or --device auto")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise BenchError(f"device {device!r} is not available here: torch sees "
+                             f"{torch.cuda.device_count()} CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return device
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        raise BenchError("device 'mps' is not available here (Apple GPUs only); use --device cpu, or --device auto")
+    return device
+
+
+def resolve_runtime(rt: Runtime) -> Runtime:
+    """``rt`` with its device resolved in this process (:func:`resolve_device`): for grids that run
+    here or on a local cluster. Cells on a remote cluster resolve it on their worker instead."""
+    from dataclasses import replace
+
+    return replace(rt, device=resolve_device(rt.device))
 
 
 def check_runtime(rt: Runtime) -> Runtime:
@@ -82,11 +136,7 @@ def check_runtime(rt: Runtime) -> Runtime:
         raise BenchError(f"unknown dtype {rt.dtype!r} (known: {', '.join(DTYPE_NAMES)})")
     if rt.batch_size is not None and rt.batch_size < 1:
         raise BenchError(f"the batch size must be a positive integer, got {rt.batch_size}")
-    if rt.device != "cpu":
-        # tasks and methods build their inputs on the CPU; moving them is not wired and could not
-        # be tested here, so a GPU run would fail midway instead of at the start
-        raise BenchError(f"device {rt.device!r} is not supported yet: cells run on the CPU "
-                         "(use --jobs to run several at once)")
+    check_device(rt.device)
     return rt
 
 
@@ -149,6 +199,44 @@ def load_model(name: str) -> "Model":
     return _MODEL_CACHE[name]
 
 
+_PLACED: dict[str, tuple[str, str]] = {}  # model name -> (device, weights dtype) its cached copy is at
+
+
+def place_model(name: str, device: str, weights_dtype: str = "float32") -> "Model":
+    """The model ``name`` (loaded once per process, :func:`load_model`) with its weights, and its
+    reference weights, on ``device`` in ``weights_dtype``. A copy whose weights were reduced is
+    loaded again rather than cast back (a bfloat16 round trip is lossy)."""
+    import torch
+
+    model = load_model(name)
+    now = _PLACED.get(name, ("cpu", "float32"))
+    if now == (device, weights_dtype):
+        return model
+    if now[1] != weights_dtype and now[1] != "float32":
+        forget_model(name)
+        model = load_model(name)
+    dtype = getattr(torch, weights_dtype)
+    model.module.to(device=device, dtype=dtype)  # (integer buffers keep their dtype)
+    model.reference_weights = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                               for k, v in model.reference_weights.items()}
+    _PLACED[name] = (device, weights_dtype)
+    return model
+
+
+def device_check(enabled: bool) -> Any:
+    """The device-discipline mode: while on, a tensor created without an explicit ``device=`` lands
+    on the ``meta`` device, which cannot mix with the model's (CPU) tensors, so a factory call that
+    forgets the model's device fails at once, on a CPU-only machine, as it would fail on a GPU. Off:
+    nothing changes."""
+    import contextlib
+
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.device("meta")
+
+
 def cached_model(name: str) -> "Model | None":
     """The model loaded under ``name`` in this process, if any."""
     return _MODEL_CACHE.get(name)
@@ -157,6 +245,7 @@ def cached_model(name: str) -> "Model | None":
 def forget_model(name: str) -> None:
     """Drop the model loaded under ``name`` (a name rebound to another object)."""
     _MODEL_CACHE.pop(name, None)
+    _PLACED.pop(name, None)
     _DEFAULT_BATCH.pop(name, None)
 
 
@@ -480,18 +569,26 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
                        method_config=method.config_dict(), provenance=dict(environment()))
     try:
         record.provenance["fingerprint"] = dict(fingerprint or cell_fingerprint(cell))
-        model = load_model(cell.model)
+        rt = cell.runtime
+        device = resolve_device(rt.device)  # (auto, on a worker: that worker's device)
+        record.device = device
+        # on a GPU the weights themselves are in the reduced dtype; on the CPU autocast alone
+        weights_dtype = rt.dtype if device != "cpu" else "float32"
+        model = place_model(cell.model, device, weights_dtype)
         t_load = time.perf_counter()
         record.model_hash = model.weights_hash
-        rt = cell.runtime
         # the model object is shared by the cells of a process: set (or restore) its batch size per cell
         default_batch = _DEFAULT_BATCH.setdefault(cell.model, model.batch_size)
         model.batch_size = rt.batch_size or default_batch
-        model.dtype, model.device = rt.dtype, rt.device
-        record.batch_size, record.dtype, record.device = model.batch_size, rt.dtype, rt.device
+        model.dtype, model.device = rt.dtype, device
+        record.batch_size, record.dtype = model.batch_size, rt.dtype
+        record.provenance["weights_dtype"] = weights_dtype
+        if device.startswith("cuda"):
+            record.provenance["device_name"] = torch.cuda.get_device_name(torch.device(device))
         torch.manual_seed(cell.seed)
-        with torch.autocast(rt.device, dtype=getattr(torch, rt.dtype), enabled=rt.dtype != "float32"):
-            result = task.run(model, method, cell.seed, quick=cell.quick)
+        with torch.autocast(torch.device(device).type, dtype=getattr(torch, rt.dtype), enabled=rt.dtype != "float32"):
+            with device_check(rt.meta_check):
+                result = task.run(model, method, cell.seed, quick=cell.quick)
         record.metrics = {k: float(v) for k, v in result.metrics.items()}
         record.example_hashes = list(result.example_hashes)
         record.rows = result.rows
