@@ -241,7 +241,10 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
     # MALLOC_TRIM_THRESHOLD_=65536, which returns memory to the system at every free of a tensor
     # over 64 kB (system time) -- the runner trims once per cell instead. One thread for BLAS/OpenMP.
     environ = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+    # worker-saturation 1.0: the scheduler hands a worker a cell only when one of its threads is free,
+    # so no cell waits behind a long one on a busy worker while another worker idles (the grid's tail)
     with dask.config.set({"distributed.scheduler.allowed-failures": spec.retries,
+                          "distributed.scheduler.worker-saturation": 1.0,
                           "distributed.worker.profile.enabled": False,
                           "distributed.nanny.pre-spawn-environ": environ}):
         try:

@@ -237,6 +237,35 @@ def device_check(enabled: bool) -> Any:
     return torch.device("meta")
 
 
+METHOD_CALLS = ("localize", "detect_hallucination", "edit", "debias", "attribute", "fit")
+
+
+def guard_method(method: "Method", meta_check: bool = False) -> "Method":
+    """``method`` with its capability calls (and ``fit``) guarded, on this instance only (a cell's
+    method is built for the cell): a tensor a call returns comes back to the CPU, where the task
+    scores it (an intervention it returns stays on the model's device: it acts on the model);
+    with ``meta_check``, each call runs under :func:`device_check`, so a tensor the method creates
+    without the model's device fails the cell loudly. Tasks build their examples and score on the
+    host, so the check covers the methods -- sites, readouts, SAEs, probes, editors -- where a GPU
+    run would meet mixed devices."""
+    import functools
+
+    import torch
+
+    for name in METHOD_CALLS:
+        fn = getattr(method, name, None)
+        if fn is None or not callable(fn):
+            continue
+
+        def guarded(*args: Any, _fn: Callable[..., Any] = fn, **kwargs: Any) -> Any:
+            with device_check(meta_check):
+                out = _fn(*args, **kwargs)
+            return out.cpu() if isinstance(out, torch.Tensor) else out
+
+        setattr(method, name, functools.wraps(fn)(guarded))
+    return method
+
+
 def cached_model(name: str) -> "Model | None":
     """The model loaded under ``name`` in this process, if any."""
     return _MODEL_CACHE.get(name)
@@ -587,8 +616,7 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
             record.provenance["device_name"] = torch.cuda.get_device_name(torch.device(device))
         torch.manual_seed(cell.seed)
         with torch.autocast(torch.device(device).type, dtype=getattr(torch, rt.dtype), enabled=rt.dtype != "float32"):
-            with device_check(rt.meta_check):
-                result = task.run(model, method, cell.seed, quick=cell.quick)
+            result = task.run(model, guard_method(method, rt.meta_check), cell.seed, quick=cell.quick)
         record.metrics = {k: float(v) for k, v in result.metrics.items()}
         record.example_hashes = list(result.example_hashes)
         record.rows = result.rows
