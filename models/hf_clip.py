@@ -87,7 +87,8 @@ class CLIPWrapper(ContrastiveModel):
         return TokenLayout(cls=0, image=slice(1, 1 + g * g), grid=(g, g), patch_size=vc.patch_size)
 
     def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
-        x = (pixels_BCHW - self._mean.to(pixels_BCHW.device)) / self._std.to(pixels_BCHW.device)
+        pixels_BCHW = pixels_BCHW.to(self.device)  # (differentiable: a gradient flows back to the caller's pixels)
+        x = (pixels_BCHW - self._mean.to(self.device)) / self._std.to(self.device)
         return F.normalize(self.clip.get_image_features(pixel_values=x).pooler_output, dim=-1)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:

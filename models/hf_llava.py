@@ -105,13 +105,19 @@ class LlavaWrapper(GenerativeModel):
         c = int(self.vision_map.has_cls)
         return TokenLayout(cls=0 if c else None, image=slice(c, c + g * g), grid=(g, g), patch_size=vc.patch_size)
 
+    def _encode(self, prompts: list[str], targets: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``encode`` on the host (the tokenizer builds there), its tensors then on the model's device."""
+        with torch.device("cpu"):
+            ids, mask, labels = self.encode(prompts, targets)
+        return ids.to(self.device), mask.to(self.device), labels.to(self.device) if labels is not None else labels
+
     def image_positions(self, prompts: list[str]) -> torch.Tensor:
-        ids, _, _ = self.encode(prompts, None)
+        ids, _, _ = self._encode(prompts, None)
         return ids == self.llava.config.image_token_index
 
     @torch.no_grad()
     def generate(self, pixels_BCHW: torch.Tensor, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
-        ids, mask, _ = self.encode(prompts, None)
+        ids, mask, _ = self._encode(prompts, None)
         if (mask == 0).any():  # right padding would sit between prompt and answer: batch by length
             lengths = mask.sum(1).tolist()
             out: list[str] = [""] * len(prompts)
@@ -120,7 +126,7 @@ class LlavaWrapper(GenerativeModel):
                 for i, text in zip(rows, self.generate(pixels_BCHW[rows], [prompts[i] for i in rows], max_new_tokens)):
                     out[i] = text
             return out
-        gen = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW),
+        gen = self.llava.generate(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW.to(self.device)),
                                   max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
                                   pad_token_id=self.pad_id)
         texts = []
@@ -129,8 +135,9 @@ class LlavaWrapper(GenerativeModel):
         return texts
 
     def logprobs(self, pixels_BCHW: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
-        ids, mask, labels = self.encode(prompts, targets)
-        logits = self.llava(input_ids=ids, attention_mask=mask, pixel_values=self.preprocess(pixels_BCHW)).logits
+        ids, mask, labels = self._encode(prompts, targets)
+        logits = self.llava(input_ids=ids, attention_mask=mask,
+                            pixel_values=self.preprocess(pixels_BCHW.to(self.device))).logits
         lp = logits[:, :-1].log_softmax(-1)
         tgt = labels[:, 1:]
         keep = tgt != -100
@@ -139,23 +146,24 @@ class LlavaWrapper(GenerativeModel):
 
     def encode_spans(self, prompts: list[str], prefixes: list[str], spans: list[str]) -> SpanInputs:
         full = [f"{p} {s}".strip() for p, s in zip(prefixes, spans)]
-        ids, mask, labels = self.encode(prompts, full)
+        ids, mask, labels = self._encode(prompts, full)
         if any(p.strip() for p in prefixes):
-            _, _, lab_prefix = self.encode(prompts, [p.strip() for p in prefixes])
+            _, _, lab_prefix = self._encode(prompts, [p.strip() for p in prefixes])
             n_prefix = (lab_prefix != -100).sum(1) - 1  # answer tokens before the span (minus <eos>)
         else:
-            n_prefix = torch.zeros(len(prompts), dtype=torch.long)
+            n_prefix = torch.zeros(len(prompts), dtype=torch.long, device=ids.device)
         answer = labels != -100
         start = answer.float().argmax(1)  # first answer position
         n_answer = answer.sum(1) - 1  # without <eos>
-        pos = torch.arange(ids.shape[1])[None]
+        pos = torch.arange(ids.shape[1], device=ids.device)[None]
         span = (pos >= (start + n_prefix)[:, None]) & (pos < (start + n_answer)[:, None])
         if (span.sum(1) == 0).any():
             raise ValueError("a span tokenised to nothing")
         return SpanInputs(ids, mask, span, ids == self.llava.config.image_token_index)
 
     def forward_tokens(self, pixels_BCHW: torch.Tensor, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
-        return self.llava(input_ids=ids_BL, attention_mask=mask_BL, pixel_values=self.preprocess(pixels_BCHW)).logits
+        return self.llava(input_ids=ids_BL.to(self.device), attention_mask=mask_BL.to(self.device),
+                          pixel_values=self.preprocess(pixels_BCHW.to(self.device))).logits
 
     def unembed(self, hidden_BPD: torch.Tensor) -> torch.Tensor:
         return self.llava.lm_head(self.llava.model.language_model.norm(hidden_BPD))

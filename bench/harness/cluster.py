@@ -168,6 +168,7 @@ def jobqueue_cluster(spec: ClusterSpec, gpu: bool = False, host: str | None = No
         extra += ["--resources", "GPU=1"]
     # one thread per worker: cells fix torch's threads themselves (results must not depend on it)
     extra += [] if "--nthreads" in extra else ["--nthreads", "1"]
+    extra += [] if "--preload" in extra else ["--preload", __name__]  # (dask_setup below)
     opts.setdefault("cores", opts.get("processes", 1))
     opts.setdefault("memory", "4GB")
     prologue = list(opts.pop("job_script_prologue", []))
@@ -240,12 +241,15 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
     # stack each 10 ms), and glibc's own malloc trimming rather than the nanny's
     # MALLOC_TRIM_THRESHOLD_=65536, which returns memory to the system at every free of a tensor
     # over 64 kB (system time) -- the runner trims once per cell instead. One thread for BLAS/OpenMP.
+    # Each worker preloads this module (:func:`dask_setup`: torch, transformers and the runner imported
+    # while the worker starts, as a pool worker's spawn does), so the first cell does not pay for it.
     environ = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
     # worker-saturation 1.0: the scheduler hands a worker a cell only when one of its threads is free,
     # so no cell waits behind a long one on a busy worker while another worker idles (the grid's tail)
     with dask.config.set({"distributed.scheduler.allowed-failures": spec.retries,
                           "distributed.scheduler.worker-saturation": 1.0,
                           "distributed.worker.profile.enabled": False,
+                          "distributed.worker.preload": [__name__],
                           "distributed.nanny.pre-spawn-environ": environ}):
         try:
             if spec.kind == "local":
@@ -291,6 +295,21 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
             client.close()
             if cluster is not None:
                 cluster.close()
+
+
+def dask_setup(worker: Any = None) -> None:
+    """Run by every worker that preloads this module (``--preload bench.harness.cluster``) as it
+    starts: what each cell imports anyway (torch at one thread, the runner, transformers), imported
+    before the first cell arrives."""
+    import torch
+
+    torch.set_num_threads(1)
+    import bench.harness.runner  # noqa: F401  (the function every cell calls)
+
+    try:
+        import transformers  # noqa: F401  (every zoo and hf: adapter builds on it)
+    except ImportError:
+        pass
 
 
 def _gpu_pin_plugin() -> Any:
