@@ -158,3 +158,17 @@ def test_a_worker_killed_mid_grid_loses_no_cell_and_the_grid_finishes(tmp_path):
     finally:
         client.close()
         cluster.close()
+
+
+def test_slurm_without_sbatch_is_one_line(tmp_path, capsys):
+    import shutil
+
+    if shutil.which("sbatch"):
+        pytest.skip("this machine has Slurm")
+    conf = tmp_path / "slurm.toml"
+    conf.write_text("[cluster]\nqueue = 'gpu'\n")
+    store = tmp_path / "r.sqlite"
+    assert main(["evaluate", *GRID, "--cluster", f"slurm:{conf}", "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "'sbatch' is not on this machine's PATH" in err and "Traceback" not in err
+    assert not store.exists()

@@ -167,6 +167,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = runner.run_grid(p.cells, store, jobs=jobs, force=args.force, progress=not args.no_progress,
                           on_table=show_table if several and not args.no_table else None, cluster=cluster)
     failed = [r for r in res.ran if r.status != "ok"]
+    if res.cluster_timings and res.ran:
+        ct = res.cluster_timings
+        print(f"cluster {cluster.label}: connected in {ct['connect_s']:.1f} s, first cell stored after "
+              f"{ct['first_cell_s']:.1f} s, driver time {1000 * ct['overhead_s'] / len(res.ran):.0f} ms per cell",
+              file=sys.stderr)
     if res.interrupted:  # one line: what is kept, and how to go on
         print(f"{runner.signal_word(res.interrupted)}: {len(res.ran) - len(failed)} cells ran and are stored, "
               f"{len(res.already)} were already, {len(p.cells) - len(res.ran) - len(res.already)} not run -> "

@@ -31,6 +31,7 @@ A jobqueue config is TOML::
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -253,14 +254,10 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
                           "distributed.nanny.pre-spawn-environ": environ}):
         try:
             if spec.kind == "local":
-                old = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
                 cluster = distributed.LocalCluster(
                     n_workers=spec.workers, threads_per_worker=1, processes=True, host=host,
                     dashboard_address=None, resources={"GPU": 1} if gpu else None, silence_logs=50,
                     env=_worker_env())
-                for k, v in old.items():
-                    if v is not None:
-                        os.environ[k] = v
                 client = distributed.Client(cluster, set_as_default=False)
                 declared = spec.workers
             elif spec.kind == "address":
@@ -268,6 +265,10 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
                 declared = 1
             else:
                 conf = read_jobqueue_config(spec.kind, spec.config)
+                submit = str(getattr(_jobqueue_class(spec.kind).job_cls, "submit_command", "") or "").split()
+                if submit and shutil.which(submit[0]) is None:  # jobs would never start: say so now
+                    raise BenchError(f"--cluster {spec.label}: {submit[0]!r} is not on this machine's PATH "
+                                     f"(run the command on a {spec.kind.upper()} login node)")
                 cluster = jobqueue_cluster(spec, gpu=gpu)
                 cluster.scale(jobs=conf.jobs)
                 client = distributed.Client(cluster, set_as_default=False)

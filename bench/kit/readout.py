@@ -51,7 +51,7 @@ def value_logits(model: Model, rel: PlantedRelation) -> Callable[[Subject], torc
         def gen(pixels_NCHW: torch.Tensor) -> torch.Tensor:
             inp = model.answer_inputs([rel.question] * len(pixels_NCHW), [rel.values[0]] * len(pixels_NCHW))
             logits = model.forward_tokens(pixels_NCHW, inp.ids_BL, inp.mask_BL)
-            return logits[torch.arange(len(inp.pos_B)), inp.pos_B][:, ids_V]
+            return logits[torch.arange(len(inp.pos_B), device=logits.device), inp.pos_B.to(logits.device)][:, ids_V]
         return gen
     if isinstance(model, ContrastiveModel):
         texts = [rel.question.format(value=v) for v in rel.values]
@@ -88,7 +88,7 @@ def edit_loss(model: Model, rel: PlantedRelation, shown: Subject, new_index: int
     if isinstance(model, DiffusionModel):
         return lambda: diffusion_errors(model, shown, [new_index]).mean()
     logits_of = value_logits(model, rel)
-    target = torch.full((len(shown),), new_index)
+    target = torch.full((len(shown),), new_index, device=model.device)
     return lambda: torch.nn.functional.cross_entropy(logits_of(shown), target)
 
 
@@ -106,7 +106,8 @@ def diffusion_subject(model: DiffusionModel, rel: PlantedRelation, world: World,
     with torch.no_grad():
         x0 = torch.stack([model.to_sample(pixels_of(v)) for v in imgs])
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    noise = torch.randn((draws, *x0.shape[1:]), generator=g)
+    # (drawn on the host with a CPU generator: the same noise on every device)
+    noise = torch.randn((draws, *x0.shape[1:]), generator=g, device="cpu").to(x0.device)
     lo, hi = (int(f * (model.num_train_timesteps - 1)) for f in t_range)
     return DiffusionSubject([rel.question.format(entity=n) for n in names], x0, noise,
-                            torch.randint(lo, hi + 1, (draws, len(names)), generator=g))
+                            torch.randint(lo, hi + 1, (draws, len(names)), generator=g, device="cpu").to(x0.device))
