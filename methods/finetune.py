@@ -67,8 +67,8 @@ class ConstrainedFinetune(Method):
             texts = [p.format(value=v) for p, vals in zip(request.prompts, request.values) for v in vals]
             offsets = np.cumsum([0] + [len(v) for v in request.values])
             target_B = torch.tensor([int(offsets[k]) + request.values[k].index(request.new[k])
-                                     for k in range(K) for _ in range(R)])
-            own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool)  # each image vs its own relation's texts
+                                     for k in range(K) for _ in range(R)], device=model.device)
+            own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool, device=model.device)  # each image vs its own relation's texts
             for k in range(K):
                 own_BT[k * R : (k + 1) * R, int(offsets[k]) : int(offsets[k + 1])] = True
 
