@@ -43,7 +43,10 @@ def test_cluster_specs_parse_and_bad_ones_are_one_line(tmp_path):
         parse_cluster(f"slurm:{conf}")
 
 
-def test_cli_cluster_errors_are_one_line(tmp_path, capsys):
+def test_cli_cluster_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from bench.harness import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2.0)  # (a refused port is retried until the timeout)
     store = tmp_path / "r.sqlite"
     assert main(["evaluate", *GRID, "--cluster", "local:2", "--jobs", "2", "--store", str(store)]) == 2
     assert main(["evaluate", *GRID, "--retries", "1", "--store", str(store)]) == 2
