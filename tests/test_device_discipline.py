@@ -88,3 +88,15 @@ def test_every_task_method_family_of_the_default_plan_is_disciplined():
         if rec.status != "ok":
             failures.append(f"{c.label}: {rec.error}")
     assert not failures, f"{len(failures)} of {len(cells)} cells are not device-disciplined:\n" + "\n".join(failures)
+
+
+def test_weights_in_a_reduced_dtype_are_reloaded_not_cast_back():
+    """``place_model`` puts the weights in the asked dtype (as ``--dtype bfloat16`` on a GPU does), and
+    going back to float32 loads them again rather than casting bfloat16 values up (lossy)."""
+    before = {k: v.clone() for k, v in runner.place_model("zoo-clip", "cpu").module.state_dict().items()}
+    reduced = runner.place_model("zoo-clip", "cpu", "bfloat16")
+    assert {p.dtype for p in reduced.module.parameters()} == {torch.bfloat16}
+    back = runner.place_model("zoo-clip", "cpu", "float32")
+    assert back is not reduced
+    after = back.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
