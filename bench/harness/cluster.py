@@ -31,6 +31,7 @@ A jobqueue config is TOML::
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -173,7 +174,7 @@ def jobqueue_cluster(spec: ClusterSpec, gpu: bool = False, host: str | None = No
     opts.setdefault("cores", opts.get("processes", 1))
     opts.setdefault("memory", "4GB")
     prologue = list(opts.pop("job_script_prologue", []))
-    prologue += [f"export {k}={v!r}" for k, v in sorted(_worker_env().items())
+    prologue += [f"export {k}={shlex.quote(v)}" for k, v in sorted(_worker_env().items())
                  if not any(line.startswith(f"export {k}=") for line in prologue)]
     sched = dict(opts.pop("scheduler_options", {}))
     if host:
@@ -347,8 +348,9 @@ def run_cells(session: Session, todo: list[Any], submit_args: Callable[[Any], tu
               finish: Callable[[Any, Any], None], lost: Callable[[Any, str], Any], bar: Any,
               resources: Mapping[str, int] | None = None) -> dict[str, float]:
     """Run ``fn(*submit_args(cell))`` for each cell of ``todo`` on the cluster, in order, with up to
-    twice :meth:`Session.width` cells in flight (one running and one queued per worker, so a worker
-    never waits on the driver); ``finish(cell, record)`` as each completes. A cell whose workers died
+    twice :meth:`Session.width` cells in flight (one running per worker thread, the rest queued on the
+    scheduler, which hands each to the first worker that frees up: no worker waits on the driver);
+    ``finish(cell, record)`` as each completes. A cell whose workers died
     more than the allowed times, or whose call raised outside the cell's own guard, gets
     ``lost(cell, error)``, a failed record, instead. Returns timings: ``first_cell_s`` (from the
     first submit to the first record) and ``overhead_s`` (the driver's own time per cell: submit and
