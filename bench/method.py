@@ -42,6 +42,16 @@ class Method:
     families and asks :meth:`supports`; a model the method cannot handle is an
     :class:`~bench.errors.Incompatible` error with the reason, so a capability's body never
     needs to test the model's family.
+
+    Devices: the model may sit on a GPU (``model.device``). A method creates every tensor on the
+    device of the tensors it works with -- ``torch.zeros(n, device=x.device)``,
+    ``torch.arange(L, device=ids.device)``, ``nn.Parameter(torch.zeros(d, device=acts.device))`` --
+    and draws random numbers with a CPU ``torch.Generator`` and ``device="cpu"``, then moves the
+    result (``.to(x.device)``: the same draw on every device). Host-side bookkeeping says
+    ``device="cpu"`` explicitly. A tensor a capability returns is brought back to the CPU by the
+    runner, to be scored. The CPU test suite enforces this: under the runner's device-discipline
+    mode (``Runtime(meta_check=True)``) a tensor created without ``device=`` lands on ``meta`` and
+    the cell fails (``tests/test_device_discipline.py``).
     """
 
     name: ClassVar[str] = ""

@@ -161,7 +161,7 @@ class Model(ABC):
         """The constrained fine-tune's objective on a subject: cross-entropy of value ``new_index``
         among ``values`` (diffusion: the denoising error of the renders showing it)."""
         logits_of = self.value_readout(question, values)
-        target = torch.full((len(shown),), new_index)
+        target = torch.full((len(shown),), new_index, device=self.device)
         return lambda: F.cross_entropy(logits_of(shown), target)
 
 
@@ -414,7 +414,7 @@ class GenerativeModel(Model):
         def gen(pixels_NCHW: torch.Tensor) -> torch.Tensor:
             inp = self.answer_inputs([question] * len(pixels_NCHW), [values[0]] * len(pixels_NCHW))
             logits = self.forward_tokens(pixels_NCHW, inp.ids_BL, inp.mask_BL)
-            return logits[torch.arange(len(inp.pos_B)), inp.pos_B][:, ids_V]
+            return logits[torch.arange(len(inp.pos_B), device=logits.device), inp.pos_B.to(logits.device)][:, ids_V]
         return gen
 
 

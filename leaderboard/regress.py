@@ -107,11 +107,12 @@ def current_model_hash(name: str) -> str:
     return load_model(name).weights_hash
 
 
-def runner_cells(grid: RecordedGrid, cell: GridCell) -> list[Any]:
-    """The runner's cells for one grid cell, one per seed."""
-    from bench.harness.runner import Cell
+def runner_cells(grid: RecordedGrid, cell: GridCell, runtime: Any = None) -> list[Any]:
+    """The runner's cells for one grid cell, one per seed (``runtime``: a runner Runtime, e.g. a device)."""
+    from bench.harness.runner import Cell, Runtime
 
-    return [Cell(cell.task, cell.method, cell.model, s, grid.profile == "quick", cell.config) for s in grid.seeds]
+    return [Cell(cell.task, cell.method, cell.model, s, grid.profile == "quick", cell.config, runtime or Runtime())
+            for s in grid.seeds]
 
 
 def check_names(grid: RecordedGrid, where: str) -> None:
@@ -165,7 +166,7 @@ def package_changes(grid: RecordedGrid) -> list[str]:
 
 # ------------------------------------------------------------------------- run
 def run(grid: RecordedGrid, store_path: str | Path | None = None, jobs: int | None = None,
-        progress: bool = True) -> GridRun:
+        progress: bool = True, runtime: Any = None, cluster: Any = None) -> GridRun:
     """Run every cell of ``grid`` on its seeds (cells already in ``store_path`` are
     reused; without it, a fresh temporary store) and score each cell's records."""
     from bench.harness import runner
@@ -175,11 +176,11 @@ def run(grid: RecordedGrid, store_path: str | Path | None = None, jobs: int | No
     with tempfile.TemporaryDirectory(prefix="mmi-regress-") as tmp:
         store = Store(store_path if store_path is not None else Path(tmp) / "regress.sqlite")
         try:
-            cells = [c for rc in grid.cells for c in runner_cells(grid, rc.cell)]
+            cells = [c for rc in grid.cells for c in runner_cells(grid, rc.cell, runtime)]
             n_jobs = max(1, min(jobs if jobs is not None else runner.cpu_jobs(), len(cells)))
-            executor = runner.default_executor(n_jobs)
+            executor = runner.default_executor(n_jobs) if cluster is None else None
             try:
-                res = runner.run_grid(cells, store, executor=executor, progress=progress)
+                res = runner.run_grid(cells, store, executor=executor, progress=progress, cluster=cluster)
             finally:
                 if executor is not None:
                     executor.shutdown(wait=True, cancel_futures=True)
@@ -303,7 +304,8 @@ def _fmt_seconds(s: float) -> str:
 
 # ---------------------------------------------------------------- the commands
 def regress(baseline: str | Path, tolerance_file: str | Path | None = None, update: bool = False,
-            store: str | Path | None = None, jobs: int | None = None, progress: bool = True) -> int:
+            store: str | Path | None = None, jobs: int | None = None, progress: bool = True,
+            runtime: Any = None, cluster: Any = None) -> int:
     """``bench regress``: 0 when every figure is within tolerance (or after ``update``),
     1 naming each figure that is not."""
     from leaderboard import manifest
@@ -323,7 +325,7 @@ def regress(baseline: str | Path, tolerance_file: str | Path | None = None, upda
     n_cells = len(grid.cells) * len(grid.seeds)
     _say(f"regress: re-running {_n(len(grid.cells), 'cell')} x {_n(len(grid.seeds), 'seed')} ({_n(n_cells, 'run')}, "
          f"{grid.profile} profile) from {path}")
-    result = run(grid, store, jobs, progress)
+    result = run(grid, store, jobs, progress, runtime, cluster)
     checks = compare(grid, result, tolerances)
     moved = [c for c in checks if c.verdict != SAME]
     if update:
@@ -347,7 +349,7 @@ def regress(baseline: str | Path, tolerance_file: str | Path | None = None, upda
 
 
 def reproduce(manifest_path: str | Path, store: str | Path | None = None, jobs: int | None = None,
-              progress: bool = True) -> int:
+              progress: bool = True, runtime: Any = None, cluster: Any = None) -> int:
     """``bench reproduce``: every figure expected vs obtained; 1 when any is out of tolerance."""
     from leaderboard import manifest
 
@@ -360,7 +362,7 @@ def reproduce(manifest_path: str | Path, store: str | Path | None = None, jobs: 
     for line in package_changes(grid):
         _say(f"note: package version differs from the manifest's: {line}")
     _say(f"reproduce: {_n(len(grid.cells), 'cell')} x {_n(len(grid.seeds), 'seed')} ({grid.profile} profile) from {path}")
-    result = run(grid, store, jobs, progress)
+    result = run(grid, store, jobs, progress, runtime, cluster)
     checks = compare(grid, result, grid.tolerance or DEFAULT_TOLERANCES)
     print(table(checks, side_by_side=True))
     failed = [c for c in checks if c.failed]

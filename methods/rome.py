@@ -187,8 +187,10 @@ def read_keys(model: Model, batch: EditBatch, sites: list[str], write: dict | No
         act_BLF = act.double()
         w_BL = batch.subject_BL.double()
         per_row_BF = torch.einsum("bl,blf->bf", w_BL, act_BLF)
-        sums_KF = torch.zeros(batch.K, act.shape[-1], dtype=torch.float64).index_add(0, batch.request_B, per_row_BF)
-        counts_K = torch.zeros(batch.K, dtype=torch.float64).index_add(0, batch.request_B, w_BL.sum(1))
+        sums_KF = torch.zeros(batch.K, act.shape[-1], dtype=torch.float64, device=act.device).index_add(
+            0, batch.request_B.to(act.device), per_row_BF)
+        counts_K = torch.zeros(batch.K, dtype=torch.float64, device=act.device).index_add(
+            0, batch.request_B.to(act.device), w_BL.sum(1))
         if bool((counts_K == 0).any()):
             raise BenchError("an edit request's subject positions are empty")
         out[s] = (sums_KF / counts_K[:, None], act_BLF[batch.valid_BL])

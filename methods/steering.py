@@ -91,7 +91,7 @@ class Steering(Method):
     def _check_config(self) -> None:
         if self.config.positions not in ("all", "last"):
             raise BenchError(f"steering: positions must be 'all' or 'last', not {self.config.positions!r}")
-        if not isinstance(self.config.alpha, (int, float)) or not torch.isfinite(torch.tensor(float(self.config.alpha))):
+        if not isinstance(self.config.alpha, (int, float)) or not torch.isfinite(torch.tensor(float(self.config.alpha), device="cpu")):
             raise BenchError(f"steering: alpha must be a finite number, not {self.config.alpha!r}")
 
     def supports(self, model: Model) -> str | None:

@@ -83,11 +83,14 @@ class CLIPWrapper(ContrastiveModel):
         return TokenLayout(cls=0, image=slice(1, 1 + g * g), grid=(g, g), patch_size=vc.patch_size)
 
     def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
-        x = (pixels_BCHW - self._mean) / self._std
+        pixels_BCHW = pixels_BCHW.to(self.device)  # (differentiable: a gradient flows back to the caller's pixels)
+        x = (pixels_BCHW - self._mean.to(self.device)) / self._std.to(self.device)
         return F.normalize(self.clip.get_image_features(pixel_values=x).pooler_output, dim=-1)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids, mask = self.tokenize(texts)
+        with torch.device("cpu"):  # the tokenizer builds on the host; the ids go to the model's device
+            ids, mask = self.tokenize(texts)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         return F.normalize(self.clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, dim=-1)
 
     def similarity_to(self, image_BD: torch.Tensor, text_TD: torch.Tensor) -> torch.Tensor:
@@ -120,7 +123,9 @@ class SiglipWrapper(CLIPWrapper):
         return TokenLayout(cls=None, image=slice(0, g * g), grid=(g, g), patch_size=vc.patch_size)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        ids, _ = self.tokenize(texts)  # SigLIP was trained without a text attention mask
+        with torch.device("cpu"):  # the tokenizer builds on the host; the ids go to the model's device
+            ids, _ = self.tokenize(texts)  # SigLIP was trained without a text attention mask
+        ids = ids.to(self.device)
         return F.normalize(self.clip.get_text_features(input_ids=ids).pooler_output, dim=-1)
 
     def similarity_to(self, image_BD: torch.Tensor, text_TD: torch.Tensor) -> torch.Tensor:

@@ -330,7 +330,9 @@ class DiffusionWrapper(DiffusionModel):
     # ------------------------------------------------------------------ prompts
     def encode_prompts(self, prompts: Sequence[str]) -> PromptEncoding:
         prompts = _check_prompts(prompts)
-        ids_BL, mask_BL = self.tokenize(prompts)
+        with torch.device("cpu"):  # the tokenizer builds on the host; the ids go to the model's device
+            ids_BL, mask_BL = self.tokenize(prompts)
+        ids_BL, mask_BL = ids_BL.to(self.device), mask_BL.to(self.device)
         am = mask_BL if self.sampling.mask_padding else None
         hidden_BLD = self.text_encoder(input_ids=ids_BL, attention_mask=am).last_hidden_state
         return PromptEncoding(hidden_BLD, mask_BL)
@@ -344,7 +346,8 @@ class DiffusionWrapper(DiffusionModel):
             if m is None:
                 raise BenchError(f"word {word!r} is not in prompt {p!r}")
             # token counts of the text before and through the word; minus the end token
-            _, mask = self.tokenize([p[: m.start()].rstrip(), p[: m.end()]])
+            with torch.device("cpu"):  # (host-side: only its lengths are read)
+                _, mask = self.tokenize([p[: m.start()].rstrip(), p[: m.end()]])
             before, through = (int(n) - 1 for n in mask.sum(1))
             positions = [i for i in range(before, through) if i < mask.shape[1] - 1]
             if not positions:
@@ -359,7 +362,7 @@ class DiffusionWrapper(DiffusionModel):
         return self.unet(x_BCHW, t_B, encoder_hidden_states=enc.hidden_BLD, encoder_attention_mask=mask).sample
 
     def _timesteps(self, t: Timesteps, batch: int) -> torch.Tensor:
-        t_B = torch.as_tensor(t)
+        t_B = torch.as_tensor(t, device=self.device)
         if t_B.ndim == 0:
             t_B = t_B.expand(batch)
         if t_B.shape != (batch,):
@@ -382,6 +385,7 @@ class DiffusionWrapper(DiffusionModel):
         if len(enc) != B:
             raise BenchError(f"{len(enc)} prompts for {B} samples")
         t_B = self._timesteps(t, B)
+        x_t_BCHW = x_t_BCHW.to(self.device)
         if guidance == 1.0:
             return self._unet(x_t_BCHW, t_B, enc)
         both = _cat(enc, self.encode_prompts([self.sampling.uncond_prompt] * B))
@@ -432,7 +436,7 @@ class DiffusionWrapper(DiffusionModel):
             raise BenchError(f"steps must be ≥ 1, got {steps}")
         if int(seed) < 0:
             raise BenchError(f"seed must be a non-negative integer, got {seed}")
-        noise = self.initial_noise(len(prompts), int(seed))
+        noise = self.initial_noise(len(prompts), int(seed)).to(self.device)
         bs = max(1, int(self.batch_size))
         out = [self._sample(prompts[i:i + bs], noise[i:i + bs], int(seed), steps, guidance)
                for i in range(0, len(prompts), bs)]
@@ -443,7 +447,7 @@ class DiffusionWrapper(DiffusionModel):
         import inspect
 
         sampler = type(self.scheduler).from_config(self.scheduler.config)  # fresh state per call
-        sampler.set_timesteps(steps)
+        sampler.set_timesteps(steps, device=self.device)
         accepts = set(inspect.signature(sampler.step).parameters)
         kw: dict[str, Any] = {}
         if "eta" in accepts:

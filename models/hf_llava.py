@@ -91,13 +91,19 @@ class LlavaWrapper(GenerativeModel):
     def image_token_id(self) -> int:
         return int(self.llava.config.image_token_index)
 
+    def _encode(self, prompts: list[str], targets: list[str] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``encode`` on the host (the tokenizer builds there), its tensors then on the model's device."""
+        with torch.device("cpu"):
+            ids, mask, labels = self.encode(prompts, targets)
+        return ids.to(self.device), mask.to(self.device), labels.to(self.device) if labels is not None else labels
+
     def image_positions(self, prompts: list[str]) -> torch.Tensor:
-        ids, _, _ = self.encode(prompts, None)
+        ids, _, _ = self._encode(prompts, None)
         return ids == self.image_token_id
 
     @torch.no_grad()
     def generate(self, pixels_BCHW: torch.Tensor, prompts: list[str], max_new_tokens: int = 24) -> list[str]:
-        ids, mask, _ = self.encode(prompts, None)
+        ids, mask, _ = self._encode(prompts, None)
         if (mask == 0).any():  # right padding would sit between prompt and answer: batch by length
             lengths = mask.sum(1).tolist()
             out: list[str] = [""] * len(prompts)
@@ -114,7 +120,7 @@ class LlavaWrapper(GenerativeModel):
         return texts
 
     def logprobs(self, pixels_BCHW: torch.Tensor, prompts: list[str], targets: list[str]) -> torch.Tensor:
-        ids, mask, labels = self.encode(prompts, targets)
+        ids, mask, labels = self._encode(prompts, targets)
         logits = self.llava(**self.model_inputs(pixels_BCHW, ids, mask)).logits
         lp = logits[:, :-1].log_softmax(-1)
         tgt = labels[:, 1:]
@@ -124,16 +130,16 @@ class LlavaWrapper(GenerativeModel):
 
     def encode_spans(self, prompts: list[str], prefixes: list[str], spans: list[str]) -> SpanInputs:
         full = [f"{p} {s}".strip() for p, s in zip(prefixes, spans)]
-        ids, mask, labels = self.encode(prompts, full)
+        ids, mask, labels = self._encode(prompts, full)
         if any(p.strip() for p in prefixes):
-            _, _, lab_prefix = self.encode(prompts, [p.strip() for p in prefixes])
+            _, _, lab_prefix = self._encode(prompts, [p.strip() for p in prefixes])
             n_prefix = (lab_prefix != -100).sum(1) - 1  # answer tokens before the span (minus <eos>)
         else:
-            n_prefix = torch.zeros(len(prompts), dtype=torch.long)
+            n_prefix = torch.zeros(len(prompts), dtype=torch.long, device=ids.device)
         answer = labels != -100
         start = answer.float().argmax(1)  # first answer position
         n_answer = answer.sum(1) - 1  # without <eos>
-        pos = torch.arange(ids.shape[1])[None]
+        pos = torch.arange(ids.shape[1], device=ids.device)[None]
         span = (pos >= (start + n_prefix)[:, None]) & (pos < (start + n_answer)[:, None])
         if (span.sum(1) == 0).any():
             raise ValueError("a span tokenised to nothing")
@@ -143,9 +149,10 @@ class LlavaWrapper(GenerativeModel):
         return self.llava(**self.model_inputs(pixels_BCHW, ids_BL, mask_BL)).logits
 
     def model_inputs(self, pixels_BCHW: torch.Tensor, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> dict[str, Any]:
-        """The forward's keyword arguments for images and token ids (architectures with extra inputs,
-        :mod:`models.hf_vlm`, add theirs here)."""
-        return {"input_ids": ids_BL, "attention_mask": mask_BL, "pixel_values": self.preprocess(pixels_BCHW)}
+        """The forward's keyword arguments for images and token ids, on the model's device
+        (architectures with extra inputs, :mod:`models.hf_vlm`, add theirs here)."""
+        return {"input_ids": ids_BL.to(self.device), "attention_mask": mask_BL.to(self.device),
+                "pixel_values": self.preprocess(pixels_BCHW.to(self.device))}
 
     def unembed(self, hidden_BPD: torch.Tensor) -> torch.Tensor:
         return self.llava.lm_head(self.llava.model.language_model.norm(hidden_BPD))

@@ -75,7 +75,8 @@ class VlmWrapper(LlavaWrapper):
             out["mm_token_type_ids"] = (ids_BL == self.image_token_id).long()
         if "token_type_ids" in self.adapter.extra_inputs:
             out["token_type_ids"] = self.token_type_ids(ids_BL, mask_BL)
-        return out
+        # everything the forward reads on the model's device (a no-op on the CPU)
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in out.items()}
 
     def token_type_ids(self, ids_BL: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
         """0 on the prefix (image and prompt tokens: bidirectional), 1 on the answer and padding.

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from bench.harness import runner
+from bench.harness.cluster import ClusterSpec, parse_cluster
 from bench.errors import BenchError
 from bench.records import RunRecord
 from bench.registry import METHODS, MODELS
@@ -144,6 +145,7 @@ def evaluate(
     progress: bool = False,
     data: Sequence[tuple[str, str]] = (),
     runtime: "runner.Runtime | None" = None,
+    cluster: "str | ClusterSpec | None" = None,
 ) -> Results:
     """Run every compatible (task, method, model, seed) cell and score the results.
 
@@ -151,7 +153,10 @@ def evaluate(
     one. ``store``: a results file to reuse and extend (cells whose fingerprint is unchanged are not
     run again), or None for a temporary one. ``profile``: ``quick`` (the README's main job) or
     ``full``. ``jobs``: worker processes (cells with objects always run in this process).
-    ``data``: ``(kind, path)`` files read instead of the world (``--data``). Raises
+    ``data``: ``(kind, path)`` files read instead of the world (``--data``). ``cluster``: run the
+    cells on Dask instead, as ``--cluster`` (``"local:2"``, ``"tcp://HOST:PORT"``, ``"slurm:FILE.toml"``,
+    or a :class:`bench.harness.cluster.ClusterSpec`); cells with objects cannot be sent to a worker
+    by name, so objects with a cluster are refused. Raises
     :class:`bench.errors.BenchError` with one line on a bad argument; a failing cell does not
     raise: its record is failed (:attr:`Results.failed`)."""
     if profile not in PROFILES:
@@ -176,15 +181,22 @@ def evaluate(
             method_names = runner.with_references(method_names)
     model_names = [_model_name(a) for a in model_args] if model_args is not None else None
     task_names = listed(tasks)
+    spec = parse_cluster(cluster) if isinstance(cluster, str) else cluster
+    rt = runner.check_runtime(runtime or runner.Runtime())
+    if spec is None or spec.kind == "local":  # a remote cluster's workers resolve the device themselves
+        rt = runner.resolve_runtime(rt)
     p = runner.plan(task_names, method_names, model_names, list(seeds), quick=profile == "quick",
-                    runtime=runtime or runner.Runtime(), data=data, overrides_by_method=by_method or None)
+                    runtime=rt, data=data, overrides_by_method=by_method or None)
     runner.require_cells(p)
-    jobs = 1 if objects else runner.check_jobs(jobs)
+    if spec is not None and objects:
+        raise BenchError("cells with Method or Model objects run in this process: a cluster's workers know "
+                         "registered names only (register the object, or leave cluster out)")
+    jobs = 1 if objects or spec is not None else runner.check_jobs(jobs)
     with tempfile.TemporaryDirectory(prefix="mmi-bench-") as tmp:
         path = Path(store) if store is not None else Path(tmp) / "results.sqlite"
         st = Store(path)
         try:
-            res = runner.run_grid(p.cells, st, jobs=jobs, force=force, progress=progress)
+            res = runner.run_grid(p.cells, st, jobs=jobs, force=force, progress=progress, cluster=spec)
             if res.interrupted:
                 raise KeyboardInterrupt
             keys = {runner.cell_key(c).id for c in p.cells}

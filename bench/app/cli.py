@@ -102,18 +102,47 @@ def check_jobs(jobs: int | None) -> int:
     return checked(jobs)
 
 
+def check_cluster(args: argparse.Namespace) -> Any:
+    """``--cluster`` and ``--retries`` checked (:func:`bench.harness.cluster.parse_cluster`): None
+    when no cluster is named; ``--jobs`` with ``--cluster`` is one line (workers come from the cluster)."""
+    from bench.harness.cluster import parse_cluster
+
+    if getattr(args, "cluster", None) is None:
+        if getattr(args, "retries", None) is not None:
+            raise BenchError("--retries applies to --cluster runs only (a process pool does not retry cells)")
+        return None
+    if args.jobs is not None:
+        raise BenchError("--jobs and --cluster exclude each other: the cluster's workers run the cells "
+                         "(e.g. --cluster local:2)")
+    return parse_cluster(args.cluster, args.retries)
+
+
+def runtime_from(args: argparse.Namespace, cluster: Any = None) -> Any:
+    """``--device``, ``--dtype`` (and ``--batch-size``) as a runner Runtime, checked; the device is
+    resolved here (``cuda`` on a machine without one is one line now, not a failed cell per cell)
+    unless the cells run on a remote cluster, whose workers resolve it."""
+    from bench.harness import runner
+
+    rt = runner.check_runtime(runner.Runtime(device=args.device, dtype=args.dtype,
+                                             batch_size=getattr(args, "batch_size", None)))
+    if cluster is None or cluster.kind == "local":
+        rt = runner.resolve_runtime(rt)
+    return rt
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bench.harness import runner
     from bench.harness.store import Store
 
     # created at the first stored cell: a command refused below leaves no file behind
     store = Store(args.store, lazy=True)
-    jobs = check_jobs(args.jobs)
+    cluster = check_cluster(args)
+    jobs = check_jobs(args.jobs) if cluster is None else 1
     methods = list(args.method or [])
     overrides = scoped_overrides(args.config, methods)
     if not args.no_references:
         methods = runner.with_references(methods)
-    rt = runner.Runtime(device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    rt = runtime_from(args, cluster)
     p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
                     runtime=rt, data=_parse_data(args.data), overrides_by_method=overrides)
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
@@ -136,8 +165,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         tqdm.write(f"\n{text}\n", file=sys.stderr)
 
     res = runner.run_grid(p.cells, store, jobs=jobs, force=args.force, progress=not args.no_progress,
-                          on_table=show_table if several and not args.no_table else None)
+                          on_table=show_table if several and not args.no_table else None, cluster=cluster)
     failed = [r for r in res.ran if r.status != "ok"]
+    if res.cluster_timings and res.ran:
+        ct = res.cluster_timings
+        print(f"cluster {cluster.label}: connected in {ct['connect_s']:.1f} s, first cell stored after "
+              f"{ct['first_cell_s']:.1f} s, driver time {1000 * ct['overhead_s'] / len(res.ran):.0f} ms per cell",
+              file=sys.stderr)
     if res.interrupted:  # one line: what is kept, and how to go on
         print(f"{runner.signal_word(res.interrupted)}: {len(res.ran) - len(failed)} cells ran and are stored, "
               f"{len(res.already)} were already, {len(p.cells) - len(res.ran) - len(res.already)} not run -> "
@@ -468,7 +502,7 @@ def cmd_validity(args: argparse.Namespace) -> int:
     if args.seeds < 2:
         raise BenchError("--seeds must be at least 2 (the noise is a standard deviation over seeds)")
     rows, skipped = check_validity(args.task, args.model, seeds=args.seeds, widths=args.widths,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, runtime=runtime_from(args))
     for label, reason in skipped:
         print(f"skipped {label}: {reason}", file=sys.stderr)
     if not rows:
@@ -603,9 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", action="append", metavar="KIND=PATH",
                     help="run the tasks that read this kind of data file on it instead of the world, "
                     "repeatable (`bench data kinds` lists the kinds); other tasks are skipped")
-    ev.add_argument("--device", default="cpu", help="where cells run (default: %(default)s)")
-    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                    help="compute precision; others than float32 run under torch.autocast (default: %(default)s)")
+    _add_cluster_options(ev)
+    _add_device_options(ev)
     ev.add_argument("--batch-size", type=int, default=None, metavar="N",
                     help="examples per forward pass (default: the model's own, 64 for the zoo)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -677,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--seeds", type=int, default=5, help="seeds per reference (default: %(default)s)")
     va.add_argument("--widths", type=float, default=5.0, help="separation needed, in noise widths (default: %(default)s)")
     va.add_argument("--no-progress", action="store_true")
+    _add_device_options(va)
     va.set_defaults(fn=cmd_validity)
 
     wo = sub.add_parser("world", help="the procedural world")
@@ -726,20 +760,40 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="where the model and every tensor of a cell live: cpu, cuda, cuda:N, mps, auto "
+                        "(default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision: on a GPU the weights are loaded in it, on the CPU autocast only "
+                        "(default: %(default)s)")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", metavar="SPEC", default=None,
+                   help="run the cells on Dask: local:N (a local cluster of N workers), tcp://HOST:PORT (a running "
+                        "scheduler), slurm[:CONFIG.toml] (also pbs, sge; dask-jobqueue); needs the 'cluster' extra")
+    p.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="with --cluster: times a cell may lose its worker before it is a failed record (default 2)")
+
+
 # ------------------------------------------- regress / reproduce / manifests
 def cmd_regress(args: argparse.Namespace) -> int:
     from leaderboard.regress import regress
 
+    cluster = check_cluster(args)
     jobs = check_jobs(args.jobs) if args.jobs is not None else None
     return regress(args.baseline, args.tolerance_file, update=args.update, store=args.store, jobs=jobs,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, runtime=runtime_from(args, cluster), cluster=cluster)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from leaderboard.regress import reproduce
 
+    cluster = check_cluster(args)
     jobs = check_jobs(args.jobs) if args.jobs is not None else None
-    return reproduce(args.manifest, store=args.store, jobs=jobs, progress=not args.no_progress)
+    return reproduce(args.manifest, store=args.store, jobs=jobs, progress=not args.no_progress,
+                     runtime=runtime_from(args, cluster), cluster=cluster)
 
 
 def cmd_export_manifest(args: argparse.Namespace) -> int:
@@ -774,6 +828,8 @@ def _add_grid_commands(sub: Any) -> None:
     rg.add_argument("--store", help="results file to run into (default: a fresh temporary one)")
     rg.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")
     rg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cluster_options(rg)
+    _add_device_options(rg)
     rg.set_defaults(fn=cmd_regress)
 
     rp = sub.add_parser("reproduce", help="re-run a manifest's grid and check every figure against it")
@@ -781,6 +837,8 @@ def _add_grid_commands(sub: Any) -> None:
     rp.add_argument("--store", help="results file to run into (default: a fresh temporary one)")
     rp.add_argument("--jobs", type=int, default=None, help="worker processes (default: up to 4, one per core)")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cluster_options(rp)
+    _add_device_options(rp)
     rp.set_defaults(fn=cmd_reproduce)
 
     ex = sub.add_parser("export-manifest", help="write a manifest (.toml) or baseline (.json) from a results store")

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from bench import answers
 from bench.errors import BenchError
+from bench.harness.cluster import ClusterSpec
 from bench.harness.identity import canonical_model
 from bench.records import CellKey, RunRecord, config_hash, environment
 from bench.registry import METHODS, MODELS, TASKS
@@ -64,15 +65,69 @@ class Runtime:
     """How a cell runs, not what it measures: recorded in every RunRecord, not part of its key
     (a re-run under other settings needs ``--force``, or another store, to be compared).
 
-    ``dtype`` other than float32 runs the task under ``torch.autocast`` at that precision
-    (weights stay float32; matmuls and convolutions run reduced), so every method and site
-    works unchanged. ``batch_size`` overrides the model's default (examples per forward pass).
-    ``device``: only ``cpu`` for now (see :func:`check_runtime`).
+    ``device``: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (the first of cuda, mps, cpu this
+    process has): the model's weights and every tensor a cell creates live there; results come back
+    to the CPU only to be scored and stored. ``dtype`` other than float32: on a GPU (cuda, mps) the
+    weights are loaded in that dtype and the cell runs under ``torch.autocast`` at it; on the CPU
+    the weights stay float32 and only autocast applies (the record's ``provenance["weights_dtype"]``
+    says which). ``batch_size`` overrides the model's default (examples per forward pass).
+    ``meta_check``: the device-discipline mode (:func:`device_check`), for tests.
     """
 
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int | None = None
+    meta_check: bool = False
+
+
+DEVICE_FORMS = "cpu, cuda, cuda:N, mps, auto"
+
+
+def check_device(device: str) -> str:
+    """``device`` checked for its form (not whether this machine has it): one line otherwise."""
+    head, sep, index = device.partition(":")
+    if head in ("cpu", "mps", "auto") and not sep:
+        return device
+    if head == "cuda" and (not sep or index.isdigit()):
+        return device
+    raise BenchError(f"unknown device {device!r} (known: {DEVICE_FORMS})")
+
+
+def resolve_device(device: str) -> str:
+    """The device this process will use for ``device``: ``auto`` becomes the first of cuda, mps, cpu
+    that torch sees; a device this machine lacks is one line (e.g. ``cuda`` on a CPU-only build)."""
+    check_device(device)
+    if device == "cpu":
+        return device
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            built = torch.version.cuda or "no CUDA (a CPU-only build)"
+            raise BenchError(f"device {device!r} is not available here: torch {torch.__version__} sees no CUDA "
+                             f"GPU (built with {built}); use --device cpu, or --device auto")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise BenchError(f"device {device!r} is not available here: torch sees "
+                             f"{torch.cuda.device_count()} CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return device
+    mps = getattr(torch.backends, "mps", None)
+    if mps is None or not mps.is_available():
+        raise BenchError("device 'mps' is not available here (Apple GPUs only); use --device cpu, or --device auto")
+    return device
+
+
+def resolve_runtime(rt: Runtime) -> Runtime:
+    """``rt`` with its device resolved in this process (:func:`resolve_device`): for grids that run
+    here or on a local cluster. Cells on a remote cluster resolve it on their worker instead."""
+    from dataclasses import replace
+
+    return replace(rt, device=resolve_device(rt.device))
 
 
 def check_runtime(rt: Runtime) -> Runtime:
@@ -81,11 +136,7 @@ def check_runtime(rt: Runtime) -> Runtime:
         raise BenchError(f"unknown dtype {rt.dtype!r} (known: {', '.join(DTYPE_NAMES)})")
     if rt.batch_size is not None and rt.batch_size < 1:
         raise BenchError(f"the batch size must be a positive integer, got {rt.batch_size}")
-    if rt.device != "cpu":
-        # tasks and methods build their inputs on the CPU; moving them is not wired and could not
-        # be tested here, so a GPU run would fail midway instead of at the start
-        raise BenchError(f"device {rt.device!r} is not supported yet: cells run on the CPU "
-                         "(use --jobs to run several at once)")
+    check_device(rt.device)
     return rt
 
 
@@ -148,6 +199,73 @@ def load_model(name: str) -> "Model":
     return _MODEL_CACHE[name]
 
 
+_PLACED: dict[str, tuple[str, str]] = {}  # model name -> (device, weights dtype) its cached copy is at
+
+
+def place_model(name: str, device: str, weights_dtype: str = "float32") -> "Model":
+    """The model ``name`` (loaded once per process, :func:`load_model`) with its weights, and its
+    reference weights, on ``device`` in ``weights_dtype``. A copy whose weights were reduced is
+    loaded again rather than cast back (a bfloat16 round trip is lossy)."""
+    import torch
+
+    model = load_model(name)
+    now = _PLACED.get(name, ("cpu", "float32"))
+    if now == (device, weights_dtype):
+        return model
+    if now[1] != weights_dtype and now[1] != "float32":
+        forget_model(name)
+        model = load_model(name)
+    dtype = getattr(torch, weights_dtype)
+    model.module.to(device=device, dtype=dtype)  # (integer buffers keep their dtype)
+    model.reference_weights = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+                               for k, v in model.reference_weights.items()}
+    _PLACED[name] = (device, weights_dtype)
+    return model
+
+
+def device_check(enabled: bool) -> Any:
+    """The device-discipline mode: while on, a tensor created without an explicit ``device=`` lands
+    on the ``meta`` device, which cannot mix with the model's (CPU) tensors, so a factory call that
+    forgets the model's device fails at once, on a CPU-only machine, as it would fail on a GPU. Off:
+    nothing changes."""
+    import contextlib
+
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.device("meta")
+
+
+METHOD_CALLS = ("localize", "detect_hallucination", "edit", "debias", "attribute", "fit")
+
+
+def guard_method(method: "Method", meta_check: bool = False) -> "Method":
+    """``method`` with its capability calls (and ``fit``) guarded, on this instance only (a cell's
+    method is built for the cell): a tensor a call returns comes back to the CPU, where the task
+    scores it (an intervention it returns stays on the model's device: it acts on the model);
+    with ``meta_check``, each call runs under :func:`device_check`, so a tensor the method creates
+    without the model's device fails the cell loudly. Tasks build their examples and score on the
+    host, so the check covers the methods -- sites, readouts, SAEs, probes, editors -- where a GPU
+    run would meet mixed devices."""
+    import functools
+
+    import torch
+
+    for name in METHOD_CALLS:
+        fn = getattr(method, name, None)
+        if fn is None or not callable(fn):
+            continue
+
+        def guarded(*args: Any, _fn: Callable[..., Any] = fn, **kwargs: Any) -> Any:
+            with device_check(meta_check):
+                out = _fn(*args, **kwargs)
+            return out.cpu() if isinstance(out, torch.Tensor) else out
+
+        setattr(method, name, functools.wraps(fn)(guarded))
+    return method
+
+
 def cached_model(name: str) -> "Model | None":
     """The model loaded under ``name`` in this process, if any."""
     return _MODEL_CACHE.get(name)
@@ -156,6 +274,7 @@ def cached_model(name: str) -> "Model | None":
 def forget_model(name: str) -> None:
     """Drop the model loaded under ``name`` (a name rebound to another object)."""
     _MODEL_CACHE.pop(name, None)
+    _PLACED.pop(name, None)
     _DEFAULT_BATCH.pop(name, None)
 
 
@@ -479,18 +598,25 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
                        method_config=method.config_dict(), provenance=dict(environment()))
     try:
         record.provenance["fingerprint"] = dict(fingerprint or cell_fingerprint(cell))
-        model = load_model(cell.model)
+        rt = cell.runtime
+        device = resolve_device(rt.device)  # (auto, on a worker: that worker's device)
+        record.device = device
+        # on a GPU the weights themselves are in the reduced dtype; on the CPU autocast alone
+        weights_dtype = rt.dtype if device != "cpu" else "float32"
+        model = place_model(cell.model, device, weights_dtype)
         t_load = time.perf_counter()
         record.model_hash = model.weights_hash
-        rt = cell.runtime
         # the model object is shared by the cells of a process: set (or restore) its batch size per cell
         default_batch = _DEFAULT_BATCH.setdefault(cell.model, model.batch_size)
         model.batch_size = rt.batch_size or default_batch
-        model.dtype, model.device = rt.dtype, rt.device
-        record.batch_size, record.dtype, record.device = model.batch_size, rt.dtype, rt.device
+        model.dtype, model.device = rt.dtype, device
+        record.batch_size, record.dtype = model.batch_size, rt.dtype
+        record.provenance["weights_dtype"] = weights_dtype
+        if device.startswith("cuda"):
+            record.provenance["device_name"] = torch.cuda.get_device_name(torch.device(device))
         torch.manual_seed(cell.seed)
-        with torch.autocast(rt.device, dtype=getattr(torch, rt.dtype), enabled=rt.dtype != "float32"):
-            result = task.run(model, method, cell.seed, quick=cell.quick)
+        with torch.autocast(torch.device(device).type, dtype=getattr(torch, rt.dtype), enabled=rt.dtype != "float32"):
+            result = task.run(model, guard_method(method, rt.meta_check), cell.seed, quick=cell.quick)
         record.metrics = {k: float(v) for k, v in result.metrics.items()}
         record.example_hashes = list(result.example_hashes)
         record.rows = result.rows
@@ -521,6 +647,20 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
     if not peak_own:
         record.provenance["peak_memory"] = ("the process's peak so far (ru_maxrss), which may be an earlier "
                                             "cell's: /proc/self/clear_refs is unavailable here")
+    return record
+
+
+def lost_record(cell: Cell, fingerprint: dict[str, str], error: str) -> RunRecord:
+    """The failed record of a cell that returned none (its worker died, more than the allowed
+    times): built from kept facts, nothing loaded, so the driver of a cluster stays light."""
+    main = (make_task(cell.task, cell.data).spec.main_score if cell.data
+            else str(task_facts(cell.task)["main_score"]))
+    record = RunRecord(key=cell_key(cell), status="failed", main_score=main,
+                       method_config=method_config(cell.method, cell.method_overrides),
+                       provenance=dict(environment()))
+    record.provenance["fingerprint"] = dict(fingerprint)
+    record.error = error
+    record.device, record.dtype = cell.runtime.device, cell.runtime.dtype
     return record
 
 
@@ -577,6 +717,8 @@ class GridResult:
     # (the retrained ones included), e.g. ["method code changed since the stored record"]
     rerun: dict[str, list[str]] = field(default_factory=dict)
     interrupted: int = 0  # the signal that stopped the grid (SIGINT 2, SIGTERM 15); 0: it ran to the end
+    # a Dask run's own costs (:func:`bench.harness.cluster.run_cells`): connect_s, first_cell_s, overhead_s
+    cluster_timings: dict[str, float] = field(default_factory=dict)
 
     def rerun_lines(self) -> list[str]:
         """The reasons of :attr:`rerun`, one line per (reason, task/model/method) group with a count."""
@@ -828,8 +970,13 @@ def run_grid(
     on_record: Callable[[RunRecord], None] | None = None,
     jobs: int | None = None,
     on_table: Callable[[str, str], None] | None = None,
+    cluster: ClusterSpec | None = None,
 ) -> GridResult:
     """Run the cells not yet stored; write each record as soon as its cell completes.
+
+    ``cluster``: run the cells on a Dask cluster instead (:mod:`bench.harness.cluster`): workers
+    return records and this process alone writes them, exactly as with the process pool; a cell
+    whose worker died more than the allowed times is stored as a failed record.
 
     ``executor``: where cells run (None: in this process), or ``jobs``: worker processes started
     here for the cells left to run (never more than those cells; none when every cell is stored)
@@ -917,7 +1064,15 @@ def run_grid(
         try:
             if own:
                 executor = default_executor(min(jobs or 1, len(todo)))
-            if executor is None:
+            if cluster is not None:
+                from bench.harness.cluster import connect, run_cells
+
+                gpu = any(c.runtime.device.startswith("cuda") for c in todo)
+                with connect(cluster, gpu=gpu) as session:
+                    out.cluster_timings = run_cells(
+                        session, todo, lambda c: (c, 1, fp_of[c]), run_cell, stored_meanwhile, finish,
+                        lambda c, err: lost_record(c, fp_of[c], err), bar, {"GPU": 1} if gpu else None)
+            elif executor is None:
                 for c in todo:
                     if stored_meanwhile(c):
                         continue

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.harness.runner import Cell, make_task, plan, run_cell
+from bench.harness.runner import Cell, Runtime, make_task, plan, run_cell
 
 
 @dataclass
@@ -33,11 +33,13 @@ class ValidityRow:
 
 
 def check_validity(tasks: Sequence[str] | None = None, models: Sequence[str] | None = None, seeds: int = 5,
-                   widths: float = 5.0, quick: bool = True, progress: bool = False) -> tuple[list[ValidityRow], list[tuple[str, str]]]:
-    """One row per (task, model); also returns the skipped (task, model) pairs with reasons."""
+                   widths: float = 5.0, quick: bool = True, progress: bool = False, runtime: Runtime = Runtime()
+                   ) -> tuple[list[ValidityRow], list[tuple[str, str]]]:
+    """One row per (task, model); also returns the skipped (task, model) pairs with reasons.
+    ``runtime``: where the cells run (a device, a dtype)."""
     from tqdm.auto import tqdm
 
-    p = plan(tasks, ["random", "oracle"], models, list(range(seeds)), quick=quick)
+    p = plan(tasks, ["random", "oracle"], models, list(range(seeds)), quick=quick, runtime=runtime)
     groups: dict[tuple[str, str], list[Cell]] = {}
     for c in p.cells:
         groups.setdefault((c.task, c.model), []).append(c)

@@ -64,7 +64,8 @@ def diffusion_subject(model: DiffusionModel, rel: PlantedRelation, world: World,
     with torch.no_grad():
         x0 = torch.stack([model.to_sample(pixels_of(v)) for v in imgs])
     g = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    noise = torch.randn((draws, *x0.shape[1:]), generator=g)
+    # (drawn on the host with a CPU generator: the same noise on every device)
+    noise = torch.randn((draws, *x0.shape[1:]), generator=g, device="cpu").to(x0.device)
     lo, hi = (int(f * (model.num_train_timesteps - 1)) for f in t_range)
     return DiffusionSubject([rel.question.format(entity=n) for n in names], x0, noise,
-                            torch.randint(lo, hi + 1, (draws, len(names)), generator=g))
+                            torch.randint(lo, hi + 1, (draws, len(names)), generator=g, device="cpu").to(x0.device))

@@ -132,16 +132,16 @@ class SAE(nn.Module):
     mean_D: torch.Tensor
     scale: torch.Tensor
 
-    def __init__(self, d: int, n_features: int, cfg: SAEConfig) -> None:
+    def __init__(self, d: int, n_features: int, cfg: SAEConfig, device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.cfg = cfg
-        self.W_enc_DF = nn.Parameter(torch.zeros(d, n_features))
-        self.b_enc_F = nn.Parameter(torch.zeros(n_features))
-        self.W_dec_FD = nn.Parameter(torch.zeros(n_features, d))
-        self.b_dec_D = nn.Parameter(torch.zeros(d))
-        self.theta_F = nn.Parameter(torch.full((n_features,), cfg.threshold_init))  # jumprelu only
-        self.register_buffer("mean_D", torch.zeros(d))
-        self.register_buffer("scale", torch.ones(1))  # shape [1]: content_hash cannot view 0-dim tensors
+        self.W_enc_DF = nn.Parameter(torch.zeros(d, n_features, device=device))
+        self.b_enc_F = nn.Parameter(torch.zeros(n_features, device=device))
+        self.W_dec_FD = nn.Parameter(torch.zeros(n_features, d, device=device))
+        self.b_dec_D = nn.Parameter(torch.zeros(d, device=device))
+        self.theta_F = nn.Parameter(torch.full((n_features,), cfg.threshold_init, device=device))  # jumprelu only
+        self.register_buffer("mean_D", torch.zeros(d, device=device))
+        self.register_buffer("scale", torch.ones(1, device=device))  # shape [1]: content_hash cannot view 0-dim tensors
 
     @property
     def d(self) -> int:
@@ -208,7 +208,7 @@ class SAE(nn.Module):
         position, keeping the SAE's error term: ``v + Σ_i (c_i − f_i(v)) · scale · d_i``.
         ``rows`` restricts it to those batch rows."""
         idx = features.long()
-        target = torch.zeros(len(idx)) if values is None else values.float()
+        target = torch.zeros(len(idx), device=idx.device) if values is None else values.float()
 
         def fn(v: torch.Tensor) -> torch.Tensor:
             sel = v if rows is None else v[rows]
@@ -230,7 +230,7 @@ class SAE(nn.Module):
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor], cfg: SAEConfig) -> "SAE":
         F, D = state["W_dec_FD"].shape
-        sae = cls(int(D), int(F), cfg)
+        sae = cls(int(D), int(F), cfg, device=state["W_dec_FD"].device)
         sae.load_state_dict(state)
         sae.requires_grad_(False)
         return sae
@@ -250,14 +250,14 @@ def train_sae(acts_ND: torch.Tensor, cfg: SAEConfig) -> SAE:
     N, D = x.shape
     F = n_features_of(D, cfg)
     g = torch.Generator().manual_seed(cfg.seed)
-    sae = SAE(D, F, cfg)
+    sae = SAE(D, F, cfg, device=x.device)
     mean = x.mean(0)
     scale = ((x - mean).pow(2).sum(1).mean() / D).sqrt().clamp_min(1e-8)
     xn = (x - mean) / scale
     with torch.no_grad():
         sae.mean_D.copy_(mean)
         sae.scale.copy_(scale)
-        W = torch.randn(F, D, generator=g)
+        W = torch.randn(F, D, generator=g, device="cpu").to(x.device)  # (CPU generator: the same draw on every device)
         W = W / W.norm(dim=1, keepdim=True)
         sae.W_dec_FD.copy_(W)
         # encoder = decoder transpose (Gao et al., 2024; Conerly et al., 2024 for ReLU SAEs)
@@ -275,7 +275,7 @@ def train_sae(acts_ND: torch.Tensor, cfg: SAEConfig) -> SAE:
             frac = step / cfg.steps
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (1.0 - frac) / 0.2)
-            idx = torch.randint(0, N, (bs,), generator=g)
+            idx = torch.randint(0, N, (bs,), generator=g, device="cpu").to(x.device)
             xb = xn[idx]
             z = xb @ sae.W_enc_DF + sae.b_enc_F
             f = sae._act(z)
@@ -314,7 +314,7 @@ def sae_stats(sae: SAE, acts_ND: torch.Tensor, chunk: int = 4096) -> dict[str, f
     """``fvu``, ``l0`` and ``dead`` (see the module docstring) on activations ``[N, D]``."""
     x = acts_ND.detach().float()
     err = tot = l0 = 0.0
-    fired = torch.zeros(sae.n_features, dtype=torch.bool)
+    fired = torch.zeros(sae.n_features, dtype=torch.bool, device=x.device)
     mean = x.mean(0)
     for i in range(0, x.shape[0], chunk):
         xb = x[i : i + chunk]
@@ -340,5 +340,6 @@ def subsample_rows(x_ND: torch.Tensor, max_rows: int, seed: int = 0) -> torch.Te
     """At most ``max_rows`` rows of ``x``, drawn without replacement from a fixed generator."""
     if max_rows <= 0 or x_ND.shape[0] <= max_rows:
         return x_ND
-    idx = torch.randperm(x_ND.shape[0], generator=torch.Generator().manual_seed(seed))[:max_rows]
+    idx = torch.randperm(x_ND.shape[0], generator=torch.Generator().manual_seed(seed), device="cpu")[:max_rows]
+    idx = idx.to(x_ND.device)
     return x_ND[idx.sort().values]

@@ -150,7 +150,7 @@ def orthonormal_basis(directions: Sequence[Direction], rel_tol: float = 1e-6) ->
     V = torch.stack([d.vector_D.double() for d in directions], dim=1)  # [D, K]
     U, S, _ = torch.linalg.svd(V, full_matrices=False)
     if S.numel() == 0 or float(S.max()) == 0.0:
-        return torch.zeros(V.shape[0], 0, dtype=directions[0].vector_D.dtype)
+        return torch.zeros(V.shape[0], 0, dtype=directions[0].vector_D.dtype, device=V.device)
     keep = S > rel_tol * float(S.max())
     return U[:, keep].to(directions[0].vector_D.dtype)
 
