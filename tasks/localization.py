@@ -86,6 +86,7 @@ choice itself.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -105,6 +106,11 @@ from bench.kit.world.core import stable_hash
 from bench.kit.world.facts import glyph_scene
 
 
+# The fixed ladder of site fractions k (MIB's idea, Mueller et al., 2025): a curve's points are the
+# distinct site counts ceil(k·S) these give, placed at their actual fraction c / S.
+FAITH_LADDER: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0)
+
+
 @dataclass(frozen=True)
 class LocalizationConfig:
     n_examples: int = 64
@@ -118,6 +124,12 @@ class LocalizationConfig:
     edit_lr: float = 5e-3
     edit_max_delta: float = 0.05
     diffusion_draws: int = 2  # (timestep, noise) draws per diffusion example
+    # faithfulness curves (no planted truth): the k ladder, and the bounds' budgets
+    faith_ladder: tuple[float, ...] = FAITH_LADDER
+    oracle_subsets: int = 256  # exhaustive search over every kept subset while 2^S is at most this
+    greedy_copies: int = 1056  # else a greedy oracle while its S(S + 1) patched copies are at most this (S <= 32)
+    random_orders: int = 8  # else the random bound averages this many seeded orders
+    faith_copies_per_pass: int = 8
 
 
 def rank_rows(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -411,13 +423,242 @@ def diffusion_evaluate(model: DiffusionModel, ex: DiffusionFactExamples) -> Call
     return evaluate
 
 
+# ------------------------------------------------------------------ faithfulness (no planted truth)
+FAITH_PREFIXES: tuple[str, ...] = ("suf", "nec", "suf_rand", "nec_rand", "suf_orac", "nec_orac")
+
+
+def ladder_counts(S: int, ladder: Sequence[float] = FAITH_LADDER) -> list[int]:
+    """The distinct numbers of sites ``ceil(k·S)`` (top-k% means at least k% of the sites) over the ladder."""
+    return sorted({min(S, max(0, math.ceil(k * S - 1e-9))) for k in ladder} | {0, S})
+
+
+def faith_column(prefix: str, c: int, S: int) -> str:
+    """The row column of a curve point: ``<prefix>@<c/S with 4 decimals>``."""
+    return f"{prefix}@{c / S:.4f}"
+
+
+def keep_metric(evaluate: Callable[..., tuple[torch.Tensor, Any]], cands: Sequence[str],
+                sources: Mapping[str, torch.Tensor], keep_CNS: torch.Tensor, copies_per_pass: int = 8) -> torch.Tensor:
+    """The behaviour's metric ``[C, N]`` of the clean run with, in copy ``c`` and example ``i``, every
+    candidate ``j`` where ``keep_CNS[c, i, j]`` is False overwritten by ``sources[j]`` (its activation
+    in the counterfactual run): batched, ``copies_per_pass`` patched copies per forward pass."""
+    from bench.sites import replace_rows
+
+    C, N, S = keep_CNS.shape
+    out = torch.empty(C, N, dtype=torch.float64)
+    step = max(1, copies_per_pass)
+    for g in range(0, C, step):
+        block = keep_CNS[g: g + step]
+        c = block.shape[0]
+        writes = {}
+        for j, site in enumerate(cands):
+            rows = (~block[:, :, j]).reshape(-1).nonzero().squeeze(1)  # copy-major rows c·N + i
+            if rows.numel():
+                src = sources[site]
+                writes[site] = replace_rows(rows.to(src.device), src[(rows % N).to(src.device)])
+        m, _ = evaluate("clean", write=writes, copies=c)
+        out[g: g + c] = m.detach().view(c, N).double().cpu()
+    return out
+
+
+def counterfactual_sources(evaluate: Callable[..., tuple[torch.Tensor, Any]],
+                           cands: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every candidate's activation in the counterfactual run (what a patched site is set to)."""
+    with torch.no_grad():
+        _, tr = evaluate("corrupt", read=list(cands))
+    return {s: tr[s].detach() for s in cands}
+
+
+def subset_masks(S: int) -> torch.Tensor:
+    """``[2^S, S]``: subset ``b`` keeps site ``j`` iff bit ``j`` of ``b`` is set."""
+    b = torch.arange(2 ** S)[:, None]
+    return (b >> torch.arange(S)[None, :]) & 1 == 1
+
+
+def top_sets_from_table(scores_NS: torch.Tensor, table_NB: torch.Tensor, counts: Sequence[int]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the metric of every kept subset (``table_NB``, :func:`subset_masks` order), per count ``c``
+    and example ``[P, N]``: the metric keeping only the top-``c`` sites and the metric with the top-``c``
+    removed, each the expectation over a uniformly random order of tied scores (as the rank metrics)."""
+    N, S = scores_NS.shape
+    M_BS = subset_masks(S)
+    size_B = M_BS.sum(1)
+    full = 2 ** S - 1
+    comp_B = full - torch.arange(2 ** S)  # the complement subset's index
+    keep = torch.empty(len(counts), N, dtype=torch.float64)
+    drop = torch.empty(len(counts), N, dtype=torch.float64)
+    s = scores_NS.double()
+    for i in range(N):
+        order = torch.sort(s[i], descending=True).values
+        for p, c in enumerate(counts):
+            if c == 0:
+                ok = size_B == 0
+            elif c == S:
+                ok = size_B == S
+            else:
+                t = order[c - 1]
+                above, tied = s[i] > t, s[i] == t
+                ok = ((M_BS | ~above).all(1) & (~M_BS | above | tied).all(1) & (size_B == c))
+            keep[p, i] = table_NB[i, ok].mean()
+            drop[p, i] = table_NB[i, comp_B[ok]].mean()
+    return keep, drop
+
+
+def bounds_from_table(table_NB: torch.Tensor, S: int, counts: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Per count ``[P, N]``: the random bound (the mean over every subset of that size: the exact
+    expectation of a uniformly random order) and the oracle (the best subset of that size per example:
+    the highest metric kept, the lowest left after removing ``c``), for sufficiency and necessity."""
+    size_B = subset_masks(S).sum(1)
+    out = {k: torch.empty(len(counts), table_NB.shape[0], dtype=torch.float64) for k in FAITH_PREFIXES[2:]}
+    for p, c in enumerate(counts):
+        kept, left = table_NB[:, size_B == c], table_NB[:, size_B == S - c]
+        out["suf_rand"][p], out["nec_rand"][p] = kept.mean(1), left.mean(1)
+        out["suf_orac"][p], out["nec_orac"][p] = kept.max(1).values, left.min(1).values
+    return out
+
+
+def top_masks(order_NS: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """``[P, N, S]``: keep the first ``c`` sites of each example's order (site indices, best first)."""
+    N, S = order_NS.shape
+    rank_NS = order_NS.argsort(1)  # position of each site in the order
+    return torch.stack([rank_NS < c for c in counts])
+
+
+def greedy_chains(evaluate: Callable[..., tuple[torch.Tensor, Any]], cands: Sequence[str],
+                  sources: Mapping[str, torch.Tensor], N: int, copies_per_pass: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy oracle per example ``[S + 1, N]`` by count: forward selection of kept sites (add the site
+    whose keeping gives the highest metric) and backward removal (remove the site whose patching gives
+    the lowest). ``S(S + 1) / 2`` patched copies per chain."""
+    S = len(cands)
+    out = []
+    for sufficiency in (True, False):
+        keep_NS = torch.full((N, S), not sufficiency)
+        vals = [keep_metric(evaluate, cands, sources, keep_NS[None], copies_per_pass)[0]]
+        for _ in range(S):
+            free_NS = ~keep_NS if sufficiency else keep_NS
+            idx_NF = torch.stack([free_NS[i].nonzero().squeeze(1) for i in range(N)])  # same count per example
+            F = idx_NF.shape[1]
+            masks = keep_NS[None].repeat(F, 1, 1)
+            rows = torch.arange(N)
+            for f in range(F):
+                masks[f, rows, idx_NF[:, f]] = sufficiency
+            m_FN = keep_metric(evaluate, cands, sources, masks, copies_per_pass)
+            best_N = m_FN.argmax(0) if sufficiency else m_FN.argmin(0)
+            keep_NS = masks[best_N, rows]
+            vals.append(m_FN[best_N, rows])
+        chain = torch.stack(vals)  # [S + 1, N] by number of sites kept (sufficiency) or removed (necessity)
+        out.append(chain)
+    return out[0], out[1]
+
+
+def faithfulness_rows(scores_NS: torch.Tensor, evaluate: Callable[..., tuple[torch.Tensor, Any]],
+                      cands: Sequence[str], seed: int, cfg: "LocalizationConfig",
+                      bounds: Callable[[Callable[[], dict[str, torch.Tensor]]], dict[str, torch.Tensor]] | None = None,
+                      ) -> dict[str, list[float]]:
+    """The per-example curve columns (:func:`faith_column`) for the method's scores and the bounds.
+
+    With ``2^S ≤ cfg.oracle_subsets`` every kept subset is evaluated once (``table``), and the method's
+    curves, the random bound (exact) and the oracle (exhaustive) are read off it. Beyond, the method's
+    curves are evaluated directly (seeded tie-break), the random bound averages ``cfg.random_orders``
+    seeded orders, and the oracle is greedy (:func:`greedy_chains`) while ``S(S + 1) ≤
+    cfg.greedy_copies``, NaN beyond. ``bounds`` memoises the method-independent part (a cell cache)."""
+    N, S = scores_NS.shape
+    counts = ladder_counts(S, cfg.faith_ladder)
+    per_pass = cfg.faith_copies_per_pass
+    memo = bounds or (lambda build: build())
+    exhaustive = 2 ** S <= cfg.oracle_subsets
+
+    def build() -> dict[str, torch.Tensor]:
+        sources = counterfactual_sources(evaluate, cands)
+        if exhaustive:
+            M_BS = subset_masks(S)
+            table = keep_metric(evaluate, cands, sources, M_BS[:, None, :].expand(-1, N, -1), per_pass)
+            return {"table": table.T.contiguous()}
+        g = torch.Generator().manual_seed(seed * 7919 + 17)
+        R = cfg.random_orders
+        orders = torch.stack([torch.stack([torch.randperm(S, generator=g) for _ in range(N)]) for _ in range(R)])
+        masks = torch.cat([top_masks(orders[r], counts) for r in range(R)])  # [R·P, N, S]
+        suf = keep_metric(evaluate, cands, sources, masks, per_pass).view(R, len(counts), N).mean(0)
+        nec = keep_metric(evaluate, cands, sources, ~masks, per_pass).view(R, len(counts), N).mean(0)
+        out = {"suf_rand": suf, "nec_rand": nec}
+        if S * (S + 1) <= cfg.greedy_copies:
+            gs, gn = greedy_chains(evaluate, cands, sources, N, per_pass)
+            out["suf_orac"], out["nec_orac"] = gs[counts], gn[counts]
+        else:
+            out["suf_orac"] = out["nec_orac"] = torch.full((len(counts), N), float("nan"), dtype=torch.float64)
+        return out
+
+    got = memo(build)
+    if exhaustive:
+        table = got["table"].double()
+        keep, drop = top_sets_from_table(scores_NS, table, counts)
+        curves = {"suf": keep, "nec": drop, **bounds_from_table(table, S, counts)}
+    else:
+        sources = counterfactual_sources(evaluate, cands)
+        g = torch.Generator().manual_seed(seed * 7919 + 29)
+        jitter = torch.rand(N, S, generator=g, dtype=torch.float64)  # seeded tie-break
+        key = scores_NS.double()
+        order = torch.from_numpy(np.lexsort((jitter.numpy(), -key.numpy())))  # best first, ties by jitter
+        masks = top_masks(order, counts)
+        curves = {"suf": keep_metric(evaluate, cands, sources, masks, per_pass),
+                  "nec": keep_metric(evaluate, cands, sources, ~masks, per_pass),
+                  **{k: got[k].double() for k in FAITH_PREFIXES[2:]}}
+    return {faith_column(pre, c, S): curves[pre][p].tolist() for pre in FAITH_PREFIXES for p, c in enumerate(counts)}
+
+
+def faithfulness_metrics(rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+    """The faithfulness areas ``[B]`` from the curve columns (NaN when the rows carry none).
+
+    With ``m̄(·)`` the weighted mean over examples of the behaviour's metric (the logit difference
+    between the clean and the counterfactual answer, or its family's analogue), ``m̄_clean`` nothing
+    patched and ``m̄_∅`` every candidate patched from the counterfactual, at each ladder point ``x = c/S``:
+
+    - sufficiency ``f_s(x) = (m̄(keep top-c) − m̄_∅) / (m̄_clean − m̄_∅)``: the share of the behaviour
+      the top-c sites recover on their own (the rest patched);
+    - necessity ``f_n(x) = (m̄_clean − m̄(remove top-c)) / (m̄_clean − m̄_∅)``: the share lost when they
+      are patched.
+
+    ``faith_suff`` is the area under ``f_s`` over ``x ∈ [0, 1]`` (trapezoid rule): MIB's CPR (Mueller et
+    al., 2025, "MIB: A Mechanistic Interpretability Benchmark", §3: integrated circuit performance
+    ratio); ``faith_cmd`` the area under ``|1 − f_s|`` (MIB's CMD, lower = better); ``faith_nec`` the area
+    under ``f_n``. The ``_random`` / ``_oracle`` variants are the same areas of the bound columns. Ratios
+    of means, not means of per-example ratios: an example whose behaviour barely changes cannot blow up
+    the figure; NaN where ``m̄_clean ≤ m̄_∅`` (no behaviour to recover)."""
+    cols = sorted(c for c in rows if c.startswith("suf@"))
+    nan = np.full(len(w_BN), np.nan)
+    names = ("faith_suff", "faith_nec", "faith_cmd", "faith_suff_random", "faith_nec_random",
+             "faith_suff_oracle", "faith_nec_oracle")
+    if not cols:
+        return {k: nan for k in names}
+    xs = np.array([float(c.split("@")[1]) for c in cols])
+    order = np.argsort(xs)
+    xs = xs[order]
+    tags = [cols[i].split("@")[1] for i in order]
+    curve = {p: np.stack([wmean(rows[f"{p}@{t}"], w_BN) for t in tags], axis=1) for p in FAITH_PREFIXES}  # [B, P]
+    full, empty = curve["suf"][:, -1:], curve["suf"][:, :1]
+    den = full - empty
+    ok = den > 0
+    safe = np.where(ok, den, 1.0)
+
+    def area(y_BP: np.ndarray) -> np.ndarray:
+        a = ((y_BP[:, 1:] + y_BP[:, :-1]) / 2 * np.diff(xs)[None]).sum(1)
+        return np.where(ok[:, 0], a, np.nan)
+
+    fs = lambda p: (curve[p] - empty) / safe  # noqa: E731
+    fn = lambda p: (full - curve[p]) / safe  # noqa: E731
+    return {"faith_suff": area(fs("suf")), "faith_nec": area(fn("nec")), "faith_cmd": area(np.abs(1 - fs("suf"))),
+            "faith_suff_random": area(fs("suf_rand")), "faith_nec_random": area(fn("nec_rand")),
+            "faith_suff_oracle": area(fs("suf_orac")), "faith_nec_oracle": area(fn("nec_orac"))}
+
+
 _EDIT_MEMO = ProcessMemo(size=256)
+_FAITH_MEMO = ProcessMemo(size=16)
 
 
 class LocalizationTask(Task):
     spec = TaskSpec(
         name="localization",
-        version="1.2",
+        version="1.3",
         families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="localize",
         main_score="top1",
@@ -436,6 +677,20 @@ class LocalizationTask(Task):
             MetricSpec("edit_at_planted", "higher", "edit success at the planted site", normalise=False),
             MetricSpec("edit_ratio", "higher", "edit_at_top / edit_at_planted (Hase et al., 2023)",
                        normalise=False),
+            MetricSpec("faith_suff", "higher", "area under the sufficiency curve: share of the behaviour the "
+                       "top-k% sites recover alone, the rest patched from the counterfactual (MIB's CPR)",
+                       normalise=False),
+            MetricSpec("faith_nec", "higher", "area under the necessity curve: share of the behaviour lost "
+                       "when the top-k% sites are patched from the counterfactual", normalise=False),
+            MetricSpec("faith_cmd", "lower", "area under |1 - sufficiency| (MIB's CMD)", normalise=False),
+            MetricSpec("faith_suff_random", "none", "faith_suff of a uniformly random site order (bound)",
+                       normalise=False),
+            MetricSpec("faith_nec_random", "none", "faith_nec of a uniformly random site order (bound)",
+                       normalise=False),
+            MetricSpec("faith_suff_oracle", "none", "faith_suff of the best kept set per example and k "
+                       "(exhaustive up to 256 subsets, else greedy)", normalise=False),
+            MetricSpec("faith_nec_oracle", "none", "faith_nec of the best removed set per example and k "
+                       "(exhaustive up to 256 subsets, else greedy)", normalise=False),
         ),
     )
 
@@ -488,6 +743,7 @@ class LocalizationTask(Task):
                 raise BenchError(f"method {method.name!r} returned NaN or infinite scores")
         ranks = rank_rows(scores, planted_N)
         med = mediation_rows(scores, ex.relations, cands, model.planted)
+        faith = self.faithfulness(model, ex, cands, scores, seed, quick)
         edits = self.informs_editing(model, scores, ex.relations, cands, seed, quick)
         n_e = len(edits)
         nan = [float("nan")]
@@ -499,8 +755,23 @@ class LocalizationTask(Task):
             top1=ranks["top1"].tolist() + nan * n_e, rr=ranks["rr"].tolist() + nan * n_e,
             auroc=ranks["auroc"].tolist() + nan * n_e,
             med_tau=med["med_tau"].tolist() + nan * n_e, med_top1=med["med_top1"].tolist() + nan * n_e,
-            edit_top=nan * n + [t for _, _, t, _ in edits], edit_planted=nan * n + [p for _, _, _, p in edits])
+            edit_top=nan * n + [t for _, _, t, _ in edits], edit_planted=nan * n + [p for _, _, _, p in edits],
+            **{col: vals + nan * n_e for col, vals in faith.items()})
         return self.result(rows)
+
+    def faithfulness(self, model: Model, ex: "FactExamples | DiffusionFactExamples", cands: list[str],
+                     scores_NS: torch.Tensor, seed: int, quick: bool) -> dict[str, list[float]]:
+        """The faithfulness curve columns of the method's scores (:func:`faithfulness_rows`); the
+        method-independent part (every subset's metric, or the bounds) computed once per grid."""
+        evaluate = self.request(model, ex, cands).evaluate
+        n = len(scores_NS)
+        key = (self.spec.version, seed, n, quick, tuple(cands), self.config)
+
+        def bounds(build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+            return _FAITH_MEMO.get((model.name, model.weights_hash, key),
+                                   lambda: shared_work(self, model, "localization-faithfulness", key, build))
+
+        return faithfulness_rows(scores_NS.detach().cpu(), evaluate, cands, seed, self.config, bounds)
 
     def examples(self, model: Model, n: int, seed: int, split: str) -> "FactExamples | DiffusionFactExamples":
         if isinstance(model, DiffusionModel):
@@ -583,4 +854,5 @@ class LocalizationTask(Task):
         t, p = out["edit_at_top"], out["edit_at_planted"]
         with np.errstate(invalid="ignore", divide="ignore"):
             out["edit_ratio"] = np.where(p > 0, t / np.where(p > 0, p, 1.0), np.nan)
+        out.update(faithfulness_metrics(rows, w_BN))
         return out
