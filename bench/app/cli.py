@@ -194,7 +194,13 @@ def _leaderboard_text(store: Any, fmt: str, profile: str, tasks: Sequence[str] |
         from leaderboard.render import render
         from leaderboard.scorer import score
 
-        return render(score(_select(store, profile, tasks, models, methods, rows=True)), fmt)
+        recs = _select(store, profile, tasks, models, methods, rows=True)
+        text = render(score(recs), fmt)
+        if fmt == "md":  # localization: the faithfulness-vs-planted-truth agreement under the tables
+            from leaderboard.publish import with_agreement
+
+            text = with_agreement(text, recs)
+        return text
 
     return answers.remember("leaderboard", [fmt, h.hexdigest()], compute, keep=keep), bool(recs)
 
