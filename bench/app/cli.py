@@ -825,6 +825,15 @@ def cmd_data_kinds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_template(args: argparse.Namespace) -> int:
+    from bench.kit.realdata import check, write_template
+
+    path = write_template(args.kind, args.out)
+    print(f"wrote {path}")
+    print("\n".join(check(args.kind, path).lines))
+    return 0
+
+
 def _add_data_commands(sub: Any) -> None:
     da = sub.add_parser("data", help="check real-data annotation files (POPE, CHAIR, Waterbirds, CounterFact, ...)")
     dsub = da.add_subparsers(dest="data_command", required=True)
@@ -834,6 +843,10 @@ def _add_data_commands(sub: Any) -> None:
     dc.add_argument("--image-root", help="folder image paths are relative to (default: the file's folder)")
     dc.set_defaults(fn=cmd_data_check)
     dsub.add_parser("kinds", help="list the data kinds and the fields each reads").set_defaults(fn=cmd_data_kinds)
+    dt = dsub.add_parser("template", help="write a small valid example file of a kind (and its images)")
+    dt.add_argument("kind", help="the data kind (`bench data kinds` lists them)")
+    dt.add_argument("--out", default=".", help="folder to write into (default: the current folder)")
+    dt.set_defaults(fn=cmd_data_template)
 
 
 
