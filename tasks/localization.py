@@ -130,6 +130,11 @@ class LocalizationConfig:
     greedy_copies: int = 1056  # else a greedy oracle while its S(S + 1) patched copies are at most this (S <= 32)
     random_orders: int = 8  # else the random bound averages this many seeded orders
     faith_copies_per_pass: int = 8
+    # real data (--data facts=PATH): the candidate sites' kind in the language model, and the share of
+    # the file's rows kept for methods' fit split (chosen by a seeded hash of the row)
+    data_site_kind: str = "mlp"
+    data_fit_fraction: float = 0.25
+    data_split_seed: int = 0
 
 
 def rank_rows(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -704,6 +709,8 @@ class LocalizationTask(Task):
         return [("edit", r) if k == "edit" else ("fact",) for k, r in zip(rows["kind"].tolist(),
                                                                           rows["relation"].tolist())]
 
+    data_kinds = ("facts",)
+
     def __init__(self, config: LocalizationConfig | None = None) -> None:
         self.config = config or LocalizationConfig()
 
@@ -711,11 +718,96 @@ class LocalizationTask(Task):
         reason = super().supports(model)
         if reason:
             return reason
+        if self.data:
+            if not isinstance(model, GenerativeModel):
+                return f"task 'localization' reads facts files on generative models; {model.name!r} is {model.family}"
+            return None
         if not model.planted:
-            return f"task 'localization' needs planted knowledge (a zoo model); {model.name!r} declares none"
+            return (f"task 'localization' needs planted knowledge (a zoo model) or a facts file "
+                    f"(--data facts=PATH); {model.name!r} declares none")
         return None
 
+    def check_data(self) -> None:
+        from bench.kit.realdata import counterfactual_inputs
+
+        loaded = self.data["facts"]
+        counterfactual_inputs(loaded.records, loaded.source.path)
+        fit, test = self.data_split()
+        if not fit or not test:
+            raise BenchError(f"{loaded.source.path}: task 'localization' splits the rows into a fit share of "
+                             f"{self.config.data_fit_fraction:g} and a scored rest; the {len(loaded.records)} rows "
+                             f"leave the {'fit' if not fit else 'scored'} side empty (more rows are needed)")
+
+    def data_split(self) -> tuple[list[int], list[int]]:
+        """``(fit, test)`` row indices of the facts file: a row is on the fit side when the seeded hash of
+        its id, question and answer falls below ``data_fit_fraction`` (the same for every seed)."""
+        cfg = self.config
+        fit: list[int] = []
+        test: list[int] = []
+        for i, r in enumerate(self.data["facts"].records):
+            h = hashlib.sha256(f"{cfg.data_split_seed}|{r.id}|{r.question}|{r.answer}".encode()).digest()
+            (fit if int.from_bytes(h[:8], "big") / 2.0 ** 64 < cfg.data_fit_fraction else test).append(i)
+        return fit, test
+
+    def data_examples(self, model: Model, rows: Sequence[int]) -> FactExamples:
+        """Fact examples from the facts file's rows: the row's image and question (clean) against its
+        counterfactual input (:func:`bench.kit.realdata.counterfactual_inputs`)."""
+        from bench.kit.realdata import counterfactual_inputs, stack_images
+        from bench.task import input_size
+
+        loaded = self.data["facts"]
+        recs = [loaded.records[i] for i in rows]
+        cf = counterfactual_inputs(loaded.records, loaded.source.path)
+        refs = list({ref.path: ref for i in rows for ref in (loaded.records[i].image, cf[i])}.values())
+        where = {ref.path: j for j, ref in enumerate(refs)}
+        pix = stack_images(refs, input_size(model))
+        clean = pix[torch.tensor([where[r.image.path] for r in recs], dtype=torch.long)]
+        corrupt = pix[torch.tensor([where[cf[i].path] for i in rows], dtype=torch.long)]
+        hashes = [hashlib.sha256("|".join((loaded.file_digest(r.image.path), loaded.file_digest(cf[i].path),
+                                           r.question, r.answer, r.counterfactual)).encode()).hexdigest()[:16]
+                  for i, r in zip(rows, recs)]
+        return FactExamples(clean, corrupt, [r.question for r in recs], [r.answer for r in recs],
+                            [r.counterfactual for r in recs], [""] * len(recs), hashes, ["data"] * len(recs))
+
+    def run_data(self, model: Model, method: Method, seed: int, quick: bool) -> CellResult:
+        """Localization on a facts file: no planted truth, so the faithfulness curves only (the rank and
+        mediation columns are NaN). ``oracle`` scores each site by its single-site sufficiency (the metric
+        with only it kept clean); ``random`` uniformly at random."""
+        cfg = self.config
+        fit_rows, test_rows = self.data_split()
+        if quick:
+            test_rows = test_rows[: cfg.quick_examples]
+        cands = self.candidates(model)
+        ex = self.data_examples(model, test_rows)
+        n, S = len(test_rows), len(cands)
+        request = self.request(model, ex, cands)
+        if method.bound == "ceiling":
+            sources = counterfactual_sources(request.evaluate, cands)
+            single = torch.eye(S, dtype=torch.bool)[:, None, :].expand(-1, n, -1)
+            scores = keep_metric(request.evaluate, cands, sources, single, cfg.faith_copies_per_pass).T
+        elif method.bound == "chance":
+            scores = torch.rand(n, S, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        else:
+            request.fit = self.request(model, self.data_examples(model, fit_rows), cands)
+            scores = method.localize(model, request)
+            if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n, S):
+                raise BenchError(f"method {method.name!r} must return scores of shape {(n, S)}")
+            if not torch.isfinite(scores).all():
+                raise BenchError(f"method {method.name!r} returned NaN or infinite scores")
+        faith = self.faithfulness(model, ex, cands, scores, seed, quick)
+        nan = [float("nan")] * n
+        rows = make_rows(example=[f"{i:04d}:{h}" for i, h in zip(test_rows, ex.hashes)], hash=list(ex.hashes),
+                         kind=["fact"] * n, relation=list(ex.relations), top1=nan, rr=nan, auroc=nan, med_tau=nan,
+                         med_top1=nan, edit_top=nan, edit_planted=nan, **faith)
+        return self.result(rows)
+
     def candidates(self, model: Model) -> list[str]:
+        if self.data or not model.planted:
+            tower = next((t for t in ("lm", "text") if model.layer_sites(t, self.config.data_site_kind)), None)
+            if tower is None:
+                raise BenchError(f"model {model.name!r} has no per-layer {self.config.data_site_kind!r} sites in its "
+                                 f"language model")
+            return model.layer_sites(tower, self.config.data_site_kind)
         site = model.site(model.planted[0].site)
         cands = model.layer_sites(site.tower, site.kind)
         missing = [r.site for r in model.planted if r.site not in cands]
@@ -724,6 +816,8 @@ class LocalizationTask(Task):
         return cands
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
+        if self.data:
+            return self.run_data(model, method, seed, quick)
         n = self.config.quick_examples if quick else self.config.n_examples
         cands = self.candidates(model)
         ex = self.examples(model, n, seed, "test")
@@ -784,6 +878,11 @@ class LocalizationTask(Task):
     def request(model: Model, ex: "FactExamples | DiffusionFactExamples", cands: list[str]) -> LocalizeRequest:
         """The request a method answers: the patching closure, plus the behaviour spelled out."""
         values = {r.relation: r.values for r in model.planted}
+        if isinstance(ex, FactExamples) and any(r not in values for r in ex.relations):  # a facts file's rows
+            values = {}
+            vals = [(a, b) for a, b in zip(ex.answers, ex.alternatives)]
+        else:
+            vals = [values[r] for r in ex.relations]
         positions: torch.Tensor | None = None
         if isinstance(ex, DiffusionFactExamples):
             evaluate = diffusion_evaluate(model, ex)  # type: ignore[arg-type]
@@ -801,7 +900,7 @@ class LocalizationTask(Task):
             raise BenchError(f"task 'localization' has no {model.family} setting yet")
         return LocalizeRequest(len(ex.answers), list(cands), evaluate, batch_size=model.batch_size, prompts=prompts,
                                answers=list(ex.answers), alternatives=list(ex.alternatives),
-                               values=[values[r] for r in ex.relations], positions_N=positions)
+                               values=vals, positions_N=positions)
 
     def informs_editing(self, model: Model, scores_NS: torch.Tensor, relations: list[str], cands: list[str],
                         seed: int, quick: bool) -> list[tuple[str, str, float, float]]:

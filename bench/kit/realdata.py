@@ -1217,6 +1217,23 @@ def load_facts(path: PathLike, *, image_root: PathLike | None = None) -> list[Mu
     return out
 
 
+def counterfactual_inputs(recs: Sequence[MultimodalFact], where: str = "") -> list[ImageRef]:
+    """Per fact, the image of its counterfactual run: ``counterfactual_image`` when given, else the
+    image of the first other row asking the same question whose answer is this row's counterfactual
+    (one-line BenchError naming the row when there is neither)."""
+    by_answer: dict[tuple[str, str], ImageRef] = {}
+    for r in recs:
+        by_answer.setdefault((r.question.lower(), r.answer.lower()), r.image)
+    out = []
+    for i, r in enumerate(recs):
+        img = r.counterfactual_image or by_answer.get((r.question.lower(), r.counterfactual.lower()))
+        if img is None:
+            raise BenchError(f"{where or 'facts'}: row {i + 1} (id {r.id!r}) has no counterfactual_image and no "
+                             f"other row asks {r.question!r} with the answer {r.counterfactual!r}")
+        out.append(img)
+    return out
+
+
 def _summarise_facts(recs: list[MultimodalFact]) -> list[str]:
     def n(attr: str) -> int:
         return sum(getattr(e, attr) is not None for e in recs)
@@ -1260,11 +1277,15 @@ def load(kind_name: str, path: PathLike, *, image_root: PathLike | None = None) 
 
 def referenced_files(records: Sequence[Any]) -> list[Path]:
     """The image and mask files that ``records`` name, each once, in record order."""
+    import dataclasses
+
     seen: dict[Path, None] = {}
     for rec in records:
-        img = getattr(rec, "image", None)
-        if img is not None:
-            seen.setdefault(img.path, None)
+        # every image a record names, in field order (a fact's counterfactual and other images too)
+        for f in dataclasses.fields(rec):
+            img = getattr(rec, f.name)
+            if isinstance(img, ImageRef):
+                seen.setdefault(img.path, None)
         mask = getattr(rec, "mask", None)
         if mask is not None and mask.path is not None:
             seen.setdefault(mask.path, None)
