@@ -331,6 +331,11 @@ class EditingTask(Task):
     strata = ("kind",)
 
     data_kinds = ("counterfact", "facts")
+    # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
+    ground_truth = {
+        "zoo": "planted facts (new answer; neighbours keep theirs); diffusion samples read by zoo-oracle",
+        "real": "facts / counterfact files on generative models (reliability, generality, locality, portability); none on contrastive or diffusion checkpoints",
+    }
 
     def __init__(self, config: EditingConfig | None = None) -> None:
         self.config = config or EditingConfig()

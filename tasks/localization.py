@@ -710,6 +710,11 @@ class LocalizationTask(Task):
                                                                           rows["relation"].tolist())]
 
     data_kinds = ("facts",)
+    # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
+    ground_truth = {
+        "zoo": "planted storage site + measured mediation profile (and faithfulness)",
+        "real": "none: faithfulness curves on a facts file (generative models only)",
+    }
 
     def __init__(self, config: LocalizationConfig | None = None) -> None:
         self.config = config or LocalizationConfig()

@@ -261,7 +261,8 @@ def task_meta(name: str) -> dict[str, Any]:
     cls = TASKS.get(name)
     s = cls.spec
     return {"version": s.version, "families": tuple(s.families), "capability": s.capability,
-            "main_score": s.main_score, "data_kinds": tuple(getattr(cls, "data_kinds", ()))}
+            "main_score": s.main_score, "data_kinds": tuple(getattr(cls, "data_kinds", ())),
+            "ground_truth": dict(getattr(cls, "ground_truth", {}))}
 
 
 def _source_version(target: str) -> str | None:
@@ -316,6 +317,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             s = task_meta(n)
             print(f"{n:<22} v{s['version']:<5} families: {','.join(sorted(s['families'])):<34} "
                   f"capability: {s['capability']:<20} main: {s['main_score']}")
+            gt = s.get("ground_truth") or {}
+            kinds = ", ".join(s.get("data_kinds") or ()) or "none"
+            print(f"{'':<22} ground truth on the zoo: {gt.get('zoo', 'not declared')}")
+            print(f"{'':<22} on a real checkpoint:    {gt.get('real', 'not declared')} (data kinds: {kinds})")
     elif args.what == "methods" and args.grid:
         _print_method_grid()
     elif args.what == "methods":
