@@ -66,6 +66,12 @@ the same figure whenever every relation has as many cases as the others (on the 
 models in both profiles: cases cycle over the relations and ``k`` is a multiple of their
 number).
 
+Real data (v1.4, ``--data KIND=PATH``): ``facts`` (VLKEB / MMEdit-shaped) and ``counterfact`` files on
+generative models, one rewrite at a time, scored with the token-level definitions of EasyEdit / VLKEB
+(:meth:`EditingTask.run_data`: reliability → ``efficacy``, generality → ``generalization``, locality →
+``specificity``, and ``portability``); ``concept_edit`` files (TIME / UCE prompt sets) on diffusion
+models with a judge, scored as the world's concept edits (:func:`concept_cases_from_file`).
+
 The model's parameters are snapshotted before any edit and restored after every
 setting; the cell fails if they are not bit-identical afterwards.
 """
@@ -330,11 +336,11 @@ class EditingTask(Task):
     # own cases, so a resample keeps both counts; not the relation, which no metric is defined over
     strata = ("kind",)
 
-    data_kinds = ("counterfact", "facts")
+    data_kinds = ("concept_edit", "counterfact", "facts")
     # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
     ground_truth = {
         "zoo": "planted facts (new answer; neighbours keep theirs); diffusion samples read by zoo-oracle",
-        "real": "facts / counterfact files on generative models (reliability, generality, locality, portability); none on contrastive or diffusion checkpoints",
+        "real": "facts / counterfact files on generative models (reliability, generality, locality, portability); concept_edit files on diffusion models with a judge; none on contrastive checkpoints",
     }
 
     def __init__(self, config: EditingConfig | None = None) -> None:
@@ -345,9 +351,17 @@ class EditingTask(Task):
         if reason:
             return reason
         if self.data:
+            if isinstance(model, DiffusionModel):
+                if "concept_edit" not in self.data:
+                    return f"task 'editing' reads concept_edit files on diffusion models, not facts or counterfact"
+                if model.judge is None:
+                    return f"task 'editing' needs a judge (an image classifier) to score {model.name!r}'s samples"
+                return None
             if not isinstance(model, GenerativeModel):
-                return (f"task 'editing' reads facts and counterfact files on generative models; {model.name!r} "
-                        f"is {model.family}")
+                return (f"task 'editing' reads facts and counterfact files on generative models and concept_edit "
+                        f"files on diffusion models; {model.name!r} is {model.family}")
+            if not {"facts", "counterfact"} & set(self.data):
+                return "task 'editing' reads facts or counterfact files on generative models, not concept_edit"
             return None
         if not model.planted:
             return f"task 'editing' needs planted knowledge (a zoo model); {model.name!r} declares none"
@@ -365,10 +379,12 @@ class EditingTask(Task):
         follows from the edit); NaN where the file has no such probe. References: ``random`` is the
         unedited model (the floor: what is already there; locality 1); ``oracle`` a perfect edit (1 on
         every probe, a ceiling by construction)."""
+        if isinstance(model, DiffusionModel):
+            return self.run_concept_file(model, method, seed, quick)
         assert isinstance(model, GenerativeModel)
         cfg = self.config
         bs = model.batch_size
-        edits = [e for kind in sorted(self.data) for e in
+        edits = [e for kind in sorted(set(self.data) - {"concept_edit"}) for e in
                  data_edits(model, self.data[kind], cfg.quick_data_requests if quick else None)]
         snapshot = ParameterSnapshot(model.module)
         out = []
@@ -520,12 +536,36 @@ class EditingTask(Task):
         """Per row, the case's edit score in that row's setting: the harmonic mean of its three shares."""
         return samples.harmonic_mean(rows["efficacy"], rows["generalization"], rows["specificity"])
 
+    def run_concept_file(self, model: DiffusionModel, method: Method, seed: int, quick: bool) -> CellResult:
+        """Concept edits read from a ``concept_edit`` file (TIME / UCE prompt sets), scored by the model's
+        judge (zoo-oracle on the zoo) as the world's concept edits are (:func:`concept_cases_from_file`):
+        ``concept_efficacy`` on the positives shown to the editor, ``concept_generalization`` on the
+        positives it was not shown, ``concept_specificity`` on the negatives."""
+        snapshot = ParameterSnapshot(model.module)
+        loaded = self.data["concept_edit"]
+        cases = concept_cases_from_file(model, loaded, self.config, seed,
+                                        self.config.quick_data_requests if quick else None)
+        try:
+            concept = self.concept_edits(model, method, seed, quick, snapshot.restore, cases=cases)
+        finally:
+            snapshot.restore()
+        snapshot.check_restored("editing")
+        ids = [o.hash for o in concept]
+        n = len(ids)
+        nan = [float("nan")] * n
+        rows = make_rows(example=ids, hash=ids, kind=["concept"] * n, relation=[""] * n, setting=["concept"] * n,
+                         efficacy=[o.efficacy for o in concept], generalization=[o.generalization for o in concept],
+                         specificity=[o.specificity for o in concept], quality_after=nan, quality_before=nan)
+        return self.result(rows)
+
     def concept_edits(self, model: DiffusionModel, method: Method, seed: int, quick: bool,
-                      restore: Callable[[], None], once: "Once | None" = None) -> list["ConceptOutcome"]:
+                      restore: Callable[[], None], once: "Once | None" = None,
+                      cases: "list[ConceptCase] | None" = None) -> list["ConceptOutcome"]:
         """Concept replacement and erasure (the settings of TIME, Orgad et al., 2023, and UCE,
         Gandikota et al., 2024), one edit at a time, read by the judge: one outcome per edit."""
-        cases = build_concept_cases(World(model.planted[0].world_seed), self.config, seed,
-                                    2 if quick else self.config.concept_edits)
+        if cases is None:
+            cases = build_concept_cases(World(model.planted[0].world_seed), self.config, seed,
+                                        2 if quick else self.config.concept_edits)
         rng = np.random.default_rng([seed, 109])
         out = []
         once = once or _unedited_memo(model, seed, quick, self.config)
@@ -548,7 +588,7 @@ class EditingTask(Task):
 
             took = (lambda x: x == c.new) if c.new else (lambda x: x != c.concept)
             e = float(np.mean([took(x) for x in read(c.shown, c.seed)]))
-            g = float(np.mean([took(x) for x in read(c.fresh, c.seed + 1)]))
+            g = float(np.mean([took(x) for x in read(c.fresh, c.seed + 1)])) if c.fresh else float("nan")
             after = before if method.bound == "ceiling" else read(c.others, c.seed + 2)
             s = float(np.mean([a == b for a, b in zip(after, before)]))
             out.append(ConceptOutcome(c.hash, e, g, s))
@@ -725,4 +765,32 @@ def build_concept_cases(world: World, cfg: EditingConfig, seed: int, k: int) -> 
         out.append(ConceptCase(concept, new, prompts, pix, prompts * 2,
                                [f"a {c} {concept} at the {w}" for c, w in zip(fresh_c, where)], others,
                                20_000 * (seed + 1) + 10 * j))
+    return out
+
+
+def concept_cases_from_file(model: DiffusionModel, loaded: LoadedData, cfg: EditingConfig, seed: int,
+                            limit: int | None) -> list[ConceptCase]:
+    """Concept edits from a ``concept_edit`` file: the first half of each row's positives (at least one)
+    is shown to the editor, with ``cfg.renders`` of the model's own samples of each prompt with the source
+    replaced by the destination (erasure: the source word removed), as ESD / UCE make their targets;
+    the other positives test generalization (NaN when there are none), the negatives specificity. The
+    judge reads shapes, so source and destination must be shape words it knows (one-line error otherwise)."""
+    recs = list(loaded.records[:limit] if limit else loaded.records)
+    out = []
+    for i, r in enumerate(recs):
+        for word in (r.source, r.destination):
+            if word and word not in SHAPES:
+                raise BenchError(f"{loaded.source.path}: row {i + 1} (id {r.id!r}): the judge of {model.name!r} reads "
+                                 f"shapes ({', '.join(SHAPES)}); {word!r} is not one")
+        if not r.negatives:
+            raise BenchError(f"{loaded.source.path}: row {i + 1} (id {r.id!r}) has no negatives: specificity "
+                             f"needs prompts that should not change")
+        half = max(1, len(r.positives) // 2)
+        shown, fresh = list(r.positives[:half]), list(r.positives[half:])
+        target = [" ".join(p.replace(r.source, r.destination).split()) for p in shown]
+        s = 30_000 * (seed + 1) + 10 * i
+        with torch.no_grad():
+            pix = model.generate([p for p in target for _ in range(cfg.renders)], seed=s + 5)
+        out.append(ConceptCase(r.source, r.destination, shown, pix.view(len(shown), cfg.renders, *pix.shape[1:]),
+                               shown * 2, fresh, list(r.negatives), s))
     return out

@@ -146,3 +146,24 @@ def test_editing_on_hf_llava_from_facts_and_counterfact(llava_dir: Path, facts: 
     with Store(store, readonly=True) as s:
         versions = {r.key.task_version for r in s.records() if r.key.method == "rome"}
     assert len(versions) == 1 and next(iter(versions)).startswith("1.4+counterfact-")
+
+
+@pytest.mark.slow
+def test_concept_edit_file_on_zoo_diffusion_is_judged(tmp_path: Path) -> None:
+    """A TIME / UCE-style prompt set on zoo-diffusion, scored by its judge (zoo-oracle): the oracle is a
+    perfect edit; a concept the judge cannot read is a one-line error naming the row."""
+    path = realdata.write_template("concept_edit", tmp_path / "ce")
+    store = tmp_path / "r.sqlite"
+    assert main(["evaluate", "--task", "editing", "--model", "zoo-diffusion", "--data", f"concept_edit={path}",
+                 "--method", "uce", "--store", str(store), *QUIET]) == 0
+    got = _records(store, "editing")
+    assert got["oracle"]["concept_score"] == 1.0
+    assert all(0.0 <= got["uce"][k] <= 1.0 for k in ("concept_efficacy", "concept_specificity"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"source": "dog", "destination": "cat", "positives": ["a dog"], "negatives": ["a cat"]}))
+    from bench.kit.realdata import load_data
+    from models.zoo_models import load_zoo_diffusion_model
+    from tasks.editing import EditingConfig, concept_cases_from_file
+
+    with pytest.raises(BenchError, match=r"row 1 \(id '1'\): the judge of 'zoo-diffusion' reads shapes"):
+        concept_cases_from_file(load_zoo_diffusion_model(), load_data("concept_edit", bad), EditingConfig(), 0, None)
