@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -387,7 +387,7 @@ class EditingTask(Task):
         edits = [e for kind in sorted(set(self.data) - {"concept_edit"}) for e in
                  data_edits(model, self.data[kind], cfg.quick_data_requests if quick else None)]
         snapshot = ParameterSnapshot(model.module)
-        out = []
+        out: list[tuple[DataEdit, float, float, float, float]] = []
         try:
             for e in edits:
                 before = token_predictions(model, e.locality, bs) if e.locality is not None else []
@@ -395,7 +395,7 @@ class EditingTask(Task):
                     nanless = [1.0, 1.0, 1.0, 1.0]
                     vals = [v if p is not None else float("nan") for v, p in
                             zip(nanless, (e.reliability, e.generality, e.locality, e.portability))]
-                    out.append((e, *vals))
+                    out.append((e, vals[0], vals[1], vals[2], vals[3]))
                     continue
                 applied = None
                 if not method.reference:
@@ -680,28 +680,39 @@ def data_edits(model: Model, loaded: LoadedData, limit: int | None) -> list[Data
     def img(ref: Any) -> torch.Tensor:
         return pix[where[ref.path]] if ref is not None else _blank(size)
 
-    def probe(rows: list[tuple[torch.Tensor, str, str]]) -> TokenProbe | None:
-        return TokenProbe(torch.stack([p for p, _, _ in rows]), [q for _, q, _ in rows],
-                          [a for _, _, a in rows]) if rows else None
+    def probe(rows: Sequence[tuple[torch.Tensor, str | None, str | None]]) -> TokenProbe | None:
+        # the loaders guarantee a question and its answer together (None never reaches here)
+        return TokenProbe(torch.stack([p for p, _, _ in rows]), [str(q) for _, q, _ in rows],
+                          [str(a) for _, _, a in rows]) if rows else None
+
+    def own(rows: Sequence[tuple[torch.Tensor, str, str]]) -> TokenProbe:
+        got = probe(rows)
+        assert got is not None
+        return got
 
     out = []
     for r in recs:
         if isinstance(r, MultimodalFact):
             x = img(r.image)
-            gen = ([(x, r.rephrase, r.counterfactual)] if r.rephrase else []) + \
-                  ([(img(r.image_rephrase), r.question, r.counterfactual)] if r.image_rephrase else [])
-            loc = ([(img(r.locality_image) if r.locality_image else x, r.locality_question, r.locality_answer)]
-                   if r.locality_question else [])
-            port = [(x, r.portability_question, r.portability_answer)] if r.portability_question else []
-            out.append(DataEdit(r.id, x, r.question, r.answer, r.counterfactual, probe([(x, r.question, r.counterfactual)]),  # type: ignore[list-item]
-                                probe(gen), probe(loc), probe(port)))  # type: ignore[arg-type]
+            gen: list[tuple[torch.Tensor, str | None, str | None]] = []
+            if r.rephrase:
+                gen.append((x, r.rephrase, r.counterfactual))
+            if r.image_rephrase:
+                gen.append((img(r.image_rephrase), r.question, r.counterfactual))
+            loc: list[tuple[torch.Tensor, str | None, str | None]] = (
+                [(img(r.locality_image) if r.locality_image else x, r.locality_question, r.locality_answer)]
+                if r.locality_question else [])
+            port: list[tuple[torch.Tensor, str | None, str | None]] = (
+                [(x, r.portability_question, r.portability_answer)] if r.portability_question else [])
+            out.append(DataEdit(r.id, x, r.question, r.answer, r.counterfactual, own([(x, r.question, r.counterfactual)]),
+                                probe(gen), probe(loc), probe(port)))
         elif isinstance(r, CounterFact):
             x = img(r.image)
-            gen = [(x, p.replace("{}", r.subject), r.target_new) for p in r.paraphrases]
+            para = [(x, p.replace("{}", r.subject), r.target_new) for p in r.paraphrases]
             # neighbourhood prompts name other subjects: their (true) completion should keep its tokens
-            loc = [(x, p.replace("{}", r.subject), r.target_true) for p in r.neighbourhood]
-            out.append(DataEdit(r.id, x, r.text, r.target_true, r.target_new, probe([(x, r.text, r.target_new)]),
-                                probe(gen), probe(loc), None))
+            near = [(x, p.replace("{}", r.subject), r.target_true) for p in r.neighbourhood]
+            out.append(DataEdit(r.id, x, r.text, r.target_true, r.target_new, own([(x, r.text, r.target_new)]),
+                                probe(para), probe(near), None))
         else:  # pragma: no cover - data_kinds admits only these
             raise BenchError(f"task 'editing' cannot read a {type(r).__name__} record")
     return out

@@ -885,7 +885,7 @@ class LocalizationTask(Task):
         values = {r.relation: r.values for r in model.planted}
         if isinstance(ex, FactExamples) and any(r not in values for r in ex.relations):  # a facts file's rows
             values = {}
-            vals = [(a, b) for a, b in zip(ex.answers, ex.alternatives)]
+            vals: list[tuple[str, ...]] = [(a, b) for a, b in zip(ex.answers, ex.alternatives)]
         else:
             vals = [values[r] for r in ex.relations]
         positions: torch.Tensor | None = None
