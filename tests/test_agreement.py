@@ -59,3 +59,28 @@ def test_agreeing_and_disagreeing_rankings():
     assert r[("mediation", "faith_suff")].tau == pytest.approx(-1.0) and r[("mediation", "faith_suff")].verdict == "disagrees"
     text = render_agreement(rows)
     assert "| zoo-x | storage (`top1`) | `faith_suff` | +1.00 |" in text
+
+
+def test_leaderboard_prints_the_agreement_under_the_tables(tmp_path, capsys):
+    from bench.app.cli import main
+    from bench.harness.store import Store
+
+    store = Store(tmp_path / "s.sqlite")
+    for i, q in enumerate([0.1, 0.4, 0.7, 0.95]):
+        store.put(_record(f"m{i}", q, 0.2 + 0.2 * i))
+    store.close()
+    assert main(["leaderboard", "--store", str(tmp_path / "s.sqlite"), "--profile", "quick"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("### localization") < out.index("## Localization: does ground-truth-free faithfulness agree")
+    assert "| zoo-x | mediation (`mediation_tau`) | `faith_nec` | +1.00 |" in out
+
+
+def test_list_tasks_says_the_ground_truth_on_the_zoo_and_on_a_real_checkpoint(capsys):
+    from bench.app.cli import main
+
+    assert main(["list", "tasks"]) == 0
+    out = capsys.readouterr().out
+    block = out[out.index("localization"):out.index("spurious")]
+    assert "ground truth on the zoo: planted storage site" in block
+    assert "on a real checkpoint:    none: faithfulness curves on a facts file" in block and "facts" in block
+    assert out.count("on a real checkpoint:") == 5 and "not declared" not in out
