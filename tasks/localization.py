@@ -785,6 +785,14 @@ class LocalizationTask(Task):
         cands = self.candidates(model)
         ex = self.data_examples(model, test_rows)
         n, S = len(test_rows), len(cands)
+        assert isinstance(model, GenerativeModel)
+        same = (model.answer_inputs(ex.prompts, ex.answers).answer_B
+                == model.answer_inputs(ex.prompts, ex.alternatives).answer_B).nonzero().squeeze(1).tolist()
+        if same:  # the behaviour is the first answer token's logit difference: 0 by construction there
+            rows_named = ", ".join(str(test_rows[i] + 1) for i in same[:5])
+            raise BenchError(f"{self.data['facts'].source.path}: in row(s) {rows_named}, answer and counterfactual "
+                             f"begin with the same token for {model.name!r}'s tokenizer; localization compares "
+                             f"their first tokens, so make them differ there")
         request = self.request(model, ex, cands)
         if method.bound == "ceiling":
             sources = counterfactual_sources(request.evaluate, cands)

@@ -167,3 +167,25 @@ def test_concept_edit_file_on_zoo_diffusion_is_judged(tmp_path: Path) -> None:
 
     with pytest.raises(BenchError, match=r"row 1 \(id '1'\): the judge of 'zoo-diffusion' reads shapes"):
         concept_cases_from_file(load_zoo_diffusion_model(), load_data("concept_edit", bad), EditingConfig(), 0, None)
+
+
+@pytest.mark.slow
+def test_answers_sharing_their_first_token_are_a_one_line_error(tmp_path: Path) -> None:
+    """Localization reads the first answer token's logit difference: a row whose two answers begin with
+    the same token would measure nothing, so it is refused naming the row (on the zoo-vlm tokenizer)."""
+    from bench.registry import MODELS
+    from bench.kit.realdata import load_data
+    from tasks.localization import LocalizationTask
+
+    path = write_facts(tmp_path, n=8)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        r["counterfactual"] = r["answer"] + " south"  # same first word: same first token
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = LocalizationTask().with_data({"facts": load_data("facts", path)})
+    from bench.registry import METHODS
+
+    _, test = task.data_split()  # type: ignore[attr-defined]
+    with pytest.raises(BenchError, match=r"answer and counterfactual begin with the same token") as e:
+        task.run(MODELS.get("zoo-vlm")(), METHODS.get("random")(), 0, quick=True)
+    assert f"row(s) {test[0] + 1}, " in str(e.value) and "\n" not in str(e.value)
