@@ -57,6 +57,24 @@ on the renders used for the edit), generalization (on fresh renders) and specifi
 - ``edit_ratio``: their ratio. Near 1 for every method would reproduce Hase et al.'s
   finding that where a fact is localized does not predict where it is best edited.
 
+Faithfulness, no planted truth needed (v1.3; MIB's CPR/CMD idea, Mueller et al., 2025, "MIB: A
+Mechanistic Interpretability Benchmark"): keep only each example's top-k% candidate sites clean (the rest
+patched from the counterfactual run) and measure the recovered share of the behaviour, or patch the top-k%
+and measure the lost share, over a fixed ladder of k (:data:`FAITH_LADDER`); definitions in
+:func:`faithfulness_metrics`:
+
+- ``faith_suff`` ↑ (area under the sufficiency curve, MIB's CPR), ``faith_nec`` ↑ (area under the
+  necessity curve), ``faith_cmd`` ↓ (area under ``|1 − sufficiency|``, MIB's CMD);
+- bounds, the same for every method of a (model, seed): ``faith_*_random`` (a uniformly random site
+  order, exact) and ``faith_*_oracle`` (the best kept / removed set per example and k: exhaustive while
+  ``2^S ≤ 256`` subsets, else greedy while ``S(S + 1) ≤ 1056`` patched copies, NaN beyond).
+
+Fact rows carry the curves' raw points (``suf@x``, ``nec@x`` and the bounds' ``suf_rand@x``, ``nec_rand@x``,
+``suf_orac@x``, ``nec_orac@x`` at ``x = c/S``), so the areas (ratios of means over examples) get bootstrap
+intervals like every other metric. On a real checkpoint (``--data facts=PATH``, generative models) these
+are the only figures (:meth:`LocalizationTask.run_data`); ``leaderboard/agreement.py`` measures on the zoo
+how well they rank methods as the two planted truths do.
+
 References: ``random`` scores sites uniformly at random; ``oracle`` scores the planted
 site 1 and the others 0 (top-1, MRR and AUROC 1 by construction; its edit figures are those
 of the planted site, no ceiling).
