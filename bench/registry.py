@@ -274,7 +274,8 @@ def declared(source: str, module: str, kind: str) -> list[tuple[str, str, dict[s
                 name = _literal(kw["name"])
                 meta = {"families": _literal(kw["families"]), "capability": _literal(kw["capability"]),
                         "main_score": _literal(kw["main_score"]), "version": _literal(kw["version"]),
-                        "data_kinds": _literal(a["data_kinds"]) if "data_kinds" in a else ()}
+                        "data_kinds": _literal(a["data_kinds"]) if "data_kinds" in a else (),
+                        "ground_truth": _literal(a["ground_truth"]) if "ground_truth" in a else {}}
             else:
                 continue
         except (ValueError, KeyError, TypeError, SyntaxError):

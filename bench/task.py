@@ -120,6 +120,9 @@ class Task(ABC):
     strata: ClassVar[tuple[str, ...]] = ()
     # The real-data kinds (bench.kit.realdata) the task can read instead of the world; () = world only.
     data_kinds: ClassVar[tuple[str, ...]] = ()
+    # What the task scores against, ``{"zoo": ..., "real": ...}`` (a literal: `bench list tasks` reads it
+    # without importing the task); empty when undeclared.
+    ground_truth: ClassVar[dict[str, str]] = {}
     # Set on the copies :meth:`with_data` returns: what the task reads, by kind.
     data: Mapping[str, LoadedData] = MappingProxyType({})
     # The task's settings, where its ``__init__`` takes any (every built-in task sets a frozen

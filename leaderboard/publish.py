@@ -126,7 +126,7 @@ def publish(store_path: str | Path, out_dir: str | Path, allow_partial: bool = F
 
     rows = score(records)
     files = {
-        out / "README.md": readme(records, render(rows, "md"), whole.source, whole.task_versions,
+        out / "README.md": readme(records, with_agreement(render(rows, "md"), records), whole.source, whole.task_versions,
                                   whole.model_hashes, whole.packages, len(baseline.cells), missing),
         out / "default.json": render(rows, "json") + "\n",
         out / "manifests" / "default.toml": dumps_toml(whole),
@@ -136,6 +136,15 @@ def publish(store_path: str | Path, out_dir: str | Path, allow_partial: bool = F
     for path, text in files.items():
         path.write_text(text, encoding="utf-8")
     return list(files)
+
+
+def with_agreement(tables: str, records: Sequence[RunRecord]) -> str:
+    """The Markdown tables followed by the faithfulness-vs-planted-truth agreement table
+    (:mod:`leaderboard.agreement`) when the records hold localization results with faithfulness."""
+    from leaderboard.agreement import faithfulness_agreement, render_agreement
+
+    extra = render_agreement(faithfulness_agreement(records))
+    return f"{tables}\n\n{extra}" if extra else tables
 
 
 def readme(records: Sequence[RunRecord], tables: str, source: dict, task_versions: dict[str, str],

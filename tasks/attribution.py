@@ -511,6 +511,11 @@ class AttributionTask(Task):
     )
 
     data_kinds = ("masks",)
+    # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
+    ground_truth = {
+        "zoo": "the world's exact object masks",
+        "real": "COCO-style object masks (--data masks=PATH); deletion/insertion curves need none",
+    }
 
     def __init__(self, config: AttributionConfig | None = None) -> None:
         self.config = config or AttributionConfig()

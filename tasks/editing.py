@@ -66,6 +66,12 @@ the same figure whenever every relation has as many cases as the others (on the 
 models in both profiles: cases cycle over the relations and ``k`` is a multiple of their
 number).
 
+Real data (v1.4, ``--data KIND=PATH``): ``facts`` (VLKEB / MMEdit-shaped) and ``counterfact`` files on
+generative models, one rewrite at a time, scored with the token-level definitions of EasyEdit / VLKEB
+(:meth:`EditingTask.run_data`: reliability → ``efficacy``, generality → ``generalization``, locality →
+``specificity``, and ``portability``); ``concept_edit`` files (TIME / UCE prompt sets) on diffusion
+models with a judge, scored as the world's concept edits (:func:`concept_cases_from_file`).
+
 The model's parameters are snapshotted before any edit and restored after every
 setting; the cell fails if they are not bit-identical afterwards.
 """
@@ -74,7 +80,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -88,7 +94,8 @@ from bench.kit.readout import pixels_of, value_logits
 from bench import samples
 from bench.samples import Rows, make_rows, wmean
 from bench.kit.shared import ProcessMemo
-from bench.task import CellResult, MetricSpec, Task, TaskSpec
+from bench.records import LoadedData
+from bench.task import CellResult, MetricSpec, Task, TaskSpec, input_size
 from bench.kit.world import COLOURS, POSITIONS, SHAPES, World, WorldConfig
 from bench.kit.world.facts import drawings, glyph_scene
 
@@ -109,6 +116,8 @@ class EditingConfig:
     diffusion_neighbours: int = 8
     diffusion_quality: int = 16  # "a <colour> <shape>" prompts (half in the quick profile)
     concept_edits: int = 4  # diffusion concept replacement / erasure edits (2 in the quick profile)
+    # real data (--data facts=PATH / counterfact=PATH): rewrites read (all rows; the first this many quick)
+    quick_data_requests: int = 8
 
 
 @dataclass
@@ -297,7 +306,7 @@ def build_cases(model: Model, k: int, cfg: EditingConfig, seed: int) -> list[Edi
 class EditingTask(Task):
     spec = TaskSpec(
         name="editing",
-        version="1.3",
+        version="1.4",
         families=frozenset({"generative", "contrastive", "diffusion"}),
         capability="edit",
         main_score="score",
@@ -318,12 +327,21 @@ class EditingTask(Task):
                for m, d in (("efficacy", "the edited prompts draw the new concept / not the erased one"),
                             ("generalization", "the same in other colours and at named places"),
                             ("specificity", "prompts of other shapes draw what they drew before"),
-                            ("score", "harmonic mean of the three"))]),
+                            ("score", "harmonic mean of the three"))]
+            + [MetricSpec("portability", "higher", "real data: token accuracy on a question whose answer follows "
+                          "from the edit (VLKEB)")]),
     )
 
     # the part a row belongs to (fact rewrites, concept edits): each part's metrics are means over its
     # own cases, so a resample keeps both counts; not the relation, which no metric is defined over
     strata = ("kind",)
+
+    data_kinds = ("concept_edit", "counterfact", "facts")
+    # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
+    ground_truth = {
+        "zoo": "planted facts (new answer; neighbours keep theirs); diffusion samples read by zoo-oracle",
+        "real": "facts / counterfact files on generative models (reliability, generality, locality, portability); concept_edit files on diffusion models with a judge; none on contrastive checkpoints",
+    }
 
     def __init__(self, config: EditingConfig | None = None) -> None:
         self.config = config or EditingConfig()
@@ -332,13 +350,79 @@ class EditingTask(Task):
         reason = super().supports(model)
         if reason:
             return reason
+        if self.data:
+            if isinstance(model, DiffusionModel):
+                if "concept_edit" not in self.data:
+                    return f"task 'editing' reads concept_edit files on diffusion models, not facts or counterfact"
+                if model.judge is None:
+                    return f"task 'editing' needs a judge (an image classifier) to score {model.name!r}'s samples"
+                return None
+            if not isinstance(model, GenerativeModel):
+                return (f"task 'editing' reads facts and counterfact files on generative models and concept_edit "
+                        f"files on diffusion models; {model.name!r} is {model.family}")
+            if not {"facts", "counterfact"} & set(self.data):
+                return "task 'editing' reads facts or counterfact files on generative models, not concept_edit"
+            return None
         if not model.planted:
             return f"task 'editing' needs planted knowledge (a zoo model); {model.name!r} declares none"
         if isinstance(model, DiffusionModel) and model.judge is None:
             return f"task 'editing' needs a judge (an image classifier) to score {model.name!r}'s samples"
         return None
 
+    def run_data(self, model: Model, method: Method, seed: int, quick: bool) -> CellResult:
+        """Editing on data files (generative models), one rewrite at a time, the model restored in
+        between; the editor chooses the site (no planted one). Per rewrite (EasyEdit / VLKEB
+        definitions, teacher-forced answer tokens): ``efficacy`` = reliability (token accuracy of the new
+        answer on the edit's own input), ``generalization`` = generality (the same on the rephrased question
+        and on the other image, their mean), ``specificity`` = locality (share of the unrelated probes'
+        answer tokens predicted as before the edit), ``portability`` (token accuracy of the answer that
+        follows from the edit); NaN where the file has no such probe. References: ``random`` is the
+        unedited model (the floor: what is already there; locality 1); ``oracle`` a perfect edit (1 on
+        every probe, a ceiling by construction)."""
+        if isinstance(model, DiffusionModel):
+            return self.run_concept_file(model, method, seed, quick)
+        assert isinstance(model, GenerativeModel)
+        cfg = self.config
+        bs = model.batch_size
+        edits = [e for kind in sorted(set(self.data) - {"concept_edit"}) for e in
+                 data_edits(model, self.data[kind], cfg.quick_data_requests if quick else None)]
+        snapshot = ParameterSnapshot(model.module)
+        out: list[tuple[DataEdit, float, float, float, float]] = []
+        try:
+            for e in edits:
+                before = token_predictions(model, e.locality, bs) if e.locality is not None else []
+                if method.bound == "ceiling":
+                    nanless = [1.0, 1.0, 1.0, 1.0]
+                    vals = [v if p is not None else float("nan") for v, p in
+                            zip(nanless, (e.reliability, e.generality, e.locality, e.portability))]
+                    out.append((e, vals[0], vals[1], vals[2], vals[3]))
+                    continue
+                applied = None
+                if not method.reference:
+                    request = EditRequest(e.pixels_CHW[None, None], [e.question], [e.old], [e.new], site=None,
+                                          batch_size=bs, values=[(e.old, e.new)])
+                    applied = method.edit(model, request)
+                with applied_edit(model, applied):
+                    rel = token_accuracy(model, e.reliability, bs)
+                    gen = token_accuracy(model, e.generality, bs)
+                    loc = unchanged_share(before, token_predictions(model, e.locality, bs)) if e.locality else float("nan")
+                    port = token_accuracy(model, e.portability, bs)
+                out.append((e, rel, gen, loc, port))
+                snapshot.restore()
+        finally:
+            snapshot.restore()
+        snapshot.check_restored("editing")
+        ids = [hashlib.sha256(f"{x.id}|{x.question}|{x.old}->{x.new}".encode()).hexdigest()[:16] for x, *_ in out]
+        nan = [float("nan")] * len(out)
+        rows = make_rows(example=ids, hash=ids, kind=["fact"] * len(out), relation=["data"] * len(out),
+                         setting=["single"] * len(out), efficacy=[r[1] for r in out],
+                         generalization=[r[2] for r in out], specificity=[r[3] for r in out],
+                         portability=[r[4] for r in out], quality_after=nan, quality_before=nan)
+        return self.result(rows)
+
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
+        if self.data:
+            return self.run_data(model, method, seed, quick)
         cfg = self.config
         k = cfg.n_requests if not quick else (
             cfg.quick_diffusion_requests if isinstance(model, DiffusionModel) else cfg.quick_requests)
@@ -444,18 +528,44 @@ class EditingTask(Task):
                         f"{prefix}score": samples.harmonic_mean(e, g, s)})
             if name != "concept":
                 out[f"{prefix}quality"] = wmean(np.where(on, rows["quality_after"], np.nan), w_BN)
+        if "portability" in rows:  # data files (v1.4): where the file gives a portability probe
+            out["portability"] = wmean(rows["portability"], w_BN)
         return out
 
     def example_quality(self, rows: Rows) -> np.ndarray:
         """Per row, the case's edit score in that row's setting: the harmonic mean of its three shares."""
         return samples.harmonic_mean(rows["efficacy"], rows["generalization"], rows["specificity"])
 
+    def run_concept_file(self, model: DiffusionModel, method: Method, seed: int, quick: bool) -> CellResult:
+        """Concept edits read from a ``concept_edit`` file (TIME / UCE prompt sets), scored by the model's
+        judge (zoo-oracle on the zoo) as the world's concept edits are (:func:`concept_cases_from_file`):
+        ``concept_efficacy`` on the positives shown to the editor, ``concept_generalization`` on the
+        positives it was not shown, ``concept_specificity`` on the negatives."""
+        snapshot = ParameterSnapshot(model.module)
+        loaded = self.data["concept_edit"]
+        cases = concept_cases_from_file(model, loaded, self.config, seed,
+                                        self.config.quick_data_requests if quick else None)
+        try:
+            concept = self.concept_edits(model, method, seed, quick, snapshot.restore, cases=cases)
+        finally:
+            snapshot.restore()
+        snapshot.check_restored("editing")
+        ids = [o.hash for o in concept]
+        n = len(ids)
+        nan = [float("nan")] * n
+        rows = make_rows(example=ids, hash=ids, kind=["concept"] * n, relation=[""] * n, setting=["concept"] * n,
+                         efficacy=[o.efficacy for o in concept], generalization=[o.generalization for o in concept],
+                         specificity=[o.specificity for o in concept], quality_after=nan, quality_before=nan)
+        return self.result(rows)
+
     def concept_edits(self, model: DiffusionModel, method: Method, seed: int, quick: bool,
-                      restore: Callable[[], None], once: "Once | None" = None) -> list["ConceptOutcome"]:
+                      restore: Callable[[], None], once: "Once | None" = None,
+                      cases: "list[ConceptCase] | None" = None) -> list["ConceptOutcome"]:
         """Concept replacement and erasure (the settings of TIME, Orgad et al., 2023, and UCE,
         Gandikota et al., 2024), one edit at a time, read by the judge: one outcome per edit."""
-        cases = build_concept_cases(World(model.planted[0].world_seed), self.config, seed,
-                                    2 if quick else self.config.concept_edits)
+        if cases is None:
+            cases = build_concept_cases(World(model.planted[0].world_seed), self.config, seed,
+                                        2 if quick else self.config.concept_edits)
         rng = np.random.default_rng([seed, 109])
         out = []
         once = once or _unedited_memo(model, seed, quick, self.config)
@@ -478,12 +588,134 @@ class EditingTask(Task):
 
             took = (lambda x: x == c.new) if c.new else (lambda x: x != c.concept)
             e = float(np.mean([took(x) for x in read(c.shown, c.seed)]))
-            g = float(np.mean([took(x) for x in read(c.fresh, c.seed + 1)]))
+            g = float(np.mean([took(x) for x in read(c.fresh, c.seed + 1)])) if c.fresh else float("nan")
             after = before if method.bound == "ceiling" else read(c.others, c.seed + 2)
             s = float(np.mean([a == b for a, b in zip(after, before)]))
             out.append(ConceptOutcome(c.hash, e, g, s))
             restore()
         return out
+
+
+# ------------------------------------------------------------------ real data (facts, counterfact)
+@dataclass
+class TokenProbe:
+    """Teacher-forced probes: row ``i`` is ``image`` ``pixels_BCHW[i]``, question ``prompts[i]`` and
+    the answer ``answers[i]`` whose tokens are scored."""
+
+    pixels_BCHW: torch.Tensor
+    prompts: list[str]
+    answers: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class DataEdit:
+    """One rewrite read from a data file: the edit (image, question, old → new answer) and its probes:
+    reliability (the edit's own input, scored on ``new``), generality (rephrased question / other
+    image, on ``new``), locality (unrelated facts: their predicted tokens should not change) and
+    portability (a question whose answer follows from the edit)."""
+
+    id: str
+    pixels_CHW: torch.Tensor
+    question: str
+    old: str
+    new: str
+    reliability: TokenProbe
+    generality: TokenProbe | None
+    locality: TokenProbe | None
+    portability: TokenProbe | None
+
+
+def token_predictions(model: GenerativeModel, probe: TokenProbe, batch_size: int) -> list[torch.Tensor]:
+    """Per row, the model's greedy token at each position of the answer under teacher forcing, and the
+    answer's own tokens: ``[(pred_T, gold_T)]``."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, probe.n, batch_size):
+            sl = slice(i, i + batch_size)
+            enc = model.encode_spans(probe.prompts[sl], [""] * len(probe.prompts[sl]), probe.answers[sl])
+            logits = model.forward_tokens(probe.pixels_BCHW[sl], enc.ids_BL, enc.mask_BL)
+            pred_BL = logits.argmax(-1)
+            for b in range(logits.shape[0]):
+                pos = enc.span_BL[b].nonzero().squeeze(1)
+                out.append(torch.stack([pred_BL[b, pos - 1].cpu(), enc.ids_BL[b, pos].cpu()]))
+    return out
+
+
+def token_accuracy(model: GenerativeModel, probe: TokenProbe | None, batch_size: int) -> float:
+    """The mean over the probe's rows of the share of answer tokens the model predicts under teacher
+    forcing (EasyEdit's and VLKEB's reliability / generality / portability); NaN without a probe."""
+    if probe is None or probe.n == 0:
+        return float("nan")
+    return float(np.mean([float((pg[0] == pg[1]).double().mean()) for pg in token_predictions(model, probe, batch_size)]))
+
+
+def unchanged_share(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """Locality: the mean over rows of the share of answer positions whose predicted token is the
+    same after the edit as before (EasyEdit's and VLKEB's locality)."""
+    if not before:
+        return float("nan")
+    return float(np.mean([float((a[0] == b[0]).double().mean()) for a, b in zip(after, before)]))
+
+
+def _blank(size: int) -> torch.Tensor:
+    """A mid-grey image: the input of a text-only probe (the language side of a VLM)."""
+    return torch.full((3, size, size), 0.5)
+
+
+def data_edits(model: Model, loaded: LoadedData, limit: int | None) -> list[DataEdit]:
+    """The rewrites of a ``facts`` or ``counterfact`` file (the first ``limit`` rows when given)."""
+    from bench.kit.realdata import EditRequest as CounterFact, MultimodalFact, stack_images
+
+    size = input_size(model)
+    recs = list(loaded.records[:limit] if limit else loaded.records)
+    refs = list({ref.path: ref for r in recs for ref in (getattr(r, a, None) for a in
+                 ("image", "image_rephrase", "locality_image")) if ref is not None}.values())
+    pix = stack_images(refs, size) if refs else torch.zeros(0, 3, size, size)
+    where = {ref.path: j for j, ref in enumerate(refs)}
+
+    def img(ref: Any) -> torch.Tensor:
+        return pix[where[ref.path]] if ref is not None else _blank(size)
+
+    def probe(rows: Sequence[tuple[torch.Tensor, str | None, str | None]]) -> TokenProbe | None:
+        # the loaders guarantee a question and its answer together (None never reaches here)
+        return TokenProbe(torch.stack([p for p, _, _ in rows]), [str(q) for _, q, _ in rows],
+                          [str(a) for _, _, a in rows]) if rows else None
+
+    def own(rows: Sequence[tuple[torch.Tensor, str, str]]) -> TokenProbe:
+        got = probe(rows)
+        assert got is not None
+        return got
+
+    out = []
+    for r in recs:
+        if isinstance(r, MultimodalFact):
+            x = img(r.image)
+            gen: list[tuple[torch.Tensor, str | None, str | None]] = []
+            if r.rephrase:
+                gen.append((x, r.rephrase, r.counterfactual))
+            if r.image_rephrase:
+                gen.append((img(r.image_rephrase), r.question, r.counterfactual))
+            loc: list[tuple[torch.Tensor, str | None, str | None]] = (
+                [(img(r.locality_image) if r.locality_image else x, r.locality_question, r.locality_answer)]
+                if r.locality_question else [])
+            port: list[tuple[torch.Tensor, str | None, str | None]] = (
+                [(x, r.portability_question, r.portability_answer)] if r.portability_question else [])
+            out.append(DataEdit(r.id, x, r.question, r.answer, r.counterfactual, own([(x, r.question, r.counterfactual)]),
+                                probe(gen), probe(loc), probe(port)))
+        elif isinstance(r, CounterFact):
+            x = img(r.image)
+            para = [(x, p.replace("{}", r.subject), r.target_new) for p in r.paraphrases]
+            # neighbourhood prompts name other subjects: their (true) completion should keep its tokens
+            near = [(x, p.replace("{}", r.subject), r.target_true) for p in r.neighbourhood]
+            out.append(DataEdit(r.id, x, r.text, r.target_true, r.target_new, own([(x, r.text, r.target_new)]),
+                                probe(para), probe(near), None))
+        else:  # pragma: no cover - data_kinds admits only these
+            raise BenchError(f"task 'editing' cannot read a {type(r).__name__} record")
+    return out
 
 
 def case_hash(c: EditCase) -> str:
@@ -544,4 +776,32 @@ def build_concept_cases(world: World, cfg: EditingConfig, seed: int, k: int) -> 
         out.append(ConceptCase(concept, new, prompts, pix, prompts * 2,
                                [f"a {c} {concept} at the {w}" for c, w in zip(fresh_c, where)], others,
                                20_000 * (seed + 1) + 10 * j))
+    return out
+
+
+def concept_cases_from_file(model: DiffusionModel, loaded: LoadedData, cfg: EditingConfig, seed: int,
+                            limit: int | None) -> list[ConceptCase]:
+    """Concept edits from a ``concept_edit`` file: the first half of each row's positives (at least one)
+    is shown to the editor, with ``cfg.renders`` of the model's own samples of each prompt with the source
+    replaced by the destination (erasure: the source word removed), as ESD / UCE make their targets;
+    the other positives test generalization (NaN when there are none), the negatives specificity. The
+    judge reads shapes, so source and destination must be shape words it knows (one-line error otherwise)."""
+    recs = list(loaded.records[:limit] if limit else loaded.records)
+    out = []
+    for i, r in enumerate(recs):
+        for word in (r.source, r.destination):
+            if word and word not in SHAPES:
+                raise BenchError(f"{loaded.source.path}: row {i + 1} (id {r.id!r}): the judge of {model.name!r} reads "
+                                 f"shapes ({', '.join(SHAPES)}); {word!r} is not one")
+        if not r.negatives:
+            raise BenchError(f"{loaded.source.path}: row {i + 1} (id {r.id!r}) has no negatives: specificity "
+                             f"needs prompts that should not change")
+        half = max(1, len(r.positives) // 2)
+        shown, fresh = list(r.positives[:half]), list(r.positives[half:])
+        target = [" ".join(p.replace(r.source, r.destination).split()) for p in shown]
+        s = 30_000 * (seed + 1) + 10 * i
+        with torch.no_grad():
+            pix = model.generate([p for p in target for _ in range(cfg.renders)], seed=s + 5)
+        out.append(ConceptCase(r.source, r.destination, shown, pix.view(len(shown), cfg.renders, *pix.shape[1:]),
+                               shown * 2, fresh, list(r.negatives), s))
     return out

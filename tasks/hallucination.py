@@ -433,6 +433,11 @@ class HallucinationTask(Task):
     )
 
     data_kinds = ("captions", "pope")
+    # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
+    ground_truth = {
+        "zoo": "the scene graph (objects present)",
+        "real": "POPE / CHAIR-style files (--data pope=PATH, captions=PATH)",
+    }
     strata = ("source",)
 
     def __init__(self, config: HallucinationConfig | None = None) -> None:

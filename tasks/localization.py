@@ -57,6 +57,24 @@ on the renders used for the edit), generalization (on fresh renders) and specifi
 - ``edit_ratio``: their ratio. Near 1 for every method would reproduce Hase et al.'s
   finding that where a fact is localized does not predict where it is best edited.
 
+Faithfulness, no planted truth needed (v1.3; MIB's CPR/CMD idea, Mueller et al., 2025, "MIB: A
+Mechanistic Interpretability Benchmark"): keep only each example's top-k% candidate sites clean (the rest
+patched from the counterfactual run) and measure the recovered share of the behaviour, or patch the top-k%
+and measure the lost share, over a fixed ladder of k (:data:`FAITH_LADDER`); definitions in
+:func:`faithfulness_metrics`:
+
+- ``faith_suff`` ↑ (area under the sufficiency curve, MIB's CPR), ``faith_nec`` ↑ (area under the
+  necessity curve), ``faith_cmd`` ↓ (area under ``|1 − sufficiency|``, MIB's CMD);
+- bounds, the same for every method of a (model, seed): ``faith_*_random`` (a uniformly random site
+  order, exact) and ``faith_*_oracle`` (the best kept / removed set per example and k: exhaustive while
+  ``2^S ≤ 256`` subsets, else greedy while ``S(S + 1) ≤ 1056`` patched copies, NaN beyond).
+
+Fact rows carry the curves' raw points (``suf@x``, ``nec@x`` and the bounds' ``suf_rand@x``, ``nec_rand@x``,
+``suf_orac@x``, ``nec_orac@x`` at ``x = c/S``), so the areas (ratios of means over examples) get bootstrap
+intervals like every other metric. On a real checkpoint (``--data facts=PATH``, generative models) these
+are the only figures (:meth:`LocalizationTask.run_data`); ``leaderboard/agreement.py`` measures on the zoo
+how well they rank methods as the two planted truths do.
+
 References: ``random`` scores sites uniformly at random; ``oracle`` scores the planted
 site 1 and the others 0 (top-1, MRR and AUROC 1 by construction; its edit figures are those
 of the planted site, no ceiling).
@@ -86,6 +104,7 @@ choice itself.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -105,6 +124,11 @@ from bench.kit.world.core import stable_hash
 from bench.kit.world.facts import glyph_scene
 
 
+# The fixed ladder of site fractions k (MIB's idea, Mueller et al., 2025): a curve's points are the
+# distinct site counts ceil(k·S) these give, placed at their actual fraction c / S.
+FAITH_LADDER: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0)
+
+
 @dataclass(frozen=True)
 class LocalizationConfig:
     n_examples: int = 64
@@ -118,6 +142,17 @@ class LocalizationConfig:
     edit_lr: float = 5e-3
     edit_max_delta: float = 0.05
     diffusion_draws: int = 2  # (timestep, noise) draws per diffusion example
+    # faithfulness curves (no planted truth): the k ladder, and the bounds' budgets
+    faith_ladder: tuple[float, ...] = FAITH_LADDER
+    oracle_subsets: int = 256  # exhaustive search over every kept subset while 2^S is at most this
+    greedy_copies: int = 1056  # else a greedy oracle while its S(S + 1) patched copies are at most this (S <= 32)
+    random_orders: int = 8  # else the random bound averages this many seeded orders
+    faith_copies_per_pass: int = 8
+    # real data (--data facts=PATH): the candidate sites' kind in the language model, and the share of
+    # the file's rows kept for methods' fit split (chosen by a seeded hash of the row)
+    data_site_kind: str = "mlp"
+    data_fit_fraction: float = 0.25
+    data_split_seed: int = 0
 
 
 def rank_rows(scores_NS: torch.Tensor, planted_N: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -411,13 +446,242 @@ def diffusion_evaluate(model: DiffusionModel, ex: DiffusionFactExamples) -> Call
     return evaluate
 
 
+# ------------------------------------------------------------------ faithfulness (no planted truth)
+FAITH_PREFIXES: tuple[str, ...] = ("suf", "nec", "suf_rand", "nec_rand", "suf_orac", "nec_orac")
+
+
+def ladder_counts(S: int, ladder: Sequence[float] = FAITH_LADDER) -> list[int]:
+    """The distinct numbers of sites ``ceil(k·S)`` (top-k% means at least k% of the sites) over the ladder."""
+    return sorted({min(S, max(0, math.ceil(k * S - 1e-9))) for k in ladder} | {0, S})
+
+
+def faith_column(prefix: str, c: int, S: int) -> str:
+    """The row column of a curve point: ``<prefix>@<c/S with 4 decimals>``."""
+    return f"{prefix}@{c / S:.4f}"
+
+
+def keep_metric(evaluate: Callable[..., tuple[torch.Tensor, Any]], cands: Sequence[str],
+                sources: Mapping[str, torch.Tensor], keep_CNS: torch.Tensor, copies_per_pass: int = 8) -> torch.Tensor:
+    """The behaviour's metric ``[C, N]`` of the clean run with, in copy ``c`` and example ``i``, every
+    candidate ``j`` where ``keep_CNS[c, i, j]`` is False overwritten by ``sources[j]`` (its activation
+    in the counterfactual run): batched, ``copies_per_pass`` patched copies per forward pass."""
+    from bench.sites import replace_rows
+
+    C, N, S = keep_CNS.shape
+    out = torch.empty(C, N, dtype=torch.float64)
+    step = max(1, copies_per_pass)
+    for g in range(0, C, step):
+        block = keep_CNS[g: g + step]
+        c = block.shape[0]
+        writes = {}
+        for j, site in enumerate(cands):
+            rows = (~block[:, :, j]).reshape(-1).nonzero().squeeze(1)  # copy-major rows c·N + i
+            if rows.numel():
+                src = sources[site]
+                writes[site] = replace_rows(rows.to(src.device), src[(rows % N).to(src.device)])
+        m, _ = evaluate("clean", write=writes, copies=c)
+        out[g: g + c] = m.detach().view(c, N).double().cpu()
+    return out
+
+
+def counterfactual_sources(evaluate: Callable[..., tuple[torch.Tensor, Any]],
+                           cands: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every candidate's activation in the counterfactual run (what a patched site is set to)."""
+    with torch.no_grad():
+        _, tr = evaluate("corrupt", read=list(cands))
+    return {s: tr[s].detach() for s in cands}
+
+
+def subset_masks(S: int) -> torch.Tensor:
+    """``[2^S, S]``: subset ``b`` keeps site ``j`` iff bit ``j`` of ``b`` is set."""
+    b = torch.arange(2 ** S)[:, None]
+    return (b >> torch.arange(S)[None, :]) & 1 == 1
+
+
+def top_sets_from_table(scores_NS: torch.Tensor, table_NB: torch.Tensor, counts: Sequence[int]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the metric of every kept subset (``table_NB``, :func:`subset_masks` order), per count ``c``
+    and example ``[P, N]``: the metric keeping only the top-``c`` sites and the metric with the top-``c``
+    removed, each the expectation over a uniformly random order of tied scores (as the rank metrics)."""
+    N, S = scores_NS.shape
+    M_BS = subset_masks(S)
+    size_B = M_BS.sum(1)
+    full = 2 ** S - 1
+    comp_B = full - torch.arange(2 ** S)  # the complement subset's index
+    keep = torch.empty(len(counts), N, dtype=torch.float64)
+    drop = torch.empty(len(counts), N, dtype=torch.float64)
+    s = scores_NS.double()
+    for i in range(N):
+        order = torch.sort(s[i], descending=True).values
+        for p, c in enumerate(counts):
+            if c == 0:
+                ok = size_B == 0
+            elif c == S:
+                ok = size_B == S
+            else:
+                t = order[c - 1]
+                above, tied = s[i] > t, s[i] == t
+                ok = ((M_BS | ~above).all(1) & (~M_BS | above | tied).all(1) & (size_B == c))
+            keep[p, i] = table_NB[i, ok].mean()
+            drop[p, i] = table_NB[i, comp_B[ok]].mean()
+    return keep, drop
+
+
+def bounds_from_table(table_NB: torch.Tensor, S: int, counts: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Per count ``[P, N]``: the random bound (the mean over every subset of that size: the exact
+    expectation of a uniformly random order) and the oracle (the best subset of that size per example:
+    the highest metric kept, the lowest left after removing ``c``), for sufficiency and necessity."""
+    size_B = subset_masks(S).sum(1)
+    out = {k: torch.empty(len(counts), table_NB.shape[0], dtype=torch.float64) for k in FAITH_PREFIXES[2:]}
+    for p, c in enumerate(counts):
+        kept, left = table_NB[:, size_B == c], table_NB[:, size_B == S - c]
+        out["suf_rand"][p], out["nec_rand"][p] = kept.mean(1), left.mean(1)
+        out["suf_orac"][p], out["nec_orac"][p] = kept.max(1).values, left.min(1).values
+    return out
+
+
+def top_masks(order_NS: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """``[P, N, S]``: keep the first ``c`` sites of each example's order (site indices, best first)."""
+    N, S = order_NS.shape
+    rank_NS = order_NS.argsort(1)  # position of each site in the order
+    return torch.stack([rank_NS < c for c in counts])
+
+
+def greedy_chains(evaluate: Callable[..., tuple[torch.Tensor, Any]], cands: Sequence[str],
+                  sources: Mapping[str, torch.Tensor], N: int, copies_per_pass: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy oracle per example ``[S + 1, N]`` by count: forward selection of kept sites (add the site
+    whose keeping gives the highest metric) and backward removal (remove the site whose patching gives
+    the lowest). ``S(S + 1) / 2`` patched copies per chain."""
+    S = len(cands)
+    out = []
+    for sufficiency in (True, False):
+        keep_NS = torch.full((N, S), not sufficiency)
+        vals = [keep_metric(evaluate, cands, sources, keep_NS[None], copies_per_pass)[0]]
+        for _ in range(S):
+            free_NS = ~keep_NS if sufficiency else keep_NS
+            idx_NF = torch.stack([free_NS[i].nonzero().squeeze(1) for i in range(N)])  # same count per example
+            F = idx_NF.shape[1]
+            masks = keep_NS[None].repeat(F, 1, 1)
+            rows = torch.arange(N)
+            for f in range(F):
+                masks[f, rows, idx_NF[:, f]] = sufficiency
+            m_FN = keep_metric(evaluate, cands, sources, masks, copies_per_pass)
+            best_N = m_FN.argmax(0) if sufficiency else m_FN.argmin(0)
+            keep_NS = masks[best_N, rows]
+            vals.append(m_FN[best_N, rows])
+        chain = torch.stack(vals)  # [S + 1, N] by number of sites kept (sufficiency) or removed (necessity)
+        out.append(chain)
+    return out[0], out[1]
+
+
+def faithfulness_rows(scores_NS: torch.Tensor, evaluate: Callable[..., tuple[torch.Tensor, Any]],
+                      cands: Sequence[str], seed: int, cfg: "LocalizationConfig",
+                      bounds: Callable[[Callable[[], dict[str, torch.Tensor]]], dict[str, torch.Tensor]] | None = None,
+                      ) -> dict[str, list[float]]:
+    """The per-example curve columns (:func:`faith_column`) for the method's scores and the bounds.
+
+    With ``2^S ≤ cfg.oracle_subsets`` every kept subset is evaluated once (``table``), and the method's
+    curves, the random bound (exact) and the oracle (exhaustive) are read off it. Beyond, the method's
+    curves are evaluated directly (seeded tie-break), the random bound averages ``cfg.random_orders``
+    seeded orders, and the oracle is greedy (:func:`greedy_chains`) while ``S(S + 1) ≤
+    cfg.greedy_copies``, NaN beyond. ``bounds`` memoises the method-independent part (a cell cache)."""
+    N, S = scores_NS.shape
+    counts = ladder_counts(S, cfg.faith_ladder)
+    per_pass = cfg.faith_copies_per_pass
+    memo = bounds or (lambda build: build())
+    exhaustive = 2 ** S <= cfg.oracle_subsets
+
+    def build() -> dict[str, torch.Tensor]:
+        sources = counterfactual_sources(evaluate, cands)
+        if exhaustive:
+            M_BS = subset_masks(S)
+            table = keep_metric(evaluate, cands, sources, M_BS[:, None, :].expand(-1, N, -1), per_pass)
+            return {"table": table.T.contiguous()}
+        g = torch.Generator().manual_seed(seed * 7919 + 17)
+        R = cfg.random_orders
+        orders = torch.stack([torch.stack([torch.randperm(S, generator=g) for _ in range(N)]) for _ in range(R)])
+        masks = torch.cat([top_masks(orders[r], counts) for r in range(R)])  # [R·P, N, S]
+        suf = keep_metric(evaluate, cands, sources, masks, per_pass).view(R, len(counts), N).mean(0)
+        nec = keep_metric(evaluate, cands, sources, ~masks, per_pass).view(R, len(counts), N).mean(0)
+        out = {"suf_rand": suf, "nec_rand": nec}
+        if S * (S + 1) <= cfg.greedy_copies:
+            gs, gn = greedy_chains(evaluate, cands, sources, N, per_pass)
+            out["suf_orac"], out["nec_orac"] = gs[counts], gn[counts]
+        else:
+            out["suf_orac"] = out["nec_orac"] = torch.full((len(counts), N), float("nan"), dtype=torch.float64)
+        return out
+
+    got = memo(build)
+    if exhaustive:
+        table = got["table"].double()
+        keep, drop = top_sets_from_table(scores_NS, table, counts)
+        curves = {"suf": keep, "nec": drop, **bounds_from_table(table, S, counts)}
+    else:
+        sources = counterfactual_sources(evaluate, cands)
+        g = torch.Generator().manual_seed(seed * 7919 + 29)
+        jitter = torch.rand(N, S, generator=g, dtype=torch.float64)  # seeded tie-break
+        key = scores_NS.double()
+        order = torch.from_numpy(np.lexsort((jitter.numpy(), -key.numpy())))  # best first, ties by jitter
+        masks = top_masks(order, counts)
+        curves = {"suf": keep_metric(evaluate, cands, sources, masks, per_pass),
+                  "nec": keep_metric(evaluate, cands, sources, ~masks, per_pass),
+                  **{k: got[k].double() for k in FAITH_PREFIXES[2:]}}
+    return {faith_column(pre, c, S): curves[pre][p].tolist() for pre in FAITH_PREFIXES for p, c in enumerate(counts)}
+
+
+def faithfulness_metrics(rows: Rows, w_BN: np.ndarray) -> dict[str, np.ndarray]:
+    """The faithfulness areas ``[B]`` from the curve columns (NaN when the rows carry none).
+
+    With ``m̄(·)`` the weighted mean over examples of the behaviour's metric (the logit difference
+    between the clean and the counterfactual answer, or its family's analogue), ``m̄_clean`` nothing
+    patched and ``m̄_∅`` every candidate patched from the counterfactual, at each ladder point ``x = c/S``:
+
+    - sufficiency ``f_s(x) = (m̄(keep top-c) − m̄_∅) / (m̄_clean − m̄_∅)``: the share of the behaviour
+      the top-c sites recover on their own (the rest patched);
+    - necessity ``f_n(x) = (m̄_clean − m̄(remove top-c)) / (m̄_clean − m̄_∅)``: the share lost when they
+      are patched.
+
+    ``faith_suff`` is the area under ``f_s`` over ``x ∈ [0, 1]`` (trapezoid rule): MIB's CPR (Mueller et
+    al., 2025, "MIB: A Mechanistic Interpretability Benchmark", §3: integrated circuit performance
+    ratio); ``faith_cmd`` the area under ``|1 − f_s|`` (MIB's CMD, lower = better); ``faith_nec`` the area
+    under ``f_n``. The ``_random`` / ``_oracle`` variants are the same areas of the bound columns. Ratios
+    of means, not means of per-example ratios: an example whose behaviour barely changes cannot blow up
+    the figure; NaN where ``m̄_clean ≤ m̄_∅`` (no behaviour to recover)."""
+    cols = sorted(c for c in rows if c.startswith("suf@"))
+    nan = np.full(len(w_BN), np.nan)
+    names = ("faith_suff", "faith_nec", "faith_cmd", "faith_suff_random", "faith_nec_random",
+             "faith_suff_oracle", "faith_nec_oracle")
+    if not cols:
+        return {k: nan for k in names}
+    xs = np.array([float(c.split("@")[1]) for c in cols])
+    order = np.argsort(xs)
+    xs = xs[order]
+    tags = [cols[i].split("@")[1] for i in order]
+    curve = {p: np.stack([wmean(rows[f"{p}@{t}"], w_BN) for t in tags], axis=1) for p in FAITH_PREFIXES}  # [B, P]
+    full, empty = curve["suf"][:, -1:], curve["suf"][:, :1]
+    den = full - empty
+    ok = den > 0
+    safe = np.where(ok, den, 1.0)
+
+    def area(y_BP: np.ndarray) -> np.ndarray:
+        a = ((y_BP[:, 1:] + y_BP[:, :-1]) / 2 * np.diff(xs)[None]).sum(1)
+        return np.where(ok[:, 0], a, np.nan)
+
+    fs = lambda p: (curve[p] - empty) / safe  # noqa: E731
+    fn = lambda p: (full - curve[p]) / safe  # noqa: E731
+    return {"faith_suff": area(fs("suf")), "faith_nec": area(fn("nec")), "faith_cmd": area(np.abs(1 - fs("suf"))),
+            "faith_suff_random": area(fs("suf_rand")), "faith_nec_random": area(fn("nec_rand")),
+            "faith_suff_oracle": area(fs("suf_orac")), "faith_nec_oracle": area(fn("nec_orac"))}
+
+
 _EDIT_MEMO = ProcessMemo(size=256)
+_FAITH_MEMO = ProcessMemo(size=16)
 
 
 class LocalizationTask(Task):
     spec = TaskSpec(
         name="localization",
-        version="1.2",
+        version="1.3",
         families=frozenset({"contrastive", "generative", "diffusion"}),
         capability="localize",
         main_score="top1",
@@ -436,6 +700,20 @@ class LocalizationTask(Task):
             MetricSpec("edit_at_planted", "higher", "edit success at the planted site", normalise=False),
             MetricSpec("edit_ratio", "higher", "edit_at_top / edit_at_planted (Hase et al., 2023)",
                        normalise=False),
+            MetricSpec("faith_suff", "higher", "area under the sufficiency curve: share of the behaviour the "
+                       "top-k% sites recover alone, the rest patched from the counterfactual (MIB's CPR)",
+                       normalise=False),
+            MetricSpec("faith_nec", "higher", "area under the necessity curve: share of the behaviour lost "
+                       "when the top-k% sites are patched from the counterfactual", normalise=False),
+            MetricSpec("faith_cmd", "lower", "area under |1 - sufficiency| (MIB's CMD)", normalise=False),
+            MetricSpec("faith_suff_random", "none", "faith_suff of a uniformly random site order (bound)",
+                       normalise=False),
+            MetricSpec("faith_nec_random", "none", "faith_nec of a uniformly random site order (bound)",
+                       normalise=False),
+            MetricSpec("faith_suff_oracle", "none", "faith_suff of the best kept set per example and k "
+                       "(exhaustive up to 256 subsets, else greedy)", normalise=False),
+            MetricSpec("faith_nec_oracle", "none", "faith_nec of the best removed set per example and k "
+                       "(exhaustive up to 256 subsets, else greedy)", normalise=False),
         ),
     )
 
@@ -449,6 +727,13 @@ class LocalizationTask(Task):
         return [("edit", r) if k == "edit" else ("fact",) for k, r in zip(rows["kind"].tolist(),
                                                                           rows["relation"].tolist())]
 
+    data_kinds = ("facts",)
+    # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
+    ground_truth = {
+        "zoo": "planted storage site + measured mediation profile (and faithfulness)",
+        "real": "none: faithfulness curves on a facts file (generative models only)",
+    }
+
     def __init__(self, config: LocalizationConfig | None = None) -> None:
         self.config = config or LocalizationConfig()
 
@@ -456,11 +741,104 @@ class LocalizationTask(Task):
         reason = super().supports(model)
         if reason:
             return reason
+        if self.data:
+            if not isinstance(model, GenerativeModel):
+                return f"task 'localization' reads facts files on generative models; {model.name!r} is {model.family}"
+            return None
         if not model.planted:
-            return f"task 'localization' needs planted knowledge (a zoo model); {model.name!r} declares none"
+            return (f"task 'localization' needs planted knowledge (a zoo model) or a facts file "
+                    f"(--data facts=PATH); {model.name!r} declares none")
         return None
 
+    def check_data(self) -> None:
+        from bench.kit.realdata import counterfactual_inputs
+
+        loaded = self.data["facts"]
+        counterfactual_inputs(loaded.records, loaded.source.path)
+        fit, test = self.data_split()
+        if not fit or not test:
+            raise BenchError(f"{loaded.source.path}: task 'localization' splits the rows into a fit share of "
+                             f"{self.config.data_fit_fraction:g} and a scored rest; the {len(loaded.records)} rows "
+                             f"leave the {'fit' if not fit else 'scored'} side empty (more rows are needed)")
+
+    def data_split(self) -> tuple[list[int], list[int]]:
+        """``(fit, test)`` row indices of the facts file: a row is on the fit side when the seeded hash of
+        its id, question and answer falls below ``data_fit_fraction`` (the same for every seed)."""
+        cfg = self.config
+        fit: list[int] = []
+        test: list[int] = []
+        for i, r in enumerate(self.data["facts"].records):
+            h = hashlib.sha256(f"{cfg.data_split_seed}|{r.id}|{r.question}|{r.answer}".encode()).digest()
+            (fit if int.from_bytes(h[:8], "big") / 2.0 ** 64 < cfg.data_fit_fraction else test).append(i)
+        return fit, test
+
+    def data_examples(self, model: Model, rows: Sequence[int]) -> FactExamples:
+        """Fact examples from the facts file's rows: the row's image and question (clean) against its
+        counterfactual input (:func:`bench.kit.realdata.counterfactual_inputs`)."""
+        from bench.kit.realdata import counterfactual_inputs, stack_images
+        from bench.task import input_size
+
+        loaded = self.data["facts"]
+        recs = [loaded.records[i] for i in rows]
+        cf = counterfactual_inputs(loaded.records, loaded.source.path)
+        refs = list({ref.path: ref for i in rows for ref in (loaded.records[i].image, cf[i])}.values())
+        where = {ref.path: j for j, ref in enumerate(refs)}
+        pix = stack_images(refs, input_size(model))
+        clean = pix[torch.tensor([where[r.image.path] for r in recs], dtype=torch.long)]
+        corrupt = pix[torch.tensor([where[cf[i].path] for i in rows], dtype=torch.long)]
+        hashes = [hashlib.sha256("|".join((loaded.file_digest(r.image.path), loaded.file_digest(cf[i].path),
+                                           r.question, r.answer, r.counterfactual)).encode()).hexdigest()[:16]
+                  for i, r in zip(rows, recs)]
+        return FactExamples(clean, corrupt, [r.question for r in recs], [r.answer for r in recs],
+                            [r.counterfactual for r in recs], [""] * len(recs), hashes, ["data"] * len(recs))
+
+    def run_data(self, model: Model, method: Method, seed: int, quick: bool) -> CellResult:
+        """Localization on a facts file: no planted truth, so the faithfulness curves only (the rank and
+        mediation columns are NaN). ``oracle`` scores each site by its single-site sufficiency (the metric
+        with only it kept clean); ``random`` uniformly at random."""
+        cfg = self.config
+        fit_rows, test_rows = self.data_split()
+        if quick:
+            test_rows = test_rows[: cfg.quick_examples]
+        cands = self.candidates(model)
+        ex = self.data_examples(model, test_rows)
+        n, S = len(test_rows), len(cands)
+        assert isinstance(model, GenerativeModel)
+        same = (model.answer_inputs(ex.prompts, ex.answers).answer_B
+                == model.answer_inputs(ex.prompts, ex.alternatives).answer_B).nonzero().squeeze(1).tolist()
+        if same:  # the behaviour is the first answer token's logit difference: 0 by construction there
+            rows_named = ", ".join(str(test_rows[i] + 1) for i in same[:5])
+            raise BenchError(f"{self.data['facts'].source.path}: in row(s) {rows_named}, answer and counterfactual "
+                             f"begin with the same token for {model.name!r}'s tokenizer; localization compares "
+                             f"their first tokens, so make them differ there")
+        request = self.request(model, ex, cands)
+        if method.bound == "ceiling":
+            sources = counterfactual_sources(request.evaluate, cands)
+            single = torch.eye(S, dtype=torch.bool)[:, None, :].expand(-1, n, -1)
+            scores = keep_metric(request.evaluate, cands, sources, single, cfg.faith_copies_per_pass).T
+        elif method.bound == "chance":
+            scores = torch.rand(n, S, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        else:
+            request.fit = self.request(model, self.data_examples(model, fit_rows), cands)
+            scores = method.localize(model, request)
+            if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n, S):
+                raise BenchError(f"method {method.name!r} must return scores of shape {(n, S)}")
+            if not torch.isfinite(scores).all():
+                raise BenchError(f"method {method.name!r} returned NaN or infinite scores")
+        faith = self.faithfulness(model, ex, cands, scores, seed, quick)
+        nan = [float("nan")] * n
+        rows = make_rows(example=[f"{i:04d}:{h}" for i, h in zip(test_rows, ex.hashes)], hash=list(ex.hashes),
+                         kind=["fact"] * n, relation=list(ex.relations), top1=nan, rr=nan, auroc=nan, med_tau=nan,
+                         med_top1=nan, edit_top=nan, edit_planted=nan, **faith)
+        return self.result(rows)
+
     def candidates(self, model: Model) -> list[str]:
+        if self.data or not model.planted:
+            tower = next((t for t in ("lm", "text") if model.layer_sites(t, self.config.data_site_kind)), None)
+            if tower is None:
+                raise BenchError(f"model {model.name!r} has no per-layer {self.config.data_site_kind!r} sites in its "
+                                 f"language model")
+            return model.layer_sites(tower, self.config.data_site_kind)
         site = model.site(model.planted[0].site)
         cands = model.layer_sites(site.tower, site.kind)
         missing = [r.site for r in model.planted if r.site not in cands]
@@ -469,6 +847,8 @@ class LocalizationTask(Task):
         return cands
 
     def run(self, model: Model, method: Method, seed: int, quick: bool = False) -> CellResult:
+        if self.data:
+            return self.run_data(model, method, seed, quick)
         n = self.config.quick_examples if quick else self.config.n_examples
         cands = self.candidates(model)
         ex = self.examples(model, n, seed, "test")
@@ -488,6 +868,7 @@ class LocalizationTask(Task):
                 raise BenchError(f"method {method.name!r} returned NaN or infinite scores")
         ranks = rank_rows(scores, planted_N)
         med = mediation_rows(scores, ex.relations, cands, model.planted)
+        faith = self.faithfulness(model, ex, cands, scores, seed, quick)
         edits = self.informs_editing(model, scores, ex.relations, cands, seed, quick)
         n_e = len(edits)
         nan = [float("nan")]
@@ -499,8 +880,23 @@ class LocalizationTask(Task):
             top1=ranks["top1"].tolist() + nan * n_e, rr=ranks["rr"].tolist() + nan * n_e,
             auroc=ranks["auroc"].tolist() + nan * n_e,
             med_tau=med["med_tau"].tolist() + nan * n_e, med_top1=med["med_top1"].tolist() + nan * n_e,
-            edit_top=nan * n + [t for _, _, t, _ in edits], edit_planted=nan * n + [p for _, _, _, p in edits])
+            edit_top=nan * n + [t for _, _, t, _ in edits], edit_planted=nan * n + [p for _, _, _, p in edits],
+            **{col: vals + nan * n_e for col, vals in faith.items()})
         return self.result(rows)
+
+    def faithfulness(self, model: Model, ex: "FactExamples | DiffusionFactExamples", cands: list[str],
+                     scores_NS: torch.Tensor, seed: int, quick: bool) -> dict[str, list[float]]:
+        """The faithfulness curve columns of the method's scores (:func:`faithfulness_rows`); the
+        method-independent part (every subset's metric, or the bounds) computed once per grid."""
+        evaluate = self.request(model, ex, cands).evaluate
+        n = len(scores_NS)
+        key = (self.spec.version, seed, n, quick, tuple(cands), self.config)
+
+        def bounds(build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+            return _FAITH_MEMO.get((model.name, model.weights_hash, key),
+                                   lambda: shared_work(self, model, "localization-faithfulness", key, build))
+
+        return faithfulness_rows(scores_NS.detach().cpu(), evaluate, cands, seed, self.config, bounds)
 
     def examples(self, model: Model, n: int, seed: int, split: str) -> "FactExamples | DiffusionFactExamples":
         if isinstance(model, DiffusionModel):
@@ -513,6 +909,11 @@ class LocalizationTask(Task):
     def request(model: Model, ex: "FactExamples | DiffusionFactExamples", cands: list[str]) -> LocalizeRequest:
         """The request a method answers: the patching closure, plus the behaviour spelled out."""
         values = {r.relation: r.values for r in model.planted}
+        if isinstance(ex, FactExamples) and any(r not in values for r in ex.relations):  # a facts file's rows
+            values = {}
+            vals: list[tuple[str, ...]] = [(a, b) for a, b in zip(ex.answers, ex.alternatives)]
+        else:
+            vals = [values[r] for r in ex.relations]
         positions: torch.Tensor | None = None
         if isinstance(ex, DiffusionFactExamples):
             evaluate = diffusion_evaluate(model, ex)  # type: ignore[arg-type]
@@ -530,7 +931,7 @@ class LocalizationTask(Task):
             raise BenchError(f"task 'localization' has no {model.family} setting yet")
         return LocalizeRequest(len(ex.answers), list(cands), evaluate, batch_size=model.batch_size, prompts=prompts,
                                answers=list(ex.answers), alternatives=list(ex.alternatives),
-                               values=[values[r] for r in ex.relations], positions_N=positions)
+                               values=vals, positions_N=positions)
 
     def informs_editing(self, model: Model, scores_NS: torch.Tensor, relations: list[str], cands: list[str],
                         seed: int, quick: bool) -> list[tuple[str, str, float, float]]:
@@ -583,4 +984,5 @@ class LocalizationTask(Task):
         t, p = out["edit_at_top"], out["edit_at_planted"]
         with np.errstate(invalid="ignore", divide="ignore"):
             out["edit_ratio"] = np.where(p > 0, t / np.where(p > 0, p, 1.0), np.nan)
+        out.update(faithfulness_metrics(rows, w_BN))
         return out

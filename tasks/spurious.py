@@ -254,6 +254,11 @@ class SpuriousTask(Task):
         ),
     )
     data_kinds = ("waterbirds",)
+    # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
+    ground_truth = {
+        "zoo": "zoo-clip-spurious's group labels (class x background)",
+        "real": "Waterbirds-style groups (--data waterbirds=PATH)",
+    }
     strata = ("group",)
 
     def __init__(self, config: SpuriousConfig | None = None) -> None:

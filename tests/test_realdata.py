@@ -444,7 +444,8 @@ def test_unknown_kind_suggests() -> None:
 
 def test_every_kind_documents_its_paper_and_fields() -> None:
     papers = {"pope": "Li et al., 2023", "captions": "Rohrbach et al., 2018", "waterbirds": "Sagawa et al., 2020",
-              "counterfact": "Meng et al., 2022", "concept_edit": "Gandikota et al., 2024", "masks": "Lin et al., 2014"}
+              "counterfact": "Meng et al., 2022", "concept_edit": "Gandikota et al., 2024", "masks": "Lin et al., 2014",
+              "facts": "Huang et al., 2024"}
     assert set(rd.KINDS) == set(papers)
     for name, paper in papers.items():
         k = rd.KINDS[name]

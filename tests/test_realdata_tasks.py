@@ -273,7 +273,7 @@ def test_data_flag_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_p
                                            "--data", f"pope={pope}")
     err = one_line_error(capsys, tmp_path, "--task", "localization", "--model", "zoo-vlm", "--data", f"pope={pope}")
     assert "no compatible cells to run" in err
-    assert "task 'localization' reads no data files (it builds its examples from the world), not pope" in err
+    assert "task 'localization' reads facts data, not pope" in err
 
 
 def test_a_task_that_does_not_read_the_kind_is_skipped_with_the_reason(pope: Path, masks: Path) -> None:

@@ -116,8 +116,11 @@ def test_localization_rows_give_the_stored_metrics_and_the_oracle_reaches_best(z
     q = task.example_quality(rows)
     assert (q[fact] == 1).all() and np.isnan(q[edit]).all()
     _oracle_reaches_best(task, res)
+    faith = {"faith_suff", "faith_nec", "faith_cmd", "faith_suff_random", "faith_nec_random", "faith_suff_oracle",
+             "faith_nec_oracle"}  # v1.3: the faithfulness areas and their bounds (no ceiling by construction)
     assert {m.name for m in task.spec.metrics if not m.normalise} == {"edit_at_top", "edit_at_planted", "edit_ratio",
-                                                                      "mediation_tau", "mediation_top1"}
+                                                                      "mediation_tau", "mediation_top1", *faith}
+    assert not np.isnan(rows["suf@0.2500"][fact]).any() and np.isnan(rows["suf@0.2500"][edit]).all()
     # zoo-clip is audited: every fact row is scored against its relation's mediation profile too
     assert all(len(r.mediation) == 4 for r in zoo_clip.planted)
     assert not np.isnan(rows["med_tau"][fact]).any() and np.isnan(rows["med_tau"][edit]).all()
@@ -146,6 +149,9 @@ def test_localization_metrics_from_rows_by_hand():
     want["edit_ratio"] = tuple(want["edit_at_top"][b] / want["edit_at_planted"][b] for b in range(2))
     # rows of v1.1 carry no mediation columns: those metrics are NaN, the others unchanged
     assert np.isnan(m.pop("mediation_tau")).all() and np.isnan(m.pop("mediation_top1")).all()
+    # nor faithfulness curves (v1.3): those areas are NaN too
+    for k in [k for k in m if k.startswith("faith_")]:
+        assert np.isnan(m.pop(k)).all(), k
     assert m.keys() == want.keys()
     for k, (w0, w1) in want.items():
         assert math.isclose(m[k][0], w0, abs_tol=1e-12) and math.isclose(m[k][1], w1, abs_tol=1e-12), k

@@ -228,7 +228,13 @@ def _leaderboard_text(store: Any, fmt: str, profile: str, tasks: Sequence[str] |
         from leaderboard.render import render
         from leaderboard.scorer import score
 
-        return render(score(_select(store, profile, tasks, models, methods, rows=True)), fmt)
+        recs = _select(store, profile, tasks, models, methods, rows=True)
+        text = render(score(recs), fmt)
+        if fmt == "md":  # localization: the faithfulness-vs-planted-truth agreement under the tables
+            from leaderboard.publish import with_agreement
+
+            text = with_agreement(text, recs)
+        return text
 
     return answers.remember("leaderboard", [fmt, h.hexdigest()], compute, keep=keep), bool(recs)
 
@@ -289,7 +295,8 @@ def task_meta(name: str) -> dict[str, Any]:
     cls = TASKS.get(name)
     s = cls.spec
     return {"version": s.version, "families": tuple(s.families), "capability": s.capability,
-            "main_score": s.main_score, "data_kinds": tuple(getattr(cls, "data_kinds", ()))}
+            "main_score": s.main_score, "data_kinds": tuple(getattr(cls, "data_kinds", ())),
+            "ground_truth": dict(getattr(cls, "ground_truth", {}))}
 
 
 def _source_version(target: str) -> str | None:
@@ -344,6 +351,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             s = task_meta(n)
             print(f"{n:<22} v{s['version']:<5} families: {','.join(sorted(s['families'])):<34} "
                   f"capability: {s['capability']:<20} main: {s['main_score']}")
+            gt = s.get("ground_truth") or {}
+            kinds = ", ".join(s.get("data_kinds") or ()) or "none"
+            print(f"{'':<22} ground truth on the zoo: {gt.get('zoo', 'not declared')}")
+            print(f"{'':<22} on a real checkpoint:    {gt.get('real', 'not declared')} (data kinds: {kinds})")
     elif args.what == "methods" and args.grid:
         _print_method_grid()
     elif args.what == "methods":
@@ -877,6 +888,15 @@ def cmd_data_kinds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_template(args: argparse.Namespace) -> int:
+    from bench.kit.realdata import check, write_template
+
+    path = write_template(args.kind, args.out)
+    print(f"wrote {path}")
+    print("\n".join(check(args.kind, path).lines))
+    return 0
+
+
 def _add_data_commands(sub: Any) -> None:
     da = sub.add_parser("data", help="check real-data annotation files (POPE, CHAIR, Waterbirds, CounterFact, ...)")
     dsub = da.add_subparsers(dest="data_command", required=True)
@@ -886,6 +906,10 @@ def _add_data_commands(sub: Any) -> None:
     dc.add_argument("--image-root", help="folder image paths are relative to (default: the file's folder)")
     dc.set_defaults(fn=cmd_data_check)
     dsub.add_parser("kinds", help="list the data kinds and the fields each reads").set_defaults(fn=cmd_data_kinds)
+    dt = dsub.add_parser("template", help="write a small valid example file of a kind (and its images)")
+    dt.add_argument("kind", help="the data kind (`bench data kinds` lists them)")
+    dt.add_argument("--out", default=".", help="folder to write into (default: the current folder)")
+    dt.set_defaults(fn=cmd_data_template)
 
 
 

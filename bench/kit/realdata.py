@@ -15,6 +15,12 @@ methods on real checkpoints a user brings real data. This module reads it, one
 - ``concept_edit`` → :class:`ConceptEdit` (source, destination, prompts that should
   and should not change): TIME, Orgad et al., 2023; UCE, Gandikota et al., 2024.
 - ``masks`` → :class:`MaskRecord` (image, object name, binary mask): COCO, Lin et al., 2014.
+- ``facts`` → :class:`MultimodalFact` (image, question, answer, counterfactual answer; optional
+  counterfactual image, rephrased question, other image, locality and portability probes): the shape
+  of VLKEB (Huang et al., 2024) and MMEdit (Cheng et al., 2023) data.
+
+:func:`write_template` (``bench data template KIND``) writes a small valid file of any kind, with
+its images, to start from.
 
 **Files.** One annotation file per call: JSON Lines (``.jsonl``, or ``.json``
 holding one object per line as POPE's files do), a JSON array of objects
@@ -297,7 +303,32 @@ class MaskRecord:
     bbox: tuple[float, float, float, float] | None = None  # [x, y, w, h] as given in the file
 
 
-Record = Union[PopeProbe, CaptionRecord, GroupRecord, EditRequest, ConceptEdit, MaskRecord]
+@dataclass(frozen=True)
+class MultimodalFact:
+    """A multimodal fact (VLKEB / MMEdit shape): ``question`` about ``image`` is answered
+    ``answer``; ``counterfactual`` is another answer (the edit's target, and the answer of
+    ``counterfactual_image`` when given: an image of another subject, for localization's
+    counterfactual run). Optional probes: ``rephrase`` (the question reworded; generality),
+    ``image_rephrase`` (another image of the subject; generality), ``locality_*`` (an unrelated
+    question, with an image or text-only, whose answer should not change), ``portability_*`` (a
+    question whose answer follows from the edit)."""
+
+    id: str
+    image: ImageRef
+    question: str
+    answer: str
+    counterfactual: str
+    counterfactual_image: ImageRef | None = None
+    rephrase: str | None = None
+    image_rephrase: ImageRef | None = None
+    locality_question: str | None = None
+    locality_answer: str | None = None
+    locality_image: ImageRef | None = None
+    portability_question: str | None = None
+    portability_answer: str | None = None
+
+
+Record = Union[PopeProbe, CaptionRecord, GroupRecord, EditRequest, ConceptEdit, MaskRecord, MultimodalFact]
 
 
 # ================================================================ field specs
@@ -1125,6 +1156,94 @@ def _summarise_masks(recs: list[MaskRecord]) -> list[str]:
             "most common: " + ", ".join(f"{o} {n}" for o, n in cats.most_common(8))]
 
 
+FACT_FIELDS: tuple[FieldSpec, ...] = (
+    _IMAGE,
+    FieldSpec("question", "text", True, "a question about the image whose answer is a fact", ("src", "prompt")),
+    FieldSpec("answer", "text", True, "the true answer", ("gt", "ground_truth", "target_true")),
+    FieldSpec("counterfactual", "text", True, "another answer: the edit's target, and the counterfactual "
+              "image's answer", ("alt", "target_new", "new_answer")),
+    FieldSpec("counterfactual_image", "image path", False, "an image whose answer is the counterfactual "
+              "(localization; default: another row's image whose answer is it)", ("image_counterfactual",)),
+    FieldSpec("rephrase", "text", False, "the question reworded (generality)", ("rephrase_question",)),
+    FieldSpec("image_rephrase", "image path", False, "another image of the subject (generality)",
+              ("other_image",)),
+    FieldSpec("locality_question", "text", False, "an unrelated question (locality)", ("loc", "m_loc_q")),
+    FieldSpec("locality_answer", "text", False, "its answer (needed with locality_question)",
+              ("loc_ans", "m_loc_a")),
+    FieldSpec("locality_image", "image path", False, "the unrelated question's image (default: the row's image)",
+              ("m_loc",)),
+    FieldSpec("portability_question", "text", False, "a question whose answer follows from the edit",
+              ("port_q",)),
+    FieldSpec("portability_answer", "text", False, "its answer after the edit (needed with the question)",
+              ("port_a",)),
+    FieldSpec("id", "text", False, "record id (default: the row number)", ("case_id",)),
+)
+
+
+def load_facts(path: PathLike, *, image_root: PathLike | None = None) -> list[MultimodalFact]:
+    """A multimodal fact set (the shape of VLKEB: Huang et al., 2024, "VLKEB: A Large Vision-Language
+    Model Knowledge Editing Benchmark"; MMEdit: Cheng et al., 2023, "Can We Edit Multimodal Large
+    Language Models?"), read by localization (clean/counterfactual pairs) and editing.
+
+    Fields: ``image``, ``question`` (or ``src``), ``answer`` (or ``gt``), ``counterfactual`` (or ``alt``;
+    must differ from the answer); optional ``counterfactual_image``, ``rephrase``, ``image_rephrase``,
+    ``locality_question`` + ``locality_answer`` (+ ``locality_image``; VLKEB's ``m_loc_q``/``m_loc_a``/
+    ``m_loc``), ``portability_question`` + ``portability_answer`` (VLKEB's ``port_q``/``port_a``), ``id``.
+    """
+    t = _read_table(path, "facts")
+    r = _Rows(t, FACT_FIELDS, image_root)
+    out: list[MultimodalFact] = []
+    for i in range(len(t.rows)):
+        q, a, cf = r.text(i, "question"), r.text(i, "answer"), r.text(i, "counterfactual")
+        assert q is not None and a is not None and cf is not None
+        if a.lower() == cf.lower():
+            raise r.fail(i, f"counterfactual equals answer ({a!r})")
+        probes = {}
+        for name in ("locality", "portability"):
+            pq = r.text(i, f"{name}_question", required=False) if r.has(f"{name}_question") else None
+            pa = r.text(i, f"{name}_answer", required=False) if r.has(f"{name}_answer") else None
+            if (pq is None) != (pa is None):
+                raise r.fail(i, f"{name}_question and {name}_answer go together; only "
+                                f"{name}_{'question' if pa is None else 'answer'} is given")
+            probes[name] = (pq, pa)
+
+        def img(name: str) -> ImageRef | None:
+            return r.image(i, name, required=False) if r.has(name) else None
+
+        out.append(MultimodalFact(r.ident(i), r.image(i), q, a, cf, img("counterfactual_image"),  # type: ignore[arg-type]
+                                  r.text(i, "rephrase", required=False) if r.has("rephrase") else None,
+                                  img("image_rephrase"), probes["locality"][0], probes["locality"][1],
+                                  img("locality_image"), probes["portability"][0], probes["portability"][1]))
+    return out
+
+
+def counterfactual_inputs(recs: Sequence[MultimodalFact], where: str = "") -> list[ImageRef]:
+    """Per fact, the image of its counterfactual run: ``counterfactual_image`` when given, else the
+    image of the first other row asking the same question whose answer is this row's counterfactual
+    (one-line BenchError naming the row when there is neither)."""
+    by_answer: dict[tuple[str, str], ImageRef] = {}
+    for r in recs:
+        by_answer.setdefault((r.question.lower(), r.answer.lower()), r.image)
+    out = []
+    for i, r in enumerate(recs):
+        img = r.counterfactual_image or by_answer.get((r.question.lower(), r.counterfactual.lower()))
+        if img is None:
+            raise BenchError(f"{where or 'facts'}: row {i + 1} (id {r.id!r}) has no counterfactual_image and no "
+                             f"other row asks {r.question!r} with the answer {r.counterfactual!r}")
+        out.append(img)
+    return out
+
+
+def _summarise_facts(recs: list[MultimodalFact]) -> list[str]:
+    def n(attr: str) -> int:
+        return sum(getattr(e, attr) is not None for e in recs)
+
+    return [f"{len(recs)} facts on {len({e.image.path for e in recs})} images, {len({e.question for e in recs})} "
+            f"distinct questions; {n('counterfactual_image')} with a counterfactual image",
+            f"generality: {n('rephrase')} rephrased questions, {n('image_rephrase')} other images; "
+            f"locality: {n('locality_question')}; portability: {n('portability_question')}"]
+
+
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("pope", "POPE-style yes/no object probes", "Li et al., 2023", POPE_FIELDS, load_pope, _summarise_pope),
     Kind("captions", "captions with the objects present (CHAIR)", "Rohrbach et al., 2018", CAPTION_FIELDS,
@@ -1138,6 +1257,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          CONCEPT_FIELDS, load_concept_edit, _summarise_concept_edit),
     Kind("masks", "object masks (COCO-style)", "Lin et al., 2014", MASK_FIELDS, load_masks, _summarise_masks,
          "needs one of mask/polygon/bbox per row; a COCO instances JSON is read too (polygons only, no RLE)"),
+    Kind("facts", "multimodal facts with counterfactuals (VLKEB / MMEdit shape)", "Huang et al., 2024; "
+         "Cheng et al., 2023", FACT_FIELDS, load_facts, _summarise_facts,
+         "read by localization (faithfulness) and editing on generative models"),
 )}
 
 
@@ -1155,11 +1277,15 @@ def load(kind_name: str, path: PathLike, *, image_root: PathLike | None = None) 
 
 def referenced_files(records: Sequence[Any]) -> list[Path]:
     """The image and mask files that ``records`` name, each once, in record order."""
+    import dataclasses
+
     seen: dict[Path, None] = {}
     for rec in records:
-        img = getattr(rec, "image", None)
-        if img is not None:
-            seen.setdefault(img.path, None)
+        # every image a record names, in field order (a fact's counterfactual and other images too)
+        for f in dataclasses.fields(rec):
+            img = getattr(rec, f.name)
+            if isinstance(img, ImageRef):
+                seen.setdefault(img.path, None)
         mask = getattr(rec, "mask", None)
         if mask is not None and mask.path is not None:
             seen.setdefault(mask.path, None)
@@ -1265,3 +1391,68 @@ def load_data(kind_name: str, path: PathLike) -> LoadedData:
     if key is not None:
         _LOADED[key] = loaded
     return loaded
+
+
+# ================================================================= templates
+def _template_image(path: Path, rgb: tuple[int, int, int], size: int = 32) -> str:
+    """A small PNG: a coloured square on grey (a stand-in for the user's own image)."""
+    from PIL import Image
+
+    arr = np.full((size, size, 3), 128, dtype=np.uint8)
+    arr[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = rgb
+    Image.fromarray(arr).save(path)
+    return path.name
+
+
+def write_template(kind_name: str, folder: PathLike) -> Path:
+    """Write a small valid example file of ``kind_name`` (and the images it names) into ``folder``
+    (created when missing; an existing annotation file is never overwritten); returns its path.
+    What ``bench data template KIND`` runs; :func:`load` reads it back."""
+    kind(kind_name)
+    out = Path(folder).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    red, blue, green = (220, 40, 40), (40, 40, 220), (40, 180, 40)
+    img = {name: lambda n=name, c=c: _template_image(out / f"{n}.png", c)
+           for name, c in (("red", red), ("blue", blue), ("green", green))}
+    rows: list[dict[str, Any]]
+    if kind_name == "pope":
+        rows = [{"image": img["red"](), "question": "Is there a square in the image?", "label": "yes",
+                 "category": "random"},
+                {"image": img["red"](), "question": "Is there a dog in the image?", "label": "no",
+                 "category": "adversarial"}]
+    elif kind_name == "captions":
+        rows = [{"image": img["red"](), "caption": "a red square on a grey background", "objects": ["square"]},
+                {"image": img["blue"](), "caption": "a blue square", "objects": ["square"]}]
+    elif kind_name == "waterbirds":
+        rows = [{"image": img[c](), "label": lab, "place": pl, "split": sp}
+                for c, lab, pl, sp in (("red", "circle", "water", "train"), ("blue", "square", "land", "train"),
+                                       ("green", "circle", "land", "val"), ("red", "square", "water", "test"))]
+    elif kind_name == "counterfact":
+        rows = [{"prompt": "The home of {} is", "subject": "the glyph", "target_true": "north",
+                 "target_new": "west", "paraphrase_prompts": ["Where does {} live? It lives in the"],
+                 "neighborhood_prompts": ["The home of the circle is"], "image": img["red"]()}]
+    elif kind_name == "concept_edit":
+        rows = [{"source": "circle", "destination": "square", "positives": ["a red circle", "a circle at the top"],
+                 "negatives": ["a blue triangle"]},
+                {"source": "triangle", "destination": "", "positives": ["a green triangle"], "negatives": ["a square"]}]
+    elif kind_name == "masks":
+        from PIL import Image
+
+        name = img["red"]()
+        m = np.zeros((32, 32), dtype=np.uint8)
+        m[8:24, 8:24] = 255
+        Image.fromarray(m).save(out / "red_mask.png")
+        rows = [{"image": name, "object": "square", "mask": "red_mask.png"}]
+    elif kind_name == "facts":
+        rows = [{"image": img["red"](), "question": "what is the home of the glyph?", "answer": "north",
+                 "counterfactual": "west", "counterfactual_image": img["blue"](),
+                 "rephrase": "where does the glyph live?", "image_rephrase": img["green"](),
+                 "locality_question": "what colour is the square?", "locality_answer": "red",
+                 "portability_question": "what is the season of the glyph?", "portability_answer": "winter"}]
+    else:  # pragma: no cover - every registered kind has a template (tested)
+        raise BenchError(f"no template for data kind {kind_name!r}")
+    path = out / f"{kind_name}.jsonl"
+    if path.exists():
+        raise BenchError(f"{path}: already exists; choose another folder")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
