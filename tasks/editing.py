@@ -66,7 +66,7 @@ the same figure whenever every relation has as many cases as the others (on the 
 models in both profiles: cases cycle over the relations and ``k`` is a multiple of their
 number).
 
-Real data (v1.4, ``--data KIND=PATH``): ``facts`` (VLKEB / MMEdit-shaped) and ``counterfact`` files on
+Real data (``--data KIND=PATH``; the zoo's path and figures are unchanged, so the version stays 1.3): ``facts`` (VLKEB / MMEdit-shaped) and ``counterfact`` files on
 generative models, one rewrite at a time, scored with the token-level definitions of EasyEdit / VLKEB
 (:meth:`EditingTask.run_data`: reliability → ``efficacy``, generality → ``generalization``, locality →
 ``specificity``, and ``portability``); ``concept_edit`` files (TIME / UCE prompt sets) on diffusion
@@ -306,7 +306,7 @@ def build_cases(model: Model, k: int, cfg: EditingConfig, seed: int) -> list[Edi
 class EditingTask(Task):
     spec = TaskSpec(
         name="editing",
-        version="1.4",
+        version="1.3",
         families=frozenset({"generative", "contrastive", "diffusion"}),
         capability="edit",
         main_score="score",
@@ -528,7 +528,7 @@ class EditingTask(Task):
                         f"{prefix}score": samples.harmonic_mean(e, g, s)})
             if name != "concept":
                 out[f"{prefix}quality"] = wmean(np.where(on, rows["quality_after"], np.nan), w_BN)
-        if "portability" in rows:  # data files (v1.4): where the file gives a portability probe
+        if "portability" in rows:  # data files (real data): where the file gives a portability probe
             out["portability"] = wmean(rows["portability"], w_BN)
         return out
 
