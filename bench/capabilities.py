@@ -332,7 +332,8 @@ class EditObjective:
 
     def per_rewrite(self, x_B: torch.Tensor) -> torch.Tensor:
         """The mean of a per-row figure over each rewrite's rows ``[K]``."""
-        return torch.zeros(self.K, dtype=x_B.dtype).index_add(0, self.request_B, x_B) / (self.B // self.K)
+        return torch.zeros(self.K, dtype=x_B.dtype, device=x_B.device).index_add(
+            0, self.request_B.to(x_B.device), x_B) / (self.B // self.K)
 
     def loss_K(self) -> torch.Tensor:
         """The loss of the new answer per rewrite (all rows)."""

@@ -179,7 +179,8 @@ def _check_edit_request(request: EditRequest, needs_values: bool) -> tuple[int, 
 
 
 def _rows(idx: torch.Tensor | None, n: int) -> torch.Tensor:
-    return torch.arange(n) if idx is None else idx
+    # row indices live on the host: they index the request's (host) inputs; moved where they meet outputs
+    return torch.arange(n, device="cpu") if idx is None else idx.to("cpu")
 
 
 def subject_word(prompt: str, old: str) -> str:
@@ -227,10 +228,11 @@ class ContrastiveModel(Model):
         texts = [p.format(value=v) for p, vals in zip(request.prompts, request.values) for v in vals]
         offsets = np.cumsum([0] + [len(v) for v in request.values])
         target_B = torch.tensor([int(offsets[k]) + request.values[k].index(request.new[k])
-                                 for k in range(K) for _ in range(R)])
+                                 for k in range(K) for _ in range(R)], device="cpu")
         old_B = torch.tensor([int(offsets[k]) + (request.values[k].index(request.old[k]) if request.old[k] in
-                                                 request.values[k] else 0) for k in range(K) for _ in range(R)])
-        own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool)  # each image vs its own rewrite's texts
+                                                 request.values[k] else 0) for k in range(K) for _ in range(R)],
+                             device="cpu")
+        own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool, device="cpu")  # each image vs its own rewrite's texts
         for k in range(K):
             own_BT[k * R : (k + 1) * R, int(offsets[k]) : int(offsets[k + 1])] = True
 
@@ -241,31 +243,35 @@ class ContrastiveModel(Model):
 
         def loss(idx: torch.Tensor | None) -> torch.Tensor:
             s_BT, rows = sims(idx)
-            return F.cross_entropy(s_BT.masked_fill(~own_BT[rows], float("-inf")), target_B[rows], reduction="none")
+            d = s_BT.device
+            return F.cross_entropy(s_BT.masked_fill(~own_BT[rows].to(d), float("-inf")), target_B[rows].to(d),
+                                   reduction="none")
 
         def margin(idx: torch.Tensor | None) -> torch.Tensor:
             s_BT, rows = sims(idx)
-            r = torch.arange(len(rows))
-            return s_BT[r, target_B[rows]] - s_BT[r, old_B[rows]]
+            r = torch.arange(len(rows), device=s_BT.device)
+            return s_BT[r, target_B[rows].to(s_BT.device)] - s_BT[r, old_B[rows].to(s_BT.device)]
 
         def prefers_new(idx: torch.Tensor | None) -> torch.Tensor:
             s_BT, rows = sims(idx)
-            return s_BT.masked_fill(~own_BT[rows], float("-inf")).argmax(-1) == target_B[rows]
+            d = s_BT.device
+            return (s_BT.masked_fill(~own_BT[rows].to(d), float("-inf")).argmax(-1) == target_B[rows].to(d)).cpu()
 
         layout = self.token_layout()
 
         def subject(positions: str) -> torch.Tensor:
             if layout is None:
                 raise BenchError(f"{self.name!r} declares no token layout for its image tokens")
-            out = torch.zeros(K * R, layout.image.stop, dtype=torch.bool)
+            out = torch.zeros(K * R, layout.image.stop, dtype=torch.bool, device="cpu")
             if positions == "readout" and layout.cls is not None:
                 out[:, layout.cls] = True
             else:
                 out[:, layout.image] = True
             return out
 
-        valid = torch.ones(K * R, layout.image.stop if layout is not None else 0, dtype=torch.bool)
-        return EditObjective(K, R, 1, torch.arange(K).repeat_interleave(R), loss, margin, prefers_new, subject, valid)
+        valid = torch.ones(K * R, layout.image.stop if layout is not None else 0, dtype=torch.bool, device="cpu")
+        return EditObjective(K, R, 1, torch.arange(K, device="cpu").repeat_interleave(R), loss, margin, prefers_new,
+                             subject, valid)
 
     def value_readout(self, question: str, values: Sequence[str]) -> Callable[[Any], torch.Tensor]:
         texts = [question.format(value=v) for v in values]
@@ -369,22 +375,23 @@ class GenerativeModel(Model):
         B, L = inp.ids_BL.shape
 
         def logits(idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = _rows(idx, B)
             if idx is None:
-                rows = torch.arange(B)
                 out = self.forward_tokens(pixels, inp.ids_BL, inp.mask_BL)
             else:
-                rows = idx
-                out = self.forward_tokens(pixels[rows], inp.ids_BL[rows], inp.mask_BL[rows])
-            return out[torch.arange(len(rows)), inp.pos_B[rows]], rows
+                on = rows.to(inp.ids_BL.device)
+                out = self.forward_tokens(pixels[rows], inp.ids_BL[on], inp.mask_BL[on])
+            d = out.device
+            return out[torch.arange(len(rows), device=d), inp.pos_B.to(d)[rows.to(d)]], rows.to(d)
 
         def loss(idx: torch.Tensor | None) -> torch.Tensor:
             z_BV, rows = logits(idx)
-            return F.cross_entropy(z_BV, inp.answer_B[rows], reduction="none")
+            return F.cross_entropy(z_BV, inp.answer_B.to(z_BV.device)[rows], reduction="none")
 
         def margin(idx: torch.Tensor | None) -> torch.Tensor:
             z_BV, rows = logits(idx)
-            r = torch.arange(len(rows))
-            return z_BV[r, inp.answer_B[rows]] - z_BV[r, old_B[rows]]
+            r = torch.arange(len(rows), device=z_BV.device)
+            return z_BV[r, inp.answer_B.to(z_BV.device)[rows]] - z_BV[r, old_B.to(z_BV.device)[rows]]
 
         def prefers_new(idx: torch.Tensor | None) -> torch.Tensor:
             if len(request.values) != K:
@@ -393,20 +400,21 @@ class GenerativeModel(Model):
             ids = [self.word_token_ids(list(vals)) for vals in request.values]
             target = [request.values[k].index(request.new[k]) for k in range(K)]
             k_B = (rows // R).tolist()
-            return torch.tensor([int(z_BV[j, ids[k]].argmax()) == target[k] for j, k in enumerate(k_B)])
+            return torch.tensor([int(z_BV[j, ids[k].to(z_BV.device)].argmax()) == target[k] for j, k in enumerate(k_B)],
+                                device="cpu")
 
         def subject(positions: str) -> torch.Tensor:
-            out = torch.zeros(B, L, dtype=torch.bool)
+            out = torch.zeros(B, L, dtype=torch.bool, device="cpu")
             if positions == "readout":
-                out[torch.arange(B), inp.pos_B] = True
+                out[torch.arange(B, device="cpu"), inp.pos_B.cpu()] = True
             else:
-                img = self.image_positions(prompts)
+                img = self.image_positions(prompts).cpu()
                 w = min(L, img.shape[1])
                 out[:, :w] = img[:, :w]
             return out
 
-        return EditObjective(K, R, 1, torch.arange(K).repeat_interleave(R), loss, margin, prefers_new, subject,
-                             inp.mask_BL.bool())
+        return EditObjective(K, R, 1, torch.arange(K, device="cpu").repeat_interleave(R), loss, margin, prefers_new,
+                             subject, inp.mask_BL.bool().cpu())
 
     def value_readout(self, question: str, values: Sequence[str]) -> Callable[[Any], torch.Tensor]:
         ids_V = self.word_token_ids(list(values))
@@ -557,38 +565,44 @@ class DiffusionModel(Model):
             if not o.resample:  # draw-major copies (a copy also fixes the memory layout the denoiser sees)
                 x0 = x0.repeat(o.draws, 1, 1, 1)
         B = x0.shape[0]
-        request_B = torch.arange(K).repeat_interleave(R).repeat(o.draws)
+        request_B = torch.arange(K, device="cpu").repeat_interleave(R).repeat(o.draws)
         texts = [p for p in request.prompts for _ in range(R)] * o.draws
         g = torch.Generator().manual_seed(o.seed)
-        fixed = None if o.resample else (torch.randn(x0.shape, generator=g),
-                                         torch.randint(lo, hi, (B,), generator=g))
+
+        def draw() -> tuple[torch.Tensor, torch.Tensor]:
+            # a CPU generator: the same draws on every device
+            return (torch.randn(x0.shape, generator=g, device="cpu").to(x0.device),
+                    torch.randint(lo, hi, (B,), generator=g, device="cpu").to(x0.device))
+
+        fixed = None if o.resample else draw()
 
         def loss(idx: torch.Tensor | None) -> torch.Tensor:
-            noise, t = fixed if fixed is not None else (torch.randn(x0.shape, generator=g),
-                                                       torch.randint(lo, hi, (B,), generator=g))
+            noise, t = fixed if fixed is not None else draw()
             rows = _rows(idx, B)
             if o.prompt_rows == "rewrite":  # the text sites fire once per rewrite
                 enc = self.encode_prompts(list(request.prompts))
-                prompts: Prompts = PromptEncoding(enc.hidden_BLD[request_B[rows]], enc.mask_BL[request_B[rows]])
+                at = request_B[rows].to(enc.hidden_BLD.device)
+                prompts: Prompts = PromptEncoding(enc.hidden_BLD[at], enc.mask_BL[at])
             else:
                 prompts = texts if idx is None else [texts[i] for i in rows.tolist()]
             if idx is None:
                 return self.denoising_error_B(x0, noise, t, prompts)
-            return self.denoising_error_B(x0[rows], noise[rows], t[rows], prompts)
+            on = rows.to(x0.device)
+            return self.denoising_error_B(x0[on], noise[on], t[on], prompts)
 
         def prefers_new(idx: torch.Tensor | None) -> torch.Tensor:
             raise BenchError("a diffusion model's answers are read by a judge, not by the edit objective")
 
         stream = texts if o.prompt_rows == "row" else list(request.prompts)
         with torch.no_grad():
-            valid = self.encode_prompts(stream).mask_BL.bool()
-        stream_B = request_B if o.prompt_rows == "row" else torch.arange(K)
+            valid = self.encode_prompts(stream).mask_BL.bool().cpu()
+        stream_B = request_B if o.prompt_rows == "row" else torch.arange(K, device="cpu")
 
         def subject(positions: str) -> torch.Tensor:
             out = torch.zeros_like(valid)
             for k, (p, old) in enumerate(zip(request.prompts, request.old)):
                 pos = self.prompt_token_positions([p], subject_word(p, old))[0]
-                out[(stream_B == k).nonzero()[:, 0][:, None], torch.tensor(pos)[None]] = True
+                out[(stream_B == k).nonzero()[:, 0][:, None], torch.tensor(pos, device="cpu")[None]] = True
             return out
 
         return EditObjective(K, R, o.draws, request_B, loss, lambda idx: -loss(idx), prefers_new, subject, valid)
