@@ -54,7 +54,7 @@ class AttributionRequest:
         with torch.no_grad():
             for i in range(0, pixels_NCHW.shape[0], self.batch_size):
                 outs.append(self.score(pixels_NCHW[i : i + self.batch_size], example_idx_N[i : i + self.batch_size]))
-        return torch.cat(outs) if outs else torch.zeros(0)
+        return torch.cat(outs) if outs else torch.zeros(0, device="cpu")
 
 
 @dataclass
@@ -197,11 +197,11 @@ class LocalizeRequest:
         from bench.sites import replace_rows
 
         n, cands = self.n, self.candidates
-        out = torch.empty(n, len(cands), dtype=torch.float64)
+        out = torch.empty(n, len(cands), dtype=torch.float64, device="cpu")
         step = max(1, sites_per_pass)
         for g in range(0, len(cands), step):
             group = cands[g : g + step]
-            writes = {site: replace_rows(torch.arange(k * n, (k + 1) * n), sources[site]) for k, site in enumerate(group)}
+            writes = {site: replace_rows(torch.arange(k * n, (k + 1) * n, device="cpu"), sources[site]) for k, site in enumerate(group)}
             patched, _ = self.evaluate(which, write=writes, copies=len(group))
             out[:, g : g + len(group)] = patched.view(len(group), n).T.double()
         return out
@@ -228,7 +228,7 @@ class LocalizeRequest:
         if self.positions_N is None:
             return act.mean(1)
         pos = self.positions_N.repeat(act.shape[0] // len(self.positions_N))
-        return act[torch.arange(act.shape[0]), pos]
+        return act[torch.arange(act.shape[0], device=act.device), pos.to(act.device)]
 
 
 @dataclass

@@ -207,12 +207,12 @@ class AttentionKnockout(Method):
     def blocked_edges(self, model: Model, request: LocalizeRequest, n_q: int) -> torch.Tensor:
         """Boolean ``[n, Q, K]``: the query → key edges to cut for each example."""
         n = request.n
-        block_NQK = torch.zeros(n, n_q, n_q, dtype=torch.bool)
+        block_NQK = torch.zeros(n, n_q, n_q, dtype=torch.bool, device="cpu")
         if isinstance(model, GenerativeModel):
             if request.positions_N is None:
                 raise BenchError("attention_knockout: a generative request must give readout positions")
             img_NL = model.image_positions(request.prompts)[:, :n_q]
-            block_NQK[torch.arange(n), request.positions_N] = img_NL
+            block_NQK[torch.arange(n, device="cpu"), request.positions_N.cpu()] = img_NL.cpu()
         elif isinstance(model, ContrastiveModel):
             layout = model.token_layout()
             if layout is None or layout.cls is None:
@@ -249,7 +249,7 @@ class AttentionKnockout(Method):
             base_N, tr = request.evaluate("clean", read=[patterns[0]])
         n_q = int(tr[patterns[0]].shape[-1])
         block_NQK = self.blocked_edges(model, request, n_q)
-        out = torch.empty(n, len(cands), dtype=torch.float64)
+        out = torch.empty(n, len(cands), dtype=torch.float64, device="cpu")
         step = self.config.copies_per_pass
         for g in range(0, len(cands), step):
             group = layers[g : g + step]
@@ -258,7 +258,7 @@ class AttentionKnockout(Method):
                 # copies whose window [ℓ − (w−1)//2, ℓ + w//2] contains layer j
                 hit = [k for k, l in enumerate(group) if l - (w - 1) // 2 <= j <= l + w // 2]
                 if hit:
-                    rows = torch.cat([torch.arange(k * n, (k + 1) * n) for k in hit])
+                    rows = torch.cat([torch.arange(k * n, (k + 1) * n, device="cpu") for k in hit])
                     edits[site] = knockout(block_NQK.repeat(len(hit), 1, 1), rows)
             with torch.no_grad(), editable_patterns(model, edits):
                 knocked, _ = request.evaluate("clean", copies=len(group))

@@ -60,8 +60,8 @@ def position_sweep(request: LocalizeRequest, sites: Sequence[str] | None = None,
     base, _ = request.evaluate("corrupt")
     n = request.n
     pairs = [(k, j) for k in range(len(sites)) for j in range(len(groups))]
-    out = torch.empty(n, len(sites), len(groups), dtype=torch.float64)
-    ex = torch.arange(n)
+    out = torch.empty(n, len(sites), len(groups), dtype=torch.float64, device="cpu")
+    ex = torch.arange(n, device="cpu")
     for g in range(0, len(pairs), max(1, copies_per_pass)):
         batch = pairs[g : g + max(1, copies_per_pass)]
         writes = {}
@@ -71,7 +71,7 @@ def position_sweep(request: LocalizeRequest, sites: Sequence[str] | None = None,
                 if kk == k:
                     for q in groups[j]:  # copy c: its n rows, at position q
                         rows.append(ex + c * n)
-                        pos.append(torch.full((n,), q))
+                        pos.append(torch.full((n,), q, device="cpu"))
             rows_t, pos_t = torch.cat(rows), torch.cat(pos)
             writes[sites[k]] = _restore_positions(rows_t, pos_t, acts[sites[k]][rows_t % n, pos_t])
         patched, _ = request.evaluate("corrupt", write=writes, copies=len(batch))

@@ -51,7 +51,7 @@ class CrossAttentionConfig(MethodConfig):
 
 def word_weights(positions: list[list[int]], length: int) -> torch.Tensor:
     """``[B, L]`` indicator of each row's word token positions (a word may span tokens)."""
-    w_BL = torch.zeros(len(positions), length)
+    w_BL = torch.zeros(len(positions), length, device="cpu")
     for b, pos in enumerate(positions):
         w_BL[b, pos] = 1.0
     return w_BL
@@ -83,16 +83,16 @@ class CrossAttention(Method):
         grids = {s: model.attention_grid(s) for s in sites}
         positions = [model.prompt_token_positions([p], w)[0] for p, w in zip(request.prompts, request.target_words)]
         K = len(self.config.timesteps)
-        t_K = torch.tensor([round(f * (model.num_train_timesteps - 1)) for f in self.config.timesteps])
+        t_K = torch.tensor([round(f * (model.num_train_timesteps - 1)) for f in self.config.timesteps], device="cpu")
         g = torch.Generator().manual_seed(self.config.seed)
         with torch.no_grad():
             x0_BCHW = model.to_sample(request.pixels_BCHW)
-        noise_BKCHW = torch.randn((B, K, *x0_BCHW.shape[1:]), generator=g)
-        maps_BHW = torch.zeros(B, H, W)
+        noise_BKCHW = torch.randn((B, K, *x0_BCHW.shape[1:]), generator=g, device="cpu").to(x0_BCHW.device)
+        maps_BHW = torch.zeros(B, H, W, device="cpu")
         rows = max(1, int(model.batch_size))
         # (example, timestep) pairs, example-major, `rows` per denoiser pass
         for start in range(0, B * K, rows):
-            pair = torch.arange(start, min(start + rows, B * K))
+            pair = torch.arange(start, min(start + rows, B * K), device="cpu")
             ex_r, k_r = pair // K, pair % K
             t_r = t_K[k_r]
             with torch.no_grad():

@@ -147,7 +147,7 @@ class Decomposition(Method):
         ans_N, alt_N = model.word_token_ids(request.answers), model.word_token_ids(request.alternatives)
         ans_R, alt_R = ans_N.repeat(K), alt_N.repeat(K)
         body = logits_RV[: K * n]
-        d_R = body[torch.arange(K * n), ans_R] - body[torch.arange(K * n), alt_R]
+        d_R = body[torch.arange(K * n, device=body.device), ans_R.to(body.device)] - body[torch.arange(K * n, device=body.device), alt_R.to(body.device)]
         bias_N = logits_RV[-1, ans_N] - logits_RV[-1, alt_N]
         return (d_R.view(K, n) - bias_N[None]).T.contiguous()
 
@@ -156,15 +156,15 @@ class Decomposition(Method):
         K, n, D = f_KND.shape
         proj = model.module.get_submodule(model.site_specs[proj_site].module)
         w_dtype = next(proj.parameters()).dtype
-        z_KNP = proj(f_KND.to(w_dtype)) - proj(torch.zeros(1, D, dtype=w_dtype))  # the linear part only
+        z_KNP = proj(f_KND.to(w_dtype)) - proj(torch.zeros(1, D, dtype=w_dtype, device=f_KND.device))  # the linear part only
         z_KNP = z_KNP / e_clean.norm(dim=-1)[None, :, None]  # the embedding's unit norm, frozen at clean
         texts = sorted({p.format(value=v) for p, a, b in zip(request.prompts, request.answers, request.alternatives)
                         for v in (a, b)})
         t_TP = model.encode_text(texts)
-        a_N = torch.tensor([texts.index(p.format(value=a)) for p, a in zip(request.prompts, request.answers)])
-        b_N = torch.tensor([texts.index(p.format(value=b)) for p, b in zip(request.prompts, request.alternatives)])
+        a_N = torch.tensor([texts.index(p.format(value=a)) for p, a in zip(request.prompts, request.answers)], device="cpu")
+        b_N = torch.tensor([texts.index(p.format(value=b)) for p, b in zip(request.prompts, request.alternatives)], device="cpu")
         sims = model.similarity_to(z_KNP.reshape(K * n, -1), t_TP).view(K, n, -1).double()
-        rows = torch.arange(n)
+        rows = torch.arange(n, device="cpu")
         return (sims[:, rows, a_N] - sims[:, rows, b_N]).T.contiguous()
 
     def _direct_path(self, model: Model, request: LocalizeRequest, final: str, last: str,

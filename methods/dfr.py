@@ -45,7 +45,7 @@ def balanced_indices(groups_N: torch.Tensor, generator: torch.Generator) -> torc
     picks = []
     for g in ids:
         members = torch.nonzero(groups_N == g).flatten()
-        picks.append(members[torch.randperm(len(members), generator=generator)[:m]])
+        picks.append(members[torch.randperm(len(members), generator=generator, device="cpu")[:m]])
     return torch.cat(picks).sort().values
 
 

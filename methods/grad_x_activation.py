@@ -41,7 +41,7 @@ class GradXActivation(Method):
     Config = GradXActivationConfig
 
     def localize(self, model: Model, request: LocalizeRequest) -> torch.Tensor:
-        out = torch.zeros(request.n, len(request.candidates), dtype=torch.float64)
+        out = torch.zeros(request.n, len(request.candidates), dtype=torch.float64, device="cpu")
         for k, (clean, corrupt, g) in enumerate(request.corrupt_gradients(request.candidates)):
             if g is None:  # the site does not reach the metric
                 continue

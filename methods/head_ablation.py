@@ -88,7 +88,7 @@ def _residual_writes(model: ContrastiveModel, x_BCHW: torch.Tensor, heads: list[
 
     with model.trace(read=list(attn_sites.values()), write={h: keep_only(j) for j, h in enumerate(heads)}) as t:
         model.encode_image(x_BCHW.repeat(H + 1, 1, 1, 1))
-    out = torch.empty(B, H, t[attn_sites[layers[0]]].shape[-1])
+    out = torch.empty(B, H, t[attn_sites[layers[0]]].shape[-1], device="cpu")
     for j, h in enumerate(heads):
         a = t[attn_sites[model.site(h).layer]][:, 0]  # CLS token, [(H+1)·B, D]
         out[:, j] = a[j * B : (j + 1) * B] - a[H * B :]
@@ -99,8 +99,8 @@ def _through_final(model: ContrastiveModel, x_BCHW: torch.Tensor, u_MD: torch.Te
                    last_resid: str, embed_site: str) -> torch.Tensor:
     """``P(γ ⊙ (u − mean u)) / σ`` per row ``[M, E]``, through the model's own final norm and projection."""
     s_M = u_MD.std(1, unbiased=False).clamp(min=1e-12)
-    rows = torch.cat([u_MD / s_M[:, None], torch.zeros(1, u_MD.shape[1], dtype=u_MD.dtype)])
-    imgs = x_BCHW[torch.arange(rows.shape[0]) % x_BCHW.shape[0]]  # any image: only the CLS row matters
+    rows = torch.cat([u_MD / s_M[:, None], torch.zeros(1, u_MD.shape[1], dtype=u_MD.dtype, device=u_MD.device)])
+    imgs = x_BCHW[torch.arange(rows.shape[0], device=x_BCHW.device) % x_BCHW.shape[0]]  # any image: only the CLS row matters
 
     def put(value: torch.Tensor) -> torch.Tensor:
         out = value.clone()
@@ -182,7 +182,7 @@ class HeadAblation(Method):
             t = model.encode_text(request.spurious_prompts)
         s_E = (t[0] - t[1]) / (t[0] - t[1]).norm()
         along_NH = decomp.contrib_NHE @ s_E
-        scores_H = torch.tensor([cohens_d(along_NH[:, j], request.fit_spurious_B) for j in range(len(heads))])
+        scores_H = torch.tensor([cohens_d(along_NH[:, j], request.fit_spurious_B) for j in range(len(heads))], device="cpu")
         order = torch.argsort(scores_H, descending=True, stable=True)
         chosen = [heads[int(j)] for j in order[: self.config.k]]
         record_fit(self, "head_scores", {"scores": scores_H, **{f"mean:{h}": decomp.means[h] for h in chosen}})

@@ -124,7 +124,7 @@ class KnowledgeNeurons(Method):
             _, tr = request.evaluate("clean", read=neurons)
         clean = [tr[s].double() for s in neurons]  # [n, (L,) F]
         grad_sum = [torch.zeros_like(a) for a in clean]
-        alphas = torch.arange(1, m + 1, dtype=torch.float64) / m
+        alphas = torch.arange(1, m + 1, dtype=torch.float64, device="cpu") / m
         jobs = [(k, s) for k in range(K) for s in range(m)]  # one batch copy each
         # at most the request's batch size in rows per pass (the backward pass keeps every row's graph)
         per_pass = min(cfg.copies_per_pass, max(1, request.batch_size // max(1, n)))
@@ -136,7 +136,7 @@ class KnowledgeNeurons(Method):
             writes = {}
             for k in sorted({k for k, _ in group}):
                 copies = [j for j, (kk, _) in enumerate(group) if kk == k]
-                rows = torch.cat([torch.arange(j * n, (j + 1) * n) for j in copies])
+                rows = torch.cat([torch.arange(j * n, (j + 1) * n, device="cpu") for j in copies])
                 scale = torch.cat([alphas[group[j][1]].repeat(n) for j in copies])
                 pos = request.positions_N.repeat(len(copies)) if readout else None
                 writes[neurons[k]] = _scaled(rows, scale, pos)
@@ -158,7 +158,7 @@ class KnowledgeNeurons(Method):
             if a.dim() == 2:
                 attr.append(a)
             elif readout:
-                attr.append(a[torch.arange(n), request.positions_N])
+                attr.append(a[torch.arange(n, device=a.device), request.positions_N.to(a.device)])
             else:
                 attr.append(a.flatten(1))
         width = max(a.shape[1] for a in attr)

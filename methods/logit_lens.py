@@ -59,7 +59,7 @@ class LogitLensConfig(MethodConfig):
 def lens_margin(model: GenerativeModel, h_ND: torch.Tensor, ans_N: torch.Tensor, alt_N: torch.Tensor) -> torch.Tensor:
     """``lens(h)[answer] − lens(h)[alternative]`` per row."""
     logits_NV = model.unembed(h_ND).float()
-    rows = torch.arange(h_ND.shape[0])
+    rows = torch.arange(h_ND.shape[0], device=h_ND.device)
     return logits_NV[rows, ans_N] - logits_NV[rows, alt_N]
 
 
@@ -108,7 +108,7 @@ class LogitLens(Method):
         at_p = {s: tr[s][rows, pos_N].float() for s in reads}  # [n, D] at the readout position
         ans_N = model.word_token_ids(list(request.answers))
         alt_N = model.word_token_ids(list(request.alternatives))
-        out = torch.empty(request.n, len(cands), dtype=torch.float64)
+        out = torch.empty(request.n, len(cands), dtype=torch.float64, device="cpu")
         for k, (c, l) in enumerate(zip(cands, layers)):
             r_ND = at_p[resid[last] if self.config.read == "final" else resid[l]]
             out[:, k] = (lens_margin(model, r_ND, ans_N, alt_N) - lens_margin(model, r_ND - at_p[c], ans_N, alt_N)).double()
@@ -138,7 +138,7 @@ class LogitLens(Method):
                 logp_img_BL = model.unembed(h_BLD).float().log_softmax(-1).gather(
                     -1, obj_B[:, None, None].expand(B, L, 1))[..., 0]
                 internal_B = logp_img_BL.masked_fill(~img_BL, float("-inf")).max(1).values
-                is_obj_B = torch.tensor([k == "caption" for k in items.kinds[sl]]) & img_BL.any(1)
+                is_obj_B = torch.tensor([k == "caption" for k in items.kinds[sl]], device=img_BL.device) & img_BL.any(1)
                 conf_B = torch.where(is_obj_B, internal_B, conf_B)
             out.append(-conf_B.double())
         return torch.cat(out)

@@ -110,8 +110,8 @@ def span_states(model: GenerativeModel, outs: ScoredOutputs, site: str, pool: st
         if pool == "mean":
             feats.append((h_BLD * span_BL[..., None]).sum(1) / span_BL.sum(1, keepdim=True))
         else:  # last span token: the state after the whole mention has been read
-            last_B = (span_BL * torch.arange(span_BL.shape[1])).argmax(1)
-            feats.append(h_BLD[torch.arange(h_BLD.shape[0]), last_B])
+            last_B = (span_BL * torch.arange(span_BL.shape[1], device=span_BL.device)).argmax(1)
+            feats.append(h_BLD[torch.arange(h_BLD.shape[0], device=h_BLD.device), last_B.to(h_BLD.device)])
     return torch.cat(feats)
 
 
@@ -153,12 +153,12 @@ class Probing(Method):
             rows = np.array([v == vals for v in fit.values])
             y_N = np.array([vals.index(a) for a, v in zip(fit.answers, fit.values) if v == vals])
             quality[vals] = np.array([cv_quality(feats[s][rows], y_N, len(vals), self.config) for s in cands])
-        record_fit(self, "probe_quality", {"q": torch.tensor(np.stack(list(quality.values())))})
+        record_fit(self, "probe_quality", {"q": torch.tensor(np.stack(list(quality.values())), device="cpu")})
         for vals, q in quality.items():
             self.report(**{f"probe_{self.config.metric}_{'_'.join(vals[:1])}_{s}": float(x)
                            for s, x in zip(cands, q)})
         mean_q = np.nanmean(np.stack(list(quality.values())), 0)  # relations absent from the fit split
-        out = torch.empty(request.n, len(cands), dtype=torch.float64)
+        out = torch.empty(request.n, len(cands), dtype=torch.float64, device="cpu")
         for i, vals in enumerate(request.values or [()] * request.n):
             row = quality.get(tuple(vals), mean_q)
             out[i] = torch.from_numpy(np.nan_to_num(row, nan=-1e6))

@@ -96,7 +96,7 @@ class Relevance(Method):
                 # rows are independent examples: the gradient of the sum is each row's own gradient
                 grads = torch.autograd.grad(score_n.sum(), attn, allow_unused=True)
             n, T = x.shape[0], attn[0].shape[-1]
-            eye_TT = torch.eye(T, dtype=torch.float32)
+            eye_TT = torch.eye(T, dtype=torch.float32, device=attn[0].device)
             R_nTT = eye_TT.expand(n, T, T).clone()
             for a, g in zip(attn, grads):
                 if g is None:  # this block's attention does not reach the score

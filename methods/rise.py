@@ -67,10 +67,10 @@ def rise_masks(n: int, cells: int, p: float, size: tuple[int, int], generator: t
     upsampled to ``(cells + 1)·c`` and cropped at a random shift (Petsiuk et al., 2018)."""
     H, W = size
     ch, cw = math.ceil(H / cells), math.ceil(W / cells)
-    grid_N1ss = (torch.rand((n, 1, cells, cells), generator=generator) < p).float()
+    grid_N1ss = (torch.rand((n, 1, cells, cells), generator=generator, device="cpu") < p).float()
     up_N1hw = F.interpolate(grid_N1ss, size=((cells + 1) * ch, (cells + 1) * cw), mode="bilinear", align_corners=False)
-    dx = torch.randint(0, ch, (n,), generator=generator)
-    dy = torch.randint(0, cw, (n,), generator=generator)
+    dx = torch.randint(0, ch, (n,), generator=generator, device="cpu")
+    dy = torch.randint(0, cw, (n,), generator=generator, device="cpu")
     return torch.stack([up_N1hw[i, 0, dx[i]: dx[i] + H, dy[i]: dy[i] + W] for i in range(n)])
 
 
@@ -93,11 +93,11 @@ class RISE(Method):
         masks_NHW = rise_masks(N, cfg.cells, cfg.p, (H, W), torch.Generator().manual_seed(cfg.seed))
         rows = max(1, int(request.batch_size))
         # all (example, mask) pairs in example-major order, scored `rows` at a time
-        probs_BN = torch.empty(B, N)
+        probs_BN = torch.empty(B, N, device="cpu")
         flat = probs_BN.view(-1)
         with torch.no_grad():
             for start in range(0, B * N, rows):
-                pair = torch.arange(start, min(start + rows, B * N))
+                pair = torch.arange(start, min(start + rows, B * N), device="cpu")
                 ex_r, mk_r = pair // N, pair % N
                 masked = request.pixels_BCHW[ex_r] * masks_NHW[mk_r][:, None]
                 flat[pair] = request.score(masked, ex_r).float().exp()

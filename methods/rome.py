@@ -145,7 +145,7 @@ def optimise_delta(model: Model, batch: EditBatch, site: str, steps: int, lr: fl
     at_subject = out_BLD[batch.subject_BL].norm(dim=-1)
     ref_norm = float(at_subject.mean()) if at_subject.numel() else 1.0
     max_norm = clamp * ref_norm
-    delta_KD = torch.zeros(batch.K, out_BLD.shape[-1], requires_grad=True)
+    delta_KD = torch.zeros(batch.K, out_BLD.shape[-1], device=out_BLD.device, requires_grad=True)
     sel_BL1 = batch.subject_BL[..., None].to(out_BLD.dtype)
     rows = batch.request_B
 
@@ -200,7 +200,7 @@ def read_keys(model: Model, batch: EditBatch, sites: list[str], write: dict | No
 def key_second_moment(keys_NF: torch.Tensor, ridge: float) -> torch.Tensor:
     """``mean(k kᵀ) + ridge · tr/F · I`` (float64)."""
     C = keys_NF.T @ keys_NF / max(1, keys_NF.shape[0])
-    return C + ridge * (torch.trace(C) / C.shape[0]).clamp_min(1e-12) * torch.eye(C.shape[0], dtype=C.dtype)
+    return C + ridge * (torch.trace(C) / C.shape[0]).clamp_min(1e-12) * torch.eye(C.shape[0], dtype=C.dtype, device=C.device)
 
 
 def rank_one_update(C_FF: torch.Tensor, k_F: torch.Tensor, r_D: torch.Tensor) -> torch.Tensor:

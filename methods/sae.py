@@ -196,7 +196,7 @@ class SAEMethod(Method):
         saes = {s: self._train(f"localize:{s}", torch.cat([_tokens(fit_clean[s]), _tokens(fit_corrupt[s])]))
                 for s in cands}
         self._localize_recovered(fit, saes, float(m_clean.double().mean()))
-        out = torch.zeros(request.n, len(cands), dtype=torch.float64)
+        out = torch.zeros(request.n, len(cands), dtype=torch.float64, device="cpu")
         for j, (s, (clean, corrupt, g)) in enumerate(zip(cands, request.corrupt_gradients(cands))):
             if g is None:  # the site does not reach the metric
                 continue
@@ -235,8 +235,8 @@ class SAEMethod(Method):
             group = cands[g:g + sites_per_pass]
             writes = {}
             for j, s in enumerate(group):
-                rec = torch.arange(2 * j * n, (2 * j + 1) * n)
-                zero = torch.arange((2 * j + 1) * n, (2 * j + 2) * n)
+                rec = torch.arange(2 * j * n, (2 * j + 1) * n, device="cpu")
+                zero = torch.arange((2 * j + 1) * n, (2 * j + 2) * n, device="cpu")
 
                 def edit(v: torch.Tensor, rec: torch.Tensor = rec, zero: torch.Tensor = zero,
                          sae: SAE = saes[s]) -> torch.Tensor:
@@ -428,8 +428,8 @@ class SAEMethod(Method):
                 for i in torch.argsort(effect_F, descending=True, stable=True)[: self.config.n_clamp].tolist():
                     if effect_F[i] > 0 and i not in chosen:
                         chosen[i] = float(top_F[i]) if up_F[i] >= down_F[i] else 0.0
-            feats = torch.tensor(sorted(chosen), dtype=torch.long)
-            vals = torch.tensor([chosen[i] for i in sorted(chosen)])
+            feats = torch.tensor(sorted(chosen), dtype=torch.long, device="cpu")
+            vals = torch.tensor([chosen[i] for i in sorted(chosen)], device="cpu")
         record_fit(self, f"edit:clamp:{len(self._figs)}", {"features": feats, "values": vals})
         writes = {site: sae.feature_edit(feats, vals)} if len(feats) else {}
         with torch.no_grad():

@@ -124,7 +124,7 @@ class Steering(Method):
         if self.config.calibrate and not isinstance(model, DiffusionModel):
             with torch.no_grad():
                 alpha = self._calibrate(model, request, direction, pos)
-        record_fit(self, "edit_vector", {"vector": direction.vector_D, "alpha": torch.tensor([alpha])})
+        record_fit(self, "edit_vector", {"vector": direction.vector_D, "alpha": torch.tensor([alpha], device="cpu")})
         self.report(steering_norm=direction.norm, steering_alpha=alpha)
         return Intervention({direction.site: steering.add(direction, alpha, pos)}, components=1,
                             description=f"ActAdd {direction.label} at {direction.site}, alpha {alpha:g}")
@@ -138,17 +138,17 @@ class Steering(Method):
             raise BenchError(f"steering: max_alpha must be at least 0.25, not {self.config.max_alpha}")
         if len(request.values) != len(request.new):
             raise BenchError("steering: calibrating alpha needs each request's values (EditRequest.values)")
-        n_grid = int(torch.floor(torch.log2(torch.tensor(self.config.max_alpha / 0.25)) * 2)) + 1
-        grid_G = 0.25 * 2.0 ** (torch.arange(n_grid, dtype=torch.float64) / 2)
+        n_grid = int(torch.floor(torch.log2(torch.tensor(self.config.max_alpha / 0.25, device="cpu")) * 2)) + 1
+        grid_G = 0.25 * 2.0 ** (torch.arange(n_grid, dtype=torch.float64, device="cpu") / 2)
         K, R = request.pixels_KRCHW.shape[:2]
         n = K * R
         G = len(grid_G)
         rows_alpha = grid_G.repeat_interleave(n)  # copy-major: row g·n + i is render i at grid_G[g]
-        prefers_new = torch.zeros(G * n, dtype=torch.bool)
+        prefers_new = torch.zeros(G * n, dtype=torch.bool, device="cpu")
         bs = max(1, request.batch_size)
         objective = request.objective(model)
         for i in range(0, G * n, bs):
-            idx = torch.arange(i, min(i + bs, G * n))
+            idx = torch.arange(i, min(i + bs, G * n), device="cpu")
             with model.trace(write={direction.site: steering.add(direction, rows_alpha[idx], pos)}):
                 prefers_new[idx] = objective.prefers_new_B(idx % n)
         ok_G = prefers_new.view(G, n).all(1)
@@ -179,7 +179,7 @@ class Steering(Method):
                 with model.trace(read=[site]) as t:
                     model.forward_tokens(pixels[sl], enc.ids_BL[sl], enc.mask_BL[sl])
                 a = t[site]
-                outs.append(a[torch.arange(a.shape[0]), first_B[sl]])
+                outs.append(a[torch.arange(a.shape[0], device=a.device), first_B[sl].to(a.device)])
             acts[which] = torch.cat(outs)
         label = ",".join(f"{o}->{n}" for o, n in zip(request.old, request.new))
         return steering.diff_of_means(acts["new"], acts["old"], site, label)
@@ -258,7 +258,7 @@ class Steering(Method):
         for _, enc, t, _ in model.span_batches(items, bs, read=[site]):
             span = enc.span_BL.float()
             outs.append((t[site].double() * span[..., None]).sum(1) / span.sum(1, keepdim=True).clamp(min=1))
-        return torch.cat(outs) if outs else torch.zeros(0)
+        return torch.cat(outs) if outs else torch.zeros(0, device="cpu")
 
     def detect_hallucination(self, model: Model, request: HallucinationRequest) -> torch.Tensor:
         site = self.config.detect_site or _middle(model, "lm", "resid_post")
@@ -274,14 +274,14 @@ class Steering(Method):
         if self.config.per_kind:
             fit_kinds = request.fit.kinds
             for kind in sorted(set(fit_kinds)):
-                sel = torch.tensor([k == kind for k in fit_kinds])
+                sel = torch.tensor([k == kind for k in fit_kinds], device="cpu")
                 if y[sel].any() and (~y[sel]).any():
                     probes[kind] = steering.diff_of_means(fit_ND[sel & y], fit_ND[sel & ~y], site, kind)
         record_fit(self, "mass_mean", {f"{k}_{p}": getattr(d, p) for k, d in probes.items()
                                        for p in ("vector_D", "offset_D")})
-        scores_N = torch.zeros(items_ND.shape[0], dtype=torch.float64)
+        scores_N = torch.zeros(items_ND.shape[0], dtype=torch.float64, device="cpu")
         kinds = request.items.kinds
         for kind in sorted(set(kinds)):
-            sel_N = torch.tensor([k == kind for k in kinds])
+            sel_N = torch.tensor([k == kind for k in kinds], device="cpu")
             scores_N[sel_N] = steering.score(items_ND[sel_N], probes.get(kind, pooled), unit=False, centered=True)
         return scores_N

@@ -109,7 +109,7 @@ class TextSpan(Method):
             self.descriptions[h] = [texts[i] for i in idx]
             if share >= cfg.min_share:
                 chosen_heads.append(h)
-        record_fit(self, "spurious_shares", {"shares": torch.tensor(shares),
+        record_fit(self, "spurious_shares", {"shares": torch.tensor(shares, device="cpu"),
                                              **{f"mean:{h}": decomp.means[h] for h in chosen_heads}})
         return Intervention(mean_ablation(decomp, chosen_heads), components=len(chosen_heads),
                             description=f"TextSpan: mean-ablated {', '.join(chosen_heads) or 'no heads'}")

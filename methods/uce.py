@@ -88,7 +88,7 @@ def closed_form(W0_ED: torch.Tensor, c_ND: torch.Tensor, v_NE: torch.Tensor, p_P
                 lamb: float, preserve_scale: float) -> torch.Tensor:
     """``(Σ v cᵀ + s Σ W₀ p pᵀ + λ W₀)(Σ c cᵀ + s Σ p pᵀ + λ I)⁻¹`` (UCE; TIME with no ``p``)."""
     A = v_NE.T @ c_ND + lamb * W0_ED
-    B = c_ND.T @ c_ND + lamb * torch.eye(W0_ED.shape[1], dtype=W0_ED.dtype)
+    B = c_ND.T @ c_ND + lamb * torch.eye(W0_ED.shape[1], dtype=W0_ED.dtype, device=W0_ED.device)
     if p_PD is not None and preserve_scale > 0:
         A = A + preserve_scale * (W0_ED @ p_PD.T) @ p_PD
         B = B + preserve_scale * p_PD.T @ p_PD
@@ -215,13 +215,13 @@ class UCE(Method):
         for j, p in enumerate(sub.prompts):
             pos = self._positions(model, p, subject_word(p, sub.old[j]), n[j])
             positions.append(pos)
-            sel_BL[(batch.request_B == j).nonzero()[:, 0][:, None], torch.tensor(pos)[None]] = True
+            sel_BL[(batch.request_B == j).nonzero()[:, 0][:, None], torch.tensor(pos, device=sel_BL.device)[None]] = True
         sel = sel_BL[..., None].float()
         # reference norms: the value outputs at the edited tokens (for the relative penalty)
         edited = torch.cat([H[j, pos] for j, pos in enumerate(positions)]).float()
         ref = [(edited @ W[s].float().T).norm(dim=-1).mean() for s in v_sites]
         # one shift per value site: their widths differ across UNet levels (Stable Diffusion: 320-1280)
-        deltas_KE = [torch.zeros(len(ks), W[s].shape[0], requires_grad=True) for s in v_sites]
+        deltas_KE = [torch.zeros(len(ks), W[s].shape[0], device=W[s].device, requires_grad=True) for s in v_sites]
         rows = batch.request_B
 
         def shift(l: int):  # noqa: ANN202 - an edit function for value site l
