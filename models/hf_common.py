@@ -7,6 +7,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bench.errors import BenchError
 from models.hf_source import read_json
 
@@ -48,3 +50,24 @@ def load_tokenizer(path: Path, kind: str) -> Any:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
         raise load_error(f"{kind} tokenizer", path, e) from None
+
+
+def pipeline_parts(path: Path, parts: tuple[str, ...]) -> dict[str, Path]:
+    """A diffusers pipeline folder's component folders; one line naming any that are missing."""
+    found = {p: path / p for p in parts}
+    missing = [p for p, d in found.items() if not d.is_dir()]
+    if missing:
+        raise BenchError(f"hf: the pipeline in {str(path)!r} lacks its {', '.join(missing)} folder(s)")
+    return found
+
+
+def pad_rows(rows: list[list[int]], labels: list[list[int]], pad: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token rows right-padded: ``(ids, mask, labels)``, labels ``-100`` where nothing is scored."""
+    L = max(len(r) for r in rows)
+    ids = torch.full((len(rows), L), pad, dtype=torch.long, device="cpu")
+    lab = torch.full((len(rows), L), -100, dtype=torch.long, device="cpu")
+    mask = torch.zeros((len(rows), L), dtype=torch.long, device="cpu")
+    for i, (r, l) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)], lab[i, : len(l)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
+    return ids, mask, lab

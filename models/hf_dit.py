@@ -17,11 +17,10 @@ from torch import nn
 
 from types import SimpleNamespace
 
-from bench.errors import BenchError
 from bench.registry import resolve
 from bench.sites import Site, SiteSpec, Trace
 from models.adapters._format import Adapter, check_sites
-from models.hf_common import load_error, load_tokenizer, weights_hash
+from models.hf_common import load_error, load_tokenizer, pipeline_parts, weights_hash
 from models.hf_diffusion import DiffusionWrapper, SamplingConfig, Tokenize, install_site_processors
 
 
@@ -135,10 +134,7 @@ class PixArtWrapper(DiffusionWrapper):
 def load_pixart(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> PixArtWrapper:
     from diffusers import AutoencoderKL, DDIMScheduler
 
-    parts = {p: path / p for p in ("transformer", "text_encoder", "tokenizer", "scheduler")}
-    missing = [p for p, d in parts.items() if not d.is_dir()]
-    if missing:
-        raise BenchError(f"hf: the pipeline in {str(path)!r} lacks its {', '.join(missing)} folder(s)")
+    parts = pipeline_parts(path, ("transformer", "text_encoder", "tokenizer", "scheduler"))
     try:
         transformer = resolve(adapter.model_class).from_pretrained(parts["transformer"], local_files_only=True)
         text = resolve(adapter.options["text_encoder"]).from_pretrained(parts["text_encoder"], local_files_only=True)

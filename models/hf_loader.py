@@ -51,7 +51,7 @@ from bench.registry import resolve
 from models import adapters
 from models.adapters._format import Adapter, check_sites, site_config
 from models import hf_dit, hf_vlm  # noqa: F401  adapters' loaders: part of the hf source's code (its digest)
-from models.hf_common import CLIP_MEAN, CLIP_STD, load_error, load_tokenizer, normalisation, weights_hash
+from models.hf_common import CLIP_MEAN, CLIP_STD, load_error, load_tokenizer, normalisation, pad_rows, pipeline_parts, weights_hash
 from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
 
 if TYPE_CHECKING:  # never imported at run time (adapters are discovered); read by the code digest
@@ -293,13 +293,7 @@ def load_llava(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any])
             ans = [] if answers is None else tok.encode(" " + answers[i], add_special_tokens=False) + [eos]
             rows.append(prompt + ans)
             labels.append([-100] * len(prompt) + ans)
-        L = max(len(r) for r in rows)
-        ids = torch.full((len(rows), L), pad, dtype=torch.long)
-        lab = torch.full((len(rows), L), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), L), dtype=torch.long)
-        for i, (r, l) in enumerate(zip(rows, labels)):
-            ids[i, : len(r)], lab[i, : len(l)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
-        return ids, mask, lab
+        return pad_rows(rows, labels, pad)
 
     def decode(ids: list[int]) -> str:
         return str(tok.decode(ids, skip_special_tokens=True)).strip()
@@ -323,10 +317,7 @@ def load_diffusion(adapter: Adapter, name: str, path: Path, sidecar: dict[str, A
 
     from models.hf_diffusion import DiffusionWrapper, SamplingConfig
 
-    parts = {p: path / p for p in ("unet", "text_encoder", "tokenizer", "scheduler")}
-    missing = [p for p, d in parts.items() if not d.is_dir()]
-    if missing:
-        raise BenchError(f"hf: the pipeline in {str(path)!r} lacks its {', '.join(missing)} folder(s)")
+    parts = pipeline_parts(path, ("unet", "text_encoder", "tokenizer", "scheduler"))
     try:
         unet = UNet2DConditionModel.from_pretrained(parts["unet"], local_files_only=True)
         text = CLIPTextModel.from_pretrained(parts["text_encoder"], local_files_only=True)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.registry import resolve
 from models.adapters._format import Adapter, config_value
-from models.hf_common import load_error, normalisation, load_tokenizer, weights_hash
+from models.hf_common import load_error, load_tokenizer, normalisation, pad_rows, weights_hash
 from models.hf_source import read_json
 from models.hf_llava import Decode, Encode, LlavaWrapper
 
@@ -242,12 +242,7 @@ def make_encode(tok: Any, template: str, image_id: int, n_image: int, eos: int, 
             rows.append(prompt + ans)
             labels.append([-100] * len(prompt) + ans)
             n_prompt.append(len(prompt))
-        L = max(len(r) for r in rows)
-        ids = torch.full((len(rows), L), pad, dtype=torch.long)
-        lab = torch.full((len(rows), L), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), L), dtype=torch.long)
-        for i, (r, l) in enumerate(zip(rows, labels)):
-            ids[i, : len(r)], lab[i, : len(l)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(l), 1
+        ids, mask, lab = pad_rows(rows, labels, pad)
         if len(prefix_lengths) > 100_000:
             prefix_lengths.clear()
         for i, n in enumerate(n_prompt):

@@ -275,7 +275,7 @@ def save_tiny_sd3(out: Path, seed: int = 0) -> Path:
 
 def save_tiny_pixart(out: Path, seed: int = 0) -> Path:
     """A PixArt-Σ-shaped pipeline folder: the DiT, a T5 encoder, tokenizer, VAE, scheduler."""
-    from diffusers import AutoencoderKL, DDIMScheduler, PixArtTransformer2DModel
+    from diffusers import DDIMScheduler, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     out.mkdir(parents=True, exist_ok=True)
