@@ -75,8 +75,9 @@ class DebiasRequest:
     batch_size: int = 64
 
     def _batches(self) -> Iterator[torch.Tensor]:
-        for i in range(0, self.fit_pixels_BCHW.shape[0], max(1, self.batch_size)):
-            yield self.fit_pixels_BCHW[i : i + self.batch_size]
+        bs = max(1, self.batch_size)
+        for i in range(0, self.fit_pixels_BCHW.shape[0], bs):
+            yield self.fit_pixels_BCHW[i : i + bs]
 
     @torch.no_grad()
     def fit_activations(self, model: Any, site: str) -> torch.Tensor:

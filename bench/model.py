@@ -229,9 +229,6 @@ class ContrastiveModel(Model):
         offsets = np.cumsum([0] + [len(v) for v in request.values])
         target_B = torch.tensor([int(offsets[k]) + request.values[k].index(request.new[k])
                                  for k in range(K) for _ in range(R)], device="cpu")
-        old_B = torch.tensor([int(offsets[k]) + (request.values[k].index(request.old[k]) if request.old[k] in
-                                                 request.values[k] else 0) for k in range(K) for _ in range(R)],
-                             device="cpu")
         own_BT = torch.zeros(K * R, len(texts), dtype=torch.bool, device="cpu")  # each image vs its own rewrite's texts
         for k in range(K):
             own_BT[k * R : (k + 1) * R, int(offsets[k]) : int(offsets[k + 1])] = True
@@ -248,6 +245,10 @@ class ContrastiveModel(Model):
                                    reduction="none")
 
         def margin(idx: torch.Tensor | None) -> torch.Tensor:
+            if any(o not in vals for o, vals in zip(request.old, request.values)):
+                raise BenchError("a contrastive edit's margin needs its old answer among its values")
+            old_B = torch.tensor([int(offsets[k]) + request.values[k].index(request.old[k])
+                                  for k in range(K) for _ in range(R)], device="cpu")
             s_BT, rows = sims(idx)
             r = torch.arange(len(rows), device=s_BT.device)
             return s_BT[r, target_B[rows].to(s_BT.device)] - s_BT[r, old_B[rows].to(s_BT.device)]
@@ -393,11 +394,15 @@ class GenerativeModel(Model):
             r = torch.arange(len(rows), device=z_BV.device)
             return z_BV[r, inp.answer_B.to(z_BV.device)[rows]] - z_BV[r, old_B.to(z_BV.device)[rows]]
 
+        value_ids: list[torch.Tensor] = []
+
         def prefers_new(idx: torch.Tensor | None) -> torch.Tensor:
             if len(request.values) != K:
                 raise BenchError("reading the preferred value needs each rewrite's values (EditRequest.values)")
+            if not value_ids:  # the relations' candidate first tokens, once per objective
+                value_ids.extend(self.word_token_ids(list(vals)) for vals in request.values)
+            ids = value_ids
             z_BV, rows = logits(idx)
-            ids = [self.word_token_ids(list(vals)) for vals in request.values]
             target = [request.values[k].index(request.new[k]) for k in range(K)]
             k_B = (rows // R).tolist()
             return torch.tensor([int(z_BV[j, ids[k].to(z_BV.device)].argmax()) == target[k] for j, k in enumerate(k_B)],
