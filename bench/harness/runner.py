@@ -1051,8 +1051,11 @@ def run_grid(
         return True
 
     def finish(c: Cell, rec: RunRecord) -> None:
-        sig.write(lambda: store.put(rec, force=force or rec.key.id in replace))
-        out.ran.append(rec)
+        def commit() -> None:  # stored and counted together: a held-back signal fires after both
+            store.put(rec, force=force or rec.key.id in replace)
+            out.ran.append(rec)
+
+        sig.write(commit)
         bar.update(1)
         if on_record:
             on_record(rec)
