@@ -117,7 +117,15 @@ class UCE(Method):
         reason = super().supports(model)
         if reason:
             return reason
-        if not model.layer_sites(getattr(model, "denoiser_tower", "unet"), "cross_v"):
+        tower = getattr(model, "denoiser_tower", "unet")
+        if model.layer_sites(tower, "context_v"):
+            # MMDiT (SD3, Flux): the text stream's key/value projections read AdaLN-modulated states
+            # (a function of the timestep) that, after the first block, have attended to the image:
+            # no fixed input c per prompt token, which the closed form W c ≈ v* needs
+            return (f"uce: {model.name!r} conditions on text through joint attention, whose text key/value "
+                    f"projections read timestep-modulated states that (after the first block) depend on the "
+                    f"image, so UCE/TIME's closed-form edit (fixed inputs per prompt token) does not apply")
+        if not model.layer_sites(tower, "cross_v"):
             return f"uce: {model.name!r} has no cross-attention value sites in its denoiser (unet.*.cross.v)"
         return None
 

@@ -252,9 +252,9 @@ def save_tiny_siglip2(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def _pipeline_folder(out: Path, cls: str, transformer: object, **parts: list[str]) -> Path:
-    """A pipeline folder with its transformer and ``model_index.json`` naming ``parts`` besides it (SD3
-    and Flux: the transformer alone, all their adapters' tests need)."""
+def _pipeline_folder(out: Path, cls: str, transformer: object, **parts: list[str | None]) -> Path:
+    """A pipeline folder with its transformer and ``model_index.json`` naming ``parts`` besides it
+    (Flux: the transformer alone, all its adapter's tests need)."""
     out.mkdir(parents=True, exist_ok=True)
     transformer.save_pretrained(out / "transformer")  # type: ignore[attr-defined]
     (out / "model_index.json").write_text(json.dumps({"_class_name": cls, "_diffusers_version": "0.42.1",
@@ -263,14 +263,41 @@ def _pipeline_folder(out: Path, cls: str, transformer: object, **parts: list[str
     return out
 
 
-def save_tiny_sd3(out: Path, seed: int = 0) -> Path:
-    from diffusers import SD3Transformer2DModel
+def save_tiny_sd3(out: Path, seed: int = 0, t5: bool = True) -> Path:
+    """A Stable-Diffusion-3-shaped pipeline folder: the MMDiT, CLIP-L and CLIP-G text encoders with
+    projections (widths summing to the pooled width, as SD3's 768 + 1280 = 2048), a T5 encoder as wide
+    as the joint attention (without it when ``t5`` is False), tokenizers, a VAE with SD3's latent
+    scaling and shift, and a flow-matching scheduler with SD3's shift."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = save_tokenizer(out / "tokenizer")
+    save_tokenizer(out / "tokenizer_2")
     torch.manual_seed(seed)
+    clip = dict(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
+                eos_token_id=3, projection_dim=32)
+    CLIPTextModelWithProjection(CLIPTextConfig(**clip)).save_pretrained(out / "text_encoder")
+    CLIPTextModelWithProjection(CLIPTextConfig(**clip)).save_pretrained(out / "text_encoder_2")
+    parts: dict[str, list[str | None]] = {
+        "text_encoder": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"], "text_encoder_3": [None, None], "tokenizer_3": [None, None],
+        "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
+    if t5:
+        save_tokenizer(out / "tokenizer_3")
+        T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=64, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                pad_token_id=0, eos_token_id=3)).save_pretrained(out / "text_encoder_3")
+        parts.update(text_encoder_3=["transformers", "T5EncoderModel"], tokenizer_3=["transformers", "T5TokenizerFast"])
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
+                  norm_num_groups=8, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609,
+                  ).save_pretrained(out / "vae")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(out / "scheduler")
     return _pipeline_folder(out, "StableDiffusion3Pipeline", SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=16, out_channels=4,
-        pos_embed_max_size=16))
+        joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64, out_channels=4,
+        pos_embed_max_size=16), **parts)
 
 
 def save_tiny_pixart(out: Path, seed: int = 0) -> Path:
