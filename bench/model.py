@@ -438,6 +438,10 @@ class PromptEncoding:
     ``mask_BL`` is 1 at prompt tokens (including begin/end tokens) and 0 at padding:
     it is the token layout of the text stream (``text.*`` sites, ``unet.*.cross.k``/``.v``
     and the key axis of ``unet.*.cross.pattern``).
+
+    A denoiser that also takes a pooled prompt vector (SD3, Flux) gets it as the last row of
+    ``hidden_BLD`` (zero-padded to its width, mask 0): tasks slice and repeat encodings by row, and
+    the pooled vector must travel with its row.
     """
 
     hidden_BLD: torch.Tensor
@@ -478,7 +482,15 @@ class DiffusionModel(Model):
     The denoiser works on *samples* ``x_BCHW`` of shape :attr:`sample_shape`: pixels mapped
     to [-1, 1] for a pixel-space model, VAE latents for a latent model (Stable Diffusion).
     :meth:`noise_pred` returns the denoiser's raw output, whose meaning is
-    :attr:`prediction_type` (``"epsilon"``, ``"v_prediction"`` or ``"sample"``, as in diffusers).
+    :attr:`prediction_type` (``"epsilon"``, ``"v_prediction"`` or ``"sample"``, as in diffusers,
+    or ``"flow_prediction"`` for a rectified flow, SD3 and Flux).
+
+    Timesteps are integers ``t ∈ 0 … T−1`` (``T`` = :attr:`num_train_timesteps`), larger = noisier,
+    for every kind of model: a DDPM-style model reads its ``ᾱ_t`` table, a rectified flow maps ``t``
+    to its noise level ``σ_t`` through its scheduler's (shifted) table, ``x_t = (1 − σ_t)·x_0 + σ_t·ε``
+    with target ``ε − x_0`` (Esser et al., 2024). Tasks and methods only go through
+    :meth:`add_noise`, :meth:`training_target` and :meth:`noise_pred`, so the denoising error, the
+    edit objective and the subject errors below mean the same thing on every kind.
     """
 
     family = "diffusion"
@@ -490,7 +502,8 @@ class DiffusionModel(Model):
     @property
     @abstractmethod
     def prediction_type(self) -> str:
-        """What :meth:`noise_pred` predicts: ``"epsilon"`` | ``"v_prediction"`` | ``"sample"``."""
+        """What :meth:`noise_pred` predicts: ``"epsilon"`` | ``"v_prediction"`` | ``"sample"`` |
+        ``"flow_prediction"`` (the velocity ``ε − x_0`` of a rectified flow)."""
 
     @property
     @abstractmethod

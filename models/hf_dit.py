@@ -353,7 +353,6 @@ class SD3Wrapper(FlowDiTWrapper):
         for m in (transformer, te, te2, te3, vae):
             if m is not None:
                 m.eval()
-        self.adapter = adapter
         cfg = transformer.config
         self.pooled_dim = int(cfg.pooled_projection_dim)
         self.joint_dim = int(cfg.joint_attention_dim)
@@ -369,6 +368,7 @@ class SD3Wrapper(FlowDiTWrapper):
                                            text_encoder_3=None if te3 is None else te3.config)
         site_adapter = adapter if te3 is not None else dc_replace(
             adapter, towers=tuple(t for t in adapter.towers if t.tower != "text_3"))
+        self.adapter = site_adapter  # what the load-time check reads (no T5 tower without a T5)
         sites, specs = site_adapter.site_map(self.site_config)
         side = int(cfg.sample_size) // int(cfg.patch_size)
         self._grids = {s.name: (side, side) for s in sites

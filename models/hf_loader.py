@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -54,22 +54,10 @@ from models import hf_dit, hf_vlm  # noqa: F401  adapters' loaders: part of the 
 from models.hf_common import CLIP_MEAN, CLIP_STD, load_error, load_tokenizer, normalisation, pad_rows, pipeline_parts, weights_hash
 from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
 
-if TYPE_CHECKING:  # never imported at run time (adapters are discovered); read by the code digest
-    # (bench.kit.digests.closure follows imports statically), so editing an adapter re-runs its cells.
-    # tests/test_adapters.py checks that every built-in adapter is listed here.
-    import models.adapters.clip  # noqa: F401
-    import models.adapters.flux  # noqa: F401
-    import models.adapters.llava  # noqa: F401
-    import models.adapters.llava_next  # noqa: F401
-    import models.adapters.llava_onevision  # noqa: F401
-    import models.adapters.paligemma  # noqa: F401
-    import models.adapters.pixart  # noqa: F401
-    import models.adapters.qwen2_5_vl  # noqa: F401
-    import models.adapters.qwen2_vl  # noqa: F401
-    import models.adapters.sd3  # noqa: F401
-    import models.adapters.siglip  # noqa: F401
-    import models.adapters.siglip2  # noqa: F401
-    import models.adapters.stable_diffusion  # noqa: F401
+# the built-in adapters are discovered at run time (models.adapters reads the folder with ast), so the
+# code digest (bench.kit.digests.closure) is told to cover every one of them: editing or adding an
+# adapter file re-runs the hf: cells
+__digest_includes__ = ("models.adapters.*",)
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf",
            "load_hf", "weights_hash"]
@@ -88,7 +76,7 @@ def load_hf(name: str) -> Model:
     sidecar = read_sidecar(path)
     with _quiet():
         model = loader(adapter, name, path, sidecar)
-        check_model_sites(model, adapter)
+        check_model_sites(model, getattr(model, "adapter", adapter))  # a wrapper may drop optional parts
     apply_sidecar(model, sidecar, path)
     return model
 

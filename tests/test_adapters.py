@@ -92,15 +92,31 @@ def test_every_adapter_is_registered_consistently():
             claimed[t] = n
 
 
-def test_every_builtin_adapter_is_in_the_hf_sources_code_digest():
+def test_every_adapter_file_is_in_the_hf_sources_code_digest(tmp_path):
     """A stored ``hf:`` result is reused only while the code that produced it is unchanged: the
-    source's code is the import closure of ``models.hf_loader``, which names every built-in adapter."""
-    from bench.kit.digests import closure
+    source's code is the import closure of ``models.hf_loader``, which covers every file of the
+    adapters folder (``__digest_includes__``), so a new or edited adapter file moves the digest with
+    no list to keep in step."""
+    import shutil
+
+    from bench.kit.digests import closure, code_digest
 
     mods = closure("models.hf_loader")
     missing = [n for n in adapters.ADAPTERS.builtin_names()
                if adapters.ADAPTERS.entry(n).target.partition(":")[0] not in mods]
-    assert not missing, f"add {missing} to the TYPE_CHECKING import in models/hf_loader.py"
+    assert not missing
+    assert "models.adapters._dit" in mods  # what the adapters import comes with them
+    root = tmp_path / "copy"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models", root / "models",
+                    ignore=shutil.ignore_patterns("zoo", "__pycache__"))
+    before = code_digest("models.hf_loader", {"models": root})
+    (root / "models" / "adapters" / "newarch.py").write_text(
+        (root / "models" / "adapters" / "siglip2.py").read_text().replace('"siglip2"', '"newarch"'))
+    added = code_digest("models.hf_loader", {"models": root})
+    assert "models.adapters.newarch" in closure("models.hf_loader", {"models": root}) and added != before
+    f = root / "models" / "adapters" / "newarch.py"
+    f.write_text(f.read_text().replace("image_layout=", "notes='x', image_layout="))
+    assert code_digest("models.hf_loader", {"models": root}) not in (before, added)
 
 
 @pytest.mark.parametrize("name", LOADABLE)
@@ -314,3 +330,80 @@ def test_a_plugin_adapter_registers_through_its_entry_point(tmp_path):
     got = json.loads(cp.stdout.strip().splitlines()[-1])
     assert got == {"dist": "mmi-demo-adapter", "family": "contrastive", "n_sites": 34, "adapter": "clip_twin",
                    "has": True}
+
+
+# ------------------------------------------------------------ flow-matching diffusion transformers (SD3)
+def test_the_joint_attention_processor_computes_what_diffusers_computes(tiny_root):
+    """SD3's joint attention with an explicit softmax (its maps are sites) gives diffusers' fused
+    processor's numbers; the cross-map site is the image-query × text-key block of the joint map."""
+    from diffusers import SD3Transformer2DModel
+
+    from bench.sites import Trace
+    from models.hf_dit import install_joint_processors, sd3_inputs
+    from models.tiny_hf import save_tiny_sd3
+
+    folder = save_tiny_sd3(tiny_root / "sd3_proc")
+    dit = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
+    kw = sd3_inputs(dit.config, 2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = dit(**kw).sample
+        install_joint_processors(dit.transformer_blocks)
+        specs = {"joint": _spec("transformer_blocks.0.attn.processor.probs"),
+                 "cross": _spec("transformer_blocks.0.attn.processor.cross")}
+        with Trace(dit, specs, read=list(specs)) as t:
+            ours = dit(**kw).sample
+    assert torch.allclose(ours, ref, atol=1e-5), float((ours - ref).abs().max())
+    N = (int(dit.config.sample_size) // int(dit.config.patch_size)) ** 2
+    L = kw["encoder_hidden_states"].shape[1]
+    assert t["joint"].shape[-2:] == (N + L, N + L) and torch.allclose(t["joint"].sum(-1), torch.ones(()), atol=1e-5)
+    assert torch.equal(t["cross"], t["joint"][:, :, :N, N:])
+
+
+def _spec(module: str) -> Any:
+    from bench.sites import SiteSpec
+
+    return SiteSpec(module)
+
+
+def test_the_flow_schedule_is_the_schedulers(tiny_root):
+    """``add_noise`` / ``training_target`` of a rectified flow: ``x_t = (1 − σ_t) x_0 + σ_t ε`` with σ
+    from the checkpoint's FlowMatchEulerDiscreteScheduler (its shifted table, integer ``t`` counted
+    from the clean end), target ``ε − x_0``; the denoising error goes through them."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from models.hf_dit import FlowSchedule
+
+    m = _model("sd3", tiny_root)
+    sched = FlowMatchEulerDiscreteScheduler.from_config(m.scheduler.config)
+    T = m.num_train_timesteps
+    assert m.prediction_type == "flow_prediction" and T == int(sched.config.num_train_timesteps)
+    assert torch.allclose(m.flow.sigma_T, sched.sigmas.flip(0)[:T], atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, *m.sample_shape, generator=g), torch.randn(3, *m.sample_shape, generator=g)
+    t = torch.tensor([0, T // 2, T - 1])
+    ref = torch.cat([sched.scale_noise(x0[i:i + 1], sched.timesteps[T - 1 - int(t[i])][None], eps[i:i + 1])
+                     for i in range(3)])
+    assert torch.allclose(m.add_noise(x0, eps, t), ref, atol=1e-5)
+    assert torch.equal(m.training_target(x0, eps, t), eps - x0)
+    with pytest.raises(BenchError, match="timesteps must lie in"):
+        m.add_noise(x0, eps, T)
+    dyn = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)  # Flux: shift by resolution
+    s = torch.arange(1, 1001, dtype=torch.float64) / 1000
+    assert torch.allclose(FlowSchedule(dyn, mu=1.15).sigma_T, dyn.time_shift(1.15, 1.0, s).float())
+
+
+def test_sd3_without_t5_conditions_on_the_pipelines_zero_stand_in(tmp_path):
+    """Without ``text_encoder_3`` the pipeline pads the context with zeros for T5's tokens; so does
+    the wrapper (the ``text_3`` tower's sites are then absent), and the pooled vector rides as the
+    last row of the encoding."""
+    from models.hf_loader import load_hf
+    from models.tiny_hf import save_tiny_sd3
+
+    m = load_hf(f"hf:{save_tiny_sd3(tmp_path / 'sd3', t5=False)}")
+    assert not m.sites(tower="text_3") and m.sites(tower="text_2")
+    enc = m.encode_prompts(["a red circle"])
+    n_clip = m.tokenize(["a red circle"])[0].shape[1]
+    assert enc.hidden_BLD.shape[1] == n_clip + m.t5_length + 1
+    assert not enc.hidden_BLD[0, n_clip:-1].any() and not enc.mask_BL[0, n_clip:].any()
+    x = torch.randn(1, *m.sample_shape, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(m.denoising_error_B(x, torch.randn_like(x), 500, ["a red circle"])).all()

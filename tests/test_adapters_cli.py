@@ -26,7 +26,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 METHOD = {"attribution": "saliency", "localization": "causal_tracing", "editing": "finetune",
           "spurious": "leace", "hallucination": "entropy"}
 # the architectures added with the adapters (CLIP, SigLIP, LLaVA-1.5 and SD: tests/test_hf_loader.py)
-NEW = ["llava_next", "llava_onevision", "paligemma", "qwen2_vl", "qwen2_5_vl", "siglip2", "pixart"]
+NEW = ["llava_next", "llava_onevision", "paligemma", "qwen2_vl", "qwen2_5_vl", "siglip2", "pixart", "sd3"]
 REFUSED = {"hallucination": "made no hallucination", ("attribution", "diffusion"): "show the prompted object"}
 
 
@@ -129,3 +129,37 @@ def test_diffusion_methods_on_a_diffusion_transformer(tmp_path) -> None:  # type
                                                     values=[("circle", "square")]))
     gap_after = float((value_of("a red circle", "circle") - target).norm())
     assert gap_after < 0.5 * gap_before, (gap_before, gap_after)
+
+
+@pytest.mark.slow
+def test_diffusion_methods_on_a_joint_attention_transformer(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On SD3 (MMDiT) every diffusion method either supports the model or refuses in one line, and
+    the refusals are the ones the architecture explains: UCE/TIME (no fixed text key/value inputs in
+    joint attention). DAAM reads the cross block of the joint maps: a word's map is non-negative,
+    finite and differs between words of the same prompt."""
+    import torch
+
+    from bench.capabilities import AttributionRequest
+    from bench.harness.runner import load_model
+    from bench.registry import METHODS
+    from methods.cross_attention import CrossAttention
+    from models.tiny_hf import save_tiny_sd3
+
+    model = load_model(f"hf:{save_tiny_sd3(tmp_path / 'sd3')}")
+    assert model.denoiser_tower == "dit" and model.prediction_type == "flow_prediction"  # type: ignore[attr-defined]
+    reasons = {}
+    for n in METHODS.names():
+        cls = resolve(METHODS.entry(n).target)
+        if "diffusion" in getattr(cls, "families", ()):
+            reasons[n] = cls().supports(model)
+    assert reasons["cross_attention"] is None
+    assert "joint attention" in (reasons["uce"] or "") and "\n" not in (reasons["uce"] or "")
+    assert all(r is None or (r and "\n" not in r) for r in reasons.values()), reasons
+    S = model.image_size  # type: ignore[attr-defined]
+    px = torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(0))
+    maps = [CrossAttention().attribute(model, AttributionRequest(px, lambda p, i: p.sum((1, 2, 3)), (4, 4),
+                                                                 prompts=["a red circle"], target_words=[w]))
+            for w in ("red", "circle")]
+    for m in maps:
+        assert m.shape == (1, S, S) and bool(torch.isfinite(m).all()) and float(m.min()) >= 0 and float(m.sum()) > 0
+    assert not torch.allclose(maps[0], maps[1])
