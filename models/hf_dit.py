@@ -9,14 +9,17 @@ checks the sites against that forward (``--model hf:`` refuses those folders wit
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.capabilities import EditObjective, EditRequest, ObjectiveOptions
 from bench.errors import BenchError
 from bench.model import PromptEncoding
 from bench.registry import resolve
@@ -287,6 +290,21 @@ class FlowDiTWrapper(DiffusionWrapper):
     def _dit(self, x_BCHW: torch.Tensor, time_B: torch.Tensor, enc: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def edit_objective(self, request: EditRequest, options: ObjectiveOptions) -> EditObjective:
+        """The contract's objective, with the subject and valid-token masks cut to the ``text``
+        tower's token stream (where facts live): the encoding's rows beyond it (other encoders'
+        tokens, the pooled row) are not the text tower's positions."""
+        obj = super().edit_objective(request, options)
+        with torch.device("cpu"):
+            L = int(self.tokenize(list(request.prompts[:1]))[0].shape[1])
+        subject = obj.subject_BL
+        return dataclasses.replace(obj, subject_BL=lambda positions: subject(positions)[:, :L],
+                                   valid_BL=obj.valid_BL[:, :L])
+
+    def _sampling_sigmas(self, steps: int) -> list[float] | None:
+        """The unshifted noise levels the pipeline samples at (None: the scheduler's default)."""
+        return None
+
     def _split(self, enc: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(context ``[B, L, D]``, pooled ``[B, P]``) of a prompt encoding (pooled: its last row)."""
         return enc.hidden_BLD[:, :-1], enc.hidden_BLD[:, -1, : self.pooled_dim]
@@ -306,8 +324,11 @@ class FlowDiTWrapper(DiffusionWrapper):
     def _sample(self, prompts: list[str], noise_BCHW: torch.Tensor, seed: int, steps: int,
                 guidance: float) -> torch.Tensor:
         sampler = type(self.scheduler).from_config(self.scheduler.config)  # fresh state per call
-        kw = {"mu": self.flow.mu} if sampler.config.use_dynamic_shifting else {}
-        sampler.set_timesteps(steps, device=self.device, **kw)
+        kw: dict[str, Any] = {"mu": self.flow.mu} if sampler.config.use_dynamic_shifting else {}
+        sigmas = self._sampling_sigmas(steps)
+        if sigmas is not None:
+            kw["sigmas"] = sigmas
+        sampler.set_timesteps(None if sigmas is not None else steps, device=self.device, **kw)
         cond = self.encode_prompts(prompts)
         enc = cond if guidance == 1.0 else _cat(cond, self.encode_prompts([self.sampling.uncond_prompt] * len(prompts)))
         x = noise_BCHW
@@ -467,3 +488,209 @@ def load_sd3(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -
     sampling = SamplingConfig(**{**adapter.options.get("sampling", {}), **sidecar.get("sampling", {})})
     return SD3Wrapper(name, transformer, (te, te2, te3), (fns[0], fns[1], fn3), sched, weights_hash(path), vae,
                       sampling, adapter, t5_len)
+
+
+# ------------------------------------------------------------------------------------------- Flux
+class FluxSiteAttnProcessor(nn.Module):
+    """diffusers' ``FluxAttnProcessor`` with an explicit softmax (:attr:`probs`: the joint map over
+    text then image tokens, as Flux concatenates them) and its image-query × text-key block passed
+    through :attr:`cross` (the cross map; see :class:`JointSiteAttnProcessor`). A single-stream block
+    attends over the concatenated sequence without telling its attention where the text ends, so the
+    wrapper records the text length on the processor before each block runs (:attr:`text_tokens`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.probs = AttentionProbs()
+        self.cross = nn.Identity()
+        self.text_tokens = 0
+
+    def forward(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None) -> Any:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        d = attn.head_dim
+        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, d)))
+        k = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, d)))
+        v = attn.to_v(hidden_states).unflatten(-1, (-1, d))
+        L = self.text_tokens
+        if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
+            L = encoder_hidden_states.shape[1]
+            cq = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
+            ck = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, d)))
+            cv = attn.add_v_proj(encoder_hidden_states).unflatten(-1, (-1, d))
+            q, k, v = torch.cat([cq, q], 1), torch.cat([ck, k], 1), torch.cat([cv, v], 1)
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, sequence_dim=1)
+            k = apply_rotary_emb(k, image_rotary_emb, sequence_dim=1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, S, d]
+        probs_BHQK = self.probs((q @ k.transpose(-1, -2)) * d ** -0.5)
+        if L:  # the image-query × text-key block, through its site
+            cross_BHNL = self.cross(probs_BHQK[:, :, L:, :L])
+            low = torch.cat([cross_BHNL, probs_BHQK[:, :, L:, L:]], -1)
+            probs_BHQK = torch.cat([probs_BHQK[:, :, :L], low], 2)
+        out = (probs_BHQK.to(v.dtype) @ v).transpose(1, 2).flatten(2, 3).to(q.dtype)
+        if encoder_hidden_states is None:
+            return out
+        ctx, img = out[:, :L], out[:, L:]
+        return attn.to_out[1](attn.to_out[0](img.contiguous())), attn.to_add_out(ctx.contiguous())
+
+
+def install_flux_processors(transformer: nn.Module) -> None:
+    """A :class:`FluxSiteAttnProcessor` in every block, and a pre-hook telling single-stream blocks'
+    processors how many text tokens lead their sequence."""
+    def text_length(block: nn.Module, args: tuple, kwargs: dict) -> None:  # type: ignore[type-arg]
+        block.attn.processor.text_tokens = int(kwargs["encoder_hidden_states"].shape[1])
+
+    for blk in transformer.transformer_blocks:
+        if not isinstance(blk.attn.processor, FluxSiteAttnProcessor):
+            blk.attn.set_processor(FluxSiteAttnProcessor())
+    for blk in transformer.single_transformer_blocks:
+        if not isinstance(blk.attn.processor, FluxSiteAttnProcessor):
+            blk.attn.set_processor(FluxSiteAttnProcessor())
+            blk.register_forward_pre_hook(text_length, with_kwargs=True)
+
+
+class FluxModules(nn.Module):
+    """The Flux wrapper's module tree: ``transformer``, ``text_encoder`` (CLIP), ``text_encoder_2``
+    (T5) and ``vae``, as the pipeline folder names them."""
+
+    def __init__(self, transformer: nn.Module, te: nn.Module, te2: nn.Module, vae: nn.Module) -> None:
+        super().__init__()
+        self.transformer, self.text_encoder, self.text_encoder_2, self.vae = transformer, te, te2, vae
+
+
+class FluxWrapper(FlowDiTWrapper):
+    """A ``FluxPipeline`` folder behind the diffusion contract; sites from the ``flux`` adapter.
+
+    As the pipeline: the context is T5's last hidden states (so :meth:`prompt_token_positions` are T5
+    token positions and the ``text`` tower is the T5), the pooled vector CLIP's pooled output (the
+    ``text_2`` tower); samples ``[B, C, H, W]`` are the VAE's latents, packed into 2×2 patches of
+    ``4C`` channels (one token each, position ids ``(0, row, col)``) for the transformer and unpacked
+    after it; the transformer reads ``σ`` as its timestep; the scheduler's shift depends on the
+    token count (``mu``, the pipeline's ``calculate_shift``). A guidance-distilled transformer
+    (``guidance_embeds``, FLUX.1-dev) reads the guidance scale as an input instead of running
+    classifier-free guidance: :meth:`generate`'s ``guidance`` goes there, and :meth:`noise_pred`
+    (conditional) feeds the sampling default. The image side is the VAE config's ``sample_size``
+    (Flux's transformer config does not fix one)."""
+
+    def __init__(self, name: str, transformer: Any, te: Any, te2: Any, tokenizers: tuple[Tokenize, Tokenize],
+                 scheduler: Any, weights_hash: str, vae: Any, sampling: SamplingConfig, adapter: Adapter) -> None:
+        te.set_attn_implementation("eager")
+        te2.set_attn_implementation("eager")
+        install_flux_processors(transformer)
+        for m in (transformer, te, te2, vae):
+            m.eval()
+        cfg = transformer.config
+        self.pooled_dim = int(cfg.pooled_projection_dim)
+        self.joint_dim = int(cfg.joint_attention_dim)
+        latent = int(vae.config.latent_channels)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        side = int(vae.config.sample_size) // factor
+        if (int(cfg.patch_size) != 1 or int(cfg.in_channels) != 4 * latent or side % 2
+                or int(te.config.hidden_size) != self.pooled_dim or int(te2.config.d_model) != self.joint_dim
+                or self.pooled_dim > self.joint_dim):
+            raise BenchError(f"Flux pipeline: the parts do not fit together (transformer in_channels {cfg.in_channels} "
+                             f"= 4 × VAE latent channels {latent}, patch_size 1, an even latent side ({side}), CLIP "
+                             f"width {te.config.hidden_size} = pooled_projection_dim {self.pooled_dim}, T5 width "
+                             f"{te2.config.d_model} = joint_attention_dim {self.joint_dim})")
+        self.adapter = adapter
+        self.site_config = SimpleNamespace(transformer=cfg, text_encoder=te.config, text_encoder_2=te2.config)
+        sites, specs = adapter.site_map(self.site_config)
+        self._side = side
+        self._grids = {s.name: (side // 2, side // 2) for s in sites
+                       if s.kind in ("joint_attn", "cross_pattern", "block", "mlp") and s.tower == "dit"}
+        super(DiffusionWrapper, self).__init__(name, FluxModules(transformer, te, te2, vae), specs, sites)
+        self.unet = transformer
+        self.text_encoder, self.text_encoder_2 = te, te2
+        self.tokenize_clip, self.tokenize = tokenizers
+        self.vae = vae
+        self.scheduler = scheduler
+        sc = scheduler.config
+        n = (side // 2) ** 2  # the pipeline's calculate_shift: mu linear in the image's token count
+        slope = (sc.max_shift - sc.base_shift) / (sc.max_image_seq_len - sc.base_image_seq_len)
+        self.flow = FlowSchedule(scheduler, mu=n * slope + sc.base_shift - slope * sc.base_image_seq_len
+                                 if sc.use_dynamic_shifting else None)
+        self.sampling = sampling
+        self._embedded = float(sampling.guidance)
+        self._hash = weights_hash
+        self._parts = (te, te2, tokenizers)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return int(self.unet.config.in_channels) // 4, self._side, self._side
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vae.config.sample_size)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> PromptEncoding:
+        prompts = _check_prompts(prompts)
+        with torch.device("cpu"):
+            ids_clip, _ = self.tokenize_clip(prompts)
+            ids, mask = self.tokenize(prompts)
+        dev = self.device
+        pooled_BP = self.text_encoder(input_ids=ids_clip.to(dev)).pooler_output
+        t5_BLD = self.text_encoder_2(input_ids=ids.to(dev)).last_hidden_state
+        pooled_row = F.pad(pooled_BP, (0, self.joint_dim - pooled_BP.shape[-1]))[:, None].to(t5_BLD.dtype)
+        B = len(prompts)
+        return PromptEncoding(torch.cat([t5_BLD, pooled_row], 1),
+                              torch.cat([mask.to(dev), torch.zeros(B, 1, dtype=mask.dtype, device=dev)], 1))
+
+    def _dit(self, x_BCHW: torch.Tensor, time_B: torch.Tensor, enc: Any) -> torch.Tensor:
+        ctx_BLD, pooled_BP = self._split(enc)
+        B, C, H, W = x_BCHW.shape
+        packed = x_BCHW.view(B, C, H // 2, 2, W // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(B, (H // 2) * (W // 2), 4 * C)
+        img_ids = torch.zeros(H // 2, W // 2, 3, device=x_BCHW.device)
+        img_ids[..., 1] += torch.arange(H // 2, device=x_BCHW.device)[:, None]
+        img_ids[..., 2] += torch.arange(W // 2, device=x_BCHW.device)[None, :]
+        txt_ids = torch.zeros(ctx_BLD.shape[1], 3, device=x_BCHW.device)
+        guidance = (torch.full((B,), self._embedded, device=x_BCHW.device)
+                    if self.unet.config.guidance_embeds else None)
+        out = self.unet(hidden_states=packed, timestep=(time_B / self.flow.T).to(x_BCHW.dtype), guidance=guidance,
+                        pooled_projections=pooled_BP, encoder_hidden_states=ctx_BLD, txt_ids=txt_ids,
+                        img_ids=img_ids.reshape(-1, 3)).sample
+        return out.view(B, H // 2, W // 2, C, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+
+    def _sampling_sigmas(self, steps: int) -> list[float] | None:
+        return [float(x) for x in np.linspace(1.0, 1 / steps, steps)]  # as FluxPipeline
+
+    def _sample(self, prompts: list[str], noise_BCHW: torch.Tensor, seed: int, steps: int,
+                guidance: float) -> torch.Tensor:
+        if not self.unet.config.guidance_embeds:
+            return super()._sample(prompts, noise_BCHW, seed, steps, guidance)
+        before, self._embedded = self._embedded, float(guidance)
+        try:  # guidance-distilled: the scale is an input, one conditional pass per step
+            return super()._sample(prompts, noise_BCHW, seed, steps, 1.0)
+        finally:
+            self._embedded = before
+
+    def randomized(self, seed: int) -> "FluxWrapper":
+        torch.manual_seed(seed)
+        te, te2, toks = self._parts
+        return FluxWrapper(f"{self.name}[randomized:{seed}]", type(self.unet).from_config(self.unet.config),
+                           type(te)(te.config), type(te2)(te2.config), toks, self.scheduler, f"random-init:{seed}",
+                           self.vae, self.sampling, self.adapter)
+
+
+def load_flux(adapter: Adapter, name: str, path: Path, sidecar: dict[str, Any]) -> FluxWrapper:
+    """A ``FluxPipeline`` folder: transformer, CLIP (pooled) and T5 (context) encoders, their
+    tokenizers, VAE and a flow-matching scheduler config."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    parts = pipeline_parts(path, ("transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                                  "vae", "scheduler"))
+    try:
+        transformer = resolve(adapter.model_class).from_pretrained(parts["transformer"], local_files_only=True)
+        te = resolve(adapter.options["text_encoder"]).from_pretrained(parts["text_encoder"], local_files_only=True)
+        te2 = resolve(adapter.options["t5"]).from_pretrained(parts["text_encoder_2"], local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(parts["vae"], local_files_only=True)
+        cfg = FlowMatchEulerDiscreteScheduler.load_config(parts["scheduler"], local_files_only=True)
+        sched = FlowMatchEulerDiscreteScheduler.from_config(cfg)
+    except (OSError, ValueError, RuntimeError, TypeError) as e:
+        raise load_error("Flux pipeline", path, e) from None
+    tok, tok2 = (load_tokenizer(parts[k], "Flux") for k in ("tokenizer", "tokenizer_2"))
+    t5_len = min(int(adapter.options.get("max_sequence_length", 512)),
+                 int(getattr(tok2, "model_max_length", 512) or 512))
+    fns = (_tokenizer_fn(tok, int(getattr(tok, "model_max_length", 77) or 77)), _tokenizer_fn(tok2, t5_len))
+    sampling = SamplingConfig(**{**adapter.options.get("sampling", {}), **sidecar.get("sampling", {})})
+    return FluxWrapper(name, transformer, te, te2, fns, sched, weights_hash(path), vae, sampling, adapter)

@@ -328,9 +328,31 @@ def _save_tiny_vae(out: Path) -> None:
 
 
 def save_tiny_flux(out: Path, seed: int = 0) -> Path:
-    from diffusers import FluxTransformer2DModel
+    """A FLUX.1-dev-shaped pipeline folder: the transformer (guidance-distilled, patch size 1 over
+    2×2-packed latents: in_channels = 4 × the VAE's latent channels), a CLIP text encoder as wide as
+    the pooled projection, a T5 encoder as wide as the joint attention, tokenizers, a VAE with Flux's
+    latent scaling and shift, and a flow-matching scheduler with Flux's resolution-dependent shift."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = save_tokenizer(out / "tokenizer")
+    save_tokenizer(out / "tokenizer_2")
     torch.manual_seed(seed)
+    CLIPTextModel(CLIPTextConfig(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
+                                 bos_token_id=2, eos_token_id=3)).save_pretrained(out / "text_encoder")
+    T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                            pad_token_id=0, eos_token_id=3)).save_pretrained(out / "text_encoder_2")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
+                  norm_num_groups=8, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
+                  ).save_pretrained(out / "vae")
+    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+                                    ).save_pretrained(out / "scheduler")
     return _pipeline_folder(out, "FluxPipeline", FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
-        joint_attention_dim=32, pooled_projection_dim=16, axes_dims_rope=(2, 2, 4)))
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(2, 2, 4)),
+        text_encoder=["transformers", "CLIPTextModel"], tokenizer=["transformers", "CLIPTokenizer"],
+        text_encoder_2=["transformers", "T5EncoderModel"], tokenizer_2=["transformers", "T5TokenizerFast"],
+        vae=["diffusers", "AutoencoderKL"], scheduler=["diffusers", "FlowMatchEulerDiscreteScheduler"])
