@@ -407,3 +407,57 @@ def test_sd3_without_t5_conditions_on_the_pipelines_zero_stand_in(tmp_path):
     assert not enc.hidden_BLD[0, n_clip:-1].any() and not enc.mask_BL[0, n_clip:].any()
     x = torch.randn(1, *m.sample_shape, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(m.denoising_error_B(x, torch.randn_like(x), 500, ["a red circle"])).all()
+
+
+def test_the_flux_attention_processor_computes_what_diffusers_computes(tiny_root):
+    """Flux's double- and single-stream attention with an explicit softmax gives diffusers' numbers;
+    the cross map of a single-stream block is the image-query × text-key block of its map (text
+    first), the text length coming from the block's input."""
+    from diffusers import FluxTransformer2DModel
+
+    from bench.sites import SiteSpec, Trace
+    from models.hf_dit import flux_inputs, install_flux_processors
+    from models.tiny_hf import save_tiny_flux
+
+    dit = FluxTransformer2DModel.from_pretrained(save_tiny_flux(tiny_root / "flux_proc") / "transformer").eval()
+    kw = flux_inputs(dit.config, 2, torch.Generator().manual_seed(0))
+    kw["img_ids"] = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0),
+                                               indexing="ij"), -1).reshape(-1, 3)  # distinct positions
+    with torch.no_grad():
+        ref = dit(**kw).sample
+        install_flux_processors(dit)
+        specs = {n: SiteSpec(f"{b}.0.attn.processor.{x}") for n, b, x in
+                 (("dj", "transformer_blocks", "probs"), ("dc", "transformer_blocks", "cross"),
+                  ("sj", "single_transformer_blocks", "probs"), ("sc", "single_transformer_blocks", "cross"))}
+        with Trace(dit, specs, read=list(specs)) as t:
+            ours = dit(**kw).sample
+    assert torch.allclose(ours, ref, atol=1e-5), float((ours - ref).abs().max())
+    L = kw["encoder_hidden_states"].shape[1]
+    for joint, cross in (("dj", "dc"), ("sj", "sc")):
+        assert torch.allclose(t[joint].sum(-1), torch.ones(()), atol=1e-5)
+        assert torch.equal(t[cross], t[joint][:, :, L:, :L]), joint
+
+
+def test_flux_packs_latents_as_the_pipeline_does(tiny_root):
+    """A sample ``[B, C, H, W]`` goes to the transformer as the pipeline's 2×2-packed tokens with
+    ``(0, row, col)`` ids and comes back unpacked: the wrapper's prediction equals the transformer's
+    on the pipeline's packing (``FluxPipeline._pack_latents`` / ``_unpack_latents``)."""
+    from diffusers import FluxPipeline
+
+    m = _model("flux", tiny_root)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *m.sample_shape, generator=g)
+    C, H, W = m.sample_shape
+    t = 300
+    with torch.no_grad():
+        enc = m.encode_prompts(["a red circle", "a blue square"])
+        ours = m.noise_pred(x, t, enc)
+        packed = FluxPipeline._pack_latents(x, 2, C, H, W)
+        ids = FluxPipeline._prepare_latent_image_ids(2, H // 2, W // 2, x.device, x.dtype)
+        sigma = float(m.flow.sigma(torch.tensor([t]))[0])
+        out = m.unet(hidden_states=packed, timestep=torch.full((2,), sigma), guidance=torch.full((2,), m._embedded),
+                     pooled_projections=enc.hidden_BLD[:, -1, :m.pooled_dim], encoder_hidden_states=enc.hidden_BLD[:, :-1],
+                     txt_ids=torch.zeros(enc.hidden_BLD.shape[1] - 1, 3), img_ids=ids).sample
+        f = m.image_size // H  # the VAE's downsampling
+        ref = FluxPipeline._unpack_latents(out, H * f, W * f, f)
+    assert ref.shape == ours.shape and torch.allclose(ours, ref, atol=1e-6)

@@ -26,7 +26,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 METHOD = {"attribution": "saliency", "localization": "causal_tracing", "editing": "finetune",
           "spurious": "leace", "hallucination": "entropy"}
 # the architectures added with the adapters (CLIP, SigLIP, LLaVA-1.5 and SD: tests/test_hf_loader.py)
-NEW = ["llava_next", "llava_onevision", "paligemma", "qwen2_vl", "qwen2_5_vl", "siglip2", "pixart", "sd3"]
+NEW = ["llava_next", "llava_onevision", "paligemma", "qwen2_vl", "qwen2_5_vl", "siglip2", "pixart", "sd3", "flux"]
 REFUSED = {"hallucination": "made no hallucination", ("attribution", "diffusion"): "show the prompted object"}
 
 
@@ -132,8 +132,9 @@ def test_diffusion_methods_on_a_diffusion_transformer(tmp_path) -> None:  # type
 
 
 @pytest.mark.slow
-def test_diffusion_methods_on_a_joint_attention_transformer(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """On SD3 (MMDiT) every diffusion method either supports the model or refuses in one line, and
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_diffusion_methods_on_a_joint_attention_transformer(name, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On SD3 and Flux (MMDiT) every diffusion method either supports the model or refuses in one line, and
     the refusals are the ones the architecture explains: UCE/TIME (no fixed text key/value inputs in
     joint attention). DAAM reads the cross block of the joint maps: a word's map is non-negative,
     finite and differs between words of the same prompt."""
@@ -143,9 +144,7 @@ def test_diffusion_methods_on_a_joint_attention_transformer(tmp_path) -> None:  
     from bench.harness.runner import load_model
     from bench.registry import METHODS
     from methods.cross_attention import CrossAttention
-    from models.tiny_hf import save_tiny_sd3
-
-    model = load_model(f"hf:{save_tiny_sd3(tmp_path / 'sd3')}")
+    model = load_model(f"hf:{resolve(adapters.get(name).tiny)(tmp_path / name)}")
     assert model.denoiser_tower == "dit" and model.prediction_type == "flow_prediction"  # type: ignore[attr-defined]
     reasons = {}
     for n in METHODS.names():
