@@ -54,9 +54,9 @@ from models import hf_dit, hf_vlm  # noqa: F401  adapters' loaders: part of the 
 from models.hf_common import CLIP_MEAN, CLIP_STD, load_error, load_tokenizer, normalisation, pad_rows, pipeline_parts, weights_hash
 from models.hf_source import FAMILIES, PREFIX, SUPPORTED, checkpoint_type, family_of, is_hf, path_of, read_json
 
-# the built-in adapters are discovered at run time (models.adapters reads the folder with ast), so the
-# code digest (bench.kit.digests.closure) is told to cover every one of them: editing or adding an
-# adapter file re-runs the hf: cells
+# the built-in adapters are discovered at run time (models.adapters reads the folder with ast), not
+# imported here: the hf: source's code digest (bench.harness.identity.source_code_digest) covers every
+# file of the folder through this declaration, so editing or adding an adapter re-runs the hf: cells
 __digest_includes__ = ("models.adapters.*",)
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "FAMILIES", "PREFIX", "SUPPORTED", "checkpoint_type", "family_of", "is_hf",

@@ -94,29 +94,30 @@ def test_every_adapter_is_registered_consistently():
 
 def test_every_adapter_file_is_in_the_hf_sources_code_digest(tmp_path):
     """A stored ``hf:`` result is reused only while the code that produced it is unchanged: the
-    source's code is the import closure of ``models.hf_loader``, which covers every file of the
-    adapters folder (``__digest_includes__``), so a new or edited adapter file moves the digest with
-    no list to keep in step."""
+    source's code digest covers ``models.hf_loader``'s import closure and every file of the adapters
+    folder (``__digest_includes__``), so a new or edited adapter file moves it with no list to keep
+    in step; the zoo's and the tasks' digests do not depend on the adapters' folder."""
     import shutil
 
-    from bench.kit.digests import closure, code_digest
+    from bench.harness.identity import discovered_modules, model_code, source_code_digest
 
-    mods = closure("models.hf_loader")
-    missing = [n for n in adapters.ADAPTERS.builtin_names()
-               if adapters.ADAPTERS.entry(n).target.partition(":")[0] not in mods]
-    assert not missing
-    assert "models.adapters._dit" in mods  # what the adapters import comes with them
+    found = discovered_modules("models.hf_loader")
+    assert found == sorted(adapters.ADAPTERS.entry(n).target.partition(":")[0]
+                           for n in adapters.ADAPTERS.builtin_names())
+    assert model_code("hf:/nowhere") == source_code_digest("models.hf_loader")
     root = tmp_path / "copy"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "models", root / "models",
-                    ignore=shutil.ignore_patterns("zoo", "__pycache__"))
-    before = code_digest("models.hf_loader", {"models": root})
+    for top in ("bench", "models"):
+        shutil.copytree(Path(__file__).resolve().parents[1] / top, root / top,
+                        ignore=shutil.ignore_patterns("zoo", "__pycache__"))
+    before = source_code_digest("models.hf_loader", root)
     (root / "models" / "adapters" / "newarch.py").write_text(
         (root / "models" / "adapters" / "siglip2.py").read_text().replace('"siglip2"', '"newarch"'))
-    added = code_digest("models.hf_loader", {"models": root})
-    assert "models.adapters.newarch" in closure("models.hf_loader", {"models": root}) and added != before
+    assert "models.adapters.newarch" in discovered_modules("models.hf_loader", root)
+    added = source_code_digest("models.hf_loader", root)
+    assert added != before
     f = root / "models" / "adapters" / "newarch.py"
     f.write_text(f.read_text().replace("image_layout=", "notes='x', image_layout="))
-    assert code_digest("models.hf_loader", {"models": root}) not in (before, added)
+    assert source_code_digest("models.hf_loader", root) not in (before, added)
 
 
 @pytest.mark.parametrize("name", LOADABLE)

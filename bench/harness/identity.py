@@ -179,6 +179,50 @@ def model_weights(model: str) -> str | None:
     return zoo_weights_hash(model)
 
 
+def discovered_modules(module: str, root: Path = PROJECT_ROOT) -> list[str]:
+    """The modules ``module`` finds at run time rather than imports (a folder of plugins read with
+    :mod:`ast`), as it declares them in a module-level ``__digest_includes__ = ("pkg.*", ...)``: every
+    module of package ``pkg`` whose file name does not start with ``_``, sorted. Read statically."""
+    import ast
+
+    f = root.joinpath(*module.split(".")).with_suffix(".py")
+    try:
+        tree = ast.parse(f.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    out: list[str] = []
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "__digest_includes__"):
+            try:
+                value = ast.literal_eval(node.value)
+            except (ValueError, SyntaxError):
+                continue
+            for pattern in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(pattern, str) and pattern.endswith(".*"):
+                    pkg = pattern[:-2]
+                    folder = root.joinpath(*pkg.split("."))
+                    out += [f"{pkg}.{p.stem}" for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+    return sorted(set(out))
+
+
+def source_code_digest(module: str, root: Path = PROJECT_ROOT) -> str:
+    """The code digest of a model source's module (:func:`code_digest`) and of the modules it
+    discovers at run time (:func:`discovered_modules`, e.g. the ``hf:`` source's adapter files), so
+    that adding or editing one re-runs that source's cells; :func:`code_digest` itself alone when it
+    discovers none."""
+    import hashlib
+
+    roots = {top: root for top in PROJECT_PACKAGES} if root != PROJECT_ROOT else None
+    extra = discovered_modules(module, root)
+    if not extra:
+        return code_digest(module, roots)
+    h = hashlib.sha256(code_digest(module, roots).encode())
+    for name in extra:
+        h.update(f"\n{name}={code_digest(name, roots)}".encode())
+    return h.hexdigest()[:16]
+
+
 def model_code(model: str) -> str:
     """Digest of the model factory's module closure (a source's ``code`` module for its models)."""
     from bench.errors import BenchError
@@ -186,7 +230,7 @@ def model_code(model: str) -> str:
 
     src = MODELS.source_of(model)
     if src is not None:
-        return code_digest(src.code)
+        return source_code_digest(src.code)
     try:
         entry = MODELS.entry(model)
     except BenchError:  # not registered: the cell fails when it runs, with the reason

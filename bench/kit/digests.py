@@ -89,7 +89,7 @@ def normalised_source(text: str) -> str:
 
 # ((path, size, mtime), module name) -> (digest, imported names)
 _SOURCE_CACHE: dict[tuple[tuple[str, int, int], str], tuple[str, frozenset[str]]] = {}
-_ANALYSIS = "2"  # the version of normalised_source / imports_of: part of every disk-cache key
+_ANALYSIS = "1"  # the version of normalised_source / imports_of: part of every disk-cache key
 
 
 def _disk_cache() -> Path | None:
@@ -149,10 +149,7 @@ def source_digest(path: Path) -> str:
 
 def imports_of(text: str, module: str, is_package: bool) -> frozenset[str]:
     """Every dotted name the file imports, anywhere in it (``from a import b`` gives ``a`` and
-    ``a.b``: ``b`` may be a submodule); relative imports resolved against ``module``. A module that
-    discovers modules at run time (a folder of plugins read without importing them) names them in a
-    module-level ``__digest_includes__ = ("pkg.*", ...)``: each ``pkg.*`` stands for every module of
-    package ``pkg`` whose file name does not start with ``_`` (expanded by :func:`closure`)."""
+    ``a.b``: ``b`` may be a submodule); relative imports resolved against ``module``."""
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError):
@@ -170,15 +167,6 @@ def imports_of(text: str, module: str, is_package: bool) -> frozenset[str]:
             if base:
                 out.add(base)
             out.update(f"{base}.{a.name}" if base else a.name for a in node.names if a.name != "*")
-    for node in tree.body:  # modules found at run time: ``__digest_includes__ = ("pkg.*",)``
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id == "__digest_includes__"):
-            try:
-                value = ast.literal_eval(node.value)
-            except (ValueError, SyntaxError):
-                continue
-            out.update(v for v in (value if isinstance(value, (tuple, list)) else (value,))
-                       if isinstance(v, str) and v.endswith(".*"))
     return frozenset(out)
 
 
@@ -219,18 +207,10 @@ def closure(module: str, roots: dict[str, Path] | None = None) -> dict[str, Path
     if hit is not None and _fresh(hit[0]):
         return dict(hit[1])
     seen: dict[str, Path] = {}
-    folders: list[Path] = []  # folders a ``pkg.*`` was expanded from: a new file there is a new closure
     stack = [module]
     while stack:
         name = stack.pop()
         if name in seen:
-            continue
-        if name.endswith(".*"):
-            pkg = _file_of(name[:-2], roots)
-            if pkg is not None and pkg.name == "__init__.py":
-                folders.append(pkg.parent)
-                stack.extend(f"{name[:-2]}.{p.stem}" for p in sorted(pkg.parent.glob("*.py"))
-                             if not p.name.startswith("_"))
             continue
         f = _file_of(name, roots)
         if f is None:
@@ -239,7 +219,7 @@ def closure(module: str, roots: dict[str, Path] | None = None) -> dict[str, Path
         parts = name.split(".")
         stack.extend(".".join(parts[:i]) for i in range(1, len(parts)))
         stack.extend(n for n in _read(f, name)[1] if n.split(".")[0] in roots)
-    _CLOSURE_CACHE[ck] = (tuple((p, stat_key(p)) for p in [*seen.values(), *folders]), dict(seen))
+    _CLOSURE_CACHE[ck] = (tuple((p, stat_key(p)) for p in seen.values()), dict(seen))
     return seen
 
 
