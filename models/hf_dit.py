@@ -1,11 +1,15 @@
-"""Diffusion transformers (SD3, PixArt, Flux).
+"""Diffusion transformers behind the diffusion contract: PixArt, SD3 and Flux.
 
-PixArt (cross-attention DiT, epsilon prediction) runs behind the diffusion contract:
-:class:`PixArtWrapper` is the UNet wrapper's sampler and prompt handling around a
-``PixArtTransformer2DModel`` and a T5 encoder. SD3 and Flux predict a flow-matching velocity, which
-the contract cannot express yet: their adapters declare the transformer's sites only, and this
-module loads the transformer of a pipeline folder, builds a forward's inputs from its config and
-checks the sites against that forward (``--model hf:`` refuses those folders with the reason)."""
+PixArt (cross-attention DiT, epsilon prediction): :class:`PixArtWrapper`, the UNet wrapper's
+sampler and prompt handling around a ``PixArtTransformer2DModel`` and a T5 encoder. SD3 and Flux
+(joint-attention MMDiTs, rectified flows): :class:`FlowDiTWrapper` maps the contract's integer
+timesteps to the flow's noise levels (:class:`FlowSchedule`) and samples with the folder's
+``FlowMatchEulerDiscreteScheduler``; :class:`SD3Wrapper` and :class:`FluxWrapper` encode prompts and
+call the transformer as their pipelines do. Their attention runs through processors that compute
+the softmax explicitly, so the joint map and its image-query × text-key block (the cross map) are
+sites. The component helpers (:func:`load_component`, :func:`component_sites`, the ``*_inputs``
+probes) check an adapter's sites on its transformer alone (an adapter with a ``refusal``, and the
+processor tests)."""
 
 from __future__ import annotations
 
@@ -216,7 +220,7 @@ class JointSiteAttnProcessor(nn.Module):
         return attn.to_out[1](attn.to_out[0](img)), ctx
 
 
-def install_joint_processors(blocks: nn.ModuleList) -> None:
+def install_joint_processors(blocks: Any) -> None:
     """One :class:`JointSiteAttnProcessor` per joint block's attention (SD3)."""
     for blk in blocks:
         if not isinstance(blk.attn.processor, JointSiteAttnProcessor):
@@ -265,6 +269,10 @@ class FlowDiTWrapper(DiffusionWrapper):
     conditioning, which tasks slice and repeat per row, and a row keeps the pooled vector with it."""
 
     denoiser_tower = "dit"
+    flow: FlowSchedule  # set by the subclass's constructor
+    pooled_dim: int
+    joint_dim: int
+    vae: Any
 
     @property
     def prediction_type(self) -> str:
@@ -535,10 +543,10 @@ class FluxSiteAttnProcessor(nn.Module):
         return attn.to_out[1](attn.to_out[0](img.contiguous())), attn.to_add_out(ctx.contiguous())
 
 
-def install_flux_processors(transformer: nn.Module) -> None:
+def install_flux_processors(transformer: Any) -> None:
     """A :class:`FluxSiteAttnProcessor` in every block, and a pre-hook telling single-stream blocks'
     processors how many text tokens lead their sequence."""
-    def text_length(block: nn.Module, args: tuple, kwargs: dict) -> None:  # type: ignore[type-arg]
+    def text_length(block: Any, args: tuple, kwargs: dict) -> None:  # type: ignore[type-arg]
         block.attn.processor.text_tokens = int(kwargs["encoder_hidden_states"].shape[1])
 
     for blk in transformer.transformer_blocks:

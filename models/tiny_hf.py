@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -263,6 +264,11 @@ def _pipeline_folder(out: Path, cls: str, transformer: object, **parts: list[str
     return out
 
 
+def _save(part: Any, out: Path) -> None:
+    """``part.save_pretrained(out)`` (diffusers' classes do not declare it to a type checker)."""
+    part.save_pretrained(out)
+
+
 def save_tiny_sd3(out: Path, seed: int = 0, t5: bool = True) -> Path:
     """A Stable-Diffusion-3-shaped pipeline folder: the MMDiT, CLIP-L and CLIP-G text encoders with
     projections (widths summing to the pooled width, as SD3's 768 + 1280 = 2048), a T5 encoder as wide
@@ -275,8 +281,8 @@ def save_tiny_sd3(out: Path, seed: int = 0, t5: bool = True) -> Path:
     vocab = save_tokenizer(out / "tokenizer")
     save_tokenizer(out / "tokenizer_2")
     torch.manual_seed(seed)
-    clip = dict(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0, bos_token_id=2,
-                eos_token_id=3, projection_dim=32)
+    clip: dict[str, Any] = dict(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
+                                bos_token_id=2, eos_token_id=3, projection_dim=32)
     CLIPTextModelWithProjection(CLIPTextConfig(**clip)).save_pretrained(out / "text_encoder")
     CLIPTextModelWithProjection(CLIPTextConfig(**clip)).save_pretrained(out / "text_encoder_2")
     parts: dict[str, list[str | None]] = {
@@ -289,11 +295,10 @@ def save_tiny_sd3(out: Path, seed: int = 0, t5: bool = True) -> Path:
         T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=64, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                 pad_token_id=0, eos_token_id=3)).save_pretrained(out / "text_encoder_3")
         parts.update(text_encoder_3=["transformers", "T5EncoderModel"], tokenizer_3=["transformers", "T5TokenizerFast"])
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
-                  norm_num_groups=8, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609,
-                  ).save_pretrained(out / "vae")
-    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0).save_pretrained(out / "scheduler")
+    _save(AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
+                        norm_num_groups=8, sample_size=32, scaling_factor=1.5305, shift_factor=0.0609), out / "vae")
+    _save(FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), out / "scheduler")
     return _pipeline_folder(out, "StableDiffusion3Pipeline", SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64, out_channels=4,
@@ -339,17 +344,17 @@ def save_tiny_flux(out: Path, seed: int = 0) -> Path:
     vocab = save_tokenizer(out / "tokenizer")
     save_tokenizer(out / "tokenizer_2")
     torch.manual_seed(seed)
-    CLIPTextModel(CLIPTextConfig(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
-                                 bos_token_id=2, eos_token_id=3)).save_pretrained(out / "text_encoder")
+    clip: dict[str, Any] = dict(**TOWER, vocab_size=len(vocab), max_position_embeddings=16, pad_token_id=0,
+                                bos_token_id=2, eos_token_id=3)
+    CLIPTextModel(CLIPTextConfig(**clip)).save_pretrained(out / "text_encoder")
     T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                             pad_token_id=0, eos_token_id=3)).save_pretrained(out / "text_encoder_2")
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                  up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
-                  norm_num_groups=8, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159,
-                  ).save_pretrained(out / "vae")
-    FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
-                                    ).save_pretrained(out / "scheduler")
+    _save(AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), latent_channels=4,
+                        norm_num_groups=8, sample_size=32, scaling_factor=0.3611, shift_factor=0.1159), out / "vae")
+    _save(FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
+                                          base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                          max_image_seq_len=4096), out / "scheduler")
     return _pipeline_folder(out, "FluxPipeline", FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=8, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(2, 2, 4)),
