@@ -578,7 +578,8 @@ class FluxWrapper(FlowDiTWrapper):
     token count (``mu``, the pipeline's ``calculate_shift``). A guidance-distilled transformer
     (``guidance_embeds``, FLUX.1-dev) reads the guidance scale as an input instead of running
     classifier-free guidance: :meth:`generate`'s ``guidance`` goes there, and :meth:`noise_pred`
-    (conditional) feeds the sampling default. The image side is the VAE config's ``sample_size``
+    (conditional) feeds the sampling default; one without it (FLUX.1-schnell) samples unguided, as its
+    pipeline does by default. The image side is the VAE config's ``sample_size``
     (Flux's transformer config does not fix one)."""
 
     def __init__(self, name: str, transformer: Any, te: Any, te2: Any, tokenizers: tuple[Tokenize, Tokenize],
@@ -664,8 +665,8 @@ class FluxWrapper(FlowDiTWrapper):
 
     def _sample(self, prompts: list[str], noise_BCHW: torch.Tensor, seed: int, steps: int,
                 guidance: float) -> torch.Tensor:
-        if not self.unet.config.guidance_embeds:
-            return super()._sample(prompts, noise_BCHW, seed, steps, guidance)
+        if not self.unet.config.guidance_embeds:  # FLUX.1-schnell: the pipeline runs no guidance at all
+            return super()._sample(prompts, noise_BCHW, seed, steps, 1.0)
         before, self._embedded = self._embedded, float(guidance)
         try:  # guidance-distilled: the scale is an input, one conditional pass per step
             return super()._sample(prompts, noise_BCHW, seed, steps, 1.0)
