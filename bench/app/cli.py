@@ -144,7 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         methods = runner.with_references(methods)
     rt = runtime_from(args, cluster)
     p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
-                    runtime=rt, data=_parse_data(args.data), overrides_by_method=overrides)
+                    runtime=rt, data=_parse_data(args.data), overrides_by_method=overrides, judge=args.judge or "")
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
     for label, reason in p.skipped:
         if args.show_skipped or label not in p.lacking_capability:
@@ -648,6 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", action="append", metavar="KIND=PATH",
                     help="run the tasks that read this kind of data file on it instead of the world, "
                     "repeatable (`bench data kinds` lists the kinds); other tasks are skipped")
+    ev.add_argument("--judge", default=None, metavar="hf:FOLDER",
+                    help="a contrastive (CLIP-style) checkpoint that reads the samples of hf: diffusion models, "
+                    "zero-shot, in the tasks that score generations (editing, attribution); it is part of each "
+                    "such cell's key and record. Zoo models keep their own judge, zoo-oracle")
     _add_cluster_options(ev)
     _add_device_options(ev)
     ev.add_argument("--batch-size", type=int, default=None, metavar="N",
