@@ -258,10 +258,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise BenchError("--format html writes a folder: give it with --out DIR")
-        rows = score(_select(store, args.profile, args.task, args.model, args.method, rows=True))
+        from leaderboard.agreement import faithfulness_agreement
+
+        recs = _select(store, args.profile, args.task, args.model, args.method, rows=True)
+        rows = score(recs)
         if not rows and (hint := _other_profile_hint(store, args)):
             print(hint, file=sys.stderr)
-        index = write_html(rows, args.out, gallery=not args.no_gallery)
+        # localization: the faithfulness-vs-planted-truth agreement, as the Markdown table prints it
+        index = write_html(rows, args.out, gallery=not args.no_gallery, agreement=faithfulness_agreement(recs))
         print(f"wrote {index}", file=sys.stderr)
         return 0
     text, matched = _leaderboard_text(store, args.format, args.profile, args.task, args.model, args.method)
