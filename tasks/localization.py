@@ -103,6 +103,7 @@ choice itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ from bench.errors import BenchError
 from bench.kit.readout import Subject, diffusion_subject, edit_loss, pixels_of, value_logits
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
+from bench.records import LoadedData
 from bench.samples import Rows, make_rows, wmean
 from bench.kit.shared import ProcessMemo, shared_work
 from bench.task import CellResult, MetricSpec, Task, TaskSpec
@@ -148,6 +150,10 @@ class LocalizationConfig:
     greedy_copies: int = 1056  # else a greedy oracle while its S(S + 1) patched copies are at most this (S <= 32)
     random_orders: int = 8  # else the random bound averages this many seeded orders
     faith_copies_per_pass: int = 8
+    # what a site not kept is set to: "counterfactual" (its activation in the counterfactual run, the
+    # default and the published figures) or "mean" (its mean over the cell's examples in the clean run:
+    # mean ablation, :func:`ablation_sources`); "mean" adds "+mean-ablation" to the task version
+    faith_ablation: str = "counterfactual"
     # real data (--data facts=PATH): the candidate sites' kind in the language model, and the share of
     # the file's rows kept for methods' fit split (chosen by a seeded hash of the row)
     data_site_kind: str = "mlp"
@@ -492,6 +498,34 @@ def counterfactual_sources(evaluate: Callable[..., tuple[torch.Tensor, Any]],
     return {s: tr[s].detach() for s in cands}
 
 
+FAITH_ABLATIONS = ("counterfactual", "mean")
+
+
+def ablation_sources(evaluate: Callable[..., tuple[torch.Tensor, Any]], cands: Sequence[str],
+                     ablation: str = "counterfactual") -> dict[str, torch.Tensor]:
+    """What a site that is not kept is set to, per example (rows as :func:`counterfactual_sources`).
+
+    ``counterfactual``: its activation in the example's counterfactual run (interchange / resample
+    ablation, the default). ``mean``: **mean ablation**, its activation in the clean run averaged over
+    the cell's examples, position by position (every example's row gets the same mean), as in Wang et
+    al., 2022, "Interpretability in the Wild: a Circuit for Indirect Object Identification in GPT-2
+    small" (§2.3: a node knocked out is set to its mean over a reference distribution) and MIB's
+    mean-ablation variant (Mueller et al., 2025, "MIB", §3); the reference distribution here is the
+    cell's own clean examples, so no counterfactual input is needed to ablate (the behaviour's metric
+    still compares the two answers)."""
+    if ablation == "counterfactual":
+        return counterfactual_sources(evaluate, cands)
+    if ablation != "mean":
+        raise BenchError(f"unknown faithfulness ablation {ablation!r} (known: {', '.join(FAITH_ABLATIONS)})")
+    with torch.no_grad():
+        _, tr = evaluate("clean", read=list(cands))
+    out = {}
+    for s in cands:
+        a = tr[s].detach()
+        out[s] = a.float().mean(0, keepdim=True).to(a.dtype).expand_as(a)  # the same mean in every row
+    return out
+
+
 def subset_masks(S: int) -> torch.Tensor:
     """``[2^S, S]``: subset ``b`` keeps site ``j`` iff bit ``j`` of ``b`` is set."""
     b = torch.arange(2 ** S)[:, None]
@@ -592,7 +626,7 @@ def faithfulness_rows(scores_NS: torch.Tensor, evaluate: Callable[..., tuple[tor
     exhaustive = 2 ** S <= cfg.oracle_subsets
 
     def build() -> dict[str, torch.Tensor]:
-        sources = counterfactual_sources(evaluate, cands)
+        sources = ablation_sources(evaluate, cands, cfg.faith_ablation)
         if exhaustive:
             M_BS = subset_masks(S)
             table = keep_metric(evaluate, cands, sources, M_BS[:, None, :].expand(-1, N, -1), per_pass)
@@ -617,7 +651,7 @@ def faithfulness_rows(scores_NS: torch.Tensor, evaluate: Callable[..., tuple[tor
         keep, drop = top_sets_from_table(scores_NS, table, counts)
         curves = {"suf": keep, "nec": drop, **bounds_from_table(table, S, counts)}
     else:
-        sources = counterfactual_sources(evaluate, cands)
+        sources = ablation_sources(evaluate, cands, cfg.faith_ablation)
         g = torch.Generator().manual_seed(seed * 7919 + 29)
         jitter = torch.rand(N, S, generator=g, dtype=torch.float64)  # seeded tie-break
         key = scores_NS.double()
@@ -736,6 +770,20 @@ class LocalizationTask(Task):
 
     def __init__(self, config: LocalizationConfig | None = None) -> None:
         self.config = config or LocalizationConfig()
+        if self.config.faith_ablation not in FAITH_ABLATIONS:
+            raise BenchError(f"unknown faithfulness ablation {self.config.faith_ablation!r} "
+                             f"(known: {', '.join(FAITH_ABLATIONS)})")
+        if self.config.faith_ablation != "counterfactual":  # other figures: never keyed as the default's
+            self.spec = self._ablation_spec(type(self).spec)  # type: ignore[misc]  # an instance spec
+
+    def _ablation_spec(self, spec: TaskSpec) -> TaskSpec:
+        return dataclasses.replace(spec, version=f"{spec.version}+mean-ablation")
+
+    def with_data(self, data: Mapping[str, LoadedData]) -> Task:
+        new = super().with_data(data)  # (versioned from the class's spec: the ablation's suffix again)
+        if new is not self and self.config.faith_ablation != "counterfactual":
+            new.spec = self._ablation_spec(new.spec)  # type: ignore[misc]
+        return new
 
     def supports(self, model: Model) -> str | None:
         reason = super().supports(model)
@@ -813,7 +861,7 @@ class LocalizationTask(Task):
                              f"their first tokens, so make them differ there")
         request = self.request(model, ex, cands)
         if method.bound == "ceiling":
-            sources = counterfactual_sources(request.evaluate, cands)
+            sources = ablation_sources(request.evaluate, cands, cfg.faith_ablation)
             single = torch.eye(S, dtype=torch.bool)[:, None, :].expand(-1, n, -1)
             scores = keep_metric(request.evaluate, cands, sources, single, cfg.faith_copies_per_pass).T
         elif method.bound == "chance":
