@@ -90,7 +90,7 @@ from bench.kit.editing import ParameterSnapshot, applied_edit
 from bench.method import Method
 from bench.errors import BenchError
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, judge_identity
-from bench.kit.readout import pixels_of, value_logits
+from bench.kit.readout import answer_token_counts, pixels_of, sequence_objective, value_logits
 from bench import samples
 from bench.samples import Rows, make_rows, wmean
 from bench.kit.shared import ProcessMemo
@@ -389,7 +389,11 @@ class EditingTask(Task):
         answer on the edit's own input), ``generalization`` = generality (the same on the rephrased question
         and on the other image, their mean), ``specificity`` = locality (share of the unrelated probes'
         answer tokens predicted as before the edit), ``portability`` (token accuracy of the answer that
-        follows from the edit); NaN where the file has no such probe. References: ``random`` is the
+        follows from the edit); NaN where the file has no such probe. The editor is asked to rewrite the
+        whole answer: where the old or the new answer spans several tokens in the model's tokenizer, the
+        request's read-out is :func:`bench.kit.readout.sequence_objective` (teacher-forced log-probability
+        summed over the answer's tokens), else the family's first-token read-out (one token: the same
+        thing). References: ``random`` is the
         unedited model (the floor: what is already there; locality 1); ``oracle`` a perfect edit (1 on
         every probe, a ceiling by construction)."""
         if isinstance(model, DiffusionModel):
@@ -412,8 +416,11 @@ class EditingTask(Task):
                     continue
                 applied = None
                 if not method.reference:
+                    # an answer of several tokens is read whole (summed log-probs), not by its first token
+                    multi = max(answer_token_counts(model, [e.question] * 2, [e.old, e.new])) > 1
                     request = EditRequest(e.pixels_CHW[None, None], [e.question], [e.old], [e.new], site=None,
-                                          batch_size=bs, values=[(e.old, e.new)])
+                                          batch_size=bs, values=[(e.old, e.new)],
+                                          readout=sequence_objective if multi else None)
                     applied = method.edit(model, request)
                 with applied_edit(model, applied):
                     rel = token_accuracy(model, e.reliability, bs)
