@@ -765,7 +765,7 @@ class LocalizationTask(Task):
     # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
     ground_truth = {
         "zoo": "planted storage site + measured mediation profile (and faithfulness)",
-        "real": "none: faithfulness curves on a facts file (generative models only)",
+        "real": "none: faithfulness curves on a facts file (generative models; contrastive ones when each question is a caption template with {value})",
     }
 
     def __init__(self, config: LocalizationConfig | None = None) -> None:
@@ -790,8 +790,17 @@ class LocalizationTask(Task):
         if reason:
             return reason
         if self.data:
+            if isinstance(model, ContrastiveModel):  # the behaviour: the image against two filled captions
+                recs = self.data["facts"].records
+                bad = next((i for i, r in enumerate(recs) if "{value}" not in r.question), None)
+                if bad is not None:
+                    return (f"task 'localization' reads a facts file on a contrastive model when every question is a "
+                            f"caption template with a {{value}} slot (e.g. 'the home of the glyph is {{value}}'); "
+                            f"row {bad + 1} of {self.data['facts'].source.path} is not")
+                return None
             if not isinstance(model, GenerativeModel):
-                return f"task 'localization' reads facts files on generative models; {model.name!r} is {model.family}"
+                return (f"task 'localization' reads facts files on generative and contrastive models; "
+                        f"{model.name!r} is {model.family}")
             return None
         if not model.planted:
             return (f"task 'localization' needs planted knowledge (a zoo model) or a facts file "
@@ -851,9 +860,9 @@ class LocalizationTask(Task):
         cands = self.candidates(model)
         ex = self.data_examples(model, test_rows)
         n, S = len(test_rows), len(cands)
-        assert isinstance(model, GenerativeModel)
-        same = (model.answer_inputs(ex.prompts, ex.answers).answer_B
-                == model.answer_inputs(ex.prompts, ex.alternatives).answer_B).nonzero().squeeze(1).tolist()
+        same = ((model.answer_inputs(ex.prompts, ex.answers).answer_B
+                 == model.answer_inputs(ex.prompts, ex.alternatives).answer_B).nonzero().squeeze(1).tolist()
+                if isinstance(model, GenerativeModel) else [])  # (contrastive: two captions, never the same)
         if same:  # the behaviour is the first answer token's logit difference: 0 by construction there
             rows_named = ", ".join(str(test_rows[i] + 1) for i in same[:5])
             raise BenchError(f"{self.data['facts'].source.path}: in row(s) {rows_named}, answer and counterfactual "
@@ -882,10 +891,12 @@ class LocalizationTask(Task):
 
     def candidates(self, model: Model) -> list[str]:
         if self.data or not model.planted:
-            tower = next((t for t in ("lm", "text") if model.layer_sites(t, self.config.data_site_kind)), None)
+            # a contrastive model's captions are encoded once, outside the patched run: its image tower's sites
+            towers = ("vision",) if isinstance(model, ContrastiveModel) else ("lm", "text")
+            tower = next((t for t in towers if model.layer_sites(t, self.config.data_site_kind)), None)
             if tower is None:
                 raise BenchError(f"model {model.name!r} has no per-layer {self.config.data_site_kind!r} sites in its "
-                                 f"language model")
+                                 f"{'image tower' if isinstance(model, ContrastiveModel) else 'language model'}")
             return model.layer_sites(tower, self.config.data_site_kind)
         site = model.site(model.planted[0].site)
         cands = model.layer_sites(site.tower, site.kind)
@@ -971,7 +982,11 @@ class LocalizationTask(Task):
             positions = model.answer_inputs(ex.prompts, ex.answers).pos_B
             prompts = list(ex.prompts)
         elif isinstance(model, ContrastiveModel):
-            evaluate = contrastive_evaluate(model, ex, {r.question: r.values for r in model.planted})
+            # a facts file's rows: each caption template filled with every answer its rows name
+            templates = ({r.question: r.values for r in model.planted} if values else
+                         {q: tuple(sorted({v for q2, pair in zip(ex.prompts, vals) if q2 == q for v in pair}))
+                          for q in sorted(set(ex.prompts))})
+            evaluate = contrastive_evaluate(model, ex, templates)
             layout = model.token_layout()
             positions = torch.full((len(ex.answers),), layout.cls if layout and layout.cls is not None else 0)
             prompts = list(ex.prompts)
