@@ -366,9 +366,10 @@ class EditingTask(Task):
         if self.data:
             if isinstance(model, DiffusionModel):
                 if "concept_edit" not in self.data:
-                    return f"task 'editing' reads concept_edit files on diffusion models, not facts or counterfact"
+                    return "task 'editing' reads concept_edit files on diffusion models, not facts or counterfact"
                 if model.judge is None:
-                    return f"task 'editing' needs a judge (an image classifier) to score {model.name!r}'s samples"
+                    return (f"task 'editing' needs a judge (an image classifier) to score {model.name!r}'s samples: "
+                            f"name a CLIP-style checkpoint with --judge hf:FOLDER")
                 return None
             if not isinstance(model, GenerativeModel):
                 return (f"task 'editing' reads facts and counterfact files on generative models and concept_edit "

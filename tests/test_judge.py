@@ -113,3 +113,18 @@ def test_concept_edits_on_a_real_diffusion_checkpoint_are_read_by_the_named_judg
     with Store(store, readonly=True) as s:
         versions = {r.key.task_version for r in s.records()}
     assert sorted(v.rsplit("+judge-", 1)[1] for v in versions) == sorted([first[:8], folder_digest(clip)[:8]])
+
+
+def test_a_diffusion_folder_without_a_judge_is_pointed_to_judge(folders: dict[str, Path]) -> None:
+    """The tiny SD folder declares no judge: without --judge its concept-edit cells are skipped with the
+    option named; with it, every cell carries the judge's canonical name and its key the judge's digest."""
+    from bench.harness import runner
+    from models.hf_source import folder_digest
+
+    data = [("concept_edit", str(folders["ce"]))]
+    p = runner.plan(["editing"], ["random"], [f"hf:{folders['sd']}"], [0], quick=True, data=data)
+    assert not p.cells and any("--judge hf:FOLDER" in why for _, why in p.skipped)
+    p = runner.plan(["editing"], ["random"], [f"hf:{folders['sd']}"], [0], quick=True, data=data,
+                    judge=f"hf:{folders['clip']}")
+    assert p.cells and {c.judge for c in p.cells} == {f"hf:{folders['clip'].resolve()}"}
+    assert runner.cell_key(p.cells[0]).task_version.endswith(f"+judge-{folder_digest(folders['clip'])[:8]}")
