@@ -97,10 +97,10 @@ def test_zoo_answers_are_single_tokens() -> None:
     """The zoo's figures never meet the whole-answer read-out: every value of zoo-vlm's planted relations
     (and the visible-attribute answers of its quality probe) is one token, so the editing task keeps the
     family's first-token read-out there (and the zoo path never sets a read-out at all)."""
-    from bench.registry import MODELS
+    from bench.harness.runner import load_model
     from bench.kit.world import COLOURS, SHAPES
 
-    model = MODELS.get("zoo-vlm")()
+    model = load_model("zoo-vlm")  # (the process's copy: shared with the other tests that load it)
     for rel in model.planted:
         assert set(answer_token_counts(model, [rel.question] * len(rel.values), list(rel.values))) == {1}
     words = [*COLOURS, *SHAPES]
