@@ -473,6 +473,14 @@ class ImageJudge(Protocol):
     def __call__(self, pixels_BCHW: torch.Tensor) -> dict[str, list[str]]: ...
 
 
+def judge_identity(model: "Model") -> str:
+    """Who reads a diffusion model's samples, as per-process memos key on it: a named judge's
+    ``identity`` (``name@weights_hash``, ``bench evaluate --judge``), else the judge's class (the
+    model's own, e.g. zoo-oracle); ``""`` without one."""
+    judge = getattr(model, "judge", None)
+    return "" if judge is None else str(getattr(judge, "identity", type(judge).__name__))
+
+
 class DiffusionModel(Model):
     """Text-to-image diffusion: a text encoder conditions a denoiser through cross-attention.
 

@@ -123,6 +123,11 @@ class Task(ABC):
     # What the task scores against, ``{"zoo": ..., "real": ...}`` (a literal: `bench list tasks` reads it
     # without importing the task); empty when undeclared.
     ground_truth: ClassVar[dict[str, str]] = {}
+    # Whether the task scores generated images with the model's judge (editing, attribution on
+    # diffusion models): only then does ``--judge`` reach its cells (:meth:`with_judge`).
+    reads_judge: ClassVar[bool] = False
+    # Set on the copies :meth:`with_judge` returns: the judge's name and weights digest ("" = the model's own).
+    judge: tuple[str, str] = ("", "")
     # Set on the copies :meth:`with_data` returns: what the task reads, by kind.
     data: Mapping[str, LoadedData] = MappingProxyType({})
     # The task's settings, where its ``__init__`` takes any (every built-in task sets a frozen
@@ -162,6 +167,19 @@ class Task(ABC):
         new.spec = dataclasses.replace(  # type: ignore[misc]  # an instance spec shadows the class's
             base, version=base.version + "".join(f"+{s.tag}" for s in new.data_sources))
         new.check_data()
+        return new
+
+    def with_judge(self, name: str, digest: str) -> "Task":
+        """A copy of this task whose generations are read by the judge ``name`` (``--judge hf:FOLDER``,
+        weights digest ``digest``) instead of the model's own; its ``spec.version`` gains
+        ``+judge-<digest8>``, so a stored result is reused only with the same judge. A task that reads
+        no judge (:attr:`reads_judge` false) is returned unchanged."""
+        if not self.reads_judge:
+            return self
+        new = copy.copy(self)
+        new.judge = (name, digest)
+        new.spec = dataclasses.replace(  # type: ignore[misc]  # an instance spec shadows the class's
+            self.spec, version=f"{self.spec.version}+judge-{digest[:8]}")
         return new
 
     def check_data(self) -> None:

@@ -18,6 +18,10 @@ What the page holds:
   Markdown table (rank group, ``mean [CI]`` per metric, normalised main score, ``n``),
   the leader's rank stability, and a bar chart of the main metric with 95% CI
   whiskers (references in grey, rank group 1 highlighted).
+- **Faithfulness vs planted truth** (when the rows hold localization results with faithfulness) —
+  :mod:`leaderboard.agreement`'s table, as the Markdown leaderboard prints it under its tables:
+  per model, Kendall τ-b between each faithfulness metric's ranking of the methods and each planted
+  truth's, with its 95% paired bootstrap interval and verdict (sortable like the other tables).
 - **Gallery** (optional) — attribution maps over scenes and a layer × position
   causal-tracing map, computed by :mod:`leaderboard.gallery`.
 
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bench.errors import BenchError
+from leaderboard.agreement import AgreementRow
 from leaderboard.gallery import GalleryConfig, GalleryFigure, build_gallery, mpl_text, new_figure, png_bytes, slug
 from leaderboard.render import (EMPTY_MESSAGE, MISSING, GroupSizes, _fmt, answers_of, cell_layout, group_sizes,
                                 headline_extra, rank_label, stability_line, table_title)
@@ -307,10 +312,43 @@ def gallery_section(figures: Sequence[GalleryFigure], files: dict[str, str]) -> 
     return "\n".join(parts)
 
 
+AGREEMENT_ID = "agreement"
+
+
+def agreement_section(rows: Sequence[AgreementRow]) -> str:
+    """The faithfulness-vs-planted-truth table (:func:`leaderboard.agreement.faithfulness_agreement`),
+    one row per (model, truth, faithfulness metric), as :func:`leaderboard.agreement.render_agreement`
+    writes it in Markdown; empty without rows."""
+    if not rows:
+        return ""
+    head = [_th("model", "text"), _th("truth", "text"), _th("faithfulness", "text"),
+            _th("τ", "num", "descending", "Kendall τ-b between the two rankings of the non-reference methods"),
+            _th("95% CI", "num", "descending", "paired percentile bootstrap over examples (sorted by its low end)"),
+            _th("verdict", "text", "ascending", "agrees: interval above 0; disagrees: below 0"),
+            _th("methods", "num", "descending"), _th("examples per seed × seeds", "num", "descending")]
+    body = []
+    for r in rows:
+        tds = [_td(escape(r.model), r.model), _td(f"{escape(r.truth)} (<code>{escape(r.truth_metric)}</code>)", r.truth),
+               _td(f"<code>{escape(r.faith_metric)}</code>", r.faith_metric), _td(f"{r.tau:+.2f}", _num(r.tau)),
+               _td(f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]", _num(r.ci_low)), _td(escape(r.verdict), r.verdict),
+               _td(str(r.n_methods), str(r.n_methods)),
+               _td(f"{r.n_examples} × {r.n_seeds}", str(r.n_examples * r.n_seeds))]
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    note = ("Kendall τ-b between the methods' ranking by each ground-truth-free faithfulness metric and by each "
+            "planted truth (storage: top1; mediation: mediation_tau), per model, over the non-reference methods; "
+            "95% paired bootstrap interval over examples (leaderboard/agreement.py). faith_cmd is lower-is-better, "
+            "so its ranking is reversed before comparing. A disagreement is a finding about the metric, not hidden.")
+    return (f'<h2 id="{AGREEMENT_ID}">Localization: does ground-truth-free faithfulness agree with the planted '
+            f'truth?</h2>\n<p class="note">{escape(note)}</p>\n'
+            f'<table class="sortable agreement"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
 # ---------------------------------------------------------------------- page
 def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_html: str = "",
-         title: str = "MMI-Bench leaderboard") -> str:
-    """The page's HTML text. ``charts`` maps a cell to its chart's relative file name."""
+         title: str = "MMI-Bench leaderboard", agreement_html: str = "") -> str:
+    """The page's HTML text. ``charts`` maps a cell to its chart's relative file name;
+    ``agreement_html``: :func:`agreement_section`'s, shown after the results."""
     script_hash = base64.b64encode(hashlib.sha256(JS.encode("utf-8")).digest()).decode("ascii")
     csp = (f"default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
            f"script-src 'sha256-{script_hash}'")
@@ -331,6 +369,7 @@ def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_h
                f"(references included), {len({r.metric for r in rows})} metrics. {DEFINITIONS}</p>")
     nav = [f'<li><a href="#{_cell_id(*k)}">{escape(table_title(*k, groups[k]))}</a></li>' for k in sorted(groups)]
     out.append('<nav><ul><li><a href="#overview">Overview</a></li>' + "".join(nav)
+               + (f'<li><a href="#{AGREEMENT_ID}">Faithfulness vs planted truth</a></li>' if agreement_html else "")
                + ('<li><a href="#gallery">Gallery</a></li>' if gallery_html else "") + "</ul></nav>")
     out.append(overview(rows))
 
@@ -354,6 +393,8 @@ def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_h
         alt = f"bar chart of the main metric: {task} v{version} — {model}"
         img = f'<figure><img src="{escape(chart)}" alt="{escape(alt)}"></figure>' if chart else ""
         out.append(f'<div class="cell">{table}{img}</div></section>')
+    if agreement_html:
+        out.append(agreement_html)
     if gallery_html:
         out.append(gallery_html)
     out += [f"<script>{JS}</script>", "</body>", "</html>"]
@@ -361,8 +402,10 @@ def page(rows: Sequence[Row], charts: dict[tuple[str, str, str], str], gallery_h
 
 
 def write_html(rows: Sequence[Row], out_dir: str | Path, gallery: bool = True,
-               gallery_config: GalleryConfig | None = None) -> Path:
-    """Write ``out_dir/index.html`` and its PNGs (created as needed); returns the page's path."""
+               gallery_config: GalleryConfig | None = None, agreement: Sequence[AgreementRow] = ()) -> Path:
+    """Write ``out_dir/index.html`` and its PNGs (created as needed); returns the page's path.
+    ``agreement``: the faithfulness-vs-planted-truth rows (:func:`leaderboard.agreement.
+    faithfulness_agreement` of the records ``rows`` were scored from), shown in their own section."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BenchError(f"cannot write the HTML leaderboard into {str(out)!r}: it is a file, not a folder")
@@ -397,5 +440,5 @@ def write_html(rows: Sequence[Row], out_dir: str | Path, gallery: bool = True,
         files = {f.key: save(f"gallery-{slug(f.key)}.png", f.png) for f in figures if f.png is not None}
         gallery_html = gallery_section(figures, files)
     index = out / INDEX
-    save(INDEX, page(rows, charts, gallery_html).encode("utf-8"))
+    save(INDEX, page(rows, charts, gallery_html, agreement_html=agreement_section(agreement)).encode("utf-8"))
     return index

@@ -163,7 +163,7 @@ from bench.capabilities import AttributionRequest
 from bench.errors import BenchError
 from bench.kit.imageops import box_blur
 from bench.method import Method
-from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model
+from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, judge_identity
 from bench.kit.realdata import stack_images
 from bench.samples import Rows, make_rows, wmean
 from bench.kit.shared import ProcessMemo
@@ -511,6 +511,7 @@ class AttributionTask(Task):
     )
 
     data_kinds = ("masks",)
+    reads_judge = True  # diffusion samples: the model's judge, or the one --judge names
     # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
     ground_truth = {
         "zoo": "the world's exact object masks",
@@ -545,7 +546,8 @@ class AttributionTask(Task):
             return self.data_examples(model, n)
         if isinstance(model, DiffusionModel):
             # sampling and judging are the same for every method of a (model, seed): once per process
-            return _DIFFUSION_EXAMPLES.get((model.name, model.weights_hash, seed, n, split, self.config),
+            return _DIFFUSION_EXAMPLES.get((model.name, model.weights_hash, judge_identity(model), seed, n, split,
+                                            self.config),
                                            lambda: self.diffusion_examples(model, seed, n))
         generative = isinstance(model, GenerativeModel)
         size = input_size(model)

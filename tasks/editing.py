@@ -89,8 +89,8 @@ from bench.capabilities import EditRequest, Intervention
 from bench.kit.editing import ParameterSnapshot, applied_edit
 from bench.method import Method
 from bench.errors import BenchError
-from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation
-from bench.kit.readout import pixels_of, value_logits
+from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, judge_identity
+from bench.kit.readout import answer_token_counts, pixels_of, sequence_objective, value_logits
 from bench import samples
 from bench.samples import Rows, make_rows, wmean
 from bench.kit.shared import ProcessMemo
@@ -137,11 +137,23 @@ Once = Callable[[object, Callable[[], Any]], Any]
 _UNEDITED = ProcessMemo(size=64)
 
 
-def _unedited_memo(model: Model, seed: int, quick: bool, cfg: "EditingConfig") -> Once:
+def _unedited_memo(model: Model, seed: int, quick: bool, cfg: "EditingConfig", version: str = "") -> Once:
     """``once(name, fn)``: what the unedited model does (its answers, its quality) is the same for
-    every method of a cell's (model, seed): computed once per process."""
-    key = (model.name, model.weights_hash, seed, quick, cfg)
+    every method of a cell's (model, seed): computed once per process. The key carries the judge
+    reading a diffusion model's samples and the task ``version`` (which names any data file read)."""
+    key = (model.name, model.weights_hash, judge_identity(model), version, seed, quick, cfg)
     return lambda name, fn: _UNEDITED.get((*key, name), fn)
+
+
+def _read_concepts(model: DiffusionModel, prompts: list[str], seed: int, labels: tuple[str, ...]) -> list[str]:
+    """The concept each sample of ``prompts`` shows: among ``labels`` ("" for none of them) when the
+    concepts come from a file and the judge reads an open vocabulary (``--judge``,
+    :class:`bench.kit.judge.ContrastiveJudge`), else the shape the judge reads."""
+    if labels:
+        if model.judge is None:
+            raise BenchError(f"task 'editing' needs a judge to read {model.name!r}'s images")
+        return list(model.judge.read_concepts(model.generate(prompts, seed=seed), labels))  # type: ignore[attr-defined]
+    return _judged(model, prompts, seed)["shape"]
 
 
 def _judged(model: DiffusionModel, prompts: list[str], seed: int) -> dict[str, list[str]]:
@@ -337,6 +349,7 @@ class EditingTask(Task):
     strata = ("kind",)
 
     data_kinds = ("concept_edit", "counterfact", "facts")
+    reads_judge = True  # diffusion samples: the model's judge, or the one --judge names
     # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
     ground_truth = {
         "zoo": "planted facts (new answer; neighbours keep theirs); diffusion samples read by zoo-oracle",
@@ -353,9 +366,10 @@ class EditingTask(Task):
         if self.data:
             if isinstance(model, DiffusionModel):
                 if "concept_edit" not in self.data:
-                    return f"task 'editing' reads concept_edit files on diffusion models, not facts or counterfact"
+                    return "task 'editing' reads concept_edit files on diffusion models, not facts or counterfact"
                 if model.judge is None:
-                    return f"task 'editing' needs a judge (an image classifier) to score {model.name!r}'s samples"
+                    return (f"task 'editing' needs a judge (an image classifier) to score {model.name!r}'s samples: "
+                            f"name a CLIP-style checkpoint with --judge hf:FOLDER")
                 return None
             if not isinstance(model, GenerativeModel):
                 return (f"task 'editing' reads facts and counterfact files on generative models and concept_edit "
@@ -376,7 +390,11 @@ class EditingTask(Task):
         answer on the edit's own input), ``generalization`` = generality (the same on the rephrased question
         and on the other image, their mean), ``specificity`` = locality (share of the unrelated probes'
         answer tokens predicted as before the edit), ``portability`` (token accuracy of the answer that
-        follows from the edit); NaN where the file has no such probe. References: ``random`` is the
+        follows from the edit); NaN where the file has no such probe. The editor is asked to rewrite the
+        whole answer: where the old or the new answer spans several tokens in the model's tokenizer, the
+        request's read-out is :func:`bench.kit.readout.sequence_objective` (teacher-forced log-probability
+        summed over the answer's tokens), else the family's first-token read-out (one token: the same
+        thing). References: ``random`` is the
         unedited model (the floor: what is already there; locality 1); ``oracle`` a perfect edit (1 on
         every probe, a ceiling by construction)."""
         if isinstance(model, DiffusionModel):
@@ -399,8 +417,11 @@ class EditingTask(Task):
                     continue
                 applied = None
                 if not method.reference:
+                    # an answer of several tokens is read whole (summed log-probs), not by its first token
+                    multi = max(answer_token_counts(model, [e.question] * 2, [e.old, e.new])) > 1
                     request = EditRequest(e.pixels_CHW[None, None], [e.question], [e.old], [e.new], site=None,
-                                          batch_size=bs, values=[(e.old, e.new)])
+                                          batch_size=bs, values=[(e.old, e.new)],
+                                          readout=sequence_objective if multi else None)
                     applied = method.edit(model, request)
                 with applied_edit(model, applied):
                     rel = token_accuracy(model, e.reliability, bs)
@@ -568,9 +589,9 @@ class EditingTask(Task):
                                         2 if quick else self.config.concept_edits)
         rng = np.random.default_rng([seed, 109])
         out = []
-        once = once or _unedited_memo(model, seed, quick, self.config)
+        once = once or _unedited_memo(model, seed, quick, self.config, self.spec.version)
         for j, c in enumerate(cases):
-            before = once(("concept", j), lambda: _judged(model, c.others, c.seed + 2)["shape"])
+            before = once(("concept", j), lambda: _read_concepts(model, c.others, c.seed + 2, c.labels))
             applied = None
             if not method.reference:
                 applied = method.edit(model, EditRequest(c.pixels_KRCHW, c.prompts, [c.concept] * len(c.prompts),
@@ -578,13 +599,16 @@ class EditingTask(Task):
                                                          batch_size=model.batch_size,
                                                          values=[tuple(SHAPES)] * len(c.prompts)))
 
+            # what the judge can answer: the world's shapes, or the file's concepts and "" (none of them)
+            pool = (*c.labels, "") if c.labels else SHAPES
+
             def read(prompts: list[str], seed_: int) -> list[str]:
                 if method.bound == "chance":
-                    return [SHAPES[int(rng.integers(len(SHAPES)))] for _ in prompts]
+                    return [pool[int(rng.integers(len(pool)))] for _ in prompts]
                 if method.bound == "ceiling":  # a perfect edit: the concept gone or replaced, the rest as before
-                    return [c.new or next(x for x in SHAPES if x != c.concept) for _ in prompts]
+                    return [c.new or next(x for x in pool if x != c.concept) for _ in prompts]
                 with applied_edit(model, applied):
-                    return _judged(model, prompts, seed_)["shape"]
+                    return _read_concepts(model, prompts, seed_, c.labels)
 
             took = (lambda x: x == c.new) if c.new else (lambda x: x != c.concept)
             e = float(np.mean([took(x) for x in read(c.shown, c.seed)]))
@@ -747,6 +771,8 @@ class ConceptCase:
     fresh: list[str]  # generalization: the concept in other colours and at named places
     others: list[str]  # specificity: prompts of the other shapes
     seed: int
+    # the concepts an open-vocabulary judge reads (a file's sources and destinations); () = the world's shapes
+    labels: tuple[str, ...] = ()
 
     @property
     def hash(self) -> str:
@@ -785,12 +811,16 @@ def concept_cases_from_file(model: DiffusionModel, loaded: LoadedData, cfg: Edit
     is shown to the editor, with ``cfg.renders`` of the model's own samples of each prompt with the source
     replaced by the destination (erasure: the source word removed), as ESD / UCE make their targets;
     the other positives test generalization (NaN when there are none), the negatives specificity. The
-    judge reads shapes, so source and destination must be shape words it knows (one-line error otherwise)."""
+    judge reads shapes, so source and destination must be shape words it knows (one-line error otherwise);
+    a judge the user names (``--judge``, an open vocabulary: :class:`bench.kit.judge.ContrastiveJudge`)
+    reads each sample among the file's sources and destinations, or none of them."""
     recs = list(loaded.records[:limit] if limit else loaded.records)
+    open_vocabulary = callable(getattr(model.judge, "read_concepts", None))
+    labels = tuple(sorted({w for r in recs for w in (r.source, r.destination) if w})) if open_vocabulary else ()
     out = []
     for i, r in enumerate(recs):
         for word in (r.source, r.destination):
-            if word and word not in SHAPES:
+            if word and word not in SHAPES and not open_vocabulary:
                 raise BenchError(f"{loaded.source.path}: row {i + 1} (id {r.id!r}): the judge of {model.name!r} reads "
                                  f"shapes ({', '.join(SHAPES)}); {word!r} is not one")
         if not r.negatives:
@@ -803,5 +833,5 @@ def concept_cases_from_file(model: DiffusionModel, loaded: LoadedData, cfg: Edit
         with torch.no_grad():
             pix = model.generate([p for p in target for _ in range(cfg.renders)], seed=s + 5)
         out.append(ConceptCase(r.source, r.destination, shown, pix.view(len(shown), cfg.renders, *pix.shape[1:]),
-                               shown * 2, fresh, list(r.negatives), s))
+                               shown * 2, fresh, list(r.negatives), s, labels))
     return out

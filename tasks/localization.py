@@ -103,6 +103,7 @@ choice itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
@@ -116,6 +117,7 @@ from bench.errors import BenchError
 from bench.kit.readout import Subject, diffusion_subject, edit_loss, pixels_of, value_logits
 from bench.method import Method
 from bench.model import ContrastiveModel, DiffusionModel, GenerativeModel, Model, PlantedRelation, PromptEncoding
+from bench.records import LoadedData
 from bench.samples import Rows, make_rows, wmean
 from bench.kit.shared import ProcessMemo, shared_work
 from bench.task import CellResult, MetricSpec, Task, TaskSpec
@@ -148,6 +150,10 @@ class LocalizationConfig:
     greedy_copies: int = 1056  # else a greedy oracle while its S(S + 1) patched copies are at most this (S <= 32)
     random_orders: int = 8  # else the random bound averages this many seeded orders
     faith_copies_per_pass: int = 8
+    # what a site not kept is set to: "counterfactual" (its activation in the counterfactual run, the
+    # default and the published figures) or "mean" (its mean over the cell's examples in the clean run:
+    # mean ablation, :func:`ablation_sources`); "mean" adds "+mean-ablation" to the task version
+    faith_ablation: str = "counterfactual"
     # real data (--data facts=PATH): the candidate sites' kind in the language model, and the share of
     # the file's rows kept for methods' fit split (chosen by a seeded hash of the row)
     data_site_kind: str = "mlp"
@@ -492,6 +498,34 @@ def counterfactual_sources(evaluate: Callable[..., tuple[torch.Tensor, Any]],
     return {s: tr[s].detach() for s in cands}
 
 
+FAITH_ABLATIONS = ("counterfactual", "mean")
+
+
+def ablation_sources(evaluate: Callable[..., tuple[torch.Tensor, Any]], cands: Sequence[str],
+                     ablation: str = "counterfactual") -> dict[str, torch.Tensor]:
+    """What a site that is not kept is set to, per example (rows as :func:`counterfactual_sources`).
+
+    ``counterfactual``: its activation in the example's counterfactual run (interchange / resample
+    ablation, the default). ``mean``: **mean ablation**, its activation in the clean run averaged over
+    the cell's examples, position by position (every example's row gets the same mean), as in Wang et
+    al., 2022, "Interpretability in the Wild: a Circuit for Indirect Object Identification in GPT-2
+    small" (§2.3: a node knocked out is set to its mean over a reference distribution) and MIB's
+    mean-ablation variant (Mueller et al., 2025, "MIB", §3); the reference distribution here is the
+    cell's own clean examples, so no counterfactual input is needed to ablate (the behaviour's metric
+    still compares the two answers)."""
+    if ablation == "counterfactual":
+        return counterfactual_sources(evaluate, cands)
+    if ablation != "mean":
+        raise BenchError(f"unknown faithfulness ablation {ablation!r} (known: {', '.join(FAITH_ABLATIONS)})")
+    with torch.no_grad():
+        _, tr = evaluate("clean", read=list(cands))
+    out = {}
+    for s in cands:
+        a = tr[s].detach()
+        out[s] = a.float().mean(0, keepdim=True).to(a.dtype).expand_as(a)  # the same mean in every row
+    return out
+
+
 def subset_masks(S: int) -> torch.Tensor:
     """``[2^S, S]``: subset ``b`` keeps site ``j`` iff bit ``j`` of ``b`` is set."""
     b = torch.arange(2 ** S)[:, None]
@@ -592,7 +626,7 @@ def faithfulness_rows(scores_NS: torch.Tensor, evaluate: Callable[..., tuple[tor
     exhaustive = 2 ** S <= cfg.oracle_subsets
 
     def build() -> dict[str, torch.Tensor]:
-        sources = counterfactual_sources(evaluate, cands)
+        sources = ablation_sources(evaluate, cands, cfg.faith_ablation)
         if exhaustive:
             M_BS = subset_masks(S)
             table = keep_metric(evaluate, cands, sources, M_BS[:, None, :].expand(-1, N, -1), per_pass)
@@ -617,7 +651,7 @@ def faithfulness_rows(scores_NS: torch.Tensor, evaluate: Callable[..., tuple[tor
         keep, drop = top_sets_from_table(scores_NS, table, counts)
         curves = {"suf": keep, "nec": drop, **bounds_from_table(table, S, counts)}
     else:
-        sources = counterfactual_sources(evaluate, cands)
+        sources = ablation_sources(evaluate, cands, cfg.faith_ablation)
         g = torch.Generator().manual_seed(seed * 7919 + 29)
         jitter = torch.rand(N, S, generator=g, dtype=torch.float64)  # seeded tie-break
         key = scores_NS.double()
@@ -731,19 +765,42 @@ class LocalizationTask(Task):
     # what the task scores against, on the zoo and on a real checkpoint (`bench list tasks`)
     ground_truth = {
         "zoo": "planted storage site + measured mediation profile (and faithfulness)",
-        "real": "none: faithfulness curves on a facts file (generative models only)",
+        "real": "none: faithfulness curves on a facts file (generative models; contrastive ones when each question is a caption template with {value})",
     }
 
     def __init__(self, config: LocalizationConfig | None = None) -> None:
         self.config = config or LocalizationConfig()
+        if self.config.faith_ablation not in FAITH_ABLATIONS:
+            raise BenchError(f"unknown faithfulness ablation {self.config.faith_ablation!r} "
+                             f"(known: {', '.join(FAITH_ABLATIONS)})")
+        if self.config.faith_ablation != "counterfactual":  # other figures: never keyed as the default's
+            self.spec = self._ablation_spec(type(self).spec)  # type: ignore[misc]  # an instance spec
+
+    def _ablation_spec(self, spec: TaskSpec) -> TaskSpec:
+        return dataclasses.replace(spec, version=f"{spec.version}+mean-ablation")
+
+    def with_data(self, data: Mapping[str, LoadedData]) -> Task:
+        new = super().with_data(data)  # (versioned from the class's spec: the ablation's suffix again)
+        if new is not self and self.config.faith_ablation != "counterfactual":
+            new.spec = self._ablation_spec(new.spec)  # type: ignore[misc]
+        return new
 
     def supports(self, model: Model) -> str | None:
         reason = super().supports(model)
         if reason:
             return reason
         if self.data:
+            if isinstance(model, ContrastiveModel):  # the behaviour: the image against two filled captions
+                recs = self.data["facts"].records
+                bad = next((i for i, r in enumerate(recs) if "{value}" not in r.question), None)
+                if bad is not None:
+                    return (f"task 'localization' reads a facts file on a contrastive model when every question is a "
+                            f"caption template with a {{value}} slot (e.g. 'the home of the glyph is {{value}}'); "
+                            f"row {bad + 1} of {self.data['facts'].source.path} is not")
+                return None
             if not isinstance(model, GenerativeModel):
-                return f"task 'localization' reads facts files on generative models; {model.name!r} is {model.family}"
+                return (f"task 'localization' reads facts files on generative and contrastive models; "
+                        f"{model.name!r} is {model.family}")
             return None
         if not model.planted:
             return (f"task 'localization' needs planted knowledge (a zoo model) or a facts file "
@@ -803,9 +860,9 @@ class LocalizationTask(Task):
         cands = self.candidates(model)
         ex = self.data_examples(model, test_rows)
         n, S = len(test_rows), len(cands)
-        assert isinstance(model, GenerativeModel)
-        same = (model.answer_inputs(ex.prompts, ex.answers).answer_B
-                == model.answer_inputs(ex.prompts, ex.alternatives).answer_B).nonzero().squeeze(1).tolist()
+        same = ((model.answer_inputs(ex.prompts, ex.answers).answer_B
+                 == model.answer_inputs(ex.prompts, ex.alternatives).answer_B).nonzero().squeeze(1).tolist()
+                if isinstance(model, GenerativeModel) else [])  # (contrastive: two captions, never the same)
         if same:  # the behaviour is the first answer token's logit difference: 0 by construction there
             rows_named = ", ".join(str(test_rows[i] + 1) for i in same[:5])
             raise BenchError(f"{self.data['facts'].source.path}: in row(s) {rows_named}, answer and counterfactual "
@@ -813,7 +870,7 @@ class LocalizationTask(Task):
                              f"their first tokens, so make them differ there")
         request = self.request(model, ex, cands)
         if method.bound == "ceiling":
-            sources = counterfactual_sources(request.evaluate, cands)
+            sources = ablation_sources(request.evaluate, cands, cfg.faith_ablation)
             single = torch.eye(S, dtype=torch.bool)[:, None, :].expand(-1, n, -1)
             scores = keep_metric(request.evaluate, cands, sources, single, cfg.faith_copies_per_pass).T
         elif method.bound == "chance":
@@ -834,10 +891,12 @@ class LocalizationTask(Task):
 
     def candidates(self, model: Model) -> list[str]:
         if self.data or not model.planted:
-            tower = next((t for t in ("lm", "text") if model.layer_sites(t, self.config.data_site_kind)), None)
+            # a contrastive model's captions are encoded once, outside the patched run: its image tower's sites
+            towers = ("vision",) if isinstance(model, ContrastiveModel) else ("lm", "text")
+            tower = next((t for t in towers if model.layer_sites(t, self.config.data_site_kind)), None)
             if tower is None:
                 raise BenchError(f"model {model.name!r} has no per-layer {self.config.data_site_kind!r} sites in its "
-                                 f"language model")
+                                 f"{'image tower' if isinstance(model, ContrastiveModel) else 'language model'}")
             return model.layer_sites(tower, self.config.data_site_kind)
         site = model.site(model.planted[0].site)
         cands = model.layer_sites(site.tower, site.kind)
@@ -923,7 +982,11 @@ class LocalizationTask(Task):
             positions = model.answer_inputs(ex.prompts, ex.answers).pos_B
             prompts = list(ex.prompts)
         elif isinstance(model, ContrastiveModel):
-            evaluate = contrastive_evaluate(model, ex, {r.question: r.values for r in model.planted})
+            # a facts file's rows: each caption template filled with every answer its rows name
+            templates = ({r.question: r.values for r in model.planted} if values else
+                         {q: tuple(sorted({v for q2, pair in zip(ex.prompts, vals) if q2 == q for v in pair}))
+                          for q in sorted(set(ex.prompts))})
+            evaluate = contrastive_evaluate(model, ex, templates)
             layout = model.token_layout()
             positions = torch.full((len(ex.answers),), layout.cls if layout and layout.cls is not None else 0)
             prompts = list(ex.prompts)

@@ -84,3 +84,35 @@ def test_list_tasks_says_the_ground_truth_on_the_zoo_and_on_a_real_checkpoint(ca
     assert "ground truth on the zoo: planted storage site" in block
     assert "on a real checkpoint:    none: faithfulness curves on a facts file" in block and "facts" in block
     assert out.count("on a real checkpoint:") == 5 and "not declared" not in out
+
+
+def test_html_leaderboard_shows_the_agreement_table(tmp_path, capsys):
+    """`bench leaderboard --format html` has the agreement section the Markdown leaderboard prints: one row
+    per (model, truth, faithfulness metric) of :func:`faithfulness_agreement`, the same τ and interval,
+    linked from the page's navigation; a page without localization faithfulness has none."""
+    import re
+
+    from bench.app.cli import main
+    from bench.harness.store import Store
+    from leaderboard.html import AGREEMENT_ID, agreement_section
+
+    recs = [_record(f"m{i}", q, 0.2 + 0.2 * i) for i, q in enumerate([0.1, 0.4, 0.7, 0.95])]
+    store = Store(tmp_path / "s.sqlite")
+    for r in recs:
+        store.put(r)
+    store.close()
+    out = tmp_path / "site"
+    assert main(["leaderboard", "--store", str(tmp_path / "s.sqlite"), "--profile", "quick", "--format", "html",
+                 "--out", str(out), "--no-gallery"]) == 0
+    page = (out / "index.html").read_text()
+    want = faithfulness_agreement(recs)  # the CLI's default bootstrap: the same figures
+    section = page[page.index(f'<h2 id="{AGREEMENT_ID}">'):]
+    assert f'href="#{AGREEMENT_ID}"' in page and page.index('id="results"') < page.index(f'id="{AGREEMENT_ID}"')
+    body = section[section.index("<tbody>"):section.index("</tbody>")]
+    assert body.count("<tr>") == len(want) == 6  # 2 truths x 3 faithfulness metrics, one model
+    for r in want:
+        tau, ci = re.escape(f"{r.tau:+.2f}</td>"), re.escape(f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]")
+        assert re.search(rf"{r.truth_metric}</code>\)</td><td[^>]*><code>{r.faith_metric}</code></td><td[^>]*>{tau}"
+                         rf"<td[^>]*>{ci}", body)
+    assert agreement_section(want) in page
+    assert agreement_section([]) == ""

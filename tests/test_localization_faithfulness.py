@@ -96,3 +96,47 @@ def test_planted_site_alone_beats_a_random_site_on_zoo_vlm():
     m = metrics_of(task.faithfulness(model, ex, cands, planted, 0, quick=True), 16)
     assert m["faith_suff"] > m["faith_suff_random"] and m["faith_nec"] > m["faith_nec_random"]
     assert m["faith_suff_oracle"] >= m["faith_suff"] - 1e-9 and m["faith_nec_oracle"] >= m["faith_nec"] - 1e-9
+
+
+def squares_evaluate(clean_NS: torch.Tensor):
+    """A behaviour that is the sum of squares of the sites' activations; clean site j of example i
+    carries ``clean_NS[i, j]`` (the counterfactual 0); copy-major rows as :class:`LocalizeRequest`'s."""
+    n = clean_NS.shape[0]
+
+    def evaluate(which, read=(), write=None, copies=1, keep_grad=False):
+        base = clean_NS if which == "clean" else torch.zeros_like(clean_NS)
+        acts = {s: base[:, j: j + 1].repeat(copies, 1) for j, s in enumerate(SITES[:clean_NS.shape[1]])}
+        for s, fn in (write or {}).items():
+            acts[s] = fn(acts[s])
+        return sum(a[:, 0] ** 2 for a in acts.values()), {s: acts[s][:n] for s in read}
+
+    return evaluate
+
+
+def test_mean_ablation_sets_unkept_sites_to_their_mean_over_examples():
+    """faith_ablation="mean": a site not kept takes its clean activation averaged over the examples
+    (Wang et al., 2022), not the counterfactual's. Clean [2, 0] and [0, 2] (means [1, 1]), behaviour
+    a0² + a1²: clean 4, all mean-ablated 2; keeping each example's own site gives 5, removing it 1, so
+    both shares at x = 1/2 are 3/2 and both areas are 1/2 · ((0 + 3/2)/2 + (3/2 + 1)/2) = 1."""
+    from tasks.localization import LocalizationTask, ablation_sources
+
+    clean = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    ev = squares_evaluate(clean)
+    src = ablation_sources(ev, SITES[:2], "mean")
+    assert all(torch.equal(src[s], torch.ones(2, 1)) for s in SITES[:2])
+    assert all(torch.equal(a, torch.zeros(2, 1)) for a in ablation_sources(ev, SITES[:2]).values())
+    cfg = LocalizationConfig(faith_ablation="mean")
+    scores = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    m = metrics_of(faithfulness_rows(scores, ev, SITES[:2], 0, cfg), 2)
+    assert math.isclose(m["faith_suff"], 1.0) and math.isclose(m["faith_nec"], 1.0)
+    # patched from the counterfactual (0) instead: keeping the own site recovers all of it (area 3/4)
+    m_cf = metrics_of(faithfulness_rows(scores, ev, SITES[:2], 0, LocalizationConfig()), 2)
+    assert math.isclose(m_cf["faith_suff"], 0.75)
+    # off by default; on, the task's version says so (its figures are never keyed as the default's)
+    default, mean = LocalizationTask(), LocalizationTask(cfg)
+    assert default.config.faith_ablation == "counterfactual" and "+" not in default.spec.version
+    assert mean.spec.version == f"{default.spec.version}+mean-ablation"
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="unknown faithfulness ablation 'zero'"):
+        LocalizationTask(LocalizationConfig(faith_ablation="zero"))

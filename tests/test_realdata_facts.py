@@ -145,7 +145,9 @@ def test_editing_on_hf_llava_from_facts_and_counterfact(llava_dir: Path, facts: 
                  "--method", "rome", "--store", str(store), *QUIET]) == 0
     with Store(store, readonly=True) as s:
         versions = {r.key.task_version for r in s.records() if r.key.method == "rome"}
-    assert len(versions) == 1 and next(iter(versions)).startswith("1.4+counterfact-")
+    from tasks.editing import EditingTask
+
+    assert len(versions) == 1 and next(iter(versions)).startswith(f"{EditingTask.spec.version}+counterfact-")
 
 
 @pytest.mark.slow

@@ -146,6 +146,7 @@ def evaluate(
     data: Sequence[tuple[str, str]] = (),
     runtime: "runner.Runtime | None" = None,
     cluster: "str | ClusterSpec | None" = None,
+    judge: str = "",
 ) -> Results:
     """Run every compatible (task, method, model, seed) cell and score the results.
 
@@ -156,7 +157,8 @@ def evaluate(
     ``data``: ``(kind, path)`` files read instead of the world (``--data``). ``cluster``: run the
     cells on Dask instead, as ``--cluster`` (``"local:2"``, ``"tcp://HOST:PORT"``, ``"slurm:FILE.toml"``,
     or a :class:`bench.harness.cluster.ClusterSpec`); cells with objects cannot be sent to a worker
-    by name, so objects with a cluster are refused. Raises
+    by name, so objects with a cluster are refused. ``judge``: ``hf:FOLDER``, a contrastive checkpoint reading
+    the samples of ``hf:`` diffusion models (``--judge``; zoo models keep zoo-oracle). Raises
     :class:`bench.errors.BenchError` with one line on a bad argument; a failing cell does not
     raise: its record is failed (:attr:`Results.failed`)."""
     if profile not in PROFILES:
@@ -186,7 +188,7 @@ def evaluate(
     if spec is None or spec.kind == "local":  # a remote cluster's workers resolve the device themselves
         rt = runner.resolve_runtime(rt)
     p = runner.plan(task_names, method_names, model_names, list(seeds), quick=profile == "quick",
-                    runtime=rt, data=data, overrides_by_method=by_method or None)
+                    runtime=rt, data=data, overrides_by_method=by_method or None, judge=judge)
     runner.require_cells(p)
     if spec is not None and objects:
         raise BenchError("cells with Method or Model objects run in this process: a cluster's workers know "

@@ -144,7 +144,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         methods = runner.with_references(methods)
     rt = runtime_from(args, cluster)
     p = runner.plan(args.task, methods or None, args.model, args.seed or [0], quick=args.quick,
-                    runtime=rt, data=_parse_data(args.data), overrides_by_method=overrides)
+                    runtime=rt, data=_parse_data(args.data), overrides_by_method=overrides, judge=args.judge or "")
     # a method without the task's capability is the grid's shape, not news: counted, listed on request
     for label, reason in p.skipped:
         if args.show_skipped or label not in p.lacking_capability:
@@ -258,10 +258,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
         if not args.out:
             raise BenchError("--format html writes a folder: give it with --out DIR")
-        rows = score(_select(store, args.profile, args.task, args.model, args.method, rows=True))
+        from leaderboard.agreement import faithfulness_agreement
+
+        recs = _select(store, args.profile, args.task, args.model, args.method, rows=True)
+        rows = score(recs)
         if not rows and (hint := _other_profile_hint(store, args)):
             print(hint, file=sys.stderr)
-        index = write_html(rows, args.out, gallery=not args.no_gallery)
+        # localization: the faithfulness-vs-planted-truth agreement, as the Markdown table prints it
+        index = write_html(rows, args.out, gallery=not args.no_gallery, agreement=faithfulness_agreement(recs))
         print(f"wrote {index}", file=sys.stderr)
         return 0
     text, matched = _leaderboard_text(store, args.format, args.profile, args.task, args.model, args.method)
@@ -648,6 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", action="append", metavar="KIND=PATH",
                     help="run the tasks that read this kind of data file on it instead of the world, "
                     "repeatable (`bench data kinds` lists the kinds); other tasks are skipped")
+    ev.add_argument("--judge", default=None, metavar="hf:FOLDER",
+                    help="a contrastive (CLIP-style) checkpoint that reads the samples of hf: diffusion models, "
+                    "zero-shot, in the tasks that score generations (editing, attribution); it is part of each "
+                    "such cell's key and record. Zoo models keep their own judge, zoo-oracle")
     _add_cluster_options(ev)
     _add_device_options(ev)
     ev.add_argument("--batch-size", type=int, default=None, metavar="N",

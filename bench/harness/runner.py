@@ -21,6 +21,7 @@ interrupted (:func:`run_grid`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -33,7 +34,7 @@ import traceback
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from bench import answers
 from bench.errors import BenchError
@@ -152,6 +153,9 @@ class Cell:
     # real-data files the task reads instead of the world: (kind, absolute path), kinds sorted;
     # they reach the key through the task version (which carries each file's digest)
     data: tuple[tuple[str, str], ...] = ()
+    # the judge reading the model's samples (``--judge``: a contrastive ``hf:`` folder, canonical name);
+    # "" = the model's own. It reaches the key through the task version (which carries its weights digest)
+    judge: str = ""
 
     def key(self, task_version: str, method_config: dict[str, Any]) -> CellKey:
         return CellKey(self.task, task_version, self.method, config_hash(method_config), canonical_model(self.model),
@@ -287,18 +291,69 @@ def _takes_name(fn: Callable[..., Any]) -> bool:
         return False
 
 
-def make_task(name: str, data: Sequence[tuple[str, str]] = ()) -> "Task":
-    """The registered task ``name``, reading the ``(kind, path)`` data files instead of the world."""
+def make_task(name: str, data: Sequence[tuple[str, str]] = (), judge: str = "") -> "Task":
+    """The registered task ``name``, reading the ``(kind, path)`` data files instead of the world, its
+    generations read by ``judge`` (``--judge``; "" = the model's own: :meth:`bench.task.Task.with_judge`)."""
     task = TASKS.get(name)()
-    if not data:
-        return task
-    from bench.kit.realdata import load_data  # (numpy: only when data files are given)
+    if data:
+        from bench.kit.realdata import load_data  # (numpy: only when data files are given)
 
-    files = dict(data)
-    reason = task.data_mismatch(sorted(files))  # before any file is read
-    if reason:
-        raise BenchError(reason)
-    return task.with_data({k: load_data(k, files[k]) for k in sorted(files)})
+        files = dict(data)
+        reason = task.data_mismatch(sorted(files))  # before any file is read
+        if reason:
+            raise BenchError(reason)
+        task = task.with_data({k: load_data(k, files[k]) for k in sorted(files)})
+    # (after with_data, which versions from the class's spec: the judge's suffix comes last)
+    return task.with_judge(judge, _judge_digest(judge)) if judge else task
+
+
+# ------------------------------------------------------------------ judges (--judge)
+_JUDGES: dict[tuple[str, str, str, str], Any] = {}  # (judge, digest, device, dtype) -> its ContrastiveJudge
+
+
+def _judge_digest(judge: str) -> str:
+    """A judge's weights digest (an ``hf:`` folder's content, :func:`models.hf_source.folder_digest`)."""
+    src = MODELS.source_of(judge)
+    if src is None:  # check_judge refuses these before any cell is built
+        raise BenchError(f"--judge names an hf:FOLDER checkpoint, got {judge!r}")
+    return str(src.call("digest", judge))
+
+
+def check_judge(judge: str) -> str:
+    """``--judge`` checked: an ``hf:`` folder of a contrastive (CLIP-style) checkpoint that loads;
+    its canonical name (one-line ``BenchError`` otherwise)."""
+    if MODELS.source_of(judge) is None:
+        raise BenchError(f"--judge expects hf:FOLDER, a contrastive (CLIP-style) checkpoint folder; got {judge!r} "
+                         f"(zoo models keep their own judge, zoo-oracle)")
+    try:
+        family = model_family(judge)
+    except BenchError as e:  # a missing or unreadable folder: the source's one line, said to be the judge's
+        raise BenchError(f"--judge: {e}") from None
+    if family != "contrastive":
+        raise BenchError(f"--judge {judge}: a judge reads images zero-shot, so it is a contrastive (CLIP-style) "
+                         f"checkpoint; this one is {family}")
+    name = canonical_model(judge)
+    load_judge(name, "cpu", "float32")  # a folder that does not load: one line now, not a failed cell per cell
+    return name
+
+
+def load_judge(judge: str, device: str, weights_dtype: str = "float32") -> Any:
+    """The judge ``judge`` (an ``hf:`` contrastive checkpoint read zero-shot,
+    :class:`bench.kit.judge.ContrastiveJudge`), loaded once per process like models
+    (:func:`place_model`) and placed on ``device``; loaded again when its folder changed."""
+    from bench.kit.judge import ContrastiveJudge
+    from bench.model import ContrastiveModel
+
+    digest = _judge_digest(judge)
+    key = (judge, digest, device, weights_dtype)
+    if key not in _JUDGES:
+        model = place_model(judge, device, weights_dtype)
+        if not isinstance(model, ContrastiveModel):
+            raise BenchError(f"--judge {judge}: a judge is a contrastive (CLIP-style) checkpoint; this one is "
+                             f"{model.family}")
+        model.module.eval()
+        _JUDGES[key] = ContrastiveJudge(model, judge, digest)
+    return _JUDGES[key]
 
 
 def check_data(data: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -476,6 +531,7 @@ def plan(
     runtime: Runtime = Runtime(),
     data: Sequence[tuple[str, str]] = (),
     overrides_by_method: Mapping[str, Mapping[str, Any]] | None = None,
+    judge: str = "",
 ) -> Plan:
     """Expand the grid and keep the compatible cells; the rest are listed with the reason.
 
@@ -484,6 +540,9 @@ def plan(
     over ``method_overrides``; a method not in the grid, or a reference, is an error).
     ``data``: ``(kind, path)`` files read instead of the world; each task gets the kinds it reads
     (:attr:`Task.data_kinds`) and a task that reads none of them is skipped, never run on the world.
+    ``judge``: an ``hf:`` contrastive checkpoint (``--judge``) that reads the samples of every ``hf:``
+    diffusion model in the cells of tasks that score generations (:attr:`Task.reads_judge`); zoo models
+    keep their own judge (zoo-oracle), and the other cells are unchanged.
 
     Families and capabilities come first (nothing loaded); whether a task or method supports a
     model is asked of the loaded model once and then kept (:func:`task_supports`), so planning
@@ -491,6 +550,8 @@ def plan(
     """
     check_runtime(runtime)
     data = check_data(data)
+    judge = check_judge(judge) if judge else ""
+    judged = False  # whether a cell of the grid is read by the judge
     task_names = _expand(tasks, TASKS.names(), "task")
     method_names = _expand(methods, METHODS.names(), "method")
     model_names = _expand(models, MODELS.names(), "model")
@@ -513,7 +574,13 @@ def plan(
             if family is not None and family not in facts["families"]:
                 p.skipped.append((f"{t}/{mo}/*", f"task {t!r} does not support {family} models like {mo!r}"))
                 continue
-            reason = task_supports(t, mo, task_data, task_obj)
+            cell_judge = judge if (judge and family == "diffusion" and MODELS.source_of(mo) is not None
+                                   and (task_obj or make_task(t)).reads_judge) else ""
+            if cell_judge:  # asked with the judge in place (a folder without a sidecar judge is then supported)
+                judged = True
+                reason = _load_reason(mo) or _supports_judged(task_obj or make_task(t), mo, cell_judge)
+            else:
+                reason = task_supports(t, mo, task_data, task_obj)
             if reason:
                 p.skipped.append((f"{t}/{mo}/*", reason))
                 continue
@@ -530,11 +597,33 @@ def plan(
                     p.skipped.append((f"{t}/{mo}/{me}", reason))
                     continue
                 for s in seed_list:
-                    p.cells.append(Cell(t, me, mo, s, quick, overrides, runtime, task_data))
+                    p.cells.append(Cell(t, me, mo, s, quick, overrides, runtime, task_data, cell_judge))
+    if judge and not judged:  # a judge nothing uses is most likely a mistake: say so
+        p.skipped.append((f"--judge {judge}", "no cell of the grid scores the samples of an hf: diffusion model "
+                          "(zoo models keep their own judge, zoo-oracle)"))
     for k, path in data:
         if k not in read:  # a file nothing reads is most likely a mistake: say so
             p.skipped.append((f"--data {k}={path}", f"no task of the grid reads {k} data"))
     return p
+
+
+def _supports_judged(task: "Task", model: str, judge: str) -> str | None:
+    """Why ``task`` cannot run on ``model`` with its samples read by ``judge``, or None."""
+    loaded = load_model(model)
+    with judged_by(loaded, load_judge(judge, "cpu")):
+        return task.supports(loaded)
+
+
+@contextlib.contextmanager
+def judged_by(model: "Model", judge: Any) -> Iterator[None]:
+    """``model``'s samples read by ``judge`` inside the block; its own judge back afterwards (a loaded
+    model is shared by the cells of a process, with and without ``--judge``)."""
+    own = getattr(model, "judge", None)
+    model.judge = judge  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        model.judge = own  # type: ignore[attr-defined]
 
 
 def references() -> list[str]:
@@ -561,7 +650,8 @@ def require_cells(p: Plan) -> None:
 # ---------------------------------------------------------------- one cell
 def cell_key(cell: Cell) -> CellKey:
     """The cell's key, from kept facts (no import) unless the task reads data files."""
-    version = make_task(cell.task, cell.data).spec.version if cell.data else task_facts(cell.task)["version"]
+    version = (make_task(cell.task, cell.data, cell.judge).spec.version if cell.data or cell.judge
+               else task_facts(cell.task)["version"])
     return cell.key(version, method_config(cell.method, cell.method_overrides))
 
 
@@ -591,7 +681,7 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
     torch.set_num_threads(threads)  # fixed per cell so results do not depend on --jobs
     peak_own = _reset_peak_memory()  # the record's peak is this cell's, not the process's so far
     t0 = time.perf_counter()
-    task = make_task(cell.task, cell.data)
+    task = make_task(cell.task, cell.data, cell.judge)
     method = make_method(cell.method, cell.method_overrides)
     key = cell.key(task.spec.version, method.config_dict())
     record = RunRecord(key=key, status="failed", main_score=task.spec.main_score,
@@ -614,8 +704,13 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
         record.provenance["weights_dtype"] = weights_dtype
         if device.startswith("cuda"):
             record.provenance["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        judge = None
+        if cell.judge:  # the second model of the cell: loaded once per process, on the cell's device
+            judge = load_judge(cell.judge, device, weights_dtype)
+            record.provenance["judge"] = {"name": judge.name, "weights_hash": judge.weights_hash}
         torch.manual_seed(cell.seed)
-        with torch.autocast(torch.device(device).type, dtype=getattr(torch, rt.dtype), enabled=rt.dtype != "float32"):
+        with torch.autocast(torch.device(device).type, dtype=getattr(torch, rt.dtype), enabled=rt.dtype != "float32"), \
+                (judged_by(model, judge) if judge is not None else contextlib.nullcontext()):
             result = task.run(model, guard_method(method, rt.meta_check), cell.seed, quick=cell.quick)
         record.metrics = {k: float(v) for k, v in result.metrics.items()}
         record.example_hashes = list(result.example_hashes)
@@ -653,7 +748,7 @@ def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = 
 def lost_record(cell: Cell, fingerprint: dict[str, str], error: str) -> RunRecord:
     """The failed record of a cell that returned none (its worker died, more than the allowed
     times): built from kept facts, nothing loaded, so the driver of a cluster stays light."""
-    main = (make_task(cell.task, cell.data).spec.main_score if cell.data
+    main = (make_task(cell.task, cell.data, cell.judge).spec.main_score if cell.data or cell.judge
             else str(task_facts(cell.task)["main_score"]))
     record = RunRecord(key=cell_key(cell), status="failed", main_score=main,
                        method_config=method_config(cell.method, cell.method_overrides),
