@@ -53,7 +53,9 @@ def test_the_mode_catches_a_tensor_made_without_the_model_device():
             maps = super().attribute(model, request)
             return maps + torch.zeros(maps.shape)  # forgets device=maps.device
 
-    task = runner.make_task("attribution")
+    from bench.harness import discipline
+
+    task = discipline.sweep_task("attribution")  # the quick profile's code path on fewer examples
     model = runner.place_model("zoo-clip", "cpu")
     ok = task.run(model, runner.guard_method(Careless(), meta_check=False), 0, quick=True)
     assert ok.metrics
@@ -103,6 +105,17 @@ def test_steering_coefficients_are_host_bookkeeping_moved_where_applied():
         fn = steering.add(d, 0.5)
     out = fn(torch.zeros(2, 4))
     assert torch.equal(out, torch.full((2, 4), 0.5))
+
+
+@pytest.mark.parametrize("label", ["editing/zoo-clip/steering/seed=0", "localization/zoo-vlm/logit_lens/seed=0"])
+def test_the_offenders_the_sweep_found_stay_fixed(label):
+    """The two cells the sweep failed before their fixes (steering's calibrated edit carried a meta
+    coefficient into the task's scoring; logit_lens indexed its trace with a device-less ``arange``,
+    which gave NaN scores) run under the mode, nothing sent to meta, same figures as without it."""
+    from bench.harness import discipline
+
+    row = discipline.sweep_cell(next(c for c in discipline.default_triples() if c.label == label))
+    assert row["status"] == "ok" and "sent_to_meta" not in row, row
 
 
 @pytest.mark.parametrize("method", ["random", "oracle", "saliency", "input_x_gradient"])
