@@ -40,15 +40,15 @@ from __future__ import annotations
 import collections
 import functools
 import sys
-import time
 import sysconfig
+import time
 from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any, Callable
 
 import torch
 from torch.overrides import TorchFunctionMode
-from torch.utils._device import _device_constructors
+from torch.utils._device import _device_constructors  # the factories torch.set_default_device redirects
 
 ROOT = Path(__file__).resolve().parents[2]
 # the host side of the project (relative to ROOT): builds examples and scores on the CPU by contract
