@@ -71,7 +71,7 @@ class Runtime:
     weights are loaded in that dtype and the cell runs under ``torch.autocast`` at it; on the CPU
     the weights stay float32 and only autocast applies (the record's ``provenance["weights_dtype"]``
     says which). ``batch_size`` overrides the model's default (examples per forward pass).
-    ``meta_check``: the device-discipline mode (:func:`device_check`), for tests.
+    ``meta_check``: the device-discipline mode (:func:`device_check`; :mod:`bench.harness.discipline`), for tests.
     """
 
     device: str = "cpu"
@@ -249,7 +249,9 @@ def guard_method(method: "Method", meta_check: bool = False) -> "Method":
     with ``meta_check``, each call runs under :func:`device_check`, so a tensor the method creates
     without the model's device fails the cell loudly. Tasks build their examples and score on the
     host, so the check covers the methods -- sites, readouts, SAEs, probes, editors -- where a GPU
-    run would meet mixed devices."""
+    run would meet mixed devices; a task callback the method calls (a request's ``evaluate``) and
+    third-party code are not judged (:mod:`bench.harness.discipline`), and the mode's walk up the
+    stack stops at this wrapper."""
     import functools
 
     import torch
