@@ -17,6 +17,7 @@ import torch
 from bench.app.cli import main
 from bench.errors import BenchError
 from bench.harness import runner
+from leaderboard.publish import default_plan
 
 
 def _cell(task: str, method: str, model: str) -> runner.Cell:
@@ -89,7 +90,7 @@ def test_the_mode_judges_method_code_and_spares_task_callbacks_and_libraries():
     assert discipline.classify(str(discipline.ROOT / "bench" / "kit" / "steering.py")) == discipline.SHARED_CODE
     assert discipline.classify(torch.__file__) == discipline.THIRD_PARTY
     for label in ("localization/zoo-clip/causal_tracing/seed=0", "attribution/zoo-clip/integrated_gradients/seed=0"):
-        cell = next(c for c in discipline.default_triples() if c.label == label)
+        cell = next(c for c in discipline.triples(default_plan()) if c.label == label)
         row = discipline.sweep_cell(cell)
         assert row["status"] == "ok" and "sent_to_meta" not in row, row
 
@@ -114,7 +115,7 @@ def test_the_offenders_the_sweep_found_stay_fixed(label):
     which gave NaN scores) run under the mode, nothing sent to meta, same figures as without it."""
     from bench.harness import discipline
 
-    row = discipline.sweep_cell(next(c for c in discipline.default_triples() if c.label == label))
+    row = discipline.sweep_cell(next(c for c in discipline.triples(default_plan()) if c.label == label))
     assert row["status"] == "ok" and "sent_to_meta" not in row, row
 
 
@@ -133,7 +134,7 @@ def test_every_task_method_family_of_the_default_plan_is_disciplined(family):
     runs under the mode and gives the figures it gives without it, bit for bit."""
     from bench.harness import discipline, runner as r
 
-    cells = [c for c in discipline.default_triples() if r.model_family(c.model) == family]
+    cells = [c for c in discipline.triples(default_plan()) if r.model_family(c.model) == family]
     assert cells
     rows = [discipline.sweep_cell(c) for c in cells]
     bad = [f"{row['cell']}: {row['status']}: {row.get('error')} (sent to meta: {row.get('sent_to_meta')})"

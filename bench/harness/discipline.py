@@ -167,13 +167,13 @@ def sweep_task(name: str) -> Any:
     return task
 
 
-def default_triples() -> list[Any]:
-    """One cell (seed 0, quick) per (task, method, family) of the published default plan."""
+def triples(cells: Any) -> list[Any]:
+    """The first cell of each (task, method, family) among ``cells`` (the sweep: one per triple of the
+    published default plan, ``leaderboard.publish.default_plan()``, which this layer does not import)."""
     from bench.harness import runner
-    from leaderboard.publish import default_plan
 
     seen: dict[tuple[str, str, str | None], Any] = {}
-    for c in default_plan():
+    for c in cells:
         seen.setdefault((c.task, c.method, runner.model_family(c.model)), c)
     return list(seen.values())
 
@@ -212,34 +212,3 @@ def sweep_cell(cell: Any) -> dict[str, Any]:
                         if not same(rec.metrics.get(k, math.nan), plain.metrics.get(k, math.nan))}
     out["s"] = round(time.perf_counter() - t0, 1)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.harness.discipline [FAMILY ...] [--out FILE]``: the sweep over the default
-    plan's (task, method, family) cells of those families (all by default), one JSON line per cell."""
-    import argparse
-    import json
-
-    from bench.harness import runner
-
-    ap = argparse.ArgumentParser(prog="python -m bench.harness.discipline")
-    ap.add_argument("families", nargs="*")
-    ap.add_argument("--out", default="-")
-    ap.add_argument("--match", default="", help="only cells whose label contains this")
-    a = ap.parse_args(argv)
-    cells = [c for c in default_triples() if (not a.families or runner.model_family(c.model) in a.families)
-             and a.match in c.label]
-    sink = sys.stdout if a.out == "-" else open(a.out, "a")
-    bad = 0
-    for c in cells:
-        row = sweep_cell(c)
-        bad += row["status"] != "ok"
-        print(json.dumps(row), file=sink, flush=True)
-    print(f"{len(cells) - bad} of {len(cells)} cells pass", file=sys.stderr)
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":  # the imported module's state (GUARD_CODES, SENT), not this __main__ copy's
-    from bench.harness import discipline as _imported
-
-    sys.exit(_imported.main())
