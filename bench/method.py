@@ -49,9 +49,13 @@ class Method:
     and draws random numbers with a CPU ``torch.Generator`` and ``device="cpu"``, then moves the
     result (``.to(x.device)``: the same draw on every device). Host-side bookkeeping says
     ``device="cpu"`` explicitly. A tensor a capability returns is brought back to the CPU by the
-    runner, to be scored. The CPU test suite enforces this: under the runner's device-discipline
-    mode (``Runtime(meta_check=True)``) a tensor created without ``device=`` lands on ``meta`` and
-    the cell fails (``tests/test_device_discipline.py``).
+    runner, to be scored. A number that is moved later (``torch.as_tensor(alpha, device="cpu")``, then
+    ``.to(x.device)`` where it is applied) is host bookkeeping too and says so. The CPU test suite
+    enforces this: under the runner's device-discipline mode (``Runtime(meta_check=True)``,
+    :mod:`bench.harness.discipline`) a torch factory call that method-side code (the method, and the
+    contracts, ``bench/kit`` and model wrappers it runs through) makes without ``device=`` lands on
+    ``meta`` and the cell fails (``tests/test_device_discipline.py``); task callbacks in requests and
+    third-party libraries are not judged.
     """
 
     name: ClassVar[str] = ""

@@ -104,7 +104,8 @@ class LogitLens(Method):
         last = max(resid)
         reads = sorted({*cands, *(resid[l] for l in layers), resid[last]})
         _, tr = request.evaluate("clean", read=reads)
-        rows, pos_N = torch.arange(request.n), request.positions_N
+        pos_N = request.positions_N
+        rows = torch.arange(request.n, device=pos_N.device)  # index pairs on one device (CPU indices may index a GPU trace)
         at_p = {s: tr[s][rows, pos_N].float() for s in reads}  # [n, D] at the readout position
         ans_N = model.word_token_ids(list(request.answers))
         alt_N = model.word_token_ids(list(request.alternatives))

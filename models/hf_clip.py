@@ -165,15 +165,16 @@ class Siglip2Wrapper(SiglipWrapper):
 
     def patches(self, pixels_BCHW: torch.Tensor) -> dict[str, torch.Tensor]:
         """The vision tower's inputs for [0, 1] pixels of side :attr:`image_size`."""
-        x = (pixels_BCHW - self._mean) / self._std
+        pixels_BCHW = pixels_BCHW.to(self.device)  # (differentiable: a gradient flows back to the caller's pixels)
+        x = (pixels_BCHW - self._mean.to(self.device)) / self._std.to(self.device)
         B, C, H, W = x.shape
         p = int(self.clip.config.vision_config.patch_size)
         g = self.grid
         if (H, W) != (g * p, g * p):
             raise BenchError(f"{self.name} takes {g * p}×{g * p} images (its num_patches grid), got {H}×{W}")
         patches = x.reshape(B, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * C)
-        return {"pixel_values": patches, "pixel_attention_mask": torch.ones(B, g * g, dtype=torch.long),
-                "spatial_shapes": torch.tensor([[g, g]] * B, dtype=torch.long)}
+        return {"pixel_values": patches, "pixel_attention_mask": torch.ones(B, g * g, dtype=torch.long, device=x.device),
+                "spatial_shapes": torch.tensor([[g, g]] * B, dtype=torch.long, device=x.device)}
 
     def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.get_image_features(**self.patches(pixels_BCHW)).pooler_output, dim=-1)

@@ -66,7 +66,7 @@ class VlmWrapper(LlavaWrapper):
             out["pixel_values"], out["image_sizes"] = tile(_resize(pixels_BCHW, self.side, self.side),
                                                            self.llava.config, self._mean, self._std)
             if "batch_num_images" in self.adapter.extra_inputs:
-                out["batch_num_images"] = torch.ones(pixels_BCHW.shape[0], dtype=torch.long)
+                out["batch_num_images"] = torch.ones(pixels_BCHW.shape[0], dtype=torch.long, device="cpu")
         elif layout == "dynamic":
             out["pixel_values"], out["image_grid_thw"] = pack_patches(self._normalise(pixels_BCHW), self.llava.config)
         else:
@@ -137,7 +137,7 @@ def tile(pixels_BCHW: torch.Tensor, config: Any, mean: torch.Tensor, std: torch.
     tiles = canvas.unfold(2, S, S).unfold(3, S, S)  # [B, C, bh/S, bw/S, S, S]
     tiles = tiles.permute(0, 2, 3, 1, 4, 5).flatten(1, 2)  # [B, tiles, C, S, S], row-major
     base = ((_resize(pixels_BCHW, S, S) - mean) / std)[:, None]
-    sizes = torch.tensor([[H, W]] * pixels_BCHW.shape[0], dtype=torch.long)
+    sizes = torch.tensor([[H, W]] * pixels_BCHW.shape[0], dtype=torch.long, device="cpu")
     return torch.cat([base, tiles], 1), sizes
 
 
@@ -152,7 +152,7 @@ def pack_patches(x_BCHW: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch
     x = x_BCHW[:, None].expand(B, T, C, H, W)
     x = x.reshape(B, T, C, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     packed = x.reshape(B * gh * gw, C * T * p * p)
-    return packed, torch.tensor([[1, gh, gw]] * B, dtype=torch.long)
+    return packed, torch.tensor([[1, gh, gw]] * B, dtype=torch.long, device="cpu")
 
 
 # ---------------------------------------------------------------------------------- the loader

@@ -206,6 +206,23 @@ def test_identity_writes_are_bit_identical_and_perturbing_writes_act(name, tiny_
                 assert not torch.allclose(moved, base), f"{site.name}: writing it does not reach the output"
 
 
+@pytest.mark.parametrize("name", LOADABLE)
+def test_the_wrappers_method_facing_forward_is_device_disciplined(name, tiny_root):
+    """Each family's forward on an ``hf:`` checkpoint, called from a method's code under the runner's
+    device-discipline mode (:mod:`bench.harness.discipline`): the wrapper's own inputs (attention masks,
+    image sizes, patch grids) carry a device, so the output is the one without the mode, bit for bit
+    (SigLIP2's patch inputs were left on the CPU next to a model on another device)."""
+    from bench.harness.runner import device_check
+
+    m = _model(name, tiny_root)
+    run = _run(m)
+    with torch.no_grad():
+        base = run()
+        with device_check(True):
+            checked = run()
+    assert not checked.is_meta and torch.equal(checked, base)
+
+
 @pytest.mark.parametrize("name", ["llava", "qwen2_vl"])
 def test_a_wrong_tuple_index_is_a_load_error(name, tiny_root):
     """The load-time check reads each site's module output: an index that picks the wrong element, or

@@ -17,6 +17,7 @@ import torch
 from bench.app.cli import main
 from bench.errors import BenchError
 from bench.harness import runner
+from leaderboard.publish import default_plan
 
 
 def _cell(task: str, method: str, model: str) -> runner.Cell:
@@ -53,12 +54,69 @@ def test_the_mode_catches_a_tensor_made_without_the_model_device():
             maps = super().attribute(model, request)
             return maps + torch.zeros(maps.shape)  # forgets device=maps.device
 
-    task = runner.make_task("attribution")
+    from bench.harness import discipline
+
+    task = discipline.sweep_task("attribution")  # the quick profile's code path on fewer examples
     model = runner.place_model("zoo-clip", "cpu")
     ok = task.run(model, runner.guard_method(Careless(), meta_check=False), 0, quick=True)
     assert ok.metrics
     with pytest.raises((RuntimeError, NotImplementedError)):
         task.run(model, runner.guard_method(Careless(), meta_check=True), 0, quick=True)
+
+
+def test_the_mode_judges_method_code_and_spares_task_callbacks_and_libraries():
+    """The frame that calls a factory decides: this test's code (a method's own code) gets meta; a
+    library's factory call (captum's integrated gradients, torch.distributions) keeps the real default;
+    a task's callback handed to a method (the localization task's ``evaluate``, which the old
+    whole-call meta default turned into NaN scores) runs on the host, and the cell's figures under the
+    mode are those without it, bit for bit."""
+    from captum.attr import IntegratedGradients
+
+    from bench.harness import discipline
+
+    lin = torch.nn.Linear(3, 1)
+    with runner.device_check(True):
+        assert torch.zeros(2).is_meta and torch.arange(3).is_meta and torch.tensor([1.0]).is_meta
+        assert not torch.zeros(2, device="cpu").is_meta
+        assert not torch.as_tensor(torch.ones(2, device="cpu")).is_meta  # keeps its data's device
+        assert not torch.distributions.Normal(0.0, 1.0).loc.is_meta  # torch's own Python code
+        x = torch.ones(2, 3, device="cpu")
+        attr = IntegratedGradients(lin).attribute(x, baselines=torch.zeros_like(x), n_steps=4)
+        assert not attr.is_meta and torch.isfinite(attr).all()
+    assert not torch.zeros(2).is_meta  # off outside the block
+    assert discipline.classify(discipline.__file__) == discipline.HOST_SIDE
+    assert discipline.classify(str(discipline.ROOT / "tasks" / "localization.py")) == discipline.HOST_SIDE
+    assert discipline.classify(str(discipline.ROOT / "methods" / "saliency.py")) == discipline.METHOD_SIDE
+    assert discipline.classify(str(discipline.ROOT / "bench" / "kit" / "steering.py")) == discipline.SHARED_CODE
+    assert discipline.classify(torch.__file__) == discipline.THIRD_PARTY
+    for label in ("localization/zoo-clip/causal_tracing/seed=0", "attribution/zoo-clip/integrated_gradients/seed=0"):
+        cell = next(c for c in discipline.triples(default_plan()) if c.label == label)
+        row = discipline.sweep_cell(cell)
+        assert row["status"] == "ok" and "sent_to_meta" not in row, row
+
+
+def test_steering_coefficients_are_host_bookkeeping_moved_where_applied():
+    """``steering.add`` with a number: its coefficient is made on the CPU (``device="cpu"``) and moved
+    to the site's device when applied, so an edit made under the mode applies outside it (it used to be
+    a meta tensor, which the editing task's scoring could not copy back)."""
+    from bench.kit import steering
+
+    d = steering.Direction("x", torch.ones(4, device="cpu"), "test")
+    with runner.device_check(True):
+        fn = steering.add(d, 0.5)
+    out = fn(torch.zeros(2, 4))
+    assert torch.equal(out, torch.full((2, 4), 0.5))
+
+
+@pytest.mark.parametrize("label", ["editing/zoo-clip/steering/seed=0", "localization/zoo-vlm/logit_lens/seed=0"])
+def test_the_offenders_the_sweep_found_stay_fixed(label):
+    """The two cells the sweep failed before their fixes (steering's calibrated edit carried a meta
+    coefficient into the task's scoring; logit_lens indexed its trace with a device-less ``arange``,
+    which gave NaN scores) run under the mode, nothing sent to meta, same figures as without it."""
+    from bench.harness import discipline
+
+    row = discipline.sweep_cell(next(c for c in discipline.triples(default_plan()) if c.label == label))
+    assert row["status"] == "ok" and "sent_to_meta" not in row, row
 
 
 @pytest.mark.parametrize("method", ["random", "oracle", "saliency", "input_x_gradient"])
@@ -68,26 +126,20 @@ def test_attribution_on_zoo_clip_is_disciplined(method):
     assert rec.device == "cpu" and rec.provenance["weights_dtype"] == "float32"
 
 
-def _default_triples() -> list[runner.Cell]:
-    """One cell (seed 0, quick) per (task, method, family) of the published default plan."""
-    from leaderboard.publish import default_plan
-
-    seen: dict[tuple[str, str, str | None], runner.Cell] = {}
-    for c in default_plan():
-        seen.setdefault((c.task, c.method, runner.model_family(c.model)), c)
-    return list(seen.values())
-
-
 @pytest.mark.slow
-def test_every_task_method_family_of_the_default_plan_is_disciplined():
-    failures = []
-    cells = _default_triples()
+@pytest.mark.parametrize("family", ["contrastive", "generative", "diffusion"])
+def test_every_task_method_family_of_the_default_plan_is_disciplined(family):
+    """Every (task, method, family) of the published default plan, one quick cell each with the sweep's
+    smaller sizes (:data:`bench.harness.discipline.SWEEP_PROFILE`: the same code path, fewer examples),
+    runs under the mode and gives the figures it gives without it, bit for bit."""
+    from bench.harness import discipline, runner as r
+
+    cells = [c for c in discipline.triples(default_plan()) if r.model_family(c.model) == family]
     assert cells
-    for c in cells:
-        rec = runner.run_cell(dataclasses.replace(c, runtime=runner.Runtime(meta_check=True)))
-        if rec.status != "ok":
-            failures.append(f"{c.label}: {rec.error}")
-    assert not failures, f"{len(failures)} of {len(cells)} cells are not device-disciplined:\n" + "\n".join(failures)
+    rows = [discipline.sweep_cell(c) for c in cells]
+    bad = [f"{row['cell']}: {row['status']}: {row.get('error')} (sent to meta: {row.get('sent_to_meta')})"
+           for row in rows if row["status"] != "ok"]
+    assert not bad, f"{len(bad)} of {len(cells)} {family} cells are not device-disciplined:\n" + "\n".join(bad)
 
 
 def test_weights_in_a_reduced_dtype_are_reloaded_not_cast_back():

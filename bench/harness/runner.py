@@ -72,7 +72,7 @@ class Runtime:
     weights are loaded in that dtype and the cell runs under ``torch.autocast`` at it; on the CPU
     the weights stay float32 and only autocast applies (the record's ``provenance["weights_dtype"]``
     says which). ``batch_size`` overrides the model's default (examples per forward pass).
-    ``meta_check``: the device-discipline mode (:func:`device_check`), for tests.
+    ``meta_check``: the device-discipline mode (:func:`device_check`; :mod:`bench.harness.discipline`), for tests.
     """
 
     device: str = "cpu"
@@ -228,17 +228,19 @@ def place_model(name: str, device: str, weights_dtype: str = "float32") -> "Mode
 
 
 def device_check(enabled: bool) -> Any:
-    """The device-discipline mode: while on, a tensor created without an explicit ``device=`` lands
-    on the ``meta`` device, which cannot mix with the model's (CPU) tensors, so a factory call that
-    forgets the model's device fails at once, on a CPU-only machine, as it would fail on a GPU. Off:
-    nothing changes."""
+    """The device-discipline mode (:mod:`bench.harness.discipline`): while on, a torch factory call
+    that method-side code makes without ``device=`` lands on the ``meta`` device, which cannot mix
+    with the model's (CPU) tensors, so a forgotten device fails at once, on a CPU-only machine, as it
+    would fail on a GPU. Task callbacks (host code by contract) and third-party libraries (captum,
+    transformers, diffusers, torch's own Python code) are left on the real default: the frame that
+    calls the factory decides (see that module for the rule and why). Off: nothing changes."""
     import contextlib
-
-    import torch
 
     if not enabled:
         return contextlib.nullcontext()
-    return torch.device("meta")
+    from bench.harness import discipline  # (imports torch: only where the mode is asked for)
+
+    return discipline.device_check(True)
 
 
 METHOD_CALLS = ("localize", "detect_hallucination", "edit", "debias", "attribute", "fit")
@@ -251,7 +253,9 @@ def guard_method(method: "Method", meta_check: bool = False) -> "Method":
     with ``meta_check``, each call runs under :func:`device_check`, so a tensor the method creates
     without the model's device fails the cell loudly. Tasks build their examples and score on the
     host, so the check covers the methods -- sites, readouts, SAEs, probes, editors -- where a GPU
-    run would meet mixed devices."""
+    run would meet mixed devices; a task callback the method calls (a request's ``evaluate``) and
+    third-party code are not judged (:mod:`bench.harness.discipline`), and the mode's walk up the
+    stack stops at this wrapper."""
     import functools
 
     import torch
@@ -267,6 +271,10 @@ def guard_method(method: "Method", meta_check: bool = False) -> "Method":
             return out.cpu() if isinstance(out, torch.Tensor) else out
 
         setattr(method, name, functools.wraps(fn)(guarded))
+        if meta_check:  # the mode stops its walk up the stack at the guarded call
+            from bench.harness import discipline
+
+            discipline.GUARD_CODES.add(guarded.__code__)
     return method
 
 
@@ -673,15 +681,18 @@ def _fingerprints(cells: Iterable[Cell]) -> dict[tuple[str, str, str], dict[str,
     return fingerprints(dict.fromkeys(_triple(c) for c in cells))
 
 
-def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = None) -> RunRecord:
+def run_cell(cell: Cell, threads: int = 1, fingerprint: dict[str, str] | None = None,
+             task: "Task | None" = None) -> RunRecord:
     """Run one cell in this process and return its record (failures become failed records).
-    ``fingerprint``: the cell's, when the caller computed it already (else computed here)."""
+    ``fingerprint``: the cell's, when the caller computed it already (else computed here).
+    ``task``: the task object to run instead of the registered one built afresh (the device-discipline
+    sweep's smaller configs, :func:`bench.harness.discipline.sweep_task`; the record says which config ran)."""
     import torch
 
     torch.set_num_threads(threads)  # fixed per cell so results do not depend on --jobs
     peak_own = _reset_peak_memory()  # the record's peak is this cell's, not the process's so far
     t0 = time.perf_counter()
-    task = make_task(cell.task, cell.data, cell.judge)
+    task = task if task is not None else make_task(cell.task, cell.data, cell.judge)
     method = make_method(cell.method, cell.method_overrides)
     key = cell.key(task.spec.version, method.config_dict())
     record = RunRecord(key=key, status="failed", main_score=task.spec.main_score,

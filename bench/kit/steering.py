@@ -173,7 +173,8 @@ def add(direction: Direction, alpha: float | torch.Tensor = 1.0,
     sequence axis; negative indices count from the end). ``alpha`` may be one coefficient per
     batch row (``[B]``), to try many strengths in one forward pass."""
     v = direction.vector_D.detach()
-    a = torch.as_tensor(alpha, dtype=torch.float64).detach()
+    # a number is host bookkeeping (moved to the site's device when applied); a tensor keeps its device
+    a = torch.as_tensor(alpha, dtype=torch.float64, device=alpha.device if isinstance(alpha, torch.Tensor) else "cpu").detach()
     if a.dim() > 1:
         raise BenchError(f"add: alpha must be a number or one coefficient per row [B], got shape {tuple(a.shape)}")
 
