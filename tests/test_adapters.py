@@ -320,6 +320,7 @@ print(json.dumps({"dist": e.dist, "family": family_of(f"hf:{folder}"), "n_sites"
 '''
 
 
+@pytest.mark.slow  # installs a package (~7 s); CI runs it with the slow set
 def test_a_plugin_adapter_registers_through_its_entry_point(tmp_path):
     """A distribution with ``[mmi_bench.adapters]`` in its entry points adds an architecture: ``hf:``
     folders of its model type get their family at planning and load through it."""

@@ -70,6 +70,7 @@ def _check(store: Path, model: str, tasks: list[str], family: str) -> None:
         assert r.key.method == METHOD[t] and len(r.model_hash) == 64
 
 
+@pytest.mark.slow  # (every new architecture's tasks run from the CLI below, also slow: CI runs both)
 def test_cli_runs_attribution_on_a_tiny_paligemma(tmp_path):
     """The fast guard: one new architecture, one task, through the real CLI process."""
     folder = _folder("paligemma", tmp_path)
