@@ -258,46 +258,6 @@ def test_a_checkpoint_without_an_adapter_is_refused_in_one_line(tmp_path):
     assert "\n" not in msg
 
 
-# ------------------------------------------------------------ adapters without a wrapper (DiTs)
-COMPONENT_ONLY = [n for n in NAMES if adapters.refusal(n) != ""]
-
-
-@pytest.mark.parametrize("name", COMPONENT_ONLY)
-def test_component_sites_read_write_and_refuse_to_load_as_a_model(name, tiny_root):
-    """An adapter that declares sites but no wrapper (the diffusion transformers): its component's
-    sites pass the load-time check, reads are the declared element of the module's output, identity
-    writes leave the transformer's output bit-identical and perturbing writes move it; ``hf:`` refuses
-    the folder in one line giving the adapter's reason."""
-    from models.hf_dit import component_sites, load_component, probe_inputs, trace
-    from models.hf_loader import load_hf
-
-    a = adapters.get(name)
-    folder = resolve(a.tiny)(tiny_root / name)
-    with pytest.raises(BenchError) as e:
-        load_hf(f"hf:{folder}")
-    assert f"adapter {name!r} declares its sites but cannot load it yet: {a.refusal}" in str(e.value)
-    assert "\n" not in str(e.value)
-    module = load_component(a, folder)
-    sites, specs = component_sites(a, module)
-    assert sites and all(s.name.startswith("dit.") for s in sites)
-    kw = probe_inputs(a, module)
-    captured: dict[str, Any] = {}
-    handles = [capture(module.get_submodule(specs[s.name].module), (s.name, "output"), captured) for s in sites]
-    with torch.no_grad(), trace(module, specs, read=[s.name for s in sites]) as t:
-        base = module(**kw).sample
-    for h in handles:
-        h.remove()
-    for s in sites:
-        spec, v = specs[s.name], captured[(s.name, "output")]
-        assert torch.equal(t[s.name], v[spec.index] if spec.index is not None else v), s.name
-    with torch.no_grad():
-        for s in sites:
-            with trace(module, specs, write={s.name: lambda v: v}):
-                assert torch.equal(module(**kw).sample, base), s.name
-            with trace(module, specs, write={s.name: _ramp}):
-                assert not torch.allclose(module(**kw).sample, base), s.name
-
-
 PLUGIN_ADAPTER = '''
 """A third party's adapter: CLIP's sites for checkpoints whose config says model_type "clip_twin"."""
 from models.adapters._format import Adapter, capture, site_config
