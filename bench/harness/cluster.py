@@ -44,6 +44,9 @@ from typing import Any, Callable, Iterator, Mapping
 from bench.errors import BenchError
 
 JOBQUEUE_KINDS = ("slurm", "pbs", "sge")
+# what every cell imports anyway: imported by a worker before its first cell arrives (see dask_setup
+# and prestart); the runner's own imports are light, the models' and methods' are torch's
+WORKER_IMPORTS = ("torch", "transformers", "bench.harness.runner")
 DEFAULT_RETRIES = 2
 CONNECT_TIMEOUT_S = 10.0
 
@@ -231,6 +234,7 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
     """Start (``local``, jobqueue) or reach (``address``) the cluster of ``spec`` and yield a
     :class:`Session`; everything started here is closed on the way out. A scheduler that cannot be
     reached, or a cluster that cannot start, is one line."""
+    prestart(spec)  # (before importing distributed here: the server's imports overlap with it)
     distributed = _import_distributed()
     import dask
 
@@ -244,13 +248,22 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
     # MALLOC_TRIM_THRESHOLD_=65536, which returns memory to the system at every free of a tensor
     # over 64 kB (system time) -- the runner trims once per cell instead. One thread for BLAS/OpenMP.
     # Each worker preloads this module (:func:`dask_setup`: torch, transformers and the runner imported
-    # while the worker starts, as a pool worker's spawn does), so the first cell does not pay for it.
-    environ = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+    # while the worker starts, as a pool worker's spawn does), so the first cell does not pay for it;
+    # a local cluster's workers are forked from a server that imported them once (:func:`prestart`).
+    environ = {k: v for k, v in WORKER_ENVIRON.items() if k != "PYTHONHASHSEED"}
+    # Dask's own upkeep, relaxed: its event loops' blocked-loop check every 20 ms and its system monitor
+    # (CPU and memory history for a dashboard, which is off) every 0.5 s cost, idle, 5.8% of a core in
+    # the driver (scheduler and nannies) and 2.5% in each worker, taken from the cells on a busy
+    # machine; at 1 s and 10 s, 2.5% and 1.0% (measured on the 2-core CPU).
     # worker-saturation 1.0: the scheduler hands a worker a cell only when one of its threads is free,
     # so no cell waits behind a long one on a busy worker while another worker idles (the grid's tail)
+    method = "forkserver" if spec.kind == "local" and _forkserver_available() else "spawn"
     with dask.config.set({"distributed.scheduler.allowed-failures": spec.retries,
+                          "distributed.worker.multiprocessing-method": method,
                           "distributed.scheduler.worker-saturation": 1.0,
                           "distributed.worker.profile.enabled": False,
+                          "distributed.admin.tick.interval": "1s",
+                          "distributed.admin.system-monitor.interval": "10s",
                           "distributed.worker.preload": [__name__],
                           "distributed.nanny.pre-spawn-environ": environ}):
         try:
@@ -301,17 +314,63 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
 
 def dask_setup(worker: Any = None) -> None:
     """Run by every worker that preloads this module (``--preload bench.harness.cluster``) as it
-    starts: what each cell imports anyway (torch at one thread, the runner, transformers), imported
-    before the first cell arrives."""
+    starts: :data:`WORKER_IMPORTS` imported before the first cell arrives (a worker forked from a
+    preloaded forkserver has them already), and torch at one thread."""
+    import importlib
+
+    for name in WORKER_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # (transformers is optional for a method author's own models)
+            pass
     import torch
 
     torch.set_num_threads(1)
-    import bench.harness.runner  # noqa: F401  (the function every cell calls)
 
+
+# the environment a local cluster's worker processes start with (distributed's nanny sets it before it
+# starts one; the forkserver, started before any nanny, is given it by :func:`prestart`)
+WORKER_ENVIRON = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                  "PYTHONHASHSEED": "6640"}  # (the nanny's own default seed, so workers hash alike)
+
+
+def _forkserver_available() -> bool:
+    import multiprocessing
+
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def prestart(spec: ClusterSpec | None) -> None:
+    """Start what a local cluster's workers fork from, now, in the background: a ``forkserver``
+    (where the platform has one) that imports distributed and :data:`WORKER_IMPORTS` once, so that
+    the driver's own work until it connects (its store lookups, fingerprints, importing
+    distributed) overlaps with it. Nothing for other clusters, for none, or where there is no
+    forkserver (the workers are then spawned, Dask's default). Idempotent: one server per driver
+    process, kept until it exits, so a second grid's workers start in a fraction of a second.
+
+    Why a forkserver, measured on the 2-core CPU (README): a spawned worker imports torch and
+    transformers itself and, at the end, its interpreter's shutdown frees them all (~1 s for a local
+    cluster's close); a worker forked from the server has them already and ends with ``os._exit``
+    (its close took 0.04 s), and once the server is up a cluster connects in ~0.2 s. Safe to fork:
+    the server is a fresh single-threaded process that has only imported modules (no CUDA context,
+    no OpenMP pool). The server keeps the environment and ``sys.path`` it started with."""
+    if spec is None or spec.kind != "local" or not _forkserver_available():
+        return
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        ["distributed", "dask", "numpy", *WORKER_IMPORTS, __name__])
+    saved = {k: os.environ.get(k) for k in WORKER_ENVIRON}
+    os.environ.update(WORKER_ENVIRON)  # (read by the server as it starts: OpenMP at torch's import)
     try:
-        import transformers  # noqa: F401  (every zoo and hf: adapter builds on it)
-    except ImportError:
-        pass
+        forkserver.ensure_running()  # (returns at once; the server imports while this process goes on)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _gpu_pin_plugin() -> Any:
