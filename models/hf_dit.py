@@ -7,9 +7,7 @@ timesteps to the flow's noise levels (:class:`FlowSchedule`) and samples with th
 ``FlowMatchEulerDiscreteScheduler``; :class:`SD3Wrapper` and :class:`FluxWrapper` encode prompts and
 call the transformer as their pipelines do. Their attention runs through processors that compute
 the softmax explicitly, so the joint map and its image-query × text-key block (the cross map) are
-sites. The component helpers (:func:`load_component`, :func:`component_sites`, the ``*_inputs``
-probes) check an adapter's sites on its transformer alone (an adapter with a ``refusal``, and the
-processor tests)."""
+sites."""
 
 from __future__ import annotations
 
@@ -27,57 +25,10 @@ from bench.capabilities import EditObjective, EditRequest, ObjectiveOptions
 from bench.errors import BenchError
 from bench.model import PromptEncoding
 from bench.registry import resolve
-from bench.sites import Site, SiteSpec, Trace
-from models.adapters._format import Adapter, check_sites
+from models.adapters._format import Adapter
 from models.hf_common import load_error, load_tokenizer, pipeline_parts, weights_hash
 from models.hf_diffusion import (AttentionProbs, DiffusionWrapper, SamplingConfig, Tokenize, _cat, _check_prompts,
                                   install_site_processors)
-
-
-def load_component(adapter: Adapter, folder: Path) -> nn.Module:
-    """The adapter's ``model_class`` from ``folder/<component>`` (eval mode)."""
-    module = resolve(adapter.model_class).from_pretrained(folder / adapter.component, local_files_only=True)
-    return module.eval()
-
-
-def probe_inputs(adapter: Adapter, module: nn.Module, batch: int = 2, seed: int = 0) -> dict[str, Any]:
-    return resolve(adapter.options["probe"])(module.config, batch, torch.Generator().manual_seed(seed))
-
-
-def sd3_inputs(cfg: Any, B: int, g: torch.Generator) -> dict[str, Any]:
-    s = int(cfg.sample_size)
-    return dict(hidden_states=torch.randn(B, int(cfg.in_channels), s, s, generator=g),
-                encoder_hidden_states=torch.randn(B, 5, int(cfg.joint_attention_dim), generator=g),
-                pooled_projections=torch.randn(B, int(cfg.pooled_projection_dim), generator=g),
-                timestep=torch.full((B,), 500.0))
-
-
-def pixart_inputs(cfg: Any, B: int, g: torch.Generator) -> dict[str, Any]:
-    s = int(cfg.sample_size)
-    return dict(hidden_states=torch.randn(B, int(cfg.in_channels), s, s, generator=g),
-                encoder_hidden_states=torch.randn(B, 5, int(cfg.caption_channels), generator=g),
-                timestep=torch.full((B,), 500), added_cond_kwargs={"resolution": None, "aspect_ratio": None})
-
-
-def flux_inputs(cfg: Any, B: int, g: torch.Generator) -> dict[str, Any]:
-    n_img, n_txt = 16, 5  # packed latents: a 4×4 grid of tokens
-    return dict(hidden_states=torch.randn(B, n_img, int(cfg.in_channels), generator=g),
-                encoder_hidden_states=torch.randn(B, n_txt, int(cfg.joint_attention_dim), generator=g),
-                pooled_projections=torch.randn(B, int(cfg.pooled_projection_dim), generator=g),
-                timestep=torch.full((B,), 0.5), img_ids=torch.zeros(n_img, 3), txt_ids=torch.zeros(n_txt, 3),
-                guidance=torch.full((B,), 3.5) if cfg.guidance_embeds else None)
-
-
-def component_sites(adapter: Adapter, module: nn.Module) -> tuple[list[Site], dict[str, SiteSpec]]:
-    """The sites of a loaded transformer, checked against one forward (a wrong index is an error)."""
-    sites, specs = adapter.site_map(module.config)
-    kw = probe_inputs(adapter, module)
-    check_sites(adapter, module.config, module, sites, specs, lambda: module(**kw))
-    return sites, specs
-
-
-def trace(module: nn.Module, specs: dict[str, SiteSpec], **kw: Any) -> Trace:
-    return Trace(module, specs, **kw)
 
 
 # ------------------------------------------------------------------------------- PixArt pipeline

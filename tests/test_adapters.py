@@ -312,18 +312,37 @@ def test_a_plugin_adapter_registers_through_its_entry_point(tmp_path):
 
 
 # ------------------------------------------------------------ flow-matching diffusion transformers (SD3)
+def _sd3_inputs(cfg: Any, B: int, g: torch.Generator) -> dict[str, Any]:
+    """Random inputs of an SD3 transformer alone (5 text tokens)."""
+    s = int(cfg.sample_size)
+    return dict(hidden_states=torch.randn(B, int(cfg.in_channels), s, s, generator=g),
+                encoder_hidden_states=torch.randn(B, 5, int(cfg.joint_attention_dim), generator=g),
+                pooled_projections=torch.randn(B, int(cfg.pooled_projection_dim), generator=g),
+                timestep=torch.full((B,), 500.0))
+
+
+def _flux_inputs(cfg: Any, B: int, g: torch.Generator) -> dict[str, Any]:
+    """Random inputs of a Flux transformer alone: packed latents (a 4×4 grid of tokens), 5 text tokens."""
+    n_img, n_txt = 16, 5
+    return dict(hidden_states=torch.randn(B, n_img, int(cfg.in_channels), generator=g),
+                encoder_hidden_states=torch.randn(B, n_txt, int(cfg.joint_attention_dim), generator=g),
+                pooled_projections=torch.randn(B, int(cfg.pooled_projection_dim), generator=g),
+                timestep=torch.full((B,), 0.5), img_ids=torch.zeros(n_img, 3), txt_ids=torch.zeros(n_txt, 3),
+                guidance=torch.full((B,), 3.5) if cfg.guidance_embeds else None)
+
+
 def test_the_joint_attention_processor_computes_what_diffusers_computes(tiny_root):
     """SD3's joint attention with an explicit softmax (its maps are sites) gives diffusers' fused
     processor's numbers; the cross-map site is the image-query × text-key block of the joint map."""
     from diffusers import SD3Transformer2DModel
 
     from bench.sites import Trace
-    from models.hf_dit import install_joint_processors, sd3_inputs
+    from models.hf_dit import install_joint_processors
     from models.tiny_hf import save_tiny_sd3
 
     folder = save_tiny_sd3(tiny_root / "sd3_proc")
     dit = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval()
-    kw = sd3_inputs(dit.config, 2, torch.Generator().manual_seed(0))
+    kw = _sd3_inputs(dit.config, 2, torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = dit(**kw).sample
         install_joint_processors(dit.transformer_blocks)
@@ -395,11 +414,11 @@ def test_the_flux_attention_processor_computes_what_diffusers_computes(tiny_root
     from diffusers import FluxTransformer2DModel
 
     from bench.sites import SiteSpec, Trace
-    from models.hf_dit import flux_inputs, install_flux_processors
+    from models.hf_dit import install_flux_processors
     from models.tiny_hf import save_tiny_flux
 
     dit = FluxTransformer2DModel.from_pretrained(save_tiny_flux(tiny_root / "flux_proc") / "transformer").eval()
-    kw = flux_inputs(dit.config, 2, torch.Generator().manual_seed(0))
+    kw = _flux_inputs(dit.config, 2, torch.Generator().manual_seed(0))
     kw["img_ids"] = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(4.0), torch.arange(4.0),
                                                indexing="ij"), -1).reshape(-1, 3)  # distinct positions
     with torch.no_grad():

@@ -161,6 +161,80 @@ def test_a_worker_killed_mid_grid_loses_no_cell_and_the_grid_finishes(tmp_path):
         cluster.close()
 
 
+@pytest.mark.slow
+def test_local_workers_fork_with_the_bench_environment_and_a_killed_one_comes_back(tmp_path):
+    """``local:N`` workers are forked from a server that imported torch and transformers once
+    (:func:`bench.harness.cluster.prestart`): they must still have one BLAS thread and the driver's
+    cache, and a worker killed mid-grid is forked again by its nanny while the grid goes on."""
+    import multiprocessing
+
+    import psutil
+
+    from bench.harness.cluster import connect
+
+    def worker_state() -> tuple[str | None, int, str | None, bool, str | None]:
+        import sys as _sys
+
+        import torch as _torch
+
+        return (os.environ.get("OMP_NUM_THREADS"), _torch.get_num_threads(), os.environ.get("MMI_BENCH_CACHE"),
+                "transformers" in _sys.modules, multiprocessing.get_start_method(allow_none=True))
+
+    with connect(parse_cluster("local:2")) as session:
+        states = list(session.client.run(worker_state).values())
+    assert len(states) == 2
+    for omp, threads, cache, preloaded, _ in states:
+        assert (omp, threads, preloaded) == ("1", 1, True)
+        assert cache == os.environ.get("MMI_BENCH_CACHE")
+
+    def workers() -> list[psutil.Process]:
+        servers = [p for p in psutil.Process().children(recursive=True)
+                   if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+        return [c for s in servers for c in s.children()]
+
+    cells = runner.plan(["attribution"], ["random", "oracle", "saliency", "input_x_gradient"], ["zoo-clip"], [0],
+                        quick=True).cells
+    killed: list[int] = []
+    seen_after: set[int] = set()
+
+    def kill_one(rec: RunRecord) -> None:
+        if not killed:
+            pids = [w.pid for w in workers()]
+            assert pids, "no worker forked from a forkserver"
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+        else:
+            seen_after.update(w.pid for w in workers())
+
+    store = Store(tmp_path / "k.sqlite")
+    res = runner.run_grid(cells, store, progress=False, on_record=kill_one, cluster=parse_cluster("local:2"))
+    assert killed and len(res.ran) == len(cells)
+    # the default retries (2) let the cell that lost its worker run again: every cell is stored ok
+    assert all(r.status == "ok" for r in res.ran), [r.error for r in res.ran if r.status != "ok"]
+    assert killed[0] not in seen_after
+
+
+def test_a_pool_workers_fast_exit_never_ends_a_main_process(tmp_path):
+    """``runner._exit_now`` (a pool worker's atexit: ``os._exit`` without the interpreter's shutdown)
+    ends a multiprocessing child at once, and does nothing in a main process, which keeps its own
+    exit status (a test or a user calling ``_pool_init``)."""
+    import subprocess
+    import sys
+
+    code = ("import atexit, sys; from bench.harness import runner; atexit.register(runner._exit_now); "
+            "runner._exit_now(); print('went on'); sys.exit(3)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (3, "went on")
+    child = ("import multiprocessing as mp, sys\n"
+             "from bench.harness import runner\n"
+             "def work():\n    print('child ran', flush=True)\n    runner._exit_now()\n    print('not reached')\n"
+             "if __name__ == '__main__':\n    p = mp.get_context('spawn').Process(target=work); p.start(); p.join()\n"
+             "    sys.exit(p.exitcode)\n")
+    (tmp_path / "child.py").write_text(child)
+    done = subprocess.run([sys.executable, str(tmp_path / "child.py")], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "child ran")
+
+
 def test_slurm_without_sbatch_is_one_line(tmp_path, capsys):
     import shutil
 

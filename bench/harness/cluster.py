@@ -323,15 +323,15 @@ def dask_setup(worker: Any = None) -> None:
             importlib.import_module(name)
         except ImportError:  # (transformers is optional for a method author's own models)
             pass
-    import torch
+    from bench.harness.runner import one_thread_per_worker
 
-    torch.set_num_threads(1)
+    one_thread_per_worker()
 
 
 # the environment a local cluster's worker processes start with (distributed's nanny sets it before it
 # starts one; the forkserver, started before any nanny, is given it by :func:`prestart`)
 WORKER_ENVIRON = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                  "PYTHONHASHSEED": "6640"}  # (the nanny's own default seed, so workers hash alike)
+                  "PYTHONHASHSEED": "6640"}  # (runner.ONE_THREAD_ENV, and the nanny's own default hash seed)
 
 
 def _forkserver_available() -> bool:
