@@ -8,7 +8,8 @@ cell has the cell run again elsewhere, at most :attr:`ClusterSpec.retries` times
 ``allowed-failures``); after that the cell becomes a failed record and the grid goes on. Cells on
 a GPU ask the scheduler for a ``GPU`` resource (one cell per GPU; workers are started with
 ``--resources GPU=1``), and a worker keeps its models loaded between cells (the runner's model
-cache lives in the worker process).
+cache lives in the worker process). A local cluster's workers are forked from a server that imported
+torch and transformers once (:func:`prestart`), and each computes on one thread, as a pool worker does.
 
 Dask is an optional dependency (the ``cluster`` extra), imported inside the functions that start or
 reach a cluster: the process pool and the CLI's other commands never pay for it (``distributed``
@@ -315,7 +316,8 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
 def dask_setup(worker: Any = None) -> None:
     """Run by every worker that preloads this module (``--preload bench.harness.cluster``) as it
     starts: :data:`WORKER_IMPORTS` imported before the first cell arrives (a worker forked from a
-    preloaded forkserver has them already), and torch at one thread."""
+    preloaded forkserver has them already), and one thread for torch and every BLAS runtime
+    (:func:`bench.harness.runner.one_thread_per_worker`, as a pool worker)."""
     import importlib
 
     for name in WORKER_IMPORTS:
@@ -354,7 +356,10 @@ def prestart(spec: ClusterSpec | None) -> None:
     (its close took 0.04 s), and once the server is up a cluster connects in ~0.2 s. Safe to fork:
     the server is a fresh single-threaded process that has only imported modules (no CUDA context,
     no OpenMP pool). The server keeps the environment and ``sys.path`` it started with."""
-    if spec is None or spec.kind != "local" or not _forkserver_available():
+    import importlib.util
+
+    if spec is None or spec.kind != "local" or not _forkserver_available() \
+            or importlib.util.find_spec("distributed") is None:  # (connect then says what to install)
         return
     import multiprocessing
     from multiprocessing import forkserver
