@@ -214,6 +214,30 @@ def test_local_workers_fork_with_the_bench_environment_and_a_killed_one_comes_ba
     assert killed[0] not in seen_after
 
 
+def _threads_here() -> tuple[int, list[int], str | None]:
+    """torch's intra-op threads, every loaded BLAS/OpenMP runtime's threads (numpy's and scipy's
+    included), and OMP_NUM_THREADS, as a cell in this process would see them."""
+    import scipy.linalg  # noqa: F401  (loads scipy's own BLAS, after the worker started)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    return torch.get_num_threads(), sorted({int(i["num_threads"]) for i in threadpool_info()}), \
+        os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.slow
+def test_pool_workers_compute_on_one_thread_of_every_runtime():
+    """A pool worker runs beside the others, one per core: torch and every BLAS runtime at one thread
+    (a worker that left numpy's OpenBLAS at the core count oversubscribed the CPU)."""
+    executor = runner.default_executor(2)
+    assert executor is not None
+    try:
+        got = [f.result() for f in [executor.submit(_threads_here) for _ in range(2)]]
+    finally:
+        executor.shutdown(wait=True)
+    assert got == [(1, [1], "1")] * 2
+
+
 def test_a_pool_workers_fast_exit_never_ends_a_main_process(tmp_path):
     """``runner._exit_now`` (a pool worker's atexit: ``os._exit`` without the interpreter's shutdown)
     ends a multiprocessing child at once, and does nothing in a main process, which keeps its own
