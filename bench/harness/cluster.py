@@ -337,17 +337,19 @@ WORKER_ENVIRON = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_
 
 
 def _forkserver_available() -> bool:
+    """Linux only: macOS has a forkserver, but forking a process that loaded its system frameworks
+    (torch's Accelerate and Metal back-ends) is unsafe there, which is why Python spawns by default."""
     import multiprocessing
 
-    return "forkserver" in multiprocessing.get_all_start_methods()
+    return sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods()
 
 
 def prestart(spec: ClusterSpec | None) -> None:
     """Start what a local cluster's workers fork from, now, in the background: a ``forkserver``
     (where the platform has one) that imports distributed and :data:`WORKER_IMPORTS` once, so that
     the driver's own work until it connects (its store lookups, fingerprints, importing
-    distributed) overlaps with it. Nothing for other clusters, for none, or where there is no
-    forkserver (the workers are then spawned, Dask's default). Idempotent: one server per driver
+    distributed) overlaps with it. Nothing for other clusters, for none, or off Linux (the workers
+    are then spawned, Dask's default). Idempotent: one server per driver
     process, kept until it exits, so a second grid's workers start in a fraction of a second.
 
     Why a forkserver, measured on the 2-core CPU (README): a spawned worker imports torch and
