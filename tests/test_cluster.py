@@ -166,24 +166,22 @@ def test_local_workers_fork_with_the_bench_environment_and_a_killed_one_comes_ba
     """``local:N`` workers are forked from a server that imported torch and transformers once
     (:func:`bench.harness.cluster.prestart`): they must still have one BLAS thread and the driver's
     cache, and a worker killed mid-grid is forked again by its nanny while the grid goes on."""
-    import multiprocessing
-
     import psutil
 
     from bench.harness.cluster import connect
 
-    def worker_state() -> tuple[str | None, int, str | None, bool, str | None]:
+    def worker_state() -> tuple[str | None, int, str | None, bool]:
         import sys as _sys
 
         import torch as _torch
 
         return (os.environ.get("OMP_NUM_THREADS"), _torch.get_num_threads(), os.environ.get("MMI_BENCH_CACHE"),
-                "transformers" in _sys.modules, multiprocessing.get_start_method(allow_none=True))
+                "transformers" in _sys.modules)
 
     with connect(parse_cluster("local:2")) as session:
         states = list(session.client.run(worker_state).values())
     assert len(states) == 2
-    for omp, threads, cache, preloaded, _ in states:
+    for omp, threads, cache, preloaded in states:
         assert (omp, threads, preloaded) == ("1", 1, True)
         assert cache == os.environ.get("MMI_BENCH_CACHE")
 

@@ -251,7 +251,9 @@ def connect(spec: ClusterSpec, gpu: bool = False, host: str = "127.0.0.1") -> It
     # Each worker preloads this module (:func:`dask_setup`: torch, transformers and the runner imported
     # while the worker starts, as a pool worker's spawn does), so the first cell does not pay for it;
     # a local cluster's workers are forked from a server that imported them once (:func:`prestart`).
-    environ = {k: v for k, v in WORKER_ENVIRON.items() if k != "PYTHONHASHSEED"}
+    from bench.harness.runner import ONE_THREAD_ENV  # (here: the runner imports this module)
+
+    environ = dict(ONE_THREAD_ENV)
     # Dask's own upkeep, relaxed: its event loops' blocked-loop check every 20 ms and its system monitor
     # (CPU and memory history for a dashboard, which is off) every 0.5 s cost, idle, 5.8% of a core in
     # the driver (scheduler and nannies) and 2.5% in each worker, taken from the cells on a busy
@@ -330,10 +332,8 @@ def dask_setup(worker: Any = None) -> None:
     one_thread_per_worker()
 
 
-# the environment a local cluster's worker processes start with (distributed's nanny sets it before it
-# starts one; the forkserver, started before any nanny, is given it by :func:`prestart`)
-WORKER_ENVIRON = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                  "PYTHONHASHSEED": "6640"}  # (runner.ONE_THREAD_ENV, and the nanny's own default hash seed)
+# the hash seed distributed's nanny gives the workers it spawns (its default); a forked worker has its server's
+NANNY_HASH_SEED = "6640"
 
 
 def _forkserver_available() -> bool:
@@ -366,10 +366,15 @@ def prestart(spec: ClusterSpec | None) -> None:
     import multiprocessing
     from multiprocessing import forkserver
 
+    from bench.harness.runner import ONE_THREAD_ENV
+
     multiprocessing.get_context("forkserver").set_forkserver_preload(
         ["distributed", "dask", "numpy", *WORKER_IMPORTS, __name__])
-    saved = {k: os.environ.get(k) for k in WORKER_ENVIRON}
-    os.environ.update(WORKER_ENVIRON)  # (read by the server as it starts: OpenMP at torch's import)
+    # the environment the nanny would give a spawned worker, given to the server as it starts (it is
+    # read there: OpenMP's at torch's import), then this process's own restored
+    environ = {**ONE_THREAD_ENV, "PYTHONHASHSEED": NANNY_HASH_SEED}
+    saved = {k: os.environ.get(k) for k in environ}
+    os.environ.update(environ)
     try:
         forkserver.ensure_running()  # (returns at once; the server imports while this process goes on)
     finally:
